@@ -1,0 +1,57 @@
+package v1alpha1
+
+// Phase is where a ThinVolume or ThinSnapshot is in its life on the node.
+// +kubebuilder:validation:Enum=Pending;Ready;Failed
+type Phase string
+
+const (
+	// PhasePending: the node has not (yet) made the object.
+	PhasePending Phase = "Pending"
+	// PhaseReady: the object exists on the node.
+	PhaseReady Phase = "Ready"
+	// PhaseFailed: the node could not make the object; Code and Message
+	// say why. The controller deletes a failed object so a retry starts
+	// afresh.
+	PhaseFailed Phase = "Failed"
+)
+
+// Finalizer is held by the node agent on every ThinVolume and ThinSnapshot
+// until the storage behind it is gone from the node, so that deleting the
+// resource never orphans a subvolume or LV.
+const Finalizer = "csi-thin.io/node-cleanup"
+
+// Labels the controller puts on the resources it creates.
+const (
+	// LabelNode selects the resources of one node; the node agent's cache
+	// watches only its own.
+	LabelNode = "csi-thin.io/node"
+	// LabelPVCName and LabelPVCNamespace record the claim a volume was made
+	// for (from the provisioner's --extra-create-metadata), so that
+	// `kubectl get thinvolumes -l` finds it.
+	LabelPVCName      = "csi-thin.io/pvc-name"
+	LabelPVCNamespace = "csi-thin.io/pvc-namespace"
+)
+
+// Condition types.
+const (
+	// ConditionReady mirrors Phase with a reason (the gRPC code name) and
+	// the node's message.
+	ConditionReady = "Ready"
+	// ConditionHealthy is the backend's volume condition (CSI
+	// VolumeCondition): False when the volume is abnormal.
+	ConditionHealthy = "Healthy"
+)
+
+// OperationStatus is the outcome of the node's last attempt at the
+// resource's spec: the gRPC code the node-side error maps to, so the
+// controller can hand the caller exactly the code the node would have
+// returned, and the node's own message.
+type OperationStatus struct {
+	// Code is the gRPC status code name (e.g. "ResourceExhausted"); empty
+	// or "OK" when the last attempt succeeded.
+	// +optional
+	Code string `json:"code,omitempty"`
+	// Message is the node's error message.
+	// +optional
+	Message string `json:"message,omitempty"`
+}

@@ -1,0 +1,122 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// VolumeSourceKind names what a volume is thinly copied from.
+// +kubebuilder:validation:Enum=snapshot;volume
+type VolumeSourceKind string
+
+const (
+	VolumeSourceSnapshot VolumeSourceKind = "snapshot"
+	VolumeSourceVolume   VolumeSourceKind = "volume"
+)
+
+// VolumeSource is the origin of a restored or cloned volume.
+type VolumeSource struct {
+	// Kind is snapshot (restore) or volume (clone).
+	Kind VolumeSourceKind `json:"kind"`
+	// ID is the source's snapshot or volume ID; it lives on the same node.
+	// +kubebuilder:validation:Pattern=`^[vs]-[0-9a-f]{32}$`
+	ID string `json:"id"`
+}
+
+// AccessType is how the volume is consumed on the node.
+// +kubebuilder:validation:Enum=mount;block
+type AccessType string
+
+const (
+	AccessMount AccessType = "mount"
+	AccessBlock AccessType = "block"
+)
+
+// ThinVolumeSpec is what the controller asks the node for. Everything but
+// the size is fixed at creation; the size may only grow (expansion).
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.source) || (has(self.source) && self.source == oldSelf.source)",message="source is immutable"
+// +kubebuilder:validation:XValidation:rule="has(oldSelf.source) || !has(self.source)",message="source is immutable"
+type ThinVolumeSpec struct {
+	// Node is the Kubernetes node whose pool holds the volume.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="node is immutable"
+	Node string `json:"node"`
+	// Name is the CSI request name (the PV name), kept for operators.
+	// +optional
+	Name string `json:"name,omitempty"`
+	// RequiredBytes is the size asked for; raising it expands the volume.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:XValidation:rule="self >= oldSelf",message="requiredBytes may only grow"
+	RequiredBytes int64 `json:"requiredBytes"`
+	// LimitBytes is the CSI capacity range's limit; 0 means none.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	LimitBytes int64 `json:"limitBytes,omitempty"`
+	// Source is set for a restore or a clone.
+	// +optional
+	Source *VolumeSource `json:"source,omitempty"`
+	// AccessType is mount (a filesystem) or block (a raw device).
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="accessType is immutable"
+	AccessType AccessType `json:"accessType"`
+	// FsType is the filesystem for mount volumes.
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="fsType is immutable"
+	// +optional
+	FsType string `json:"fsType,omitempty"`
+	// Parameters are the StorageClass parameters the backend understands.
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="parameters are immutable"
+	// +optional
+	Parameters map[string]string `json:"parameters,omitempty"`
+}
+
+// ThinVolumeStatus is what the node agent reports.
+type ThinVolumeStatus struct {
+	// Phase is Pending until the node made the volume (Ready) or gave up
+	// (Failed). A failed expansion leaves the phase Ready and sets Code.
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+	// ObservedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// SizeBytes is the volume's actual (rounded up) size.
+	// +optional
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// OperationStatus is the outcome of the last attempt.
+	OperationStatus `json:",inline"`
+	// Conditions: Ready and Healthy.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ThinVolume is one thin volume (LV or btrfs subvolume) on one node. Its
+// name is the CSI volume ID.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=tv,categories=csi-thin
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
+// +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.sizeBytes`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Code",type=string,JSONPath=`.status.code`,priority=1
+// +kubebuilder:printcolumn:name="PV",type=string,JSONPath=`.spec.name`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ThinVolume struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ThinVolumeSpec   `json:"spec"`
+	Status ThinVolumeStatus `json:"status,omitempty"`
+}
+
+// ThinVolumeList is a list of ThinVolumes.
+//
+// +kubebuilder:object:root=true
+type ThinVolumeList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ThinVolume `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ThinVolume{}, &ThinVolumeList{})
+}
