@@ -58,11 +58,22 @@ type VolumeRequest struct {
 	Node string
 }
 
-// Condition is the CSI VolumeCondition in backend terms.
+// Condition is a volume's health in backend terms (CSI VolumeHealth).
 type Condition struct {
-	Abnormal bool   `json:"abnormal"`
-	Message  string `json:"message"`
+	Abnormal bool `json:"abnormal"`
+	// Reason is a short CamelCase cause (see the Reason* constants).
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message"`
 }
+
+// Reasons for an abnormal Condition. ReasonMissing makes a volume
+// INACCESSIBLE to CSI; the others make it DEGRADED.
+const (
+	ReasonMissing      = "StorageMissing"
+	ReasonPoolFull     = "PoolFull"
+	ReasonPoolReadOnly = "PoolReadOnly"
+	ReasonPoolError    = "PoolError"
+)
 
 // Volume is a provisioned volume as the backend knows it.
 type Volume struct {

@@ -1,0 +1,164 @@
+package btrfs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/csi-thin/csi-thin/pkg/exec"
+)
+
+// cli is the one place that runs the btrfs tool. Each method builds an
+// argument list (paths always after "--" is not accepted by every btrfs
+// subcommand, so paths are made absolute and validated by the caller
+// instead) and returns typed results.
+type cli struct {
+	run exec.Runner
+}
+
+func (c cli) btrfs(ctx context.Context, args ...string) ([]byte, error) {
+	res, err := c.run.Run(ctx, "btrfs", args...)
+	if err != nil {
+		return nil, err
+	}
+	return res.Stdout, nil
+}
+
+func (c cli) createSubvolume(ctx context.Context, path string) error {
+	_, err := c.btrfs(ctx, "subvolume", "create", path)
+	return err
+}
+
+// snapshot makes a writable snapshot; read-only snapshots are made
+// writable-then-flagged so that they can be renamed out of staging first.
+func (c cli) snapshot(ctx context.Context, src, dst string) error {
+	_, err := c.btrfs(ctx, "subvolume", "snapshot", src, dst)
+	return err
+}
+
+func (c cli) deleteSubvolume(ctx context.Context, path string) error {
+	_, err := c.btrfs(ctx, "subvolume", "delete", path)
+	return err
+}
+
+func (c cli) setReadOnly(ctx context.Context, path string, ro bool) error {
+	_, err := c.btrfs(ctx, "property", "set", "-ts", path, "ro", strconv.FormatBool(ro))
+	return err
+}
+
+func (c cli) isReadOnly(ctx context.Context, path string) (bool, error) {
+	out, err := c.btrfs(ctx, "property", "get", "-ts", path, "ro")
+	if err != nil {
+		return false, err
+	}
+	switch strings.TrimSpace(string(out)) {
+	case "ro=true":
+		return true, nil
+	case "ro=false":
+		return false, nil
+	}
+	return false, fmt.Errorf("btrfs property get %s ro: unexpected output %q", path, out)
+}
+
+// subvolumeID returns the numeric subvolume (tree) ID, which names its
+// level-0 qgroup (0/<id>).
+func (c cli) subvolumeID(ctx context.Context, path string) (uint64, error) {
+	out, err := c.btrfs(ctx, "inspect-internal", "rootid", path)
+	if err != nil {
+		return 0, err
+	}
+	id, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("btrfs inspect-internal rootid %s: unexpected output %q", path, out)
+	}
+	return id, nil
+}
+
+// limit sets the referenced-bytes limit of a subvolume's qgroup.
+func (c cli) limit(ctx context.Context, path string, bytes int64) error {
+	_, err := c.btrfs(ctx, "qgroup", "limit", strconv.FormatInt(bytes, 10), path)
+	return err
+}
+
+func (c cli) enableQuota(ctx context.Context, mountPath string) error {
+	_, err := c.btrfs(ctx, "quota", "enable", mountPath)
+	return err
+}
+
+func (c cli) destroyQgroup(ctx context.Context, subvolID uint64, mountPath string) error {
+	_, err := c.btrfs(ctx, "qgroup", "destroy", fmt.Sprintf("0/%d", subvolID), mountPath)
+	return err
+}
+
+// qgroup is one row of `btrfs --format json qgroup show`.
+type qgroup struct {
+	ID            string
+	Referenced    int64
+	Exclusive     int64
+	MaxReferenced int64 // 0: no limit
+	Path          string
+}
+
+type qgroupJSON struct {
+	QgroupID      string `json:"qgroupid"`
+	Referenced    string `json:"referenced"`
+	Exclusive     string `json:"exclusive"`
+	MaxReferenced string `json:"max_referenced"`
+	Path          string `json:"path"`
+}
+
+type qgroupReport struct {
+	Qgroups []qgroupJSON `json:"qgroup-show"`
+}
+
+// qgroupOf reports the level-0 qgroup of the subvolume at path.
+func (c cli) qgroupOf(ctx context.Context, path string, subvolID uint64) (qgroup, error) {
+	out, err := c.btrfs(ctx, "--format", "json", "qgroup", "show", "--raw", "-ref", path)
+	if err != nil {
+		return qgroup{}, err
+	}
+	groups, err := parseQgroups(out)
+	if err != nil {
+		return qgroup{}, fmt.Errorf("btrfs qgroup show %s: %w", path, err)
+	}
+	want := fmt.Sprintf("0/%d", subvolID)
+	for _, g := range groups {
+		if g.ID == want {
+			return g, nil
+		}
+	}
+	return qgroup{}, fmt.Errorf("btrfs qgroup show %s: qgroup %s missing (quota disabled?)", path, want)
+}
+
+func parseQgroups(out []byte) ([]qgroup, error) {
+	var rep qgroupReport
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return nil, fmt.Errorf("parse qgroup report: %w", err)
+	}
+	groups := make([]qgroup, 0, len(rep.Qgroups))
+	for _, j := range rep.Qgroups {
+		g := qgroup{ID: j.QgroupID, Path: j.Path}
+		var err error
+		if g.Referenced, err = parseBytes(j.Referenced); err != nil {
+			return nil, fmt.Errorf("qgroup %s referenced: %w", j.QgroupID, err)
+		}
+		if g.Exclusive, err = parseBytes(j.Exclusive); err != nil {
+			return nil, fmt.Errorf("qgroup %s exclusive: %w", j.QgroupID, err)
+		}
+		if g.MaxReferenced, err = parseBytes(j.MaxReferenced); err != nil {
+			return nil, fmt.Errorf("qgroup %s max_referenced: %w", j.QgroupID, err)
+		}
+		groups = append(groups, g)
+	}
+	return groups, nil
+}
+
+// parseBytes reads btrfs' raw byte counts; "none" means no limit (0).
+func parseBytes(s string) (int64, error) {
+	if s == "none" || s == "" {
+		return 0, nil
+	}
+	return strconv.ParseInt(s, 10, 64)
+}

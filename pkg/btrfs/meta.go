@@ -1,0 +1,129 @@
+package btrfs
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// record is the JSON kept for each volume or snapshot. Exactly one of
+// Volume and Snapshot is set.
+type record struct {
+	Volume   *backend.Volume   `json:"volume,omitempty"`
+	Snapshot *backend.Snapshot `json:"snapshot,omitempty"`
+	// SubvolumeID names the qgroup (0/<id>) charged for the object.
+	SubvolumeID uint64 `json:"subvolumeID"`
+}
+
+const (
+	metaSuffix     = ".json"
+	deletingSuffix = ".json.deleting"
+)
+
+func (p *Pool) metaPath(id string) string { return filepath.Join(p.base, "meta", id+metaSuffix) }
+
+func (p *Pool) readRecord(id string) (*record, error) {
+	b, err := os.ReadFile(p.metaPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", id, backend.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read record of %s: %w", id, err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("parse record of %s: %w", id, err)
+	}
+	return &r, nil
+}
+
+// writeRecord replaces a record atomically: a crash leaves the old or the
+// new file, never a torn one.
+func (p *Pool) writeRecord(id string, r *record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode record of %s: %w", id, err)
+	}
+	dst := p.metaPath(id)
+	tmp := dst + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("write record of %s: %w", id, err)
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write record of %s: %w", id, err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("commit record of %s: %w", id, err)
+	}
+	return syncDir(filepath.Dir(dst))
+}
+
+// markDeleting is the commit point of a delete: from here on the object is
+// gone for every reader, and a restart finishes the job.
+func (p *Pool) markDeleting(id string) error {
+	src := p.metaPath(id)
+	if err := os.Rename(src, strings.TrimSuffix(src, metaSuffix)+deletingSuffix); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("mark %s deleting: %w", id, err)
+	}
+	return syncDir(filepath.Dir(src))
+}
+
+func (p *Pool) forgetDeleting(id string) error {
+	err := os.Remove(filepath.Join(p.base, "meta", id+deletingSuffix))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove delete marker of %s: %w", id, err)
+	}
+	return nil
+}
+
+// listRecords returns the committed records, keyed by ID.
+func (p *Pool) listRecords() (map[string]*record, error) {
+	entries, err := os.ReadDir(filepath.Join(p.base, "meta"))
+	if err != nil {
+		return nil, fmt.Errorf("list records: %w", err)
+	}
+	out := make(map[string]*record, len(entries))
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), metaSuffix)
+		if !ok || !(backend.IsVolumeID(id) || backend.IsSnapshotID(id)) {
+			continue
+		}
+		r, err := p.readRecord(id)
+		if errors.Is(err, backend.ErrNotFound) {
+			continue // deleted since ReadDir
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[id] = r
+	}
+	return out, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}

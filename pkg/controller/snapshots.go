@@ -1,0 +1,128 @@
+package controller
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/rpcerr"
+)
+
+// CreateSnapshot implements csi.ControllerServer.
+func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	if req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is required")
+	}
+	if req.GetSourceVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "source volume id is required")
+	}
+	id := backend.SnapshotIDFor(req.GetName())
+	unlock, err := s.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	snap, err := s.backend.CreateSnapshot(ctx, backend.SnapshotRequest{ID: id, Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId()})
+	if err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+}
+
+func csiSnapshot(s *backend.Snapshot) *csi.Snapshot {
+	return &csi.Snapshot{
+		SnapshotId:     s.ID,
+		SourceVolumeId: s.SourceVolumeID,
+		SizeBytes:      s.SizeBytes,
+		CreationTime:   timestamppb.New(s.CreatedAt),
+		ReadyToUse:     s.ReadyToUse,
+	}
+}
+
+// DeleteSnapshot implements csi.ControllerServer.
+func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	id := req.GetSnapshotId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
+	}
+	unlock, err := s.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := s.backend.DeleteSnapshot(ctx, id); err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+// ListSnapshots implements csi.ControllerServer.
+func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	var snaps []*backend.Snapshot
+	switch {
+	case req.GetSnapshotId() != "":
+		snap, err := s.backend.GetSnapshot(ctx, req.GetSnapshotId())
+		if err == nil && (req.GetSourceVolumeId() == "" || snap.SourceVolumeID == req.GetSourceVolumeId()) {
+			snaps = append(snaps, snap)
+		} else if err != nil && rpcerr.Code(err) != codes.NotFound {
+			return nil, rpcerr.Status(err)
+		}
+	default:
+		all, err := s.backend.ListSnapshots(ctx)
+		if err != nil {
+			return nil, rpcerr.Status(err)
+		}
+		for _, snap := range all {
+			if req.GetSourceVolumeId() == "" || snap.SourceVolumeID == req.GetSourceVolumeId() {
+				snaps = append(snaps, snap)
+			}
+		}
+	}
+	page, next, err := paginate(snaps, func(s *backend.Snapshot) string { return s.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.ListSnapshotsResponse{NextToken: next}
+	for _, snap := range page {
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(snap)})
+	}
+	return resp, nil
+}
+
+// ListVolumes implements csi.ControllerServer.
+func (s *Server) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	vols, err := s.backend.ListVolumes(ctx)
+	if err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	page, next, err := paginate(vols, func(v *backend.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.ListVolumesResponse{NextToken: next}
+	for _, v := range page {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: csiVolume(v, nil)})
+	}
+	return resp, nil
+}
+
+// ControllerListVolumeHealth implements csi.ControllerServer.
+func (s *Server) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
+	vols, err := s.backend.ListVolumes(ctx)
+	if err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	page, next, err := paginate(vols, func(v *backend.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.ControllerListVolumeHealthResponse{NextToken: next}
+	for _, v := range page {
+		resp.Entries = append(resp.Entries, VolumeHealth(v.ID, v.Condition))
+	}
+	return resp, nil
+}

@@ -1,0 +1,68 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// idGetter is implemented by every CSI request that names a volume.
+type idGetter interface{ GetVolumeId() string }
+
+type snapIDGetter interface{ GetSnapshotId() string }
+
+type nameGetter interface{ GetName() string }
+
+// logCalls logs each call with the volume (or snapshot) it is about, its
+// duration and its final code; errors always, successes at V(2) and the
+// frequent probes and stats at V(5). Requests are never logged whole:
+// secrets ride in them.
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	kv := []any{"method", info.FullMethod}
+	switch r := req.(type) {
+	case idGetter:
+		kv = append(kv, "volumeID", r.GetVolumeId())
+	case snapIDGetter:
+		kv = append(kv, "snapshotID", r.GetSnapshotId())
+	case *csi.CreateSnapshotRequest:
+		kv = append(kv, "name", r.GetName(), "volumeID", r.GetSourceVolumeId())
+	case nameGetter:
+		kv = append(kv, "name", r.GetName())
+	}
+	logger := klog.FromContext(ctx).WithValues(kv...)
+	ctx = klog.NewContext(ctx, logger)
+	resp, err := handler(ctx, req)
+	kv = append(kv, "duration", time.Since(start))
+	if err != nil {
+		klog.ErrorS(err, "CSI call failed", append(kv, "code", status.Code(err))...)
+		return resp, err
+	}
+	level := klog.Level(2)
+	switch info.FullMethod {
+	case "/csi.v1.Identity/Probe", "/csi.v1.Node/NodeGetVolumeStats", "/csi.v1.Node/NodeGetCapabilities",
+		"/csi.v1.Controller/ControllerGetCapabilities", "/csi.v1.Controller/GetCapacity", "/csi.v1.Identity/GetPluginInfo":
+		level = 5
+	}
+	klog.V(level).InfoS("CSI call done", kv...)
+	return resp, nil
+}
+
+// recoverPanics turns a panic in a handler into Internal instead of
+// killing the node's only storage agent.
+func recoverPanics(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			klog.ErrorS(fmt.Errorf("%v", r), "panic in CSI handler", "method", info.FullMethod, "stack", string(debug.Stack()))
+			err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
+		}
+	}()
+	return handler(ctx, req)
+}
