@@ -276,4 +276,3 @@ func (p *Pool) Teardown(ctx context.Context, removeFile bool) error {
 	}
 	return nil
 }
-

@@ -60,6 +60,18 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 
+// GetSnapshot implements csi.ControllerServer.
+func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if req.GetSnapshotId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
+	}
+	snap, err := s.backend.GetSnapshot(ctx, req.GetSnapshotId())
+	if err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+}
+
 // ListSnapshots implements csi.ControllerServer.
 func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	var snaps []*backend.Snapshot

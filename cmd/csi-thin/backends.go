@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/btrfs"
+	"github.com/csi-thin/csi-thin/pkg/exec"
+)
+
+// openLocal opens (bootstrapping if configured) this node's pool.
+func openLocal(ctx context.Context, o *options) (backend.Local, error) {
+	runner := &exec.Host{Prefix: o.commandPrefix()}
+	var loopSize int64
+	if o.loopFile != "" {
+		n, err := o.loopSizeBytes()
+		if err != nil {
+			return nil, err
+		}
+		loopSize = n
+	}
+	switch o.backend {
+	case "btrfs":
+		return btrfs.Open(ctx, btrfs.Config{
+			PoolPath: o.poolPath, LoopFile: o.loopFile, LoopSizeBytes: loopSize,
+			NodeName: o.nodeID, Overprovision: o.overprovision, FullPercent: o.fullPercent,
+			QuotaMode: btrfs.QuotaMode(o.quotaMode), Runner: runner,
+		})
+	case "lvmthin":
+		return openLVMThin(ctx, o, runner, loopSize)
+	}
+	return nil, fmt.Errorf("unknown --backend %q (btrfs or lvmthin)", o.backend)
+}

@@ -1,0 +1,146 @@
+// Command csi-thin is the csi-thin CSI driver: one binary that runs as the
+// all-in-one local driver (controller and node services over one local
+// pool), as the cluster controller, or as the per-node agent.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/klog/v2"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/controller"
+	"github.com/csi-thin/csi-thin/pkg/driver"
+	"github.com/csi-thin/csi-thin/pkg/node"
+)
+
+// options are the command-line flags of every mode.
+type options struct {
+	mode       string
+	endpoint   string
+	nodeID     string
+	maxVolumes int64
+
+	backend       string
+	poolPath      string
+	loopFile      string
+	loopSize      string
+	vg            string
+	thinPool      string
+	devices       string
+	overprovision float64
+	fullPercent   float64
+	metaFull      float64
+	quotaMode     string
+	cmdPrefix     string
+
+	kubeconfig   string
+	healthAddr   string
+	metricsAddr  string
+	registration string
+	kubeletDir   string
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("csi-thin", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	fs.StringVar(&o.mode, "mode", "local", "local (controller+node on one local pool), controller (cluster controller, routes through CRDs) or node (per-node agent)")
+	fs.StringVar(&o.endpoint, "endpoint", "unix:///run/csi-thin/csi.sock", "CSI endpoint (unix socket)")
+	fs.StringVar(&o.nodeID, "node-id", "", "this node's name (default: the host name)")
+	fs.Int64Var(&o.maxVolumes, "max-volumes-per-node", 0, "volumes the scheduler may place on this node (0: unlimited)")
+	fs.StringVar(&o.backend, "backend", "btrfs", "storage backend: btrfs or lvmthin")
+	fs.StringVar(&o.poolPath, "pool-path", "/var/lib/csi-thin/btrfs", "btrfs: mount point of the pool filesystem")
+	fs.StringVar(&o.loopFile, "loop-file", "", "embedded pool: a sparse file the driver creates, attaches and (if blank) formats")
+	fs.StringVar(&o.loopSize, "loop-size", "10Gi", "size of a new loop file (e.g. 10Gi)")
+	fs.StringVar(&o.vg, "vg", "csi-thin", "lvmthin: volume group")
+	fs.StringVar(&o.thinPool, "thin-pool", "pool", "lvmthin: thin pool LV in the volume group")
+	fs.StringVar(&o.devices, "devices", "", "lvmthin: comma-separated block devices to build the VG from if it does not exist")
+	fs.Float64Var(&o.overprovision, "overprovision-ratio", 5, "sum of volume sizes allowed, as a multiple of the pool size")
+	fs.Float64Var(&o.fullPercent, "data-full-percent", 95, "refuse new volumes once the pool's data is this full (percent)")
+	fs.Float64Var(&o.metaFull, "metadata-full-percent", 80, "lvmthin: refuse new volumes once thin-pool metadata is this full (percent)")
+	fs.StringVar(&o.quotaMode, "btrfs-quota", "auto", "btrfs: size limits by simple quotas (simple), classic qgroups (full), or simple where supported (auto)")
+	fs.StringVar(&o.cmdPrefix, "command-prefix", "", "prefix for storage commands, space-separated (e.g. 'nsenter -t 1 -m -u -i -n -p --' to run LVM in the host's namespaces)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "controller/node: kubeconfig (default: in-cluster)")
+	fs.StringVar(&o.healthAddr, "health-address", ":9808", "controller/node: address of the /healthz endpoint (empty: off)")
+	fs.StringVar(&o.metricsAddr, "metrics-address", ":9809", "controller/node: address of the Prometheus /metrics endpoint (empty: off)")
+	fs.StringVar(&o.registration, "registration-socket", "", "node: kubelet plugin-registration socket (default: <kubelet-dir>/plugins_registry/csi-thin.io-reg.sock)")
+	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node: the kubelet's root directory")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.nodeID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("node id: %w", err)
+		}
+		o.nodeID = h
+	}
+	return o, nil
+}
+
+func (o *options) loopSizeBytes() (int64, error) {
+	q, err := resource.ParseQuantity(o.loopSize)
+	if err != nil {
+		return 0, fmt.Errorf("--loop-size %q: %w", o.loopSize, err)
+	}
+	return q.Value(), nil
+}
+
+func (o *options) commandPrefix() []string { return strings.Fields(o.cmdPrefix) }
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	switch o.mode {
+	case "local":
+		err = runLocal(ctx, o)
+	case "controller":
+		err = runController(ctx, o)
+	case "node":
+		err = runNode(ctx, o)
+	default:
+		err = fmt.Errorf("unknown --mode %q (local, controller or node)", o.mode)
+	}
+	klog.Flush()
+	if err != nil {
+		klog.ErrorS(err, "csi-thin failed", "mode", o.mode)
+		os.Exit(1)
+	}
+}
+
+// runLocal serves the Controller and Node services over one local pool:
+// a single-node install, csi-sanity and the demo.
+func runLocal(ctx context.Context, o *options) error {
+	pool, err := openLocal(ctx, o)
+	if err != nil {
+		return err
+	}
+	d, err := driver.New(localDriverConfig(o.endpoint, pool, o.maxVolumes))
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx)
+}
+
+// localDriverConfig wires the three CSI services to one local pool.
+func localDriverConfig(endpoint string, pool backend.Local, maxVolumes int64) driver.Config {
+	return driver.Config{
+		Endpoint:   endpoint,
+		Identity:   driver.NewIdentity(pool.Health, true),
+		Controller: controller.New(pool),
+		Node:       node.New(pool, node.Options{MaxVolumes: maxVolumes}),
+	}
+}

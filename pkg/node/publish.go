@@ -1,0 +1,165 @@
+package node
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+
+	"github.com/csi-thin/csi-thin/pkg/rpcerr"
+)
+
+// NodePublishVolume implements csi.NodeServer: a bind mount of the staged
+// filesystem (or of the device node, for raw block) into the pod's path.
+func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target, staging, vc := req.GetVolumeId(), req.GetTargetPath(), req.GetStagingTargetPath(), req.GetVolumeCapability()
+	switch {
+	case id == "":
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	case target == "":
+		return nil, status.Error(codes.InvalidArgument, "target path is required")
+	case vc == nil:
+		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
+	case vc.GetBlock() == nil && vc.GetMount() == nil:
+		return nil, status.Error(codes.InvalidArgument, "access type (mount or block) is required")
+	case vc.GetMount() != nil && staging == "":
+		return nil, status.Error(codes.FailedPrecondition, "staging target path is required: stage the volume first")
+	}
+	if err := checkPath(target); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	vol, err := s.backend.GetVolume(ctx, id)
+	if err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	if err := checkAccess(vol, vc); err != nil {
+		return nil, err
+	}
+	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	opts := []string{"bind"}
+	if readOnly {
+		opts = append(opts, "ro")
+	}
+
+	mounted, err := s.isMountPoint(target)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "check target %s: %v", target, err)
+	}
+	if mounted {
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+
+	var source string
+	if vc.GetBlock() != nil {
+		t, err := s.backend.Target(ctx, id)
+		if err != nil {
+			return nil, rpcerr.Status(err)
+		}
+		if !t.IsDevice {
+			return nil, status.Errorf(codes.InvalidArgument, "volume %s is not a block device", id)
+		}
+		source = t.Path
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+			return nil, status.Errorf(codes.Internal, "create target dir: %v", err)
+		}
+		f, err := os.OpenFile(target, os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "create block target %s: %v", target, err)
+		}
+		f.Close()
+	} else {
+		if err := checkPath(staging); err != nil {
+			return nil, err
+		}
+		staged, err := s.isMountPoint(staging)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "check staging path %s: %v", staging, err)
+		}
+		if !staged {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", id, staging)
+		}
+		if vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+			if err := s.checkSingleWriter(id, staging, target); err != nil {
+				return nil, err
+			}
+		}
+		flags := vc.GetMount().GetMountFlags()
+		if err := checkMountFlags(flags); err != nil {
+			return nil, rpcerr.Status(err)
+		}
+		opts = append(opts, withoutDiscardFlags(flags)...)
+		source = staging
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
+		}
+	}
+	if err := s.mounter.Mount(source, target, "", opts); err != nil {
+		return nil, status.Errorf(codes.Internal, "bind-mount %s at %s: %v", source, target, err)
+	}
+	klog.InfoS("volume published", "volumeID", id, "targetPath", target, "readOnly", readOnly)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// checkSingleWriter refuses a second publish of a single-writer volume.
+// The mount table is the record of where a volume is published, so the
+// answer survives a restart of the driver.
+func (s *Server) checkSingleWriter(id, staging, target string) error {
+	refs, err := s.mounter.GetMountRefs(staging)
+	if err != nil {
+		return status.Errorf(codes.Internal, "find mounts of %s: %v", staging, err)
+	}
+	for _, r := range refs {
+		if r != target && r != staging {
+			return status.Errorf(codes.FailedPrecondition, "volume %s has single-writer access and is already published at %s", id, r)
+		}
+	}
+	return nil
+}
+
+// withoutDiscardFlags drops filesystem-level flags that a bind remount
+// cannot take; they were applied at stage time.
+func withoutDiscardFlags(flags []string) []string {
+	var out []string
+	for _, f := range flags {
+		switch f {
+		case "discard", "nodiscard", "nouuid":
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// NodeUnpublishVolume implements csi.NodeServer; an absent target is success.
+func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if target == "" {
+		return nil, status.Error(codes.InvalidArgument, "target path is required")
+	}
+	if err := checkPath(target); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := mount.CleanupMountPoint(target, s.mounter, true); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	}
+	klog.V(2).InfoS("volume unpublished", "volumeID", id, "targetPath", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}

@@ -1,0 +1,163 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/rpcerr"
+)
+
+// NodeStageVolume implements csi.NodeServer. A block-device volume with
+// mount access is formatted on first use and mounted at the staging path;
+// a directory volume (btrfs subvolume) is bind-mounted there; raw block
+// volumes need no staging.
+func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	id, staging, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
+	switch {
+	case id == "":
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	case staging == "":
+		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	case vc == nil:
+		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
+	case vc.GetBlock() == nil && vc.GetMount() == nil:
+		return nil, status.Error(codes.InvalidArgument, "access type (mount or block) is required")
+	}
+	if err := checkPath(staging); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	vol, err := s.backend.GetVolume(ctx, id)
+	if err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	if err := checkAccess(vol, vc); err != nil {
+		return nil, err
+	}
+	if vc.GetBlock() != nil {
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	flags := vc.GetMount().GetMountFlags()
+	if err := checkMountFlags(flags); err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	target, err := s.backend.Target(ctx, id)
+	if err != nil {
+		return nil, rpcerr.Status(err)
+	}
+	mounted, err := s.isMountPoint(staging)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "check staging path %s: %v", staging, err)
+	}
+	if mounted {
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
+	}
+	if !target.IsDevice {
+		opts := append([]string{"bind"}, flags...)
+		if err := s.mounter.Mount(target.Path, staging, "", opts); err != nil {
+			return nil, status.Errorf(codes.Internal, "bind-mount volume %s at %s: %v", id, staging, err)
+		}
+		klog.InfoS("volume staged", "volumeID", id, "stagingPath", staging)
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	fsType := vc.GetMount().GetFsType()
+	if fsType == "" {
+		fsType = vol.FsType
+	}
+	if fsType == "" {
+		fsType = DefaultFsType
+	}
+	opts := stageOptions(fsType, flags)
+	if err := s.mounter.FormatAndMountSensitiveWithFormatOptions(target.Path, staging, fsType, opts, nil, formatOptions(fsType)); err != nil {
+		return nil, status.Errorf(codes.Internal, "format and mount volume %s (%s) at %s: %v", id, fsType, staging, err)
+	}
+	klog.InfoS("volume staged", "volumeID", id, "stagingPath", staging, "fsType", fsType, "options", opts)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// checkAccess refuses to stage or publish a volume with an access type it
+// was not created for: a raw block volume mounted as a filesystem would be
+// formatted, destroying whatever the pod wrote to it.
+func checkAccess(vol *backend.Volume, vc *csi.VolumeCapability) error {
+	want := backend.AccessMount
+	if vc.GetBlock() != nil {
+		want = backend.AccessBlock
+	}
+	if vol.AccessType != "" && vol.AccessType != want {
+		return status.Errorf(codes.InvalidArgument, "volume %s was created for %s access, not %s", vol.ID, vol.AccessType, want)
+	}
+	return nil
+}
+
+// NodeUnstageVolume implements csi.NodeServer.
+func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if staging == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	}
+	if err := checkPath(staging); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := mount.CleanupMountPoint(staging, s.mounter, true); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", staging, err)
+	}
+	klog.V(2).InfoS("volume unstaged", "volumeID", id, "stagingPath", staging)
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// checkPath insists on clean absolute paths: the CO hands them to us, and
+// they go to mount(8) and os.RemoveAll.
+func checkPath(p string) error {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p && filepath.Clean(p)+"/" != p || containsNUL(p) {
+		return status.Errorf(codes.InvalidArgument, "path %q must be absolute and clean", p)
+	}
+	return nil
+}
+
+func containsNUL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// deviceSize returns the size of a block device.
+func deviceSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, err := f.Seek(0, 2)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", path, err)
+	}
+	return n, nil
+}
