@@ -55,3 +55,12 @@ type OperationStatus struct {
 	// +optional
 	Message string `json:"message,omitempty"`
 }
+
+// Condition reasons besides the gRPC code names.
+const (
+	// ReasonCreated: the node made the object.
+	ReasonCreated = "Created"
+	// ReasonDeleteFailed: the object is being deleted and the node could
+	// not remove the storage yet; Code and Message say why.
+	ReasonDeleteFailed = "DeleteFailed"
+)

@@ -1,0 +1,80 @@
+package router
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// nodeError is a failure the node agent reported in a resource's status.
+// It unwraps to the backend sentinel for the stored gRPC code, so the CSI
+// boundary (rpcerr) returns exactly the code the node's backend produced,
+// with the node's own message.
+type nodeError struct {
+	node     string
+	message  string
+	sentinel error
+}
+
+func (e *nodeError) Error() string { return "node " + e.node + ": " + e.message }
+func (e *nodeError) Unwrap() error { return e.sentinel }
+
+// errInternal stands for a node-side failure with no better sentinel; it
+// maps to codes.Internal.
+var errInternal = errors.New("internal error on the node")
+
+// sentinelFor is the inverse of rpcerr.Code for the codes a backend can
+// produce. InvalidArgument maps to ErrInvalid (ErrUnsupported shares its
+// code, so the distinction is lost, but not the code).
+func sentinelFor(code codes.Code) error {
+	switch code {
+	case codes.NotFound:
+		return backend.ErrNotFound
+	case codes.AlreadyExists:
+		return backend.ErrExists
+	case codes.ResourceExhausted:
+		return backend.ErrNoSpace
+	case codes.OutOfRange:
+		return backend.ErrOutOfRange
+	case codes.InvalidArgument:
+		return backend.ErrInvalid
+	case codes.Aborted:
+		return backend.ErrBusy
+	case codes.FailedPrecondition:
+		return backend.ErrPrecondition
+	case codes.Unavailable:
+		return backend.ErrUnavailable
+	case codes.DeadlineExceeded:
+		return context.DeadlineExceeded
+	case codes.Canceled:
+		return context.Canceled
+	}
+	return errInternal
+}
+
+// parseCode reads a code name as written by codes.Code.String().
+func parseCode(name string) codes.Code {
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		if c.String() == name {
+			return c
+		}
+	}
+	return codes.Unknown
+}
+
+// failed reports whether a stored code name is a failure.
+func failed(code string) bool { return code != "" && code != codes.OK.String() }
+
+// statusError turns a stored code and message into an error, nil for OK.
+func statusError(node, code, message string) error {
+	if !failed(code) {
+		return nil
+	}
+	if message == "" {
+		message = code
+	}
+	return &nodeError{node: node, message: message, sentinel: sentinelFor(parseCode(code))}
+}

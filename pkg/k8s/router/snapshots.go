@@ -1,0 +1,145 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// CreateSnapshot creates (or finds) the ThinSnapshot named req.ID on the
+// source volume's node and waits for that node's verdict.
+func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
+	if !backend.IsSnapshotID(req.ID) {
+		return nil, fmt.Errorf("snapshot ID %q: %w", req.ID, backend.ErrInvalid)
+	}
+	logger := klog.FromContext(ctx).WithValues("snapshotID", req.ID, "volumeID", req.SourceVolumeID)
+	node, err := r.sourceNode(ctx, backend.Source{Kind: backend.SourceVolume, ID: req.SourceVolumeID})
+	if err != nil {
+		return nil, err
+	}
+	ts := &thinv1.ThinSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{thinv1.LabelNode: node}},
+		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID},
+	}
+	if err := r.client.Create(ctx, ts); err != nil {
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("create ThinSnapshot %s: %w", req.ID, err)
+		}
+		if err := r.api.Get(ctx, client.ObjectKey{Name: req.ID}, ts); err != nil {
+			return nil, fmt.Errorf("get ThinSnapshot %s: %w", req.ID, err)
+		}
+		if ts.DeletionTimestamp != nil {
+			return nil, fmt.Errorf("snapshot %s: an earlier attempt is still being cleaned up on node %s: %w", req.ID, ts.Spec.Node, backend.ErrBusy)
+		}
+		if ts.Spec.SourceVolumeID != req.SourceVolumeID {
+			return nil, fmt.Errorf("snapshot %s exists for volume %s, requested for %s: %w", req.ID, ts.Spec.SourceVolumeID, req.SourceVolumeID, backend.ErrExists)
+		}
+	} else {
+		logger.Info("ThinSnapshot created, waiting for the node", "node", node)
+	}
+
+	ctx, cancel := r.waitContext(ctx)
+	defer cancel()
+	var nodeErr error
+	err = r.wait(ctx, ts, func(found bool) (bool, error) {
+		if !found {
+			return false, nil
+		}
+		switch ts.Status.Phase {
+		case thinv1.PhaseReady:
+			return true, nil
+		case thinv1.PhaseFailed:
+			nodeErr = statusError(ts.Spec.Node, ts.Status.Code, ts.Status.Message)
+			if nodeErr == nil {
+				nodeErr = &nodeError{node: ts.Spec.Node, message: "failed without a reason", sentinel: errInternal}
+			}
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return nil, fmt.Errorf("snapshot %s still %s on node %s (is the csi-thin node agent running there?): %w",
+				req.ID, phaseOf(ts.Status.Phase), ts.Spec.Node, err)
+		}
+		return nil, err
+	}
+	if nodeErr != nil {
+		logger.Info("node failed to create the snapshot; deleting the ThinSnapshot so a retry starts afresh", "node", ts.Spec.Node, "code", ts.Status.Code, "err", nodeErr.Error())
+		r.deleteQuietly(ctx, ts)
+		return nil, nodeErr
+	}
+	logger.Info("snapshot ready", "node", ts.Spec.Node, "sizeBytes", ts.Status.SizeBytes)
+	return snapshotOf(ts), nil
+}
+
+func snapshotOf(ts *thinv1.ThinSnapshot) *backend.Snapshot {
+	s := &backend.Snapshot{
+		ID:             ts.Name,
+		Name:           ts.Spec.Name,
+		SourceVolumeID: ts.Spec.SourceVolumeID,
+		SizeBytes:      ts.Status.SizeBytes,
+		Node:           ts.Spec.Node,
+		CreatedAt:      ts.CreationTimestamp.Time,
+		ReadyToUse:     ts.Status.ReadyToUse,
+	}
+	if ts.Status.CreationTime != nil {
+		s.CreatedAt = ts.Status.CreationTime.Time
+	}
+	return s
+}
+
+// DeleteSnapshot deletes the ThinSnapshot and waits until the node has
+// removed the snapshot.
+func (r *Router) DeleteSnapshot(ctx context.Context, id string) error {
+	if !backend.IsSnapshotID(id) {
+		return nil
+	}
+	ts := &thinv1.ThinSnapshot{ObjectMeta: metav1.ObjectMeta{Name: id}}
+	return r.deleteAndWait(ctx, ts, id, func() deleteState {
+		return deleteState{ts.Spec.Node, ts.Status.Code, ts.Status.Message, deleteFailed(ts.Status.Conditions)}
+	})
+}
+
+// GetSnapshot reads a snapshot's ThinSnapshot; a failed one does not exist.
+func (r *Router) GetSnapshot(ctx context.Context, id string) (*backend.Snapshot, error) {
+	if err := backend.CheckSnapshotID(id); err != nil {
+		return nil, err
+	}
+	ts := &thinv1.ThinSnapshot{}
+	if err := r.getFresh(ctx, id, ts); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("snapshot %s: %w", id, backend.ErrNotFound)
+		}
+		return nil, fmt.Errorf("get ThinSnapshot %s: %w", id, err)
+	}
+	if ts.Status.Phase == thinv1.PhaseFailed {
+		return nil, fmt.Errorf("snapshot %s failed on node %s: %w", id, ts.Spec.Node, backend.ErrNotFound)
+	}
+	return snapshotOf(ts), nil
+}
+
+// ListSnapshots lists the Ready snapshots, sorted by ID.
+func (r *Router) ListSnapshots(ctx context.Context) ([]*backend.Snapshot, error) {
+	var list thinv1.ThinSnapshotList
+	if err := r.client.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("list ThinSnapshots: %w", err)
+	}
+	out := make([]*backend.Snapshot, 0, len(list.Items))
+	for i := range list.Items {
+		if list.Items[i].Status.Phase == thinv1.PhaseReady {
+			out = append(out, snapshotOf(&list.Items[i]))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
