@@ -1,0 +1,114 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// SnapshotReconciler makes the ThinSnapshots of this node real.
+type SnapshotReconciler struct {
+	Client   client.Client
+	Pool     backend.Local
+	Recorder events.EventRecorder
+	Changed  func()
+}
+
+// SetupWithManager registers the reconciler for this node's ThinSnapshots.
+func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("thinsnapshot").
+		For(&thinv1.ThinSnapshot{}, builder.WithPredicates(onNode(r.Pool.NodeName()))).
+		Complete(r)
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	ts := &thinv1.ThinSnapshot{}
+	if err := r.Client.Get(ctx, req.NamespacedName, ts); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	logger := klog.FromContext(ctx).WithValues("snapshotID", ts.Name, "volumeID", ts.Spec.SourceVolumeID)
+	ctx = klog.NewContext(ctx, logger)
+	if ts.Spec.Node != r.Pool.NodeName() {
+		return ctrl.Result{}, nil
+	}
+	if !ts.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.delete(ctx, ts)
+	}
+	if controllerutil.AddFinalizer(ts, thinv1.Finalizer) {
+		if err := r.Client.Update(ctx, ts); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+	if ts.Status.Phase == thinv1.PhaseReady || ts.Status.Phase == thinv1.PhaseFailed {
+		return ctrl.Result{}, nil
+	}
+	start := time.Now()
+	s, err := r.Pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: ts.Name, Name: ts.Spec.Name, SourceVolumeID: ts.Spec.SourceVolumeID})
+	ts.Status.ObservedGeneration = ts.Generation
+	ts.Status.OperationStatus = operation(err)
+	setReady(&ts.Status.Conditions, ts.Generation, err, thinv1.ReasonCreated)
+	if err != nil {
+		ts.Status.Phase = thinv1.PhaseFailed
+		logger.Error(err, "create snapshot failed", "code", ts.Status.Code)
+		r.Recorder.Eventf(ts, nil, corev1.EventTypeWarning, "CreateFailed", "CreateSnapshot", "%s: %s", ts.Status.Code, err.Error())
+	} else {
+		ts.Status.Phase = thinv1.PhaseReady
+		ts.Status.SizeBytes = s.SizeBytes
+		ts.Status.ReadyToUse = s.ReadyToUse
+		created := metav1.NewTime(s.CreatedAt)
+		if s.CreatedAt.IsZero() {
+			created = metav1.Now()
+		}
+		ts.Status.CreationTime = &created
+		logger.Info("snapshot created", "sizeBytes", s.SizeBytes, "duration", time.Since(start))
+		r.Recorder.Eventf(ts, nil, corev1.EventTypeNormal, "Created", "CreateSnapshot", "snapshot of %s taken on %s", ts.Spec.SourceVolumeID, ts.Spec.Node)
+		if r.Changed != nil {
+			r.Changed()
+		}
+	}
+	if err := r.Client.Status().Update(ctx, ts); err != nil {
+		return ctrl.Result{}, fmt.Errorf("write status: %w", err)
+	}
+	return ctrl.Result{}, nil
+}
+
+func (r *SnapshotReconciler) delete(ctx context.Context, ts *thinv1.ThinSnapshot) error {
+	if !controllerutil.ContainsFinalizer(ts, thinv1.Finalizer) {
+		return nil
+	}
+	logger := klog.FromContext(ctx)
+	if err := r.Pool.DeleteSnapshot(ctx, ts.Name); err != nil {
+		logger.Error(err, "delete snapshot failed; will retry")
+		r.Recorder.Eventf(ts, nil, corev1.EventTypeWarning, "DeleteFailed", "DeleteSnapshot", "%s", err.Error())
+		ts.Status.OperationStatus = operation(err)
+		setDeleteFailed(&ts.Status.Conditions, ts.Generation, err)
+		if uerr := r.Client.Status().Update(ctx, ts); uerr != nil && !apierrors.IsNotFound(uerr) {
+			logger.Error(uerr, "write status")
+		}
+		return err
+	}
+	controllerutil.RemoveFinalizer(ts, thinv1.Finalizer)
+	if err := r.Client.Update(ctx, ts); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove finalizer: %w", err)
+	}
+	logger.Info("snapshot deleted")
+	if r.Changed != nil {
+		r.Changed()
+	}
+	return nil
+}

@@ -1,0 +1,200 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// expandRetry is how soon a failed expansion is tried again: the resizer
+// keeps asking, and the node must answer with a fresh outcome.
+const expandRetry = 30 * time.Second
+
+// VolumeReconciler makes the ThinVolumes of this node real on its pool.
+type VolumeReconciler struct {
+	Client   client.Client
+	Pool     backend.Local
+	Recorder events.EventRecorder
+	// Changed is called after the pool changed (the ThinNode status
+	// should be refreshed); may be nil.
+	Changed func()
+}
+
+// SetupWithManager registers the reconciler for this node's ThinVolumes.
+func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("thinvolume").
+		For(&thinv1.ThinVolume{}, builder.WithPredicates(onNode(r.Pool.NodeName()))).
+		Complete(r)
+}
+
+// onNode keeps only the resources whose spec.node is this node (the cache
+// already selects by label; this guards against a mislabeled resource).
+func onNode(node string) predicate.Predicate {
+	return predicate.NewPredicateFuncs(func(obj client.Object) bool {
+		switch o := obj.(type) {
+		case *thinv1.ThinVolume:
+			return o.Spec.Node == node
+		case *thinv1.ThinSnapshot:
+			return o.Spec.Node == node
+		}
+		return false
+	})
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	logger := klog.FromContext(ctx).WithValues("volumeID", req.Name)
+	ctx = klog.NewContext(ctx, logger)
+	tv := &thinv1.ThinVolume{}
+	if err := r.Client.Get(ctx, req.NamespacedName, tv); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if tv.Spec.Node != r.Pool.NodeName() {
+		return ctrl.Result{}, nil
+	}
+	if !tv.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.delete(ctx, tv)
+	}
+	if controllerutil.AddFinalizer(tv, thinv1.Finalizer) {
+		// Before any storage exists: the resource can never vanish without
+		// the node hearing of it.
+		if err := r.Client.Update(ctx, tv); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+	switch {
+	case tv.Status.Phase == thinv1.PhaseFailed:
+		return ctrl.Result{}, nil // the controller deletes it
+	case tv.Status.Phase != thinv1.PhaseReady:
+		return ctrl.Result{}, r.create(ctx, tv)
+	case tv.Spec.RequiredBytes > tv.Status.SizeBytes:
+		return r.expand(ctx, tv)
+	case tv.Status.ObservedGeneration != tv.Generation:
+		tv.Status.ObservedGeneration = tv.Generation
+		return ctrl.Result{}, r.Client.Status().Update(ctx, tv)
+	}
+	return ctrl.Result{}, nil
+}
+
+func requestOf(tv *thinv1.ThinVolume) backend.VolumeRequest {
+	req := backend.VolumeRequest{
+		ID:            tv.Name,
+		Name:          tv.Spec.Name,
+		RequiredBytes: tv.Spec.RequiredBytes,
+		LimitBytes:    tv.Spec.LimitBytes,
+		AccessType:    backend.AccessType(tv.Spec.AccessType),
+		FsType:        tv.Spec.FsType,
+		Parameters:    tv.Spec.Parameters,
+		Node:          tv.Spec.Node,
+	}
+	if s := tv.Spec.Source; s != nil {
+		req.Source = backend.Source{Kind: backend.SourceKind(s.Kind), ID: s.ID}
+	}
+	return req
+}
+
+func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) error {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	v, err := r.Pool.CreateVolume(ctx, requestOf(tv))
+	tv.Status.ObservedGeneration = tv.Generation
+	tv.Status.OperationStatus = operation(err)
+	setReady(&tv.Status.Conditions, tv.Generation, err, thinv1.ReasonCreated)
+	if err != nil {
+		// Every failure is final for this resource: the controller returns
+		// the code and deletes the resource, and the CO's retry makes a new
+		// one. The backend's create is idempotent, so nothing half-made
+		// survives the deletion (which calls DeleteVolume).
+		tv.Status.Phase = thinv1.PhaseFailed
+		logger.Error(err, "create volume failed", "code", tv.Status.Code)
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, "CreateFailed", "CreateVolume", "%s: %s", tv.Status.Code, err.Error())
+	} else {
+		tv.Status.Phase = thinv1.PhaseReady
+		tv.Status.SizeBytes = v.SizeBytes
+		setHealthy(&tv.Status.Conditions, tv.Generation, v.Condition)
+		logger.Info("volume created", "sizeBytes", v.SizeBytes, "source", v.Source.ID, "duration", time.Since(start))
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Created", "CreateVolume", "created %d bytes on %s", v.SizeBytes, tv.Spec.Node)
+		r.changed()
+	}
+	if uerr := r.Client.Status().Update(ctx, tv); uerr != nil {
+		return fmt.Errorf("write status: %w", uerr)
+	}
+	return nil
+}
+
+func setHealthy(conds *[]metav1.Condition, generation int64, c backend.Condition) {
+	cond := metav1.Condition{Type: thinv1.ConditionHealthy, Status: metav1.ConditionTrue, Reason: "Healthy", Message: c.Message, ObservedGeneration: generation}
+	if c.Abnormal {
+		cond.Status, cond.Reason = metav1.ConditionFalse, "Abnormal"
+	}
+	apimeta.SetStatusCondition(conds, cond)
+}
+
+func (r *VolumeReconciler) expand(ctx context.Context, tv *thinv1.ThinVolume) (ctrl.Result, error) {
+	logger := klog.FromContext(ctx)
+	v, err := r.Pool.ExpandVolume(ctx, tv.Name, tv.Spec.RequiredBytes)
+	tv.Status.ObservedGeneration = tv.Generation
+	tv.Status.OperationStatus = operation(err)
+	result := ctrl.Result{}
+	if err != nil {
+		// The volume is still there and usable: the phase stays Ready.
+		logger.Error(err, "expand volume failed", "code", tv.Status.Code, "requiredBytes", tv.Spec.RequiredBytes)
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, "ExpandFailed", "ExpandVolume", "%s: %s", tv.Status.Code, err.Error())
+		result.RequeueAfter = expandRetry
+	} else {
+		logger.Info("volume expanded", "from", tv.Status.SizeBytes, "sizeBytes", v.SizeBytes)
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Expanded", "ExpandVolume", "expanded from %d to %d bytes", tv.Status.SizeBytes, v.SizeBytes)
+		tv.Status.SizeBytes = v.SizeBytes
+		r.changed()
+	}
+	if uerr := r.Client.Status().Update(ctx, tv); uerr != nil {
+		return ctrl.Result{}, fmt.Errorf("write status: %w", uerr)
+	}
+	return result, nil
+}
+
+func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) error {
+	if !controllerutil.ContainsFinalizer(tv, thinv1.Finalizer) {
+		return nil
+	}
+	logger := klog.FromContext(ctx)
+	if err := r.Pool.DeleteVolume(ctx, tv.Name); err != nil {
+		logger.Error(err, "delete volume failed; will retry")
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, "DeleteFailed", "DeleteVolume", "%s", err.Error())
+		tv.Status.OperationStatus = operation(err)
+		setDeleteFailed(&tv.Status.Conditions, tv.Generation, err)
+		if uerr := r.Client.Status().Update(ctx, tv); uerr != nil && !apierrors.IsNotFound(uerr) {
+			logger.Error(uerr, "write status")
+		}
+		return err // requeued with backoff
+	}
+	controllerutil.RemoveFinalizer(tv, thinv1.Finalizer)
+	if err := r.Client.Update(ctx, tv); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove finalizer: %w", err)
+	}
+	logger.Info("volume deleted")
+	r.changed()
+	return nil
+}
+
+func (r *VolumeReconciler) changed() {
+	if r.Changed != nil {
+		r.Changed()
+	}
+}
