@@ -3,11 +3,215 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/controller"
+	"github.com/csi-thin/csi-thin/pkg/driver"
+	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
+	"github.com/csi-thin/csi-thin/pkg/k8s/registration"
+	"github.com/csi-thin/csi-thin/pkg/k8s/router"
+	"github.com/csi-thin/csi-thin/pkg/node"
 )
 
-// Placeholder until the Kubernetes layer lands.
+// runController serves the CSI Controller service with the router as its
+// backend: every volume operation becomes a resource for a node agent.
+// The sidecars do leader election; this process keeps no state of its own.
 func runController(ctx context.Context, o *options) error {
-	return errors.New("controller mode is not built yet")
+	mgr, err := newManager(o, cache.Options{})
+	if err != nil {
+		return err
+	}
+	r, err := router.New(ctx, mgr.GetClient(), mgr.GetAPIReader(), mgr.GetCache(), router.Config{})
+	if err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("router", healthCheck(r.Health)); err != nil {
+		return err
+	}
+	d, err := driver.New(driver.Config{
+		Endpoint:   o.endpoint,
+		Identity:   driver.NewIdentity(r.Health, true),
+		Controller: controller.New(r),
+	})
+	if err != nil {
+		return err
+	}
+	return runAll(ctx, mgr, d)
 }
 
-func runNode(ctx context.Context, o *options) error { return errors.New("node mode is not built yet") }
+// runNode serves the CSI Node service on the kubelet's plugin socket over
+// this node's pool, registers it with the kubelet, reconciles this node's
+// ThinVolumes and ThinSnapshots, and keeps its ThinNode current.
+func runNode(ctx context.Context, o *options) error {
+	pool, err := openLocal(ctx, o)
+	if err != nil {
+		return fmt.Errorf("open pool: %w", err)
+	}
+	nodeName := pool.NodeName()
+	mine := labels.SelectorFromSet(labels.Set{thinv1.LabelNode: nodeName})
+	// The agent caches only its own node's resources: less memory, and
+	// RBAC-wise it needs nothing of the other nodes'.
+	mgr, err := newManager(o, cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&thinv1.ThinVolume{}:   {Label: mine},
+		&thinv1.ThinSnapshot{}: {Label: mine},
+		&thinv1.ThinNode{}:     {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+	}})
+	if err != nil {
+		return err
+	}
+	poolMetrics, err := nodeagent.NewPoolMetrics(nil)
+	if err != nil {
+		return fmt.Errorf("pool metrics: %w", err)
+	}
+	status := nodeagent.NewNodeStatus(mgr.GetClient(), mgr.GetAPIReader(), pool, 0, poolMetrics.Observe(nodeName))
+	if err := mgr.Add(status); err != nil {
+		return err
+	}
+	recorder := mgr.GetEventRecorder("csi-thin-node")
+	if err := (&nodeagent.VolumeReconciler{Client: mgr.GetClient(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("volume reconciler: %w", err)
+	}
+	if err := (&nodeagent.SnapshotReconciler{Client: mgr.GetClient(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("snapshot reconciler: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("pool", healthCheck(pool.Health)); err != nil {
+		return err
+	}
+
+	csiSocket, err := driver.SocketPath(o.endpoint)
+	if err != nil {
+		return err
+	}
+	d, err := driver.New(driver.Config{
+		Endpoint: o.endpoint,
+		Identity: driver.NewIdentity(pool.Health, false),
+		Node:     node.New(pool, node.Options{MaxVolumes: o.maxVolumes}),
+	})
+	if err != nil {
+		return err
+	}
+	regSocket := o.registration
+	if regSocket == "" {
+		regSocket = filepath.Join(o.kubeletDir, "plugins_registry", driver.Name+"-reg.sock")
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	reg := &registration.Server{
+		DriverName: driver.Name,
+		Endpoint:   csiSocket, // the pod mounts the kubelet dir at the host's path
+		Socket:     regSocket,
+		// Exit so that the pod restarts and the kubelet sees a new socket.
+		Failed: func(err error) { cancel(err) },
+	}
+	klog.InfoS("node agent starting", "node", nodeName, "backend", pool.Kind(), "endpoint", o.endpoint, "registration", regSocket)
+	err = runAll(ctx, mgr, d, reg)
+	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	return err
+}
+
+// runner is anything that serves until its context ends.
+type runner interface{ Run(context.Context) error }
+
+// runAll runs the manager and the servers until ctx ends or one of them
+// fails, which stops the others. The CSI servers start once the caches
+// have synced, so that no call is answered from an empty cache.
+func runAll(ctx context.Context, mgr ctrl.Manager, servers ...runner) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return mgr.Start(ctx) })
+	g.Go(func() error {
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return ctx.Err()
+		}
+		sg, sctx := errgroup.WithContext(ctx)
+		for _, s := range servers {
+			sg.Go(func() error { return s.Run(sctx) })
+		}
+		return sg.Wait()
+	})
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func newManager(o *options, cacheOpts cache.Options) (ctrl.Manager, error) {
+	ctrl.SetLogger(klog.NewKlogr())
+	cfg, err := restConfig(o.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := thinv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	metricsAddr := o.metricsAddr
+	if metricsAddr == "" {
+		metricsAddr = "0" // off
+	}
+	healthAddr := o.healthAddr
+	if healthAddr == "" {
+		healthAddr = "0"
+	}
+	// Nodes are read once (for the ThinNode's owner) and never cached.
+	cacheOpts.Scheme = scheme
+	return ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  cacheOpts,
+		Client:                 client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Node{}}}},
+		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress: healthAddr,
+		LeaderElection:         false,
+	})
+}
+
+// restConfig is the --kubeconfig file, else the in-cluster config.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	cfg.UserAgent = "csi-thin/" + driver.Version
+	// The controller waits on many resources at once during bursts of
+	// CreateVolume; the defaults (5 qps) would throttle them.
+	cfg.QPS, cfg.Burst = 50, 100
+	return cfg, nil
+}
+
+// healthCheck adapts a backend health function to a /healthz check.
+func healthCheck(health driver.HealthFunc) func(*http.Request) error {
+	return func(req *http.Request) error {
+		if h := health(req.Context()); !h.Healthy {
+			return errors.New(h.Message)
+		}
+		return nil
+	}
+}
