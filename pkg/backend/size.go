@@ -11,7 +11,8 @@ const (
 )
 
 // ResolveSize turns a CSI capacity range into one size: the required bytes
-// (or defaultBytes when nothing is asked, capped by the limit), rounded up
+// (or, when nothing is asked, the minimum if set, else defaultBytes capped
+// by the limit), rounded up
 // to unit, and at least minimum (the source size for clones and restores).
 // The result must stay within the limit, else ErrOutOfRange.
 func ResolveSize(required, limit, defaultBytes, minimum, unit int64) (int64, error) {
@@ -23,8 +24,12 @@ func ResolveSize(required, limit, defaultBytes, minimum, unit int64) (int64, err
 	}
 	size := required
 	if size == 0 {
+		// Unspecified: a clone or restore takes its source's size, a new
+		// volume the default (capped by the limit).
 		size = defaultBytes
-		if limit > 0 && limit < size {
+		if minimum > 0 {
+			size = minimum
+		} else if limit > 0 && limit < size {
 			size = limit
 		}
 	}

@@ -276,3 +276,21 @@ func (p *Pool) Teardown(ctx context.Context, removeFile bool) error {
 	}
 	return nil
 }
+
+// AllocatedBytes is the pool's logical data plus metadata in use, after
+// committing the current transaction so that recent writes are counted:
+// the figure to compare before and after a snapshot or clone.
+func (p *Pool) AllocatedBytes(ctx context.Context) (int64, error) {
+	if _, err := p.cli.btrfs(ctx, "filesystem", "sync", p.mountPath); err != nil {
+		return 0, err
+	}
+	u, err := p.cli.usage(ctx, p.mountPath)
+	if err != nil {
+		return 0, err
+	}
+	return u.Data + u.Metadata + u.System, nil
+}
+
+// VolumePath is where a volume's subvolume lives (tests and benchmarks
+// write through it directly).
+func (p *Pool) VolumePath(id string) string { return p.volumePath(id) }

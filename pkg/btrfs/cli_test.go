@@ -1,0 +1,131 @@
+package btrfs
+
+import (
+	"context"
+	"os"
+	"reflect"
+	"testing"
+
+	"github.com/csi-thin/csi-thin/pkg/exec"
+)
+
+func TestParseQgroups(t *testing.T) {
+	fixture, err := os.ReadFile("testdata/qgroup-show-limited.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		in      string
+		want    []qgroup
+		wantErr bool
+	}{
+		{"captured from btrfs-progs 6.2", string(fixture), []qgroup{{ID: "0/258", Referenced: 16384, Exclusive: 16384, MaxReferenced: 104857600, Path: "b"}}, false},
+		{"no limit, path with spaces", "Qgroupid Referenced Exclusive Max referenced Max exclusive Path\n-------- ---------- --------- -------------- ------------- ----\n0/257 4096 4096 none none my vol\n",
+			[]qgroup{{ID: "0/257", Referenced: 4096, Exclusive: 4096, Path: "my vol"}}, false},
+		{"garbage", "ERROR: quota not enabled\n", nil, true},
+		{"non-numeric", "0/257 lots 4096 none none x\n", nil, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseQgroups([]byte(tc.in))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if !tc.wantErr && !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseUsage(t *testing.T) {
+	fixture, err := os.ReadFile("testdata/filesystem-df.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := parseUsage(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Metadata <= 0 || u.System <= 0 {
+		t.Fatalf("usage from fixture: %+v", u)
+	}
+	if _, err := parseUsage([]byte("{not json")); err == nil {
+		t.Fatal("garbage parsed")
+	}
+}
+
+// TestCommandLines pins the exact argument lists: no shell, paths as
+// single arguments, sizes in bytes.
+func TestCommandLines(t *testing.T) {
+	f := &exec.Fake{}
+	f.On("btrfs", "", 0, "")
+	f.On("btrfs inspect-internal rootid", "257\n", 0, "")
+	f.On("btrfs property get", "ro=true\n", 0, "")
+	c := cli{run: f}
+	ctx := context.Background()
+	path := "/pool/csi-thin/staging/v-0123 with space"
+	steps := []func() error{
+		func() error { return c.createSubvolume(ctx, path) },
+		func() error { return c.snapshot(ctx, "/pool/src", path) },
+		func() error { return c.limit(ctx, path, 1<<30) },
+		func() error { return c.setReadOnly(ctx, path, true) },
+		func() error { return c.deleteSubvolume(ctx, path) },
+		func() error {
+			id, err := c.subvolumeID(ctx, path)
+			if id != 257 {
+				t.Errorf("subvolume id %d", id)
+			}
+			return err
+		},
+		func() error {
+			ro, err := c.isReadOnly(ctx, path)
+			if !ro {
+				t.Error("read-only not parsed")
+			}
+			return err
+		},
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := [][]string{
+		{"subvolume", "create", path},
+		{"subvolume", "snapshot", "/pool/src", path},
+		{"qgroup", "limit", "1073741824", path},
+		{"property", "set", "-ts", path, "ro", "true"},
+		{"subvolume", "delete", path},
+		{"inspect-internal", "rootid", path},
+		{"property", "get", "-ts", path, "ro"},
+	}
+	if len(f.Calls) != len(want) {
+		t.Fatalf("%d calls, want %d: %v", len(f.Calls), len(want), f.Lines())
+	}
+	for i, w := range want {
+		if f.Calls[i].Name != "btrfs" || !reflect.DeepEqual(f.Calls[i].Args, w) {
+			t.Errorf("call %d: %v, want btrfs %v", i, f.Calls[i], w)
+		}
+	}
+}
+
+func TestBadToolOutputIsAnError(t *testing.T) {
+	f := &exec.Fake{}
+	f.On("btrfs inspect-internal rootid", "not a number\n", 0, "")
+	f.On("btrfs property get", "ro=maybe\n", 0, "")
+	f.On("btrfs subvolume create", "", 1, "ERROR: cannot create subvolume: No space left on device")
+	c := cli{run: f}
+	ctx := context.Background()
+	if _, err := c.subvolumeID(ctx, "/p"); err == nil {
+		t.Error("garbage rootid accepted")
+	}
+	if _, err := c.isReadOnly(ctx, "/p"); err == nil {
+		t.Error("garbage property accepted")
+	}
+	err := c.createSubvolume(ctx, "/p")
+	if err == nil || exec.StderrOf(err) == "" {
+		t.Fatalf("failure lost its stderr: %v", err)
+	}
+}

@@ -1,0 +1,44 @@
+package rpcerr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+func TestCode(t *testing.T) {
+	cases := []struct {
+		err  error
+		want codes.Code
+	}{
+		{nil, codes.OK},
+		{fmt.Errorf("lookup: %w", backend.ErrNotFound), codes.NotFound},
+		{fmt.Errorf("x: %w", backend.ErrExists), codes.AlreadyExists},
+		{fmt.Errorf("x: %w", backend.ErrNoSpace), codes.ResourceExhausted},
+		{fmt.Errorf("x: %w", backend.ErrOutOfRange), codes.OutOfRange},
+		{fmt.Errorf("x: %w", backend.ErrInvalid), codes.InvalidArgument},
+		{fmt.Errorf("x: %w", backend.ErrUnsupported), codes.InvalidArgument},
+		{fmt.Errorf("x: %w", backend.ErrBusy), codes.Aborted},
+		{fmt.Errorf("x: %w", backend.ErrPrecondition), codes.FailedPrecondition},
+		{fmt.Errorf("x: %w", backend.ErrUnavailable), codes.Unavailable},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
+		{errors.New("mystery"), codes.Internal},
+		{status.Error(codes.Aborted, "already a status"), codes.Aborted},
+	}
+	for _, tc := range cases {
+		if got := Code(tc.err); got != tc.want {
+			t.Errorf("Code(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+		if tc.err != nil {
+			if got := status.Code(Status(tc.err)); got != tc.want {
+				t.Errorf("Status(%v) has code %v, want %v", tc.err, got, tc.want)
+			}
+		}
+	}
+}
