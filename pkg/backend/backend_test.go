@@ -9,10 +9,10 @@ import (
 
 func TestResolveSize(t *testing.T) {
 	cases := []struct {
-		name                                 string
+		name                                string
 		required, limit, def, minimum, unit int64
-		want                                 int64
-		wantErr                              error
+		want                                int64
+		wantErr                             error
 	}{
 		{"default when unset", 0, 0, GiB, 0, MiB, GiB, nil},
 		{"default capped by limit", 0, 100 * MiB, GiB, 0, MiB, 100 * MiB, nil},
