@@ -339,3 +339,41 @@ func TestReopenFindsEverything(t *testing.T) {
 		t.Fatalf("half-made subvolume survived recovery: %v", err)
 	}
 }
+
+// TestQuotaModes documents the difference between the two accounting
+// modes on one fact: what a fresh clone of a volume holding 256 MiB is
+// charged. Simple quotas charge extents to the subvolume that wrote them,
+// so the clone starts near zero; classic qgroups count everything the
+// clone references, shared or not.
+func TestQuotaModes(t *testing.T) {
+	for _, mode := range []btrfs.QuotaMode{btrfs.QuotaSimple, btrfs.QuotaFull} {
+		t.Run(string(mode), func(t *testing.T) {
+			ctx := context.Background()
+			p := btrfstest.NewPool(t, 2*backend.GiB, btrfs.Config{QuotaMode: mode})
+			if p.QuotaMode() != mode {
+				t.Fatalf("pool runs %s, asked for %s", p.QuotaMode(), mode)
+			}
+			src := newVolume(t, p, "src", 512*backend.MiB, backend.Source{})
+			writePattern(t, filepath.Join(p.VolumePath(src.ID), "data"), 256*backend.MiB, 1)
+			clone := newVolume(t, p, "clone", 0, backend.Source{Kind: backend.SourceVolume, ID: src.ID})
+			if _, err := p.AllocatedBytes(ctx); err != nil { // commits the transaction
+				t.Fatal(err)
+			}
+			u, err := p.Usage(ctx, clone.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s quotas: fresh clone of 256 MiB charged %d bytes", mode, u.UsedBytes)
+			switch mode {
+			case btrfs.QuotaSimple:
+				if u.UsedBytes > backend.MiB {
+					t.Errorf("simple quota charged the clone %d bytes for shared data", u.UsedBytes)
+				}
+			case btrfs.QuotaFull:
+				if u.UsedBytes < 250*backend.MiB {
+					t.Errorf("full qgroups charged the clone only %d bytes", u.UsedBytes)
+				}
+			}
+		})
+	}
+}
