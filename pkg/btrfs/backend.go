@@ -82,13 +82,19 @@ func (p *Pool) Health(ctx context.Context) backend.Health {
 
 // Capacity implements backend.Backend.
 func (p *Pool) Capacity(ctx context.Context, _ string) (backend.Capacity, error) {
+	c, _, err := p.capacity()
+	return c, err
+}
+
+// capacity reads the pool's space and the sum of its volume sizes.
+func (p *Pool) capacity() (backend.Capacity, fsStats, error) {
 	st, err := p.statfs()
 	if err != nil {
-		return backend.Capacity{}, err
+		return backend.Capacity{}, st, err
 	}
 	recs, err := p.listRecords()
 	if err != nil {
-		return backend.Capacity{}, err
+		return backend.Capacity{}, st, err
 	}
 	var provisioned int64
 	for _, r := range recs {
@@ -96,7 +102,7 @@ func (p *Pool) Capacity(ctx context.Context, _ string) (backend.Capacity, error)
 			provisioned += r.Volume.SizeBytes
 		}
 	}
-	return p.capacityFrom(st, provisioned), nil
+	return p.capacityFrom(st, provisioned), st, nil
 }
 
 func (p *Pool) capacityFrom(st fsStats, provisioned int64) backend.Capacity {
@@ -117,21 +123,10 @@ func (p *Pool) capacityFrom(st fsStats, provisioned int64) backend.Capacity {
 // checkRoom refuses a new volume of size bytes while the pool is full or
 // the volume would push provisioning past the overprovision bound.
 func (p *Pool) checkRoom(size int64) error {
-	st, err := p.statfs()
+	c, st, err := p.capacity()
 	if err != nil {
 		return err
 	}
-	recs, err := p.listRecords()
-	if err != nil {
-		return err
-	}
-	var provisioned int64
-	for _, r := range recs {
-		if r.Volume != nil {
-			provisioned += r.Volume.SizeBytes
-		}
-	}
-	c := p.capacityFrom(st, provisioned)
 	switch {
 	case size > c.MaximumVolumeBytes:
 		return fmt.Errorf("%d bytes exceeds the largest volume this pool can hold (%d = %.0f bytes × overprovision %.1f): %w",
