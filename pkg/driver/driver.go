@@ -85,10 +85,8 @@ func SocketPath(endpoint string) (string, error) {
 	if u.Scheme != "unix" {
 		return "", fmt.Errorf("endpoint %q: only unix:// sockets are served", endpoint)
 	}
-	p := u.Path
-	if p == "" {
-		p = u.Host + u.Path // unix://relative/path
-	}
+	p := u.Host + u.Path // the host part is non-empty for unix://relative/path
+
 	if p == "" || strings.ContainsRune(p, 0) {
 		return "", fmt.Errorf("endpoint %q: empty or invalid path", endpoint)
 	}

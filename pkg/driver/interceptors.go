@@ -40,7 +40,9 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	logger := klog.FromContext(ctx).WithValues(kv...)
 	ctx = klog.NewContext(ctx, logger)
 	resp, err := handler(ctx, req)
-	kv = append(kv, "duration", time.Since(start))
+	elapsed := time.Since(start)
+	observe(info.FullMethod, status.Code(err).String(), elapsed)
+	kv = append(kv, "duration", elapsed)
 	if err != nil {
 		klog.ErrorS(err, "CSI call failed", append(kv, "code", status.Code(err))...)
 		return resp, err

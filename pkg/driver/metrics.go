@@ -1,0 +1,25 @@
+package driver
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// rpcDuration is the latency of every CSI call by method and final code,
+// registered where the controller-runtime metrics server (cluster modes)
+// and the local-mode /metrics handler both serve it.
+var rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	Namespace: "csi_thin",
+	Subsystem: "csi",
+	Name:      "rpc_duration_seconds",
+	Help:      "Latency of CSI calls by method and gRPC code.",
+	Buckets:   []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+}, []string{"method", "code"})
+
+func init() { metrics.Registry.MustRegister(rpcDuration) }
+
+func observe(method, code string, d time.Duration) {
+	rpcDuration.WithLabelValues(method, code).Observe(d.Seconds())
+}
