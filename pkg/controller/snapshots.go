@@ -105,13 +105,19 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	return resp, nil
 }
 
-// ListVolumes implements csi.ControllerServer.
-func (s *Server) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+// volumePage is one page of all volumes, for ListVolumes and
+// ControllerListVolumeHealth.
+func (s *Server) volumePage(ctx context.Context, token string, maxEntries int32) ([]*backend.Volume, string, error) {
 	vols, err := s.backend.ListVolumes(ctx)
 	if err != nil {
-		return nil, rpcerr.Status(err)
+		return nil, "", rpcerr.Status(err)
 	}
-	page, next, err := paginate(vols, func(v *backend.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	return paginate(vols, func(v *backend.Volume) string { return v.ID }, token, maxEntries)
+}
+
+// ListVolumes implements csi.ControllerServer.
+func (s *Server) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	page, next, err := s.volumePage(ctx, req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
@@ -124,11 +130,7 @@ func (s *Server) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 
 // ControllerListVolumeHealth implements csi.ControllerServer.
 func (s *Server) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
-	vols, err := s.backend.ListVolumes(ctx)
-	if err != nil {
-		return nil, rpcerr.Status(err)
-	}
-	page, next, err := paginate(vols, func(v *backend.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	page, next, err := s.volumePage(ctx, req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}

@@ -142,24 +142,32 @@ func withoutDiscardFlags(flags []string) []string {
 
 // NodeUnpublishVolume implements csi.NodeServer; an absent target is success.
 func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := s.cleanup(ctx, req.GetVolumeId(), req.GetTargetPath(), req.GetTargetPath(), "target path"); err != nil {
+		return nil, err
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// cleanup unmounts and removes path (a staging or target path) under the
+// lock key; what names the path in errors. Absent or unmounted is success.
+func (s *Server) cleanup(ctx context.Context, id, path, lockKey, what string) error {
 	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+		return status.Error(codes.InvalidArgument, "volume id is required")
 	}
-	if target == "" {
-		return nil, status.Error(codes.InvalidArgument, "target path is required")
+	if path == "" {
+		return status.Errorf(codes.InvalidArgument, "%s is required", what)
 	}
-	if err := checkPath(target); err != nil {
-		return nil, err
+	if err := checkPath(path); err != nil {
+		return err
 	}
-	unlock, err := s.lock(ctx, target)
+	unlock, err := s.lock(ctx, lockKey)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer unlock()
-	if err := mount.CleanupMountPoint(target, s.mounter, true); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	if err := mount.CleanupMountPoint(path, s.mounter, true); err != nil {
+		return status.Errorf(codes.Internal, "unmount %s: %v", path, err)
 	}
-	klog.V(2).InfoS("volume unpublished", "volumeID", id, "targetPath", target)
-	return &csi.NodeUnpublishVolumeResponse{}, nil
+	klog.V(2).InfoS("volume unmounted", "volumeID", id, "path", path)
+	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
-	mount "k8s.io/mount-utils"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
@@ -108,25 +107,9 @@ func checkAccess(vol *backend.Volume, vc *csi.VolumeCapability) error {
 
 // NodeUnstageVolume implements csi.NodeServer.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume id is required")
-	}
-	if staging == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
-	}
-	if err := checkPath(staging); err != nil {
+	if err := s.cleanup(ctx, req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeId(), "staging target path"); err != nil {
 		return nil, err
 	}
-	unlock, err := s.lock(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := mount.CleanupMountPoint(staging, s.mounter, true); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmount %s: %v", staging, err)
-	}
-	klog.V(2).InfoS("volume unstaged", "volumeID", id, "stagingPath", staging)
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
