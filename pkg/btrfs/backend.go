@@ -406,6 +406,11 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 		if existing.Snapshot.SourceVolumeID != req.SourceVolumeID {
 			return nil, fmt.Errorf("snapshot %s of volume %s: %w", req.ID, existing.Snapshot.SourceVolumeID, backend.ErrExists)
 		}
+		// An earlier attempt may have failed between the rename and the
+		// read-only flag: finish it before calling the snapshot ready.
+		if err := p.ensureReadOnly(ctx, p.snapshotPath(req.ID)); err != nil {
+			return nil, fmt.Errorf("make snapshot %s read-only: %w", req.ID, classify(err))
+		}
 		return existing.Snapshot, nil
 	} else if err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return nil, err

@@ -84,19 +84,21 @@ func (p *Pool) checkLayout(ctx context.Context) error {
 			if dir != "snapshots" {
 				continue
 			}
-			path := p.snapshotPath(id)
-			ro, err := p.cli.isReadOnly(ctx, path)
-			if err != nil {
-				return fmt.Errorf("check snapshot %s: %w", id, err)
-			}
-			if !ro {
-				if err := p.cli.setReadOnly(ctx, path, true); err != nil {
-					return fmt.Errorf("make snapshot %s read-only: %w", id, err)
-				}
+			if err := p.ensureReadOnly(ctx, p.snapshotPath(id)); err != nil {
+				return fmt.Errorf("make snapshot %s read-only: %w", id, err)
 			}
 		}
 	}
 	return nil
+}
+
+// ensureReadOnly sets a snapshot's read-only flag unless it is set.
+func (p *Pool) ensureReadOnly(ctx context.Context, path string) error {
+	ro, err := p.cli.isReadOnly(ctx, path)
+	if err != nil || ro {
+		return err
+	}
+	return p.cli.setReadOnly(ctx, path, true)
 }
 
 func containsAny(s string, subs ...string) bool {
