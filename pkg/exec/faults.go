@@ -142,11 +142,22 @@ func (f *FaultRunner) Lines() []string {
 	return append([]string(nil), f.lines...)
 }
 
-// Hits is how many faults have fired.
+// Hits is how many faults have fired since the last Arm.
 func (f *FaultRunner) Hits() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.hits
+}
+
+// Arm replaces the faults and restarts their command and hit counts, so
+// the next matching commands are counted from 1.
+func (f *FaultRunner) Arm(faults ...Fault) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Faults = faults
+	f.counts = nil
+	f.hits = 0
+	f.stopped = false
 }
 
 // Disarm stops injecting faults; commands still get recorded.

@@ -108,6 +108,29 @@ func TestDisarm(t *testing.T) {
 	}
 }
 
+func TestArmRestartsCounts(t *testing.T) {
+	r := &FaultRunner{Next: scriptedFake()}
+	run := func() error {
+		_, err := r.Run(context.Background(), "btrfs", "subvolume", "create", "/p")
+		return err
+	}
+	for i := 0; i < 3; i++ {
+		if err := run(); err != nil {
+			t.Fatalf("unarmed runner failed: %v", err)
+		}
+	}
+	r.Arm(Fault{Kind: FaultFail, Nth: 2})
+	if err := run(); err != nil {
+		t.Fatalf("1st command after Arm failed: %v", err)
+	}
+	if err := run(); err == nil {
+		t.Fatalf("2nd command after Arm did not fail")
+	}
+	if r.Hits() != 1 {
+		t.Errorf("hits = %d, want 1", r.Hits())
+	}
+}
+
 func TestParseFaultsRoundTrip(t *testing.T) {
 	good := []string{"crash-after@3", "fail@1:btrfs qgroup limit", "hang@2;garbage@1:btrfs inspect-internal", "crash-before@10"}
 	for _, s := range good {

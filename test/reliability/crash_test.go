@@ -168,25 +168,10 @@ type crashStats struct {
 // no data changed and that nothing leaked.
 func TestCrashAtEveryStep(t *testing.T) {
 	pool := btrfstest.NewPool(t, backend.GiB, btrfs.Config{})
-	w := &world{pool: pool, config: childConfigOf(t, pool), dir: t.TempDir(),
-		volumes: map[string]bool{}, snapshots: map[string]bool{}, sums: map[string]string{}}
+	w := newWorld(t, pool)
 
-	// Data that every crash must leave intact: a canary nobody touches,
-	// and the source of clones and snapshots.
 	c := w.start(t, nil, "")
-	for _, name := range []string{"canary", "source"} {
-		id := mustCreate(t, c.Client, name)
-		w.volumes[id] = true
-		w.sums[id] = writeData(t, volumeDir(pool, id), name, 4, 1<<20)
-	}
-	w.srcID = backend.VolumeIDFor("source")
-	snap, err := c.CreateSnapshot(context.Background(), "source-snap", w.srcID)
-	if err != nil {
-		t.Fatalf("snapshot source: %v", err)
-	}
-	w.snapID = snap.GetSnapshotId()
-	w.snapshots[w.snapID] = true
-	w.sums[w.snapID] = treeSum(t, snapshotDir(pool, w.snapID))
+	w.seed(t, c.Client)
 	c.Stop(t)
 
 	var total crashStats
@@ -203,6 +188,31 @@ func TestCrashAtEveryStep(t *testing.T) {
 	st := inspectPool(t, pool)
 	t.Logf("crash suite: %d crash points, %d SIGKILLs, %d driver restarts in %s; stale qgroups at end: %d",
 		total.points, total.crashes, total.restarts, time.Since(start).Round(time.Millisecond), len(st.StaleQgroups))
+}
+
+// seed makes the data every fault must leave intact: a canary nobody
+// touches, and the source volume (and a snapshot of it) of clones,
+// restores and snapshots.
+func (w *world) seed(t *testing.T, c *csiclient.Client) {
+	t.Helper()
+	for _, name := range []string{"canary", "source"} {
+		id := mustCreate(t, c, name)
+		w.volumes[id] = true
+		w.sums[id] = writeData(t, volumeDir(w.pool, id), name, 4, 1<<20)
+	}
+	w.srcID = backend.VolumeIDFor("source")
+	snap, err := c.CreateSnapshot(context.Background(), "source-snap", w.srcID)
+	if err != nil {
+		t.Fatalf("snapshot source: %v", err)
+	}
+	w.snapID = snap.GetSnapshotId()
+	w.snapshots[w.snapID] = true
+	w.sums[w.snapID] = treeSum(t, snapshotDir(w.pool, w.snapID))
+}
+
+func newWorld(t *testing.T, pool *btrfs.Pool) *world {
+	return &world{pool: pool, config: childConfigOf(t, pool), dir: t.TempDir(),
+		volumes: map[string]bool{}, snapshots: map[string]bool{}, sums: map[string]string{}}
 }
 
 func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {

@@ -71,7 +71,7 @@ func serve(open OpenFunc) error {
 	if err != nil {
 		return fmt.Errorf("open pool: %w", err)
 	}
-	runner.Faults = faults
+	runner.Arm(faults...)
 	var ctrl csi.ControllerServer = controller.New(pool)
 	if m := os.Getenv(envCrashReply); m != "" {
 		ctrl = &crashOnReply{ControllerServer: ctrl, method: m}
