@@ -75,8 +75,8 @@ func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 
 // CreateVolume implements csi.ControllerServer.
 func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	if req.GetName() == "" {
-		return nil, status.Error(codes.InvalidArgument, "name is required")
+	if err := checkName(req.GetName()); err != nil {
+		return nil, err
 	}
 	access, fsType, err := checkCapabilities(req.GetVolumeCapabilities())
 	if err != nil {

@@ -14,8 +14,8 @@ import (
 
 // CreateSnapshot implements csi.ControllerServer.
 func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if req.GetName() == "" {
-		return nil, status.Error(codes.InvalidArgument, "name is required")
+	if err := checkName(req.GetName()); err != nil {
+		return nil, err
 	}
 	if req.GetSourceVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "source volume id is required")

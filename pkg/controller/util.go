@@ -2,6 +2,9 @@ package controller
 
 import (
 	"sort"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -10,6 +13,27 @@ import (
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
+
+// maxNameBytes is CSI's size limit for strings; a name is stored in
+// records and logs, so a longer one is refused rather than truncated.
+const maxNameBytes = 128
+
+// checkName refuses names a CO would never send: empty, over the CSI
+// limit, not UTF-8, or with control characters (which would forge log
+// lines). Any other name is safe: only its hash reaches the storage.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return status.Error(codes.InvalidArgument, "name is required")
+	case len(name) > maxNameBytes:
+		return status.Errorf(codes.InvalidArgument, "name is %d bytes, longer than CSI's %d", len(name), maxNameBytes)
+	case !utf8.ValidString(name):
+		return status.Error(codes.InvalidArgument, "name is not valid UTF-8")
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return status.Errorf(codes.InvalidArgument, "name %q contains control characters", name)
+	}
+	return nil
+}
 
 func wrapInt64(n int64) *wrapperspb.Int64Value { return wrapperspb.Int64(n) }
 
