@@ -1,0 +1,284 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// These tests need helm but no cluster: lint, render, check the rendered
+// objects, and keep deploy/kubernetes and the pinned versions current.
+
+const chartDir = "../../charts/csi-thin"
+
+func helmBin(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("helm"); err == nil {
+		return p
+	}
+	if p := "/var/cache/k8s-recipe/bin/helm"; fileExists(p) {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("helm not found (test/cluster/build.sh helm builds it)")
+	}
+	t.Skip("helm not found")
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func helm(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(helmBin(t), args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), errors.New(err.Error() + ": " + stderr.String())
+	}
+	return string(out), nil
+}
+
+func TestChartLint(t *testing.T) {
+	for _, values := range []string{"", "values-e2e.yaml"} {
+		args := []string{"lint", "--strict", chartDir}
+		if values != "" {
+			args = append(args, "-f", values)
+		}
+		if out, err := helm(t, args...); err != nil {
+			t.Errorf("helm lint %s: %v\n%s", values, err, out)
+		}
+	}
+}
+
+// object is one rendered manifest, kept raw for typed decoding.
+type object struct {
+	Kind string `json:"kind"`
+	Meta struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	raw []byte
+}
+
+func render(t *testing.T, args ...string) map[string]object {
+	t.Helper()
+	out, err := helm(t, append([]string{"template", "csi-thin", chartDir, "--namespace", "csi-thin",
+		"--api-versions", "snapshot.storage.k8s.io/v1/VolumeSnapshotClass", "--kube-version", "1.34.0"}, args...)...)
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	objs := map[string]object{}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var o object
+		if err := yaml.Unmarshal(doc, &o); err != nil {
+			t.Fatalf("rendered YAML: %v\n%s", err, doc)
+		}
+		if o.Kind == "" {
+			continue
+		}
+		o.raw = doc
+		objs[o.Kind+"/"+o.Meta.Name] = o
+	}
+	return objs
+}
+
+func decode[T any](t *testing.T, objs map[string]object, key string) *T {
+	t.Helper()
+	o, ok := objs[key]
+	if !ok {
+		keys := make([]string, 0, len(objs))
+		for k := range objs {
+			keys = append(keys, k)
+		}
+		t.Fatalf("%s not rendered; have %v", key, keys)
+	}
+	v := new(T)
+	if err := yaml.UnmarshalStrict(o.raw, v); err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return v
+}
+
+func TestChartRendersDriver(t *testing.T) {
+	objs := render(t)
+	for _, crd := range []string{"thinvolumes", "thinsnapshots", "thinnodes"} {
+		c := decode[apiextensionsv1.CustomResourceDefinition](t, objs, "CustomResourceDefinition/"+crd+".csi-thin.io")
+		if c.Annotations["helm.sh/resource-policy"] != "keep" {
+			t.Errorf("CRD %s is not kept on uninstall", crd)
+		}
+	}
+	d := decode[storagev1.CSIDriver](t, objs, "CSIDriver/csi-thin.io")
+	if *d.Spec.AttachRequired || !*d.Spec.PodInfoOnMount || !*d.Spec.StorageCapacity || *d.Spec.FSGroupPolicy != storagev1.FileFSGroupPolicy {
+		t.Errorf("CSIDriver spec %+v", d.Spec)
+	}
+	dep := decode[appsv1.Deployment](t, objs, "Deployment/csi-thin-controller")
+	args := map[string][]string{}
+	for _, c := range dep.Spec.Template.Spec.Containers {
+		args[c.Name] = c.Args
+	}
+	for _, want := range []string{"--enable-capacity", "--capacity-ownerref-level=2", "--extra-create-metadata",
+		"--feature-gates=Topology=true", "--leader-election", "--timeout=120s", "--strict-topology"} {
+		if !contains(args["csi-provisioner"], want) {
+			t.Errorf("provisioner lacks %s: %v", want, args["csi-provisioner"])
+		}
+	}
+	for _, c := range []string{"csi-thin", "csi-resizer", "csi-snapshotter"} {
+		if args[c] == nil {
+			t.Errorf("controller lacks container %s", c)
+		}
+	}
+	ds := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-default")
+	node := ds.Spec.Template.Spec.Containers[0]
+	if node.SecurityContext == nil || !*node.SecurityContext.Privileged {
+		t.Error("node container is not privileged")
+	}
+	bidi := map[string]bool{}
+	for _, m := range node.VolumeMounts {
+		if m.MountPropagation != nil && *m.MountPropagation == "Bidirectional" {
+			bidi[m.MountPath] = true
+		}
+	}
+	if !bidi["/var/lib/kubelet"] || !bidi["/var/lib/csi-thin"] {
+		t.Errorf("Bidirectional mounts %v, want the kubelet and state dirs", bidi)
+	}
+	for _, want := range []string{"--mode=node", "--backend=btrfs", "--pool-path=/var/lib/csi-thin/btrfs",
+		"--endpoint=unix:///var/lib/kubelet/plugins/csi-thin.io/csi.sock"} {
+		if !contains(node.Args, want) {
+			t.Errorf("node args lack %s: %v", want, node.Args)
+		}
+	}
+	lvm := decode[storagev1.StorageClass](t, objs, "StorageClass/csi-thin-lvm")
+	if lvm.Parameters["csi.storage.k8s.io/fstype"] != "ext4" || !contains(lvm.MountOptions, "discard") || !*lvm.AllowVolumeExpansion {
+		t.Errorf("lvm StorageClass %+v", lvm)
+	}
+	if _, ok := objs["VolumeSnapshotClass/csi-thin"]; !ok {
+		t.Error("no VolumeSnapshotClass")
+	}
+}
+
+func TestChartPoolGroups(t *testing.T) {
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	groups := `
+pools:
+  - name: ssd
+    nodeSelector: {disk: ssd}
+    backend: lvmthin
+    lvmthin: {vg: vg0, thinPool: tp, devices: [/dev/sdb, /dev/sdc], metadataFullPercent: 70}
+    overprovisionRatio: 3
+    dataFullPercent: 90
+  - name: small
+    nodeSelector: {disk: none}
+    backend: btrfs
+    btrfs: {poolPath: /var/lib/csi-thin/btrfs, quota: simple}
+    loopFile: /var/lib/csi-thin/pool.img
+    loopSize: 5Gi
+    overprovisionRatio: 2
+    dataFullPercent: 95
+`
+	if err := os.WriteFile(values, []byte(groups), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	objs := render(t, "-f", values)
+	for name, want := range map[string][]string{
+		"ssd":   {"--backend=lvmthin", "--vg=vg0", "--thin-pool=tp", "--devices=/dev/sdb,/dev/sdc", "--metadata-full-percent=70", "--overprovision-ratio=3"},
+		"small": {"--backend=btrfs", "--btrfs-quota=simple", "--loop-file=/var/lib/csi-thin/pool.img", "--loop-size=5Gi"},
+	} {
+		ds := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-"+name)
+		args := ds.Spec.Template.Spec.Containers[0].Args
+		for _, w := range want {
+			if !contains(args, w) {
+				t.Errorf("%s: args lack %s: %v", name, w, args)
+			}
+		}
+	}
+	if ds := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-ssd"); ds.Spec.Template.Spec.NodeSelector["disk"] != "ssd" {
+		t.Errorf("nodeSelector %v", ds.Spec.Template.Spec.NodeSelector)
+	}
+}
+
+func TestChartSchemaRejectsBadValues(t *testing.T) {
+	for _, bad := range [][]string{
+		{"--set", "pools[0].backend=zfs"},
+		{"--set", "node.kubeletDir=relative/path"},
+		{"--set", "unknownKey=1"},
+		{"--set", "storageClasses[0].volumeBindingMode=Later"},
+	} {
+		if _, err := helm(t, append([]string{"template", "x", chartDir, "--kube-version", "1.34.0"}, bad...)...); err == nil {
+			t.Errorf("values %v accepted", bad)
+		}
+	}
+}
+
+func TestManifestsCurrent(t *testing.T) {
+	helmBin(t)
+	want, err := exec.Command("bash", "../../hack/manifests.sh", "--stdout").Output()
+	if err != nil {
+		t.Fatalf("manifests.sh: %v", err)
+	}
+	got, err := os.ReadFile("../../deploy/kubernetes/csi-thin.yaml")
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("deploy/kubernetes/csi-thin.yaml is out of date (%v): run hack/manifests.sh", err)
+	}
+}
+
+// TestVersionsPinnedOnce: the sidecar tags in the chart match
+// hack/versions.env (what the cluster scripts build and import).
+func TestVersionsPinnedOnce(t *testing.T) {
+	env, err := os.ReadFile("../../hack/versions.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{}
+	for _, l := range strings.Split(string(env), "\n") {
+		// NAME=${NAME:-value}
+		if k, v, ok := strings.Cut(l, "="); ok && !strings.HasPrefix(l, "#") {
+			vars[k] = strings.TrimSuffix(strings.TrimPrefix(v, "${"+k+":-"), "}")
+		}
+	}
+	values, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]string{"csi-provisioner": "PROVISIONER_VERSION", "csi-resizer": "RESIZER_VERSION",
+		"csi-snapshotter": "SNAPSHOTTER_VERSION", "snapshot-controller": "SNAPSHOTTER_VERSION"} {
+		ref := "registry.k8s.io/sig-storage/" + name + ":" + vars[v]
+		if vars[v] == "" || !bytes.Contains(values, []byte(ref)) {
+			t.Errorf("values.yaml does not use %s (%s in versions.env)", ref, v)
+		}
+	}
+	for _, k := range []string{"repository: " + vars["CSI_THIN_IMAGE"], "tag: " + vars["CSI_THIN_TAG"]} {
+		if !bytes.Contains(values, []byte(k)) {
+			t.Errorf("values.yaml lacks %q", k)
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# run.sh — the csi-thin end-to-end suite on a real single-node Kubernetes
+# cluster (test/cluster): build (cached), cluster up, csi-thin image, the
+# chart from this working tree (btrfs on a loop file), then
+#   1. the csi-thin scenarios (go test ./test/e2e, CSI_THIN_E2E=1),
+#   2. the upstream External Storage suite (e2e.test + testdriver.yaml),
+# and a teardown that leaves no cluster, mounts or loop devices behind.
+#
+# Environment:
+#   CI=true               a missing prerequisite fails (else: skip, exit 0)
+#   E2E_UPSTREAM=0        skip the upstream suite
+#   E2E_UPSTREAM_FOCUS    override the upstream focus regexp
+#   E2E_KEEP=1            leave the cluster running afterwards (debugging)
+#   E2E_ARTIFACTS         where logs go (default _output/e2e)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cluster=$root/test/cluster
+source "$cluster/env.sh"
+source "$root/hack/versions.env"
+artifacts=${E2E_ARTIFACTS:-$root/_output/e2e}
+state_dir=/var/lib/csi-thin-e2e
+ns=csi-thin
+release=csi-thin
+t0=$SECONDS
+mkdir -p "$artifacts"
+log "e2e: artifacts in $artifacts"
+
+# ---- prerequisites
+skip() {
+	if [[ ${CI:-} == true ]]; then log "e2e: FAIL: $*"; exit 1; fi
+	log "e2e: SKIP: $*"; exit 0
+}
+((EUID == 0)) || skip "must run as root (cluster, loop devices, mounts)"
+command -v go >/dev/null || skip "go not found"
+modprobe btrfs 2>/dev/null || true
+modprobe loop 2>/dev/null || true
+grep -qw btrfs /proc/filesystems || skip "the kernel has no btrfs"
+[[ -e /dev/loop-control ]] || skip "no loop device support (/dev/loop-control)"
+command -v mkfs.btrfs >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q btrfs-progs >&2 ||
+	skip "btrfs-progs missing and not installable"
+for f in "$K8S_RUN"/pids/*.pid; do
+	if [[ -e $f ]] && kill -0 "$(cat "$f")" 2>/dev/null; then
+		skip "a test cluster is already running ($f): run test/cluster/down.sh first"
+	fi
+done
+
+# ---- build the cluster binaries (cached by version outside the clone)
+log "e2e: build.sh all e2e (cached)"
+bash "$cluster/build.sh" all e2e >"$artifacts/build.log" 2>&1 || { tail -30 "$artifacts/build.log"; skip "cluster build failed"; }
+export PATH=$K8S_BIN:$PATH
+for b in kubectl helm e2e.test; do command -v "$b" >/dev/null || skip "$b was not built"; done
+
+# ---- teardown: PVCs first (the driver frees its storage), then the
+# release, the cluster, and the pool's mount and loop device.
+cleanup() {
+	local rc=$?
+	set +e
+	if [[ ${E2E_KEEP:-} == 1 ]]; then log "e2e: E2E_KEEP=1: cluster left running"; return; fi
+	log "e2e: teardown"
+	mkdir -p "$artifacts/logs"
+	if kubectl get --raw /readyz >/dev/null 2>&1; then
+		kubectl get thinvolumes,thinsnapshots,thinnodes -o wide >"$artifacts/logs/thin-resources.txt" 2>&1
+		kubectl get events -A --sort-by=.lastTimestamp >"$artifacts/logs/events.txt" 2>&1
+		for p in $(kubectl -n $ns get pods -o name 2>/dev/null); do
+			kubectl -n $ns logs "$p" --all-containers --prefix >"$artifacts/logs/${p#pod/}.log" 2>&1
+		done
+		# Anything a test left: delete the claims while the driver still runs.
+		for n in $(kubectl get ns -o name | grep -E 'csi-thin-e2e|^namespace/(e2e-|provisioning|snapshotting|volume|multivolume|topology|capacity)' | cut -d/ -f2); do
+			kubectl delete ns "$n" --wait=false >/dev/null 2>&1
+		done
+		kubectl delete volumesnapshots --all -A --wait=false >/dev/null 2>&1
+		kubectl delete pvc --all -A --timeout=120s >/dev/null 2>&1
+		timeout 120 bash -c 'while [[ -n $(kubectl get pv -o name 2>/dev/null) ]]; do sleep 2; done'
+		helm uninstall $release -n $ns --wait --timeout 60s >/dev/null 2>&1
+	fi
+	cp -r "$K8S_LOGS" "$artifacts/logs/cluster" 2>/dev/null
+	bash "$cluster/down.sh" >"$artifacts/logs/down.log" 2>&1
+	# The pool: unmount, detach the loop device, remove the file and the
+	# shared bind mount of the state dir.
+	umount -R "$state_dir" 2>/dev/null
+	for dev in $(losetup -j "$state_dir/pool.img" -O NAME -n 2>/dev/null); do losetup -d "$dev"; done
+	rm -rf "$state_dir"
+	local left
+	left=$(findmnt -rn -o TARGET | grep -E "^($state_dir|/var/lib/kubelet/)" || true)
+	[[ -z $left ]] || log "e2e: WARNING: mounts left: $left"
+	left=$(losetup -j "$state_dir/pool.img" 2>/dev/null || true)
+	[[ -z $left ]] || log "e2e: WARNING: loop devices left: $left"
+	log "e2e: done in $((SECONDS - t0)) s (rc=$rc)"
+}
+trap cleanup EXIT
+
+# ---- cluster
+log "e2e: cluster up"
+bash "$cluster/up.sh" >"$artifacts/up.log" 2>&1 || { tail -30 "$artifacts/up.log"; exit 1; }
+export KUBECONFIG=$KUBECONFIG_ADMIN
+# The pool's state dir is mounted into the node pod with Bidirectional
+# propagation, which needs a shared mount on the host (as up.sh does for
+# the kubelet dir; systemd hosts have / shared anyway).
+mkdir -p "$state_dir"
+findmnt -n "$state_dir" >/dev/null || mount --bind "$state_dir" "$state_dir"
+mount --make-rshared "$state_dir"
+
+log "e2e: csi-thin image"
+bash "$root/hack/image.sh" >"$artifacts/image.log" 2>&1 || { tail -30 "$artifacts/image.log"; exit 1; }
+
+log "e2e: snapshot CRDs and the chart"
+kubectl apply -f "$K8S_CACHE/crds/snapshot/" >/dev/null
+kubectl wait --for=condition=Established crd/volumesnapshotclasses.snapshot.storage.k8s.io --timeout=60s >/dev/null
+helm install $release "$root/charts/csi-thin" -n $ns --create-namespace \
+	-f "$here/values-e2e.yaml" --set image.tag="$CSI_THIN_TAG" --wait --timeout 180s
+kubectl wait --for=jsonpath='{.status.healthy}'=true thinnode/"$NODE_NAME" --timeout=120s
+kubectl get csidriver,storageclass,volumesnapshotclass
+kubectl get thinnodes -o wide
+
+# ---- 1. csi-thin scenarios
+log "e2e: csi-thin scenarios"
+(cd "$root" && CSI_THIN_E2E=1 E2E_NAMESPACE=$ns E2E_STATE_DIR=$state_dir E2E_NODE=$NODE_NAME \
+	GOFLAGS=-mod=mod go test -count=1 -v -timeout 30m ./test/e2e/) 2>&1 | tee "$artifacts/scenarios.log"
+scen_rc=${PIPESTATUS[0]}
+((scen_rc == 0)) || { log "e2e: csi-thin scenarios failed"; exit 1; }
+
+# ---- 2. upstream External Storage suite
+if [[ ${E2E_UPSTREAM:-1} != 0 ]]; then
+	focus=${E2E_UPSTREAM_FOCUS:-'External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode)'}
+	skipre='Disruptive|Serial|should not mount / map unused volumes|\[Feature:|\[Slow\]|block volmode|Generic Ephemeral|Inline-volume|Pre-provisioned|\(delete policy\).*\(Retain'
+	log "e2e: upstream External Storage suite, focus: $focus"
+	up_start=$SECONDS
+	set +e
+	e2e.test --kubeconfig="$KUBECONFIG" --provider=local --disable-log-dump \
+		-storage.testdriver="$here/testdriver.yaml" \
+		--ginkgo.focus="$focus" --ginkgo.skip="$skipre" \
+		--ginkgo.no-color --ginkgo.timeout=40m --ginkgo.flake-attempts=1 \
+		--report-dir="$artifacts/upstream" >"$artifacts/upstream.log" 2>&1
+	up_rc=$?
+	set -e
+	grep -E '^\[(FAIL|PANICKED)\]|^(Ran [0-9]+ of [0-9]+ Specs|SUCCESS!|FAIL!)' "$artifacts/upstream.log" | tail -40
+	log "e2e: upstream suite took $((SECONDS - up_start)) s (rc=$up_rc)"
+	((up_rc == 0)) || { log "e2e: upstream suite failed: $artifacts/upstream.log"; exit 1; }
+fi
+log "e2e: PASS"
