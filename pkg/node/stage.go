@@ -113,9 +113,15 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
-// checkPath insists on clean absolute paths: the CO hands them to us, and
-// they go to mount(8) and os.RemoveAll.
+// maxPathBytes is the kernel's PATH_MAX less the terminating NUL.
+const maxPathBytes = 4095
+
+// checkPath insists on clean absolute paths the kernel can take: the CO
+// hands them to us, and they go to mount(8), stat and os.Remove.
 func checkPath(p string) error {
+	if len(p) > maxPathBytes {
+		return status.Errorf(codes.InvalidArgument, "path of %d bytes is longer than PATH_MAX", len(p))
+	}
 	if !filepath.IsAbs(p) || filepath.Clean(p) != p && filepath.Clean(p)+"/" != p || containsNUL(p) {
 		return status.Errorf(codes.InvalidArgument, "path %q must be absolute and clean", p)
 	}

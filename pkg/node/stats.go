@@ -27,6 +27,9 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if _, err := s.backend.GetVolume(ctx, id); err != nil {
 		return nil, rpcerr.Status(err)
 	}
+	if err := checkVolumePath(path); err != nil {
+		return nil, err
+	}
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, status.Errorf(codes.NotFound, "volume path %s does not exist", path)
@@ -86,6 +89,11 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if err != nil {
 		return nil, rpcerr.Status(err)
 	}
+	for _, p := range []string{path, req.GetStagingTargetPath()} {
+		if err := checkVolumePath(p); p != "" && err != nil {
+			return nil, err
+		}
+	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil, status.Errorf(codes.NotFound, "volume path %s does not exist", path)
 	}
@@ -107,4 +115,13 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		klog.InfoS("filesystem expanded", "volumeID", id, "sizeBytes", vol.SizeBytes)
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: vol.SizeBytes}, nil
+}
+
+// checkVolumePath refuses, without touching it, a volume path that is not
+// absolute and clean: no volume can be there, so CSI's answer is NotFound.
+func checkVolumePath(p string) error {
+	if err := checkPath(p); err != nil {
+		return status.Errorf(codes.NotFound, "volume path %.256q: %s", p, status.Convert(err).Message())
+	}
+	return nil
 }
