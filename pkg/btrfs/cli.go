@@ -69,8 +69,10 @@ func (c cli) subvolumeID(ctx context.Context, path string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Tree IDs below 5 (BTRFS_FS_TREE_OBJECTID) are not subvolumes: such
+	// output is garbage, and would name the wrong qgroup.
 	id, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 64)
-	if err != nil {
+	if err != nil || id < 5 {
 		return 0, fmt.Errorf("btrfs inspect-internal rootid %s: unexpected output %q", path, out)
 	}
 	return id, nil
@@ -153,12 +155,17 @@ func parseQgroups(out []byte) ([]qgroup, error) {
 	return groups, nil
 }
 
-// parseBytes reads btrfs' raw byte counts; "none" means no limit (0).
+// parseBytes reads btrfs' raw byte counts; "none" means no limit (0). A
+// negative count is garbage, not a size.
 func parseBytes(s string) (int64, error) {
 	if s == "none" || s == "" {
 		return 0, nil
 	}
-	return strconv.ParseInt(s, 10, 64)
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err == nil && n < 0 {
+		err = fmt.Errorf("negative byte count %d", n)
+	}
+	return n, err
 }
 
 // spaceUsage is the logical bytes in use by kind of block group.
