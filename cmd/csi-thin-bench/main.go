@@ -4,7 +4,8 @@
 //	csi-thin-bench demo   one volume, 1 GiB of data, snapshot, restore,
 //	                      clone and a full copy for comparison; a table
 //	csi-thin-bench run    the benchmark of issue 6: latencies, space,
-//	                      discard, throughput, scaling; Markdown + PNG
+//	                      discard, throughput, scaling; raw JSON
+//	csi-thin-bench report merges runs into Markdown + PNG + a table
 //
 // It needs root (loop devices, mounts) and cleans up everything it made,
 // including after Ctrl-C.
@@ -21,7 +22,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: csi-thin-bench demo|run [flags]   (csi-thin-bench <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: csi-thin-bench demo|run|report [flags]   (csi-thin-bench <cmd> -h for flags)")
 }
 
 func main() {
@@ -37,6 +38,8 @@ func main() {
 		err = runDemo(ctx, os.Args[2:])
 	case "run":
 		err = runBench(ctx, os.Args[2:])
+	case "report":
+		err = runReport(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return

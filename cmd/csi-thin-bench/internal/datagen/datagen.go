@@ -86,3 +86,21 @@ func HashFile(ctx context.Context, path string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// Overwrite replaces the first size bytes of an existing file in place
+// (no truncation, so the rest keeps sharing extents with its origin) with
+// the stream of seed, and fsyncs it.
+func Overwrite(ctx context.Context, path string, size int64, seed uint64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer f.Close()
+	if _, err := Write(ctx, f, size, seed); err != nil {
+		return fmt.Errorf("overwrite %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return f.Close()
+}

@@ -98,6 +98,35 @@ func (p *Process) PeakRSS() (int64, error) { return procStatusBytes(p.Pid(), "Vm
 // RSS is the driver's current resident set size (VmRSS).
 func (p *Process) RSS() (int64, error) { return procStatusBytes(p.Pid(), "VmRSS:") }
 
+// AnonRSS is the anonymous part of the resident set (RssAnon): the heap,
+// stacks and runtime, without the binary's file-backed pages, which the
+// kernel can drop and re-read at will.
+func (p *Process) AnonRSS() (int64, error) { return procStatusBytes(p.Pid(), "RssAnon:") }
+
+// SamplePeakAnon samples AnonRSS every interval until ctx ends and then
+// returns the highest value seen (the kernel keeps no high-water mark for
+// the anonymous part alone).
+func (p *Process) SamplePeakAnon(ctx context.Context, interval time.Duration) <-chan int64 {
+	out := make(chan int64, 1)
+	go func() {
+		var peak int64
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			if v, err := p.AnonRSS(); err == nil {
+				peak = max(peak, v)
+			}
+			select {
+			case <-ctx.Done():
+				out <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return out
+}
+
 func procStatusBytes(pid int, field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

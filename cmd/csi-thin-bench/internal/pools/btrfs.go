@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/mounts"
+	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
 	"github.com/csi-thin/csi-thin/pkg/exec"
 )
 
@@ -51,29 +52,34 @@ func (b *BtrfsLoop) volumePath(id string) string {
 	return filepath.Join(b.mnt, "csi-thin", "volumes", id)
 }
 
-// Usage flushes the filesystem and waits for deleted subvolumes to be
-// cleaned (btrfs frees their extents in the background), then reads the
-// pool's "Used" and the loop file's allocation.
-func (b *BtrfsLoop) Usage(ctx context.Context) (Usage, error) {
-	if _, err := b.run.Run(ctx, "btrfs", "subvolume", "sync", b.mnt); err != nil {
-		return Usage{}, fmt.Errorf("wait for subvolume cleaner: %w", err)
-	}
-	if _, err := b.run.Run(ctx, "btrfs", "filesystem", "sync", b.mnt); err != nil {
-		return Usage{}, fmt.Errorf("sync pool: %w", err)
+// Usage commits the filesystem, waits for deleted subvolumes to be
+// cleaned (btrfs frees their extents in the background) and commits
+// again, then reads the pool's "Used" and the loop file's allocation.
+// The first commit matters: it wakes the cleaner, which otherwise waits
+// for the next periodic commit (30 s).
+func (b *BtrfsLoop) Usage(ctx context.Context) (results.Usage, error) {
+	for _, args := range [][]string{
+		{"filesystem", "sync", b.mnt},
+		{"subvolume", "sync", b.mnt},
+		{"filesystem", "sync", b.mnt},
+	} {
+		if _, err := b.run.Run(ctx, "btrfs", args...); err != nil {
+			return results.Usage{}, fmt.Errorf("settle pool: %w", err)
+		}
 	}
 	res, err := b.run.Run(ctx, "btrfs", "filesystem", "usage", "-b", b.mnt)
 	if err != nil {
-		return Usage{}, fmt.Errorf("pool usage: %w", err)
+		return results.Usage{}, fmt.Errorf("pool usage: %w", err)
 	}
 	used, err := parseBtrfsUsed(res.Stdout)
 	if err != nil {
-		return Usage{}, err
+		return results.Usage{}, err
 	}
 	host, err := allocatedBytes(b.file)
 	if err != nil {
-		return Usage{}, err
+		return results.Usage{}, err
 	}
-	return Usage{PoolBytes: used, HostBytes: host}, nil
+	return results.Usage{PoolBytes: used, HostBytes: host, HasHost: true}, nil
 }
 
 // parseBtrfsUsed reads the "Used:" line of the Overall section of
@@ -120,6 +126,43 @@ func (b *BtrfsLoop) BareSnapshot(ctx context.Context, volumeID string, n int) (t
 		return 0, fmt.Errorf("delete bare snapshot: %w", err)
 	}
 	return took, nil
+}
+
+func (b *BtrfsLoop) BareCommand() string { return "btrfs subvolume snapshot" }
+
+// DiscardPending reads the filesystem's async-discard queue from sysfs
+// (/sys/fs/btrfs/<fsid>/discard/discardable_bytes), found through the
+// pool's loop device.
+func (b *BtrfsLoop) DiscardPending(ctx context.Context) (int64, error) {
+	dir, err := b.sysfsDir(ctx)
+	if err != nil {
+		return 0, err
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "discard", "discardable_bytes"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil // kernel without async discard
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read discard queue: %w", err)
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+}
+
+// sysfsDir finds /sys/fs/btrfs/<fsid> of the pool by its loop device.
+func (b *BtrfsLoop) sysfsDir(ctx context.Context) (string, error) {
+	res, err := b.run.Run(ctx, "losetup", "--noheadings", "--output", "NAME", "--associated", b.file)
+	if err != nil {
+		return "", fmt.Errorf("find pool loop device: %w", err)
+	}
+	devs := strings.Fields(string(res.Stdout))
+	if len(devs) == 0 {
+		return "", fmt.Errorf("pool file %s has no loop device", b.file)
+	}
+	matches, _ := filepath.Glob(filepath.Join("/sys/fs/btrfs", "*", "devices", filepath.Base(devs[0])))
+	if len(matches) == 0 {
+		return "", fmt.Errorf("no /sys/fs/btrfs entry for %s", devs[0])
+	}
+	return filepath.Dir(filepath.Dir(matches[0])), nil
 }
 
 // SetDiscard remounts the pool with discard=async (the kernel's default

@@ -7,21 +7,9 @@ package pools
 import (
 	"context"
 	"time"
-)
 
-// Usage is a pool's physical space in use.
-type Usage struct {
-	// PoolBytes is what the pool itself reports as used: btrfs "Used"
-	// (data plus metadata, counting both DUP copies) or the thin pool's
-	// mapped data blocks.
-	PoolBytes int64
-	// MetadataBytes is thin-pool metadata in use (LVM); 0 for btrfs,
-	// whose metadata is inside PoolBytes.
-	MetadataBytes int64
-	// HostBytes is the space the pool's backing file takes on the host
-	// (allocated blocks of the loop file); -1 when the pool is on a disk.
-	HostBytes int64
-}
+	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
+)
 
 // Pool is one benchmark pool.
 type Pool interface {
@@ -31,11 +19,19 @@ type Pool interface {
 	Describe() string
 	// DriverArgs are the csi-thin flags that serve this pool.
 	DriverArgs() []string
-	// Usage syncs and returns the physical space in use.
-	Usage(ctx context.Context) (Usage, error)
+	// Usage syncs and returns the physical space in use: the pool's own
+	// figure (btrfs "Used", data plus both DUP metadata copies; or the thin
+	// pool's mapped data) and, for a loop file, its host allocation.
+	Usage(ctx context.Context) (results.Usage, error)
 	// BareSnapshot runs the one backend command a CSI clone of volumeID
 	// wraps, returns how long it took, and removes what it made.
 	BareSnapshot(ctx context.Context, volumeID string, n int) (time.Duration, error)
+	// BareCommand names that command, for the report.
+	BareCommand() string
+	// DiscardPending is how many freed bytes still wait for an
+	// asynchronous discard (btrfs discard=async queues them); 0 if none
+	// or unknown.
+	DiscardPending(ctx context.Context) (int64, error)
 	// SetDiscard turns the pool-level discard on or off, where that is a
 	// pool setting (btrfs: a remount); block backends return false and
 	// take discard as a per-volume mount option instead.

@@ -20,3 +20,24 @@ func TestHumanBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestParseThinPool(t *testing.T) {
+	status := "0 8388608 thin-pool 3 150/4096 2048/65536 - rw discard_passdown queue_if_no_space - 1024\n"
+	table := "0 8388608 thin-pool 253:0 253:1 128 0 1 skip_block_zeroing\n"
+	u, err := parseThinPool(status, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.PoolBytes != 2048*128*512 || u.MetadataBytes != 150*4096 || u.HasHost {
+		t.Errorf("parseThinPool = %+v", u)
+	}
+	if _, err := parseThinPool("0 1 linear 8:0 0", table); err == nil {
+		t.Error("a linear target was accepted")
+	}
+}
+
+func TestDMName(t *testing.T) {
+	if got := dmName("csi-thin", "pool"); got != "csi--thin-pool" {
+		t.Errorf("dmName = %q", got)
+	}
+}

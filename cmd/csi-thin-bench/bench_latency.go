@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
+	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/stats"
+)
+
+// latencyPhase is measurements 1-3 (and 4, on the source closest to
+// 1 GiB): for each source size, a volume is filled once and then
+// snapshotted, cloned and restored many times, with the bare backend
+// command and a full copy measured beside them.
+func (b *bench) latencyPhase(ctx context.Context) error {
+	spaceSize := closestTo(b.cfg.sizes, 1<<30)
+	if spaceSize <= 0 && b.cfg.phases["space"] {
+		b.note("space phase skipped: no source size above 0 in --sizes")
+	}
+	for i, size := range b.cfg.sizes {
+		if !b.cfg.phases["latency"] && size != spaceSize {
+			continue
+		}
+		src, err := b.newSource(ctx, size, uint64(i+1))
+		if err != nil {
+			return err
+		}
+		if b.cfg.phases["latency"] {
+			if err := b.measureLatency(ctx, src); err != nil {
+				return err
+			}
+		}
+		if size == spaceSize && size > 0 && b.cfg.phases["space"] {
+			if err := b.measureSpace(ctx, src); err != nil {
+				return err
+			}
+		}
+		if err := b.drop(ctx, src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// closestTo returns the positive size nearest to target (0 if none).
+func closestTo(sizes []int64, target int64) int64 {
+	best := int64(0)
+	for _, s := range sizes {
+		if s > 0 && (best == 0 || abs(s-target) < abs(best-target)) {
+			best = s
+		}
+	}
+	return best
+}
+
+func abs(n int64) int64 {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
+
+func (b *bench) measureLatency(ctx context.Context, src *source) error {
+	c := b.s.client
+	b.progress("latency at %s: %d runs of snapshot, clone, restore and %s", humanBytes(src.dataBytes), b.cfg.runs, b.s.pool.BareCommand())
+	base, err := c.CreateSnapshot(ctx, b.name("restore-base"), src.id)
+	if err != nil {
+		return err
+	}
+	var snap, clone, restore, bare []time.Duration
+	for i := 0; i < b.cfg.runs; i++ {
+		// Interleaved, so that noise from the (shared) machine falls on
+		// every operation alike and the ratios stay fair.
+		lat, err := timed(func() error {
+			s, err := c.CreateSnapshot(ctx, b.name("snap"), src.id)
+			if err != nil {
+				return err
+			}
+			defer c.DeleteSnapshot(context.WithoutCancel(ctx), s.GetSnapshotId())
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		snap = append(snap, lat)
+		if lat, err = b.timedCreate(ctx, func(name string) (string, error) {
+			v, err := c.CloneVolume(ctx, name, src.id, src.sizeBytes)
+			return v.GetVolumeId(), err
+		}); err != nil {
+			return err
+		}
+		clone = append(clone, lat)
+		if lat, err = b.timedCreate(ctx, func(name string) (string, error) {
+			v, err := c.RestoreSnapshot(ctx, name, base.GetSnapshotId(), src.sizeBytes)
+			return v.GetVolumeId(), err
+		}); err != nil {
+			return err
+		}
+		restore = append(restore, lat)
+		d, err := b.s.pool.BareSnapshot(ctx, src.id, int(b.seq.Add(1)))
+		if err != nil {
+			return err
+		}
+		bare = append(bare, d)
+	}
+	if err := c.DeleteSnapshot(ctx, base.GetSnapshotId()); err != nil {
+		return err
+	}
+	copies, err := b.measureCopies(ctx, src)
+	if err != nil {
+		return err
+	}
+	b.run.Latency = append(b.run.Latency, results.SizeLatency{
+		SourceBytes: src.dataBytes, Snapshot: stats.Summarize(snap), Clone: stats.Summarize(clone),
+		Restore: stats.Summarize(restore), Bare: stats.Summarize(bare), BareCommand: b.s.pool.BareCommand(),
+		Copy: stats.Summarize(copies),
+	})
+	return nil
+}
+
+// timedCreate times one CreateVolume (through create) and deletes the
+// volume afterwards, untimed.
+func (b *bench) timedCreate(ctx context.Context, create func(name string) (string, error)) (time.Duration, error) {
+	var id string
+	lat, err := timed(func() error {
+		var err error
+		id, err = create(b.name("vol"))
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return lat, b.s.client.DeleteVolume(ctx, id)
+}
+
+// measureCopies times the copy-based way: cp of the source's files into
+// a fresh empty volume (its creation and deletion untimed).
+func (b *bench) measureCopies(ctx context.Context, src *source) ([]time.Duration, error) {
+	c := b.s.client
+	var out []time.Duration
+	for i := 0; i < b.cfg.copyRuns; i++ {
+		name := b.name("copy")
+		v, err := c.CreateVolume(ctx, name, src.sizeBytes)
+		if err != nil {
+			return nil, err
+		}
+		att, err := b.s.attach(ctx, v.GetVolumeId(), name, nil)
+		if err != nil {
+			return nil, err
+		}
+		lat, err := timed(func() error { return copyTree(ctx, src.att.TargetPath, att.TargetPath) })
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, lat)
+		b.progress("full copy of %s: %s", humanBytes(src.dataBytes), lat.Round(time.Millisecond))
+		if err := att.Detach(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.DeleteVolume(ctx, v.GetVolumeId()); err != nil {
+			return nil, err
+		}
+		// Let the pool reclaim the copy before the next run is timed.
+		if _, err := b.s.pool.Usage(ctx); err != nil {
+			return nil, fmt.Errorf("settle after copy: %w", err)
+		}
+	}
+	return out, nil
+}
