@@ -2,8 +2,10 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -29,13 +31,13 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	kv := []any{"method", info.FullMethod}
 	switch r := req.(type) {
 	case idGetter:
-		kv = append(kv, "volumeID", r.GetVolumeId())
+		kv = append(kv, "volumeID", bounded(r.GetVolumeId()))
 	case snapIDGetter:
-		kv = append(kv, "snapshotID", r.GetSnapshotId())
+		kv = append(kv, "snapshotID", bounded(r.GetSnapshotId()))
 	case *csi.CreateSnapshotRequest:
-		kv = append(kv, "name", r.GetName(), "volumeID", r.GetSourceVolumeId())
+		kv = append(kv, "name", bounded(r.GetName()), "volumeID", bounded(r.GetSourceVolumeId()))
 	case nameGetter:
-		kv = append(kv, "name", r.GetName())
+		kv = append(kv, "name", bounded(r.GetName()))
 	}
 	logger := klog.FromContext(ctx).WithValues(kv...)
 	ctx = klog.NewContext(ctx, logger)
@@ -44,7 +46,7 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	observe(info.FullMethod, status.Code(err).String(), elapsed)
 	kv = append(kv, "duration", elapsed)
 	if err != nil {
-		klog.ErrorS(err, "CSI call failed", append(kv, "code", status.Code(err))...)
+		klog.ErrorS(errors.New(bounded(err.Error())), "CSI call failed", append(kv, "code", status.Code(err))...)
 		return resp, err
 	}
 	level := klog.Level(2)
@@ -55,6 +57,17 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	}
 	klog.V(level).InfoS("CSI call done", kv...)
 	return resp, nil
+}
+
+// maxLoggedBytes bounds each request string and error in the call log: a
+// caller may send megabytes of ID or path, and the log must not amplify it.
+const maxLoggedBytes = 512
+
+func bounded(s string) string {
+	if len(s) <= maxLoggedBytes {
+		return s
+	}
+	return fmt.Sprintf("%s…(%d bytes)", strings.ToValidUTF8(s[:maxLoggedBytes], ""), len(s))
 }
 
 // recoverPanics turns a panic in a handler into Internal instead of
