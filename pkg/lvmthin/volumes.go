@@ -1,0 +1,345 @@
+package lvmthin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// CreateVolume implements backend.Backend: a new thin LV, or a writeable
+// thin snapshot of a snapshot (restore) or of a volume (clone), grown to
+// the requested size.
+//
+// Crash safety: a create that is one lvcreate is atomic (the LV appears
+// with all its tags or not at all). A clone or restore larger than its
+// source takes two steps, so its lvcreate tags the LV "creating" and the
+// last step removes that tag. A retry that finds a half-made LV with the
+// same spec completes it; one with another spec removes it and starts
+// over. Start-up removes any left over (removeHalfMade).
+func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*backend.Volume, error) {
+	if !backend.IsVolumeID(req.ID) {
+		return nil, fmt.Errorf("volume ID %q: %w", req.ID, backend.ErrInvalid)
+	}
+	access := req.AccessType
+	if access == "" {
+		access = backend.AccessMount
+	}
+	if access != backend.AccessMount && access != backend.AccessBlock {
+		return nil, fmt.Errorf("access type %q: %w", req.AccessType, backend.ErrInvalid)
+	}
+	if !fsType.MatchString(req.FsType) {
+		return nil, fmt.Errorf("fsType %q: %w", req.FsType, backend.ErrInvalid)
+	}
+	if err := checkSource(req.Source); err != nil {
+		return nil, err
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, err := b.scan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	existing, m, err := st.owned(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	if existing != nil && !m.Creating {
+		vol := b.volumeFrom(existing, m, st.pool)
+		if vol.Source != req.Source || vol.AccessType != access ||
+			!backend.Fits(vol.SizeBytes, req.RequiredBytes, req.LimitBytes) {
+			return nil, fmt.Errorf("volume %s (%d bytes, source %+v, %s) vs request (%d..%d bytes, source %+v, %s): %w",
+				req.ID, vol.SizeBytes, vol.Source, vol.AccessType, req.RequiredBytes, req.LimitBytes, req.Source, access, backend.ErrExists)
+		}
+		return vol, nil
+	}
+
+	src, err := st.source(req.Source)
+	if err != nil {
+		return nil, err
+	}
+	size, err := b.resolveSize(req, src)
+	if err != nil {
+		return nil, err
+	}
+
+	if existing != nil && (m.Source != req.Source || m.AccessType != access || existing.Size > size) {
+		klog.InfoS("removing half-made volume with a different spec", "volumeID", req.ID)
+		if _, err := b.lvm.run(ctx, removeArgs(b.cfg.VG, req.ID)...); err != nil {
+			return nil, fmt.Errorf("remove half-made volume %s: %w", req.ID, err)
+		}
+		st.provisioned -= existing.Size
+		delete(st.lvs, req.ID)
+		existing = nil
+	}
+	curSize, creating := int64(0), false
+	if existing != nil {
+		curSize, creating = existing.Size, true
+	} else {
+		if err := b.admit(st, size, size); err != nil {
+			return nil, fmt.Errorf("create volume %s: %w", req.ID, err)
+		}
+		curSize = size
+		if src != nil {
+			curSize = src.Size
+		}
+		creating = curSize < size
+		tags, err := encodeTags(objectMeta{
+			Creating: creating, Kind: kindVolume, Name: req.Name, Source: req.Source, AccessType: access,
+			FsType: req.FsType, CreatedAt: time.Now(), Parameters: req.Parameters,
+		})
+		if err != nil {
+			return nil, err
+		}
+		args := createThinArgs(b.cfg.VG, b.cfg.ThinPool, req.ID, size, tags)
+		if src != nil {
+			args = createWritableSnapshotArgs(b.cfg.VG, src.Name, req.ID, tags)
+		}
+		if _, err := b.lvm.run(ctx, args...); err != nil {
+			return nil, fmt.Errorf("create volume %s: %w", req.ID, err)
+		}
+	}
+	if err := b.finishVolume(ctx, req.ID, curSize, size, creating); err != nil {
+		return nil, err
+	}
+	vol, err := b.GetVolume(ctx, req.ID)
+	if err != nil {
+		return nil, fmt.Errorf("read back volume %s: %w", req.ID, err)
+	}
+	klog.InfoS("thin volume created", "volumeID", req.ID, "name", req.Name, "sizeBytes", vol.SizeBytes,
+		"sourceKind", req.Source.Kind, "sourceID", req.Source.ID, "accessType", access)
+	return vol, nil
+}
+
+// finishVolume grows a new clone or restore from curSize to its size and
+// clears the creating tag. Each step is skipped when done, so a retry can
+// run it again.
+func (b *Backend) finishVolume(ctx context.Context, id string, curSize, size int64, creating bool) error {
+	if curSize < size {
+		if _, err := b.lvm.run(ctx, extendArgs(b.cfg.VG, id, size)...); err != nil {
+			return fmt.Errorf("grow volume %s to %d bytes: %w", id, size, err)
+		}
+	}
+	if creating {
+		if _, err := b.lvm.run(ctx, delTagArgs(b.cfg.VG, id, tagCreating)...); err != nil {
+			return fmt.Errorf("finish volume %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func checkSource(s backend.Source) error {
+	switch s.Kind {
+	case backend.SourceNone:
+		if s.ID != "" {
+			return fmt.Errorf("source ID %q without a kind: %w", s.ID, backend.ErrInvalid)
+		}
+		return nil
+	case backend.SourceSnapshot:
+		return backend.CheckSnapshotID(s.ID)
+	case backend.SourceVolume:
+		return backend.CheckVolumeID(s.ID)
+	}
+	return fmt.Errorf("source kind %q: %w", s.Kind, backend.ErrInvalid)
+}
+
+// source returns the complete, owned LV a clone or restore copies, or nil.
+func (st *poolState) source(s backend.Source) (*LV, error) {
+	if s.Kind == backend.SourceNone {
+		return nil, nil
+	}
+	want := kindVolume
+	if s.Kind == backend.SourceSnapshot {
+		want = kindSnapshot
+	}
+	lv, m, err := st.owned(s.ID)
+	if err != nil {
+		return nil, err
+	}
+	if lv == nil || m.Creating || m.Kind != want {
+		return nil, fmt.Errorf("source %s %s: %w", s.Kind, s.ID, backend.ErrNotFound)
+	}
+	return lv, nil
+}
+
+// resolveSize applies the capacity range. A copy is never smaller than its
+// source (a thin snapshot cannot shrink): asking for less is OutOfRange,
+// asking for nothing gets the source's size.
+func (b *Backend) resolveSize(req backend.VolumeRequest, src *LV) (int64, error) {
+	def, minimum := b.cfg.DefaultVolumeBytes, int64(0)
+	if src != nil {
+		def, minimum = src.Size, src.Size
+		if req.RequiredBytes > 0 && req.RequiredBytes < src.Size {
+			return 0, fmt.Errorf("volume %s: %d bytes requested, source %s has %d: %w",
+				req.ID, req.RequiredBytes, src.Name, src.Size, backend.ErrOutOfRange)
+		}
+	}
+	size, err := backend.ResolveSize(req.RequiredBytes, req.LimitBytes, def, minimum, b.extentSize)
+	if err != nil {
+		return 0, fmt.Errorf("volume %s: %w", req.ID, err)
+	}
+	return size, nil
+}
+
+// DeleteVolume implements backend.Backend. Thin snapshots and clones do
+// not depend on their origin, so a volume can always go.
+func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
+	if !backend.IsVolumeID(id) {
+		return nil // nothing with that name can exist
+	}
+	return b.remove(ctx, id, kindVolume)
+}
+
+func (b *Backend) remove(ctx context.Context, id, kind string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lv, err := b.lookup(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete %s %s: %w", kind, id, err)
+	}
+	m := decodeTags(lv.Tags)
+	if !m.Owned || (m.Kind != kind && !m.Creating) {
+		return fmt.Errorf("delete %s %s: the LV of that name is not a csi-thin %s: %w", kind, id, kind, backend.ErrPrecondition)
+	}
+	if _, err := b.lvm.run(ctx, removeArgs(b.cfg.VG, id)...); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("delete %s %s: %w", kind, id, err)
+	}
+	klog.InfoS("thin LV deleted", "volumeID", id, "kind", kind)
+	return nil
+}
+
+// lookup reports one LV of our pool, or ErrNotFound.
+func (b *Backend) lookup(ctx context.Context, name string) (*LV, error) {
+	lvs, err := b.lvm.lvs(ctx, lvPath(b.cfg.VG, name))
+	if err != nil {
+		return nil, err
+	}
+	for i := range lvs {
+		if lvs[i].Name == name && lvs[i].Pool == b.cfg.ThinPool {
+			return &lvs[i], nil
+		}
+	}
+	return nil, fmt.Errorf("LV %s in pool %s: %w", name, b.poolPath(), backend.ErrNotFound)
+}
+
+// lookupWithPool reports one complete LV of ours of the given kind and the
+// pool, in one lvs call.
+func (b *Backend) lookupWithPool(ctx context.Context, id, kind string) (*LV, objectMeta, *LV, error) {
+	lvs, err := b.lvm.lvs(ctx, lvPath(b.cfg.VG, id), b.poolPath())
+	if err != nil {
+		return nil, objectMeta{}, nil, fmt.Errorf("%s %s: %w", kind, id, err)
+	}
+	var lv, pool *LV
+	for i := range lvs {
+		switch {
+		case lvs[i].Name == b.cfg.ThinPool:
+			pool = &lvs[i]
+		case lvs[i].Name == id && lvs[i].Pool == b.cfg.ThinPool:
+			lv = &lvs[i]
+		}
+	}
+	if pool == nil {
+		return nil, objectMeta{}, nil, fmt.Errorf("thin pool %s is gone: %w", b.poolPath(), backend.ErrUnavailable)
+	}
+	if lv == nil {
+		return nil, objectMeta{}, nil, fmt.Errorf("%s %s: %w", kind, id, backend.ErrNotFound)
+	}
+	m := decodeTags(lv.Tags)
+	if !m.Owned || m.Creating || m.Kind != kind {
+		return nil, objectMeta{}, nil, fmt.Errorf("%s %s: %w", kind, id, backend.ErrNotFound)
+	}
+	return lv, m, pool, nil
+}
+
+// GetVolume implements backend.Backend.
+func (b *Backend) GetVolume(ctx context.Context, id string) (*backend.Volume, error) {
+	if err := backend.CheckVolumeID(id); err != nil {
+		return nil, err
+	}
+	lv, m, pool, err := b.lookupWithPool(ctx, id, kindVolume)
+	if err != nil {
+		return nil, err
+	}
+	return b.volumeFrom(lv, m, pool), nil
+}
+
+// ListVolumes implements backend.Backend, ordered by ID.
+func (b *Backend) ListVolumes(ctx context.Context) ([]*backend.Volume, error) {
+	st, err := b.scan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var vols []*backend.Volume
+	for _, lv := range st.lvs {
+		m := decodeTags(lv.Tags)
+		if m.Owned && !m.Creating && m.Kind == kindVolume {
+			vols = append(vols, b.volumeFrom(lv, m, st.pool))
+		}
+	}
+	sort.Slice(vols, func(i, j int) bool { return vols[i].ID < vols[j].ID })
+	return vols, nil
+}
+
+// ExpandVolume implements backend.Backend. lvextend works on a thin LV
+// with snapshots, active or not; the node grows the filesystem.
+func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes int64) (*backend.Volume, error) {
+	if err := backend.CheckVolumeID(id); err != nil {
+		return nil, err
+	}
+	size, err := backend.RoundUp(sizeBytes, b.extentSize)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, err := b.scan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lv, m, err := st.owned(id)
+	if err != nil {
+		return nil, err
+	}
+	if lv == nil || m.Creating || m.Kind != kindVolume {
+		return nil, fmt.Errorf("expand volume %s: %w", id, backend.ErrNotFound)
+	}
+	if lv.Size < size {
+		if err := b.admit(st, size, size-lv.Size); err != nil {
+			return nil, fmt.Errorf("expand volume %s: %w", id, err)
+		}
+		if _, err := b.lvm.run(ctx, extendArgs(b.cfg.VG, id, size)...); err != nil {
+			return nil, fmt.Errorf("expand volume %s: %w", id, err)
+		}
+		klog.InfoS("thin volume expanded", "volumeID", id, "fromBytes", lv.Size, "toBytes", size)
+	}
+	lv, m, pool, err := b.lookupWithPool(ctx, id, kindVolume)
+	if err != nil {
+		return nil, err
+	}
+	return b.volumeFrom(lv, m, pool), nil
+}
+
+func (b *Backend) volumeFrom(lv *LV, m objectMeta, pool *LV) *backend.Volume {
+	created := m.CreatedAt
+	if created.IsZero() {
+		created = lv.Time
+	}
+	access := m.AccessType
+	if access == "" {
+		access = backend.AccessMount
+	}
+	return &backend.Volume{
+		ID: lv.Name, Name: m.Name, SizeBytes: lv.Size, Source: m.Source, AccessType: access,
+		FsType: m.FsType, Parameters: m.Parameters, Node: b.cfg.NodeName, CreatedAt: created,
+		Condition: b.condition(lv, pool),
+	}
+}

@@ -1,0 +1,62 @@
+package lvm
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/lvmthin"
+)
+
+// TestBootstrapReusesLoopPool: a second start on the same loop file reuses
+// the pool (no pvcreate over it) and sees the volume made by the first.
+func TestBootstrapReusesLoopPool(t *testing.T) {
+	t.Parallel()
+	var cfg lvmthin.Config
+	b := loopPool(t, "csithin_boot", 256*backend.MiB, func(c *lvmthin.Config) { cfg = *c })
+	c := ctx(t)
+	id := volID(t, "vol")
+	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: id, Name: "keep-me", RequiredBytes: 16 * backend.MiB}); err != nil {
+		t.Fatal(err)
+	}
+	attrs := lvm(t, "lvs", "--noheadings", "-o", "lv_attr,chunk_size,discards,lv_when_full,zero", "--units", "b", "--nosuffix", "csithin_boot/pool")
+	for _, want := range []string{"65536", "passdown", "error"} {
+		if !strings.Contains(attrs, want) {
+			t.Errorf("pool settings %q lack %q", attrs, want)
+		}
+	}
+	b2, err := lvmthin.New(c, cfg)
+	if err != nil {
+		t.Fatalf("second start: %v", err)
+	}
+	if b2.LoopDevice() != b.LoopDevice() {
+		t.Fatalf("second start attached %s, first %s", b2.LoopDevice(), b.LoopDevice())
+	}
+	v, err := b2.GetVolume(c, id)
+	if err != nil || v.Name != "keep-me" {
+		t.Fatalf("volume after second start = %+v, %v", v, err)
+	}
+}
+
+// TestBootstrapRefusesSignature: a configured device that holds a
+// filesystem is never turned into a PV.
+func TestBootstrapRefusesSignature(t *testing.T) {
+	t.Parallel()
+	requireLVM(t)
+	file := filepath.Join(loopDir(t), "ext4.img")
+	run(t, "truncate", "-s", "64M", file)
+	dev := strings.TrimSpace(run(t, "losetup", "--find", "--show", file))
+	t.Cleanup(func() { run(t, "losetup", "--detach", dev) })
+	formatExt4(t, dev)
+
+	_, err := lvmthin.New(context.Background(), lvmthin.Config{VG: "csithin_sig", Devices: []string{dev}, LVMConfig: lvmConfig()})
+	wantErr(t, err, backend.ErrPrecondition, "bootstrap on a device with ext4")
+	if out := run(t, "blkid", "--probe", "--output", "export", dev); !strings.Contains(out, "TYPE=ext4") {
+		t.Fatalf("the ext4 signature is gone: %s", out)
+	}
+
+	_, err = lvmthin.New(context.Background(), lvmthin.Config{VG: "csithin_absent", LVMConfig: lvmConfig()})
+	wantErr(t, err, backend.ErrUnavailable, "start on a missing VG without devices")
+}

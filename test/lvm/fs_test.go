@@ -1,0 +1,115 @@
+package lvm
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// Filesystem helpers that format and mount the way the node does on first
+// stage: ext4 without discard at mkfs time and with all inode tables and
+// the journal written now (so that later data% numbers measure data, not
+// lazy initialisation), mounted with online discard; xfs clones with
+// nouuid (a clone carries its origin's UUID).
+
+func formatExt4(t *testing.T, dev string) {
+	t.Helper()
+	run(t, "mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", dev)
+}
+
+func formatXFS(t *testing.T, dev string) {
+	t.Helper()
+	run(t, "mkfs.xfs", "-q", "-f", "-K", dev)
+}
+
+// mount mounts dev on a fresh directory, unmounted again at cleanup.
+func mount(t *testing.T, dev, fstype, opts string) string {
+	t.Helper()
+	dir := t.TempDir()
+	run(t, "mount", "-t", fstype, "-o", opts, dev, dir)
+	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+	return dir
+}
+
+func umount(t *testing.T, dir string) {
+	t.Helper()
+	if err := syscall.Unmount(dir, 0); err != nil {
+		t.Fatalf("umount %s: %v", dir, err)
+	}
+}
+
+// writePattern writes size bytes of a reproducible pattern (a random MiB
+// stamped with its index, so no two MiB are alike) to path, syncs it and
+// returns its sha256.
+func writePattern(t *testing.T, path string, size int64, seed uint64) string {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sum, err := copyPattern(f, size, seed)
+	if err != nil {
+		t.Fatalf("write %s: %v", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatalf("sync %s: %v", path, err)
+	}
+	return sum
+}
+
+func copyPattern(w io.Writer, size int64, seed uint64) (string, error) {
+	const block = 1 << 20
+	buf := make([]byte, block)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for i := 0; i+8 <= len(buf); i += 8 {
+		binary.LittleEndian.PutUint64(buf[i:], rng.Uint64())
+	}
+	h := sha256.New()
+	mw := io.MultiWriter(w, h)
+	for off := int64(0); off < size; off += block {
+		binary.LittleEndian.PutUint64(buf, uint64(off/block))
+		n := min(int64(block), size-off)
+		if _, err := mw.Write(buf[:n]); err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// deviceSHA hashes the first n bytes of a block device.
+func deviceSHA(t *testing.T, dev string, n int64) string {
+	t.Helper()
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyN(h, f, n); err != nil {
+		t.Fatalf("read %s: %v", dev, err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func dataFile(dir string) string { return filepath.Join(dir, "data.bin") }

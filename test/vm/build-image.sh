@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds (once) the VM's kernel and busybox initramfs from Debian's
+# linux-image-amd64 and prints the cache directory that holds them.
+# The cache lives outside the clone so every checkout and CI run shares it:
+#   ${CSI_THIN_VM_CACHE:-/var/cache/csi-thin/vm}/<kernel-version>/{vmlinuz,initrd.gz}
+set -euo pipefail
+root=${CSI_THIN_VM_CACHE:-/var/cache/csi-thin/vm}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$root"
+
+kernel_package() {
+  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+}
+pkg=$(kernel_package)
+if [ -z "$pkg" ]; then
+  apt-get update -qq >&2
+  pkg=$(kernel_package)
+fi
+if [ -z "$pkg" ]; then
+  # Offline and no package lists: fall back to any kernel built before.
+  last=$(ls -d "$root"/*/ 2>/dev/null | sort -V | tail -1)
+  [ -n "$last" ] && [ -f "$last/initrd.gz" ] || { echo "build-image: cannot find a Debian kernel package" >&2; exit 1; }
+  echo "${last%/}"; exit 0
+fi
+kv=${pkg#linux-image-}
+# The init script is part of the image: rebuild when it changes.
+stamp=$(sha256sum "$here/init.sh" "$0" | sha256sum | cut -c1-12)
+dir=$root/$kv
+if [ -f "$dir/initrd.gz" ] && [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ]; then
+  echo "$dir"; exit 0
+fi
+
+exec 9>"$root/.lock"
+flock 9
+if [ -f "$dir/initrd.gz" ] && [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ]; then
+  echo "$dir"; exit 0
+fi
+echo "build-image: building VM image for kernel $kv in $dir" >&2
+tmp=$(mktemp -d "$root/.build.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+(
+  cd "$tmp"
+  apt-get download "$pkg" >/dev/null
+  mkdir kpkg
+  dpkg-deb -x "$pkg"_*.deb kpkg
+  depmod -b "$PWD/kpkg" "$kv"
+  cp "kpkg/boot/vmlinuz-$kv" vmlinuz
+  mkdir -p initrd/{bin,proc,sys,dev,mnt/root,mods}
+  cp "$(command -v busybox)" initrd/bin/busybox
+  for a in sh mount insmod chroot poweroff sync mkdir echo cat; do ln -s busybox "initrd/bin/$a"; done
+  i=0
+  # Modules in dependency order; insmod'ed one by one at boot (no modprobe
+  # in the initramfs). loop is a module on Debian.
+  for m in dm-thin-pool dm-snapshot loop virtio_blk virtio_pci ext4 xfs 9p 9pnet_virtio; do
+    for f in $(modprobe -d "$PWD/kpkg" -S "$kv" --show-depends "$m" | awk '$1=="insmod"{print $2}'); do
+      base=$(basename "$f")
+      ls initrd/mods/*-"$base" >/dev/null 2>&1 && continue
+      i=$((i+1)); cp "$f" "initrd/mods/$(printf %03d $i)-$base"
+    done
+  done
+  # Debian ships modules compressed (.ko.xz); busybox insmod needs them plain.
+  for f in initrd/mods/*.ko.xz; do [ -e "$f" ] && xz -d "$f"; done
+  for f in initrd/mods/*.ko.zst; do [ -e "$f" ] && zstd -q -d --rm "$f"; done
+  install -m 0755 "$here/init.sh" initrd/init
+  (cd initrd && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../initrd.gz)
+  echo "$stamp" > stamp
+)
+rm -rf "$dir"
+mkdir -p "$dir"
+mv "$tmp/vmlinuz" "$tmp/initrd.gz" "$tmp/stamp" "$dir/"
+echo "$dir"

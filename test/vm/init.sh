@@ -1,0 +1,21 @@
+#!/bin/sh
+# PID 1 of the test VM (busybox): load modules, mount the host root
+# read-only and the work dir read-write, run /tmp/vm-run.sh, power off.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in /mods/*.ko; do insmod "$m" 2>/dev/null; done
+o=trans=virtio,version=9p2000.L,msize=512000
+# The host root is read-only and does not change under a test run, so the
+# guest may cache it (cache=loose): without that every exec of lvm re-reads
+# its binary and libraries over 9p, which dominated the suite's time.
+if ! mount -t 9p -o $o,ro,cache=loose hostroot /mnt/root; then
+  echo "VM-INIT: cannot mount the host root"; poweroff -f
+fi
+for d in proc sys dev; do mount --bind /$d /mnt/root/$d; done
+mount -t tmpfs run /mnt/root/run
+mount -t 9p -o $o,cache=none work /mnt/root/tmp
+chroot /mnt/root /tmp/vm-run.sh
+echo "VM-EXIT-STATUS=$(cat /mnt/root/tmp/.exit-status 2>/dev/null)"
+sync
+poweroff -f

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs one program (normally a compiled Go test binary) inside a throwaway
+# QEMU VM whose kernel has device-mapper thin provisioning, for hosts whose
+# own kernel lacks it. The VM's exit status is the program's.
+#
+#   test/vm/run.sh [--disk SIZE] [--mem MiB] [--timeout SEC] PROGRAM [ARGS...]
+#
+# Inside the VM:
+#   - the host's root is mounted read-only (no Go toolchain needed inside);
+#   - /tmp is a fresh read-write work dir shared over 9p (slow for big
+#     writes: keep data on the disk);
+#   - /dev/vda is a blank sparse virtio disk (default 5G) for LVM;
+#   - there is no udev, so LVM runs with LVM_SYSTEM_DIR=/tmp/lvm whose
+#     lvm.conf turns udev off and makes LVM create its own device nodes;
+#   - env: CSI_THIN_VM=1, CSI_THIN_TEST_DEVICE=/dev/vda, CI as on the host.
+#
+# The kernel and initramfs are cached outside the clone in
+# $CSI_THIN_VM_CACHE (default /var/cache/csi-thin/vm/<kernel-version>/).
+# Software emulation (TCG) is used: KVM on this kind of host needs a special
+# guest kernel, so expect ~10x slower than hardware.
+set -euo pipefail
+
+disk_size=5G mem=2560 timeout_s=${CSI_THIN_VM_TIMEOUT:-1500}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --disk) disk_size=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --timeout) timeout_s=$2; shift 2 ;;
+    --) shift; break ;;
+    -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { echo "usage: $0 [--disk SIZE] [--mem MiB] [--timeout SEC] PROGRAM [ARGS...]" >&2; exit 2; }
+program=$1; shift
+[ -x "$program" ] || { echo "run.sh: $program is not an executable file" >&2; exit 2; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+"$here/ensure-tools.sh"
+cache=$("$here/build-image.sh")
+
+work=$(mktemp -d /var/tmp/csi-thin-vm.XXXXXX)
+disk=$work.disk
+cleanup() { rm -rf "$work" "$disk"; }
+trap cleanup EXIT
+
+# The program runs from the work dir; a copy keeps the VM independent of
+# where the caller built it (the host root is visible, but a copy is simple).
+cp "$program" "$work/program"
+mkdir -p "$work/lvm"
+cp "$here/lvm.conf" "$work/lvm/lvm.conf"
+{
+  echo '#!/bin/sh'
+  echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  echo 'export HOME=/tmp LVM_SYSTEM_DIR=/tmp/lvm CSI_THIN_VM=1 CSI_THIN_TEST_DEVICE=/dev/vda'
+  printf 'export CI=%q\n' "${CI:-}"
+  printf 'cd /tmp && ./program'
+  for a in "$@"; do printf ' %q' "$a"; done
+  echo
+  echo 'echo $? > /tmp/.exit-status'
+} > "$work/vm-run.sh"
+chmod +x "$work/vm-run.sh"
+
+truncate -s "$disk_size" "$disk"
+start=$(date +%s)
+set +e
+# The serial console ends lines with CRLF; strip CR so that the program's
+# output (go test's summary lines) reads as ordinary text on the host.
+timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$mem" -smp 2 \
+  -nographic -no-reboot -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1" \
+  -drive "file=$disk,if=virtio,format=raw,discard=unmap,cache=unsafe" \
+  -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
+  -virtfs "local,path=$work,mount_tag=work,security_model=passthrough" \
+  </dev/null | tr -d '\r'
+qemu_status=${PIPESTATUS[0]}
+set -e
+elapsed=$(( $(date +%s) - start ))
+if [ -s "$work/.exit-status" ]; then
+  status=$(cat "$work/.exit-status")
+else
+  echo "run.sh: the VM ended without the program's exit status (qemu/timeout status $qemu_status)" >&2
+  status=98
+fi
+echo "run.sh: VM finished in ${elapsed}s, program exit status $status"
+exit "$status"
