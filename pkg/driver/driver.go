@@ -57,13 +57,9 @@ func New(cfg Config) (*Driver, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
-	lis, err := net.Listen("unix", path)
+	lis, err := listenPrivate(path)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("restrict socket %s: %w", path, err)
+		return nil, err
 	}
 	server := grpc.NewServer(grpc.ChainUnaryInterceptor(recoverPanics, logCalls))
 	csi.RegisterIdentityServer(server, cfg.Identity)
