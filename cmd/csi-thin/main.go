@@ -39,6 +39,7 @@ type options struct {
 	fullPercent   float64
 	metaFull      float64
 	quotaMode     string
+	lvmConfig     string
 	cmdPrefix     string
 
 	kubeconfig   string
@@ -61,12 +62,13 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.loopFile, "loop-file", "", "embedded pool: a sparse file the driver creates, attaches and (if blank) formats")
 	fs.StringVar(&o.loopSize, "loop-size", "10Gi", "size of a new loop file (e.g. 10Gi)")
 	fs.StringVar(&o.vg, "vg", "csi-thin", "lvmthin: volume group")
-	fs.StringVar(&o.thinPool, "thin-pool", "pool", "lvmthin: thin pool LV in the volume group")
+	fs.StringVar(&o.thinPool, "thin-pool", "thinpool", "lvmthin: thin pool LV in the volume group")
 	fs.StringVar(&o.devices, "devices", "", "lvmthin: comma-separated block devices to build the VG from if it does not exist")
-	fs.Float64Var(&o.overprovision, "overprovision-ratio", 5, "sum of volume sizes allowed, as a multiple of the pool size")
-	fs.Float64Var(&o.fullPercent, "data-full-percent", 95, "refuse new volumes once the pool's data is this full (percent)")
+	fs.Float64Var(&o.overprovision, "overprovision-ratio", 10, "sum of volume sizes allowed, as a multiple of the pool size")
+	fs.Float64Var(&o.fullPercent, "data-full-percent", 90, "refuse new volumes once the pool's data is this full (percent)")
 	fs.Float64Var(&o.metaFull, "metadata-full-percent", 80, "lvmthin: refuse new volumes once thin-pool metadata is this full (percent)")
 	fs.StringVar(&o.quotaMode, "btrfs-quota", "auto", "btrfs: size limits by simple quotas (simple), classic qgroups (full), or simple where supported (auto)")
+	fs.StringVar(&o.lvmConfig, "lvm-config", "", "lvmthin: passed as --config to every LVM command (e.g. 'activation{udev_sync=0 udev_rules=0}' where the node has no udev)")
 	fs.StringVar(&o.cmdPrefix, "command-prefix", "", "prefix for storage commands, space-separated (e.g. 'nsenter -t 1 -m -u -i -n -p --' to run LVM in the host's namespaces)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "controller/node: kubeconfig (default: in-cluster)")
 	fs.StringVar(&o.healthAddr, "health-address", ":9808", "controller/node: address of the /healthz endpoint (empty: off)")

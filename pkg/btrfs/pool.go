@@ -19,8 +19,8 @@ import (
 
 // Defaults for a pool whose config leaves them unset.
 const (
-	DefaultOverprovision = 5.0
-	DefaultFullPercent   = 95.0
+	DefaultOverprovision = 10.0
+	DefaultFullPercent   = 90.0
 	// layoutDir holds everything the driver owns, so a pool can live on a
 	// btrfs filesystem that also holds other data.
 	layoutDir = "csi-thin"
