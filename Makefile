@@ -11,7 +11,7 @@ LDFLAGS   := -s -w -X github.com/csi-thin/csi-thin/pkg/driver.Version=$(VERSION)
 export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lint test test-unit test-btrfs test-lvm test-e2e demo bench clean
+.PHONY: all build lint test test-unit test-btrfs test-reliability fuzz test-lvm test-e2e demo bench clean
 
 all: build
 
@@ -31,6 +31,26 @@ test-btrfs: | $(BIN)
 	$(GO) test -count=1 -v ./pkg/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|Ran [0-9]+ of)|Passed \|' ; exit $${PIPESTATUS[0]}
 
 test: lint test-unit test-btrfs
+
+# Reliability on real btrfs (docs/reliability.md): SIGKILL at every step,
+# failing/hanging/garbled tools, 32-way concurrency under -race, a full
+# pool, hostile input, socket permissions, secrets in logs, RBAC; then
+# every fuzz target for FUZZTIME each.
+FUZZTIME ?= 10s
+test-reliability: | $(BIN)
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m -v ./test/reliability/... 2>&1 | tee $(BIN)/test-reliability.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|^    [a-z]+_test.go:[0-9]+: [a-z][a-z -]+:' ; exit $${PIPESTATUS[0]}
+	@$(MAKE) --no-print-directory fuzz
+
+# Each Fuzz* function in a *_fuzz_test.go file, for FUZZTIME; new
+# crashers land in that package's testdata/fuzz and fail the run.
+fuzz: | $(BIN)
+	@: > $(BIN)/fuzz.log; for f in $$(git ls-files '*_fuzz_test.go'); do \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f) >$(BIN)/fuzz-$$t.log 2>&1; rc=$$?; \
+	    echo "fuzz $$t: $$(grep -o 'execs: [0-9]*' $(BIN)/fuzz-$$t.log | tail -1) in $(FUZZTIME), exit $$rc" | tee -a $(BIN)/fuzz.log; \
+	    [ $$rc -eq 0 ] || { tail -20 $(BIN)/fuzz-$$t.log; exit 1; }; \
+	  done; \
+	done
 
 # The demo: the real driver on a fresh loop-file btrfs pool, driven over
 # CSI gRPC (needs root and btrfs-progs; cleans up after itself).

@@ -62,6 +62,8 @@ func Start(t testing.TB, o Options) *Child {
 		envEndpoint+"=unix://"+sock,
 		envFaults+"="+exec.FormatFaults(o.Faults),
 		envCrashReply+"="+o.CrashReply,
+		// A -race build sleeps 1 s at exit by default; children exit often.
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
