@@ -32,6 +32,8 @@ type benchConfig struct {
 	smallVolumeBytes              int64
 	phases                        map[string]bool
 	smoke                         bool
+	driverFlags                   []string
+	keepLog                       bool
 }
 
 const allPhases = "latency,space,discard,throughput,scaling"
@@ -55,6 +57,8 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 	discard := fs.String("discard-size", "1Gi", "data written then deleted in the discard phase")
 	cloneWrite := fs.String("clone-write", "64Mi", "data overwritten in a clone in the space phase")
 	phases := fs.String("phases", allPhases, "phases to run")
+	driverFlags := fs.String("driver-flags", "", "extra flags for the driver, space-separated (e.g. -v=4 to log every command's duration)")
+	fs.BoolVar(&c.keepLog, "keep-driver-log", false, "keep the driver's log (next to the work dir) even when the run succeeds")
 	fs.BoolVar(&c.smoke, "smoke", false, "tiny sizes and one iteration: checks that every phase still works, measures nothing")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -96,6 +100,7 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 		c.phases[strings.TrimSpace(p)] = true
 	}
 	c.smallVolumeBytes = 64 << 20
+	c.driverFlags = strings.Fields(*driverFlags)
 	return c, errors.Join(errs...)
 }
 
@@ -145,7 +150,7 @@ func runBench(ctx context.Context, args []string) (err error) {
 		return err
 	}
 	begin := time.Now()
-	sc := sessionConfig{driverBinary: cfg.driver, parentDir: cfg.workDir, prefix: "csi-thin-bench-"}
+	sc := sessionConfig{driverBinary: cfg.driver, parentDir: cfg.workDir, prefix: "csi-thin-bench-", extraArgs: cfg.driverFlags, keepLog: cfg.keepLog}
 	switch cfg.backend {
 	case "btrfs":
 		sc.tools = []string{"btrfs", "mkfs.btrfs", "losetup", "blkid", "cp", "fstrim"}

@@ -35,7 +35,7 @@ func (b *bench) scalingPhase(ctx context.Context) error {
 			existing += 2 * (pairs - fails)
 		}
 		b.progress("scaling: %d runs at %d existing objects", b.cfg.runs, existing)
-		var create, snap, clone []time.Duration
+		var create, snap, clone, bare []time.Duration
 		for i := 0; i < b.cfg.runs; i++ {
 			lat, err := b.timedCreate(ctx, func(name string) (string, error) {
 				v, err := c.CreateVolume(ctx, name, b.cfg.smallVolumeBytes)
@@ -65,10 +65,15 @@ func (b *bench) scalingPhase(ctx context.Context) error {
 				return err
 			}
 			clone = append(clone, lat)
+			d, err := b.s.pool.BareSnapshot(ctx, src.GetVolumeId(), int(b.seq.Add(1)))
+			if err != nil {
+				return err
+			}
+			bare = append(bare, d)
 		}
 		b.run.Scaling = append(b.run.Scaling, results.Scaling{
 			ExistingObjects: existing, Clone: stats.Summarize(clone),
-			Snapshot: stats.Summarize(snap), Create: stats.Summarize(create),
+			Snapshot: stats.Summarize(snap), Create: stats.Summarize(create), Bare: stats.Summarize(bare),
 		})
 	}
 	return nil

@@ -25,6 +25,8 @@ type session struct {
 	client *csiclient.Client
 	undo   cleanup.Stack
 	logf   string
+	// keepLog keeps the driver's log after a successful run too.
+	keepLog bool
 }
 
 type sessionConfig struct {
@@ -38,6 +40,7 @@ type sessionConfig struct {
 	tools []string
 	// extraArgs are added to the driver's flags (e.g. -v=4).
 	extraArgs []string
+	keepLog   bool
 }
 
 // startSession makes a work dir, starts the driver on a new pool and
@@ -60,7 +63,7 @@ func startSession(ctx context.Context, cfg sessionConfig) (s *session, err error
 	if err != nil {
 		return nil, fmt.Errorf("work dir: %w", err)
 	}
-	s = &session{dir: dir, logf: filepath.Join(cfg.parentDir, filepath.Base(dir)+".driver.log")}
+	s = &session{dir: dir, keepLog: cfg.keepLog, logf: filepath.Join(cfg.parentDir, filepath.Base(dir)+".driver.log")}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.close(ctx))
@@ -93,9 +96,12 @@ func startSession(ctx context.Context, cfg sessionConfig) (s *session, err error
 // kept (its path printed) on failure.
 func (s *session) close(ctx context.Context) error {
 	err := s.undo.Run(ctx, 2*time.Minute)
-	if err == nil {
+	switch {
+	case err == nil && s.keepLog:
+		fmt.Fprintf(os.Stderr, "driver log: %s\n", s.logf)
+	case err == nil:
 		os.Remove(s.logf)
-	} else {
+	default:
 		err = fmt.Errorf("%w (driver log kept at %s)", err, s.logf)
 	}
 	return err

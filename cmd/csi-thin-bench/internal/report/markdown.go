@@ -111,10 +111,11 @@ func writeRunDetails(b *strings.Builder, r *results.Run) {
 	}
 	if len(r.Scaling) > 0 {
 		p("\n### 7. Scaling with the pool's population\n\n")
-		p("The pool is filled with pairs of a 64 MiB volume and a snapshot of it; at each population, %d runs of CreateVolume (empty), CreateSnapshot and clone of one small source volume. p50 / p95.\n\n", c.Runs)
-		p("| other volumes+snapshots | CreateVolume | CreateSnapshot | clone |\n|---|---|---|---|\n")
+		p("The pool is filled with pairs of a 64 MiB volume and a snapshot of it; at each population, %d runs of CreateVolume (empty), CreateSnapshot and clone of one small source volume, and the bare backend command on the same source. p50 / p95.\n\n", c.Runs)
+		p("| other volumes+snapshots | CreateVolume | CreateSnapshot | clone | bare command | clone ÷ bare |\n|---|---|---|---|---|---|\n")
 		for _, s := range r.Scaling {
-			p("| %d | %s / %s | %s / %s | %s / %s |\n", s.ExistingObjects, fmtMs(s.Create.P50), fmtMs(s.Create.P95), fmtMs(s.Snapshot.P50), fmtMs(s.Snapshot.P95), fmtMs(s.Clone.P50), fmtMs(s.Clone.P95))
+			p("| %d | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n", s.ExistingObjects, fmtMs(s.Create.P50), fmtMs(s.Create.P95), fmtMs(s.Snapshot.P50), fmtMs(s.Snapshot.P95),
+				fmtMs(s.Clone.P50), fmtMs(s.Clone.P95), fmtMs(s.Bare.P50), fmtMs(s.Bare.P95), fmtRatio(div(s.Clone.P50, s.Bare.P50)))
 		}
 	}
 	if len(r.Notes) > 0 {

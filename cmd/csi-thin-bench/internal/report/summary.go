@@ -134,7 +134,7 @@ func summaryRows(runs []*results.Run) []row {
 	add("clone p50 with N other volumes+snapshots", "flat", func(r *results.Run) string {
 		var parts []string
 		for _, s := range r.Scaling {
-			parts = append(parts, fmt.Sprintf("%d: %s", s.ExistingObjects, fmtMs(s.Clone.P50)))
+			parts = append(parts, fmt.Sprintf("%d: %s (bare %s)", s.ExistingObjects, fmtMs(s.Clone.P50), fmtMs(s.Bare.P50)))
 		}
 		return orDash(strings.Join(parts, "; "))
 	})

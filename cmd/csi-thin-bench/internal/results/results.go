@@ -156,4 +156,7 @@ type Scaling struct {
 	Clone           stats.Summary `json:"clone"`
 	Snapshot        stats.Summary `json:"snapshot"`
 	Create          stats.Summary `json:"create"`
+	// Bare is the bare backend command at the same population: whether a
+	// slowdown is ours or the storage's.
+	Bare stats.Summary `json:"bare"`
 }
