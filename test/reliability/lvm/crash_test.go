@@ -1,0 +1,310 @@
+package lvm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/csi-thin/csi-thin/internal/csiclient"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/test/reliability/harness"
+)
+
+const (
+	volBytes  = 64 * backend.MiB
+	dataBytes = 4 << 20
+	tagOwned  = "csi-thin.io/owned"
+	tagMaking = "csi-thin.io/creating"
+)
+
+type world struct {
+	vg, config, dir string
+	volumes         map[string]bool
+	snapshots       map[string]bool
+	sums            map[string]string // LV → checksum of its first dataBytes
+	srcID, snapID   string
+}
+
+func (w *world) start(t *testing.T, faults []exec.Fault, crashReply string) *harness.Child {
+	return harness.Start(t, harness.Options{Dir: w.dir, Config: w.config, Faults: faults, CrashReply: crashReply, Verbosity: 2})
+}
+
+// device activates an LV (snapshots are created with activation skip)
+// and returns its device node.
+func (w *world) device(t *testing.T, lv string) string {
+	lvm(t, "lvchange", "-ay", "-K", w.vg+"/"+lv)
+	return "/dev/" + w.vg + "/" + lv
+}
+
+func (w *world) writeData(t *testing.T, lv, seed string) {
+	buf := make([]byte, dataBytes)
+	block := sha256.Sum256([]byte(seed))
+	for i := 0; i < len(buf); i += len(block) {
+		block = sha256.Sum256(block[:])
+		copy(buf[i:], block[:])
+	}
+	f, err := os.OpenFile(w.device(t, lv), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	w.sums[lv] = w.sum(t, lv)
+}
+
+func (w *world) sum(t *testing.T, lv string) string {
+	f, err := os.Open(w.device(t, lv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyN(h, f, dataBytes); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+type crashOp struct {
+	name, method string
+	setup        func(t *testing.T, w *world, c *csiclient.Client, name string)
+	call         func(ctx context.Context, w *world, c *csiclient.Client, name string) error
+	done         func(t *testing.T, w *world, name string)
+}
+
+func crashOps() []crashOp {
+	created := func(t *testing.T, w *world, name string) { w.volumes[backend.VolumeIDFor(name)] = true }
+	copyOf := func(src func(w *world) string) func(t *testing.T, w *world, name string) {
+		return func(t *testing.T, w *world, name string) {
+			id := backend.VolumeIDFor(name)
+			w.volumes[id] = true
+			if w.sum(t, id) != w.sums[src(w)] {
+				t.Errorf("%s holds different data than its source", id)
+			}
+		}
+	}
+	makeVolume := func(t *testing.T, w *world, c *csiclient.Client, name string) {
+		v, err := c.CreateVolume(context.Background(), name, volBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.volumes[v.GetVolumeId()] = true
+	}
+	return []crashOp{
+		{name: "create", method: "CreateVolume", done: created,
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				_, err := c.CreateVolume(ctx, name, volBytes)
+				return err
+			}},
+		// Clones and restores are grown past their source, so they take
+		// the multi-step path (lvcreate, lvextend, tag change).
+		{name: "clone", method: "CreateVolume", done: copyOf(func(w *world) string { return w.srcID }),
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				_, err := c.CloneVolume(ctx, name, w.srcID, 2*volBytes)
+				return err
+			}},
+		{name: "restore", method: "CreateVolume", done: copyOf(func(w *world) string { return w.snapID }),
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				_, err := c.RestoreSnapshot(ctx, name, w.snapID, 2*volBytes)
+				return err
+			}},
+		{name: "snapshot", method: "CreateSnapshot",
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				_, err := c.CreateSnapshot(ctx, name, w.srcID)
+				return err
+			},
+			done: func(t *testing.T, w *world, name string) {
+				id := backend.SnapshotIDFor(name)
+				w.snapshots[id] = true
+				if w.sum(t, id) != w.sums[w.srcID] {
+					t.Errorf("snapshot %s holds different data than its source", id)
+				}
+			}},
+		{name: "delete-volume", method: "DeleteVolume", setup: makeVolume,
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				return c.DeleteVolume(ctx, backend.VolumeIDFor(name))
+			},
+			done: func(t *testing.T, w *world, name string) { delete(w.volumes, backend.VolumeIDFor(name)) }},
+		{name: "delete-snapshot", method: "DeleteSnapshot",
+			setup: func(t *testing.T, w *world, c *csiclient.Client, name string) {
+				s, err := c.CreateSnapshot(context.Background(), name, w.srcID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w.snapshots[s.GetSnapshotId()] = true
+			},
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				return c.DeleteSnapshot(ctx, backend.SnapshotIDFor(name))
+			},
+			done: func(t *testing.T, w *world, name string) { delete(w.snapshots, backend.SnapshotIDFor(name)) }},
+		{name: "expand", method: "ControllerExpandVolume", setup: makeVolume,
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				_, err := c.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{
+					VolumeId: backend.VolumeIDFor(name), CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * volBytes}})
+				return err
+			},
+			done: func(t *testing.T, w *world, name string) {
+				id := backend.VolumeIDFor(name)
+				for _, lv := range listLVs(t, w.vg) {
+					if lv.Name == id && lv.Size != strconv.FormatInt(2*volBytes, 10) {
+						t.Errorf("expanded %s is %s bytes, want %d", id, lv.Size, 2*volBytes)
+					}
+				}
+			}},
+	}
+}
+
+// TestCrashAtEveryStepLVM is TestCrashAtEveryStep of the btrfs suite on a
+// dm-thin pool: SIGKILL before and after every lvm command of every
+// mutating call and before each reply, restart, retry twice, and check
+// the LVs (by name and tag), their sizes and the data in them.
+func TestCrashAtEveryStepLVM(t *testing.T) {
+	_, cfg := newPool(t, "csithin_crash", 2*backend.GiB, nil)
+	w := &world{vg: cfg.VG, config: childConfig(t, cfg), dir: t.TempDir(),
+		volumes: map[string]bool{}, snapshots: map[string]bool{}, sums: map[string]string{}}
+	c := w.start(t, nil, "")
+	for _, name := range []string{"canary", "source"} {
+		v, err := c.CreateVolume(context.Background(), name, volBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.volumes[v.GetVolumeId()] = true
+		w.writeData(t, v.GetVolumeId(), name)
+	}
+	w.srcID = backend.VolumeIDFor("source")
+	s, err := c.CreateSnapshot(context.Background(), "source-snap", w.srcID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.snapID = s.GetSnapshotId()
+	w.snapshots[w.snapID] = true
+	w.sums[w.snapID] = w.sum(t, w.snapID)
+	c.Stop(t)
+
+	start := time.Now()
+	points, crashes := 0, 0
+	for _, op := range crashOps() {
+		t.Run(op.name, func(t *testing.T) {
+			p, k := runCrashOp(t, w, op)
+			points += p
+			crashes += k
+			t.Logf("%s: %d crash points, %d SIGKILLs survived", op.name, p, k)
+		})
+	}
+	t.Logf("lvm crash suite: %d crash points, %d SIGKILLs in %s", points, crashes, time.Since(start).Round(time.Second))
+}
+
+func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
+	n := 0
+	point := func(faults []exec.Fault, crashReply string) bool {
+		n++
+		name := fmt.Sprintf("%s-%d", op.name, n)
+		label := exec.FormatFaults(faults) + crashReply
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if op.setup != nil {
+			c := w.start(t, nil, "")
+			op.setup(t, w, c.Client, name)
+			c.Stop(t)
+		}
+		crashed := false
+		c := w.start(t, faults, crashReply)
+		if err := op.call(ctx, w, c.Client, name); err == nil {
+			c.Stop(t)
+		} else if !c.WaitKilled(t) {
+			t.Fatalf("%s at %s: failed without a crash: %v\n%s", op.name, label, err, c.LogTail())
+		} else {
+			crashed = true
+			crashes++
+		}
+		c = w.start(t, nil, "")
+		for _, lv := range listLVs(t, w.vg) {
+			if strings.Contains(lv.Tags, tagMaking) {
+				t.Errorf("[%s] after restart, before retry: half-made LV %s left", label, lv.Name)
+			}
+		}
+		for try := 1; try <= 2; try++ {
+			if err := op.call(ctx, w, c.Client, name); err != nil {
+				t.Fatalf("%s after crash at %s: retry %d: %v\n%s", op.name, label, try, err, c.LogTail())
+			}
+		}
+		op.done(t, w, name)
+		checkWorld(t, w, c.Client, label)
+		c.Stop(t)
+		points++
+		return crashed
+	}
+	for k := 1; ; k++ {
+		if !point([]exec.Fault{{Kind: exec.FaultCrashBefore, Nth: k}}, "") {
+			break
+		}
+		point([]exec.Fault{{Kind: exec.FaultCrashAfter, Nth: k}}, "")
+	}
+	if !point(nil, op.method) {
+		t.Fatalf("%s: the crash before the reply did not fire", op.name)
+	}
+	return points, crashes
+}
+
+func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
+	t.Helper()
+	want := sorted(append(keys(w.volumes), keys(w.snapshots)...))
+	var owned []string
+	for _, lv := range listLVs(t, w.vg) {
+		if strings.Contains(lv.Tags, tagMaking) {
+			t.Errorf("[%s] half-made LV %s after retry", label, lv.Name)
+		}
+		if strings.Contains(lv.Tags, tagOwned) {
+			owned = append(owned, lv.Name)
+		}
+	}
+	if got := sorted(owned); !reflect.DeepEqual(got, want) {
+		t.Errorf("[%s] LVs %v, want %v", label, got, want)
+	}
+	vols, err := c.Controller.ListVolumes(context.Background(), &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, e := range vols.GetEntries() {
+		listed = append(listed, e.GetVolume().GetVolumeId())
+	}
+	if got := sorted(listed); !reflect.DeepEqual(got, keys(w.volumes)) {
+		t.Errorf("[%s] CSI lists %v, want %v", label, got, keys(w.volumes))
+	}
+	for lv, sum := range w.sums {
+		if w.sum(t, lv) != sum {
+			t.Errorf("[%s] data of %s changed", label, lv)
+		}
+	}
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return sorted(out)
+}
+
+func sorted(l []string) []string {
+	sort.Strings(l)
+	return l
+}
