@@ -208,22 +208,24 @@ func onNode(csc storagev1.CSIStorageCapacity, node string) bool {
 	return csc.NodeTopology != nil && csc.NodeTopology.MatchLabels["topology.csi-thin.io/node"] == node
 }
 
-// testCapacity: CSIStorageCapacity exists per class and node, and shrinks
-// as volumes are provisioned (the e2e pool is not overprovisioned).
+// testCapacity: CSIStorageCapacity exists per WaitForFirstConsumer class
+// and node (the provisioner publishes none for Immediate classes), and
+// shrinks as volumes are provisioned (the e2e pool is not overprovisioned).
 func testCapacity(t *testing.T, c *cluster) {
 	var before resource.Quantity
 	err := wait.PollUntilContextTimeout(context.Background(), time.Second, 2*time.Minute, true, func(context.Context) (bool, error) {
-		q, ok := c.capacityOf(t, classImmediate)
+		q, ok := c.capacityOf(t, classWFFC)
 		before = q
 		return ok, nil
 	})
 	if err != nil {
-		t.Fatalf("no CSIStorageCapacity for %s on %s", classImmediate, c.node)
+		t.Fatalf("no CSIStorageCapacity for %s on %s", classWFFC, c.node)
 	}
 	t.Logf("capacity before: %s", before.String())
 	for i := range 2 {
-		c.createPVC(t, fmt.Sprintf("cap-%d", i), classImmediate, "5Gi")
+		c.createPVC(t, fmt.Sprintf("cap-%d", i), classWFFC, "5Gi")
 	}
+	c.runPod(t, "cap-user", "true", "cap-0", "cap-1")
 	for i := range 2 {
 		c.waitBound(t, fmt.Sprintf("cap-%d", i), 2*time.Minute)
 	}
@@ -231,7 +233,7 @@ func testCapacity(t *testing.T, c *cluster) {
 	want := before.DeepCopy()
 	want.Sub(resource.MustParse("8Gi"))
 	err = wait.PollUntilContextTimeout(context.Background(), time.Second, 2*time.Minute, true, func(context.Context) (bool, error) {
-		after, _ = c.capacityOf(t, classImmediate)
+		after, _ = c.capacityOf(t, classWFFC)
 		return after.Cmp(want) <= 0, nil
 	})
 	if err != nil {
