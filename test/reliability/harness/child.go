@@ -29,7 +29,7 @@ const (
 	envServe      = "CSI_THIN_RELIABILITY_SERVE"  // "1": this process is a driver child
 	envConfig     = "CSI_THIN_RELIABILITY_CONFIG" // backend config, opaque to the harness
 	envEndpoint   = "CSI_THIN_RELIABILITY_ENDPOINT"
-	envFaults     = "CSI_THIN_FAULTS"      // exec.ParseFaults syntax; armed after the pool opened
+	envFaults     = "CSI_THIN_FAULTS"      // exec.ParseFaults syntax; armed when the mutating call arrives
 	envCrashReply = "CSI_THIN_CRASH_REPLY" // a Controller method name: die after it succeeded, before replying
 )
 
@@ -64,17 +64,17 @@ func serve(open OpenFunc) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	// Faults are armed only once the pool is open: startup recovery must
-	// run to completion for the restart half of every crash case.
+	// Faults are armed only when the mutating call arrives: startup
+	// recovery must run to completion for the restart half of every
+	// crash case, and probes must not consume the fault.
 	runner := &exec.FaultRunner{Next: &exec.Host{}, Crash: die}
 	pool, err := open(ctx, os.Getenv(envConfig), runner)
 	if err != nil {
 		return fmt.Errorf("open pool: %w", err)
 	}
-	runner.Arm(faults...)
 	var ctrl csi.ControllerServer = controller.New(pool)
-	if m := os.Getenv(envCrashReply); m != "" {
-		ctrl = &crashOnReply{ControllerServer: ctrl, method: m}
+	if m := os.Getenv(envCrashReply); m != "" || len(faults) > 0 {
+		ctrl = &faulted{ControllerServer: ctrl, runner: runner, faults: faults, crashMethod: m}
 	}
 	d, err := driver.New(driver.Config{
 		Endpoint:   os.Getenv(envEndpoint),
@@ -95,41 +95,53 @@ func die() {
 	select {}
 }
 
-// crashOnReply dies after a successful call, before the reply leaves: the
-// storage is complete but the caller never learns it, and retries.
-type crashOnReply struct {
+// faulted arms the faults when a mutating call arrives, so that they
+// count only that call's commands (not those of probes and health checks,
+// which on some backends run storage commands too), and dies after a
+// successful call of crashMethod, before the reply leaves: the storage is
+// complete but the caller never learns it, and retries.
+type faulted struct {
 	csi.ControllerServer
-	method string
+	runner      *exec.FaultRunner
+	faults      []exec.Fault
+	crashMethod string
 }
 
-func dieIfOK[T any](c *crashOnReply, method string, resp T, err error) (T, error) {
-	if err == nil && c.method == method {
+func (c *faulted) arm() { c.runner.Arm(c.faults...) }
+
+func dieIfOK[T any](c *faulted, method string, resp T, err error) (T, error) {
+	if err == nil && c.crashMethod == method {
 		die()
 	}
 	return resp, err
 }
 
-func (c *crashOnReply) CreateVolume(ctx context.Context, r *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+func (c *faulted) CreateVolume(ctx context.Context, r *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	c.arm()
 	resp, err := c.ControllerServer.CreateVolume(ctx, r)
 	return dieIfOK(c, "CreateVolume", resp, err)
 }
 
-func (c *crashOnReply) DeleteVolume(ctx context.Context, r *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+func (c *faulted) DeleteVolume(ctx context.Context, r *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	c.arm()
 	resp, err := c.ControllerServer.DeleteVolume(ctx, r)
 	return dieIfOK(c, "DeleteVolume", resp, err)
 }
 
-func (c *crashOnReply) CreateSnapshot(ctx context.Context, r *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+func (c *faulted) CreateSnapshot(ctx context.Context, r *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	c.arm()
 	resp, err := c.ControllerServer.CreateSnapshot(ctx, r)
 	return dieIfOK(c, "CreateSnapshot", resp, err)
 }
 
-func (c *crashOnReply) DeleteSnapshot(ctx context.Context, r *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+func (c *faulted) DeleteSnapshot(ctx context.Context, r *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	c.arm()
 	resp, err := c.ControllerServer.DeleteSnapshot(ctx, r)
 	return dieIfOK(c, "DeleteSnapshot", resp, err)
 }
 
-func (c *crashOnReply) ControllerExpandVolume(ctx context.Context, r *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+func (c *faulted) ControllerExpandVolume(ctx context.Context, r *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	c.arm()
 	resp, err := c.ControllerServer.ControllerExpandVolume(ctx, r)
 	return dieIfOK(c, "ControllerExpandVolume", resp, err)
 }

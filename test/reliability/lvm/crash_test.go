@@ -211,8 +211,13 @@ func TestCrashAtEveryStepLVM(t *testing.T) {
 	t.Logf("lvm crash suite: %d crash points, %d SIGKILLs in %s", points, crashes, time.Since(start).Round(time.Second))
 }
 
+// runCrashOp keeps one healthy child between crash points (it verifies
+// one point and sets up the next): in the TCG VM a driver start costs
+// seconds.
 func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 	n := 0
+	clean := w.start(t, nil, "")
+	defer func() { clean.Stop(t) }()
 	point := func(faults []exec.Fault, crashReply string) bool {
 		n++
 		name := fmt.Sprintf("%s-%d", op.name, n)
@@ -220,10 +225,9 @@ func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if op.setup != nil {
-			c := w.start(t, nil, "")
-			op.setup(t, w, c.Client, name)
-			c.Stop(t)
+			op.setup(t, w, clean.Client, name)
 		}
+		clean.Stop(t)
 		crashed := false
 		c := w.start(t, faults, crashReply)
 		if err := op.call(ctx, w, c.Client, name); err == nil {
@@ -234,20 +238,19 @@ func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 			crashed = true
 			crashes++
 		}
-		c = w.start(t, nil, "")
+		clean = w.start(t, nil, "")
 		for _, lv := range listLVs(t, w.vg) {
 			if strings.Contains(lv.Tags, tagMaking) {
 				t.Errorf("[%s] after restart, before retry: half-made LV %s left", label, lv.Name)
 			}
 		}
 		for try := 1; try <= 2; try++ {
-			if err := op.call(ctx, w, c.Client, name); err != nil {
-				t.Fatalf("%s after crash at %s: retry %d: %v\n%s", op.name, label, try, err, c.LogTail())
+			if err := op.call(ctx, w, clean.Client, name); err != nil {
+				t.Fatalf("%s after crash at %s: retry %d: %v\n%s", op.name, label, try, err, clean.LogTail())
 			}
 		}
 		op.done(t, w, name)
-		checkWorld(t, w, c.Client, label)
-		c.Stop(t)
+		checkWorld(t, w, clean.Client, label)
 		points++
 		return crashed
 	}
