@@ -252,31 +252,51 @@ func (c *cluster) deletePVCs(t *testing.T, names ...string) {
 	}
 }
 
-// testRestartMidCreate deletes the node agent's pod while volumes are
-// being created: every claim still ends Bound (the controller keeps
-// waiting, the new agent picks the pending ThinVolumes up).
+// testRestartMidCreate kills the node agent's pod (no grace period) in
+// the middle of a burst of volume creations: half the claims are created
+// before, half while the agent is gone or starting. Every claim still ends
+// Bound: the controller keeps waiting (or the provisioner retries), and the
+// new agent picks the pending ThinVolumes up.
 func testRestartMidCreate(t *testing.T, c *cluster) {
 	const n = 8
 	var names []string
-	for i := range n {
-		names = append(names, fmt.Sprintf("restart-%d", i))
-		c.createPVC(t, names[i], classImmediate, "1Gi")
+	create := func(from, to int) {
+		for i := from; i < to; i++ {
+			names = append(names, fmt.Sprintf("restart-%d", i))
+			c.createPVC(t, names[i], classImmediate, "1Gi")
+		}
 	}
-	pods, err := c.kube.CoreV1().Pods(c.driver).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=node"})
+	ctx := context.Background()
+	pods, err := c.kube.CoreV1().Pods(c.driver).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=node"})
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("node pods: %v (%d)", err, len(pods.Items))
 	}
+	create(0, n/2)
 	for _, p := range pods.Items {
-		if err := c.kube.CoreV1().Pods(c.driver).Delete(context.Background(), p.Name, metav1.DeleteOptions{}); err != nil {
+		if err := c.kube.CoreV1().Pods(c.driver).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("deleted node pod %s", p.Name)
+		t.Logf("killed node pod %s", p.Name)
 	}
 	start := time.Now()
+	create(n/2, n)
+	pending := 0
+	if l, err := c.dyn.Resource(thinVolumeGVR).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, tv := range l.Items {
+			if st, _ := tv.Object["status"].(map[string]any); st == nil || st["phase"] != "Ready" {
+				pending++
+			}
+		}
+	}
+	t.Logf("right after the kill: %d ThinVolumes not Ready yet", pending)
 	for _, name := range names {
 		c.waitBound(t, name, 4*time.Minute)
 	}
-	t.Logf("all %d claims Bound %s after the node pod was deleted", n, time.Since(start).Round(time.Millisecond))
+	t.Logf("all %d claims Bound %s after the node pod was killed", n, time.Since(start).Round(time.Millisecond))
+	after, err := c.kube.CoreV1().Pods(c.driver).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=node"})
+	if err != nil || len(after.Items) == 0 || after.Items[0].UID == pods.Items[0].UID {
+		t.Errorf("node pod was not replaced: %v", err)
+	}
 	// A pod can use one of them (the new agent registered with the kubelet).
 	c.runPod(t, "after-restart", "echo ok > /restart-0/f && cat /restart-0/f", "restart-0")
 	c.deletePVCs(t, names...)
