@@ -85,10 +85,10 @@ func runNode(ctx context.Context, o *options) error {
 		return err
 	}
 	recorder := mgr.GetEventRecorder("csi-thin-node")
-	if err := (&nodeagent.VolumeReconciler{Client: mgr.GetClient(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+	if err := (&nodeagent.VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("volume reconciler: %w", err)
 	}
-	if err := (&nodeagent.SnapshotReconciler{Client: mgr.GetClient(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+	if err := (&nodeagent.SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("snapshot reconciler: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("pool", healthCheck(pool.Health)); err != nil {

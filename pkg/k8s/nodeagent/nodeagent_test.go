@@ -177,8 +177,8 @@ func newEnv(t *testing.T, objs ...client.Object) *env {
 	e.c = fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).
 		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}).Build()
 	changed := func() { e.changes++ }
-	e.vr = &VolumeReconciler{Client: e.c, Pool: e.pool, Recorder: e.rec, Changed: changed}
-	e.sr = &SnapshotReconciler{Client: e.c, Pool: e.pool, Recorder: e.rec, Changed: changed}
+	e.vr = &VolumeReconciler{Client: e.c, APIReader: e.c, Pool: e.pool, Recorder: e.rec, Changed: changed}
+	e.sr = &SnapshotReconciler{Client: e.c, APIReader: e.c, Pool: e.pool, Recorder: e.rec, Changed: changed}
 	return e
 }
 
@@ -392,5 +392,19 @@ func TestNodeStatus(t *testing.T) {
 	}
 	if len(observed) != 2 {
 		t.Errorf("observed %d", len(observed))
+	}
+}
+
+// TestStaleCacheDoesNotCreateTwice: right after the agent wrote Ready, its
+// cache may still hold the Pending version; the API server's answer wins.
+func TestStaleCacheDoesNotCreateTwice(t *testing.T) {
+	e := newEnv(t, newVolume(vol1, "n1", backend.GiB))
+	e.reconcileVolume(vol1) // Ready in e.c
+	stale := newEnv(t, newVolume(vol1, "n1", backend.GiB))
+	stale.vr.APIReader = e.c // the "API server" knows it is Ready
+	stale.vr.Pool = e.pool
+	stale.reconcileVolume(vol1)
+	if n := len(e.pool.calls); n != 1 {
+		t.Errorf("backend calls %v, want one CreateVolume", e.pool.calls)
 	}
 }

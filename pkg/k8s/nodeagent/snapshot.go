@@ -21,10 +21,12 @@ import (
 
 // SnapshotReconciler makes the ThinSnapshots of this node real.
 type SnapshotReconciler struct {
-	Client   client.Client
-	Pool     backend.Local
-	Recorder events.EventRecorder
-	Changed  func()
+	Client client.Client
+	// APIReader: as VolumeReconciler.APIReader.
+	APIReader client.Reader
+	Pool      backend.Local
+	Recorder  events.EventRecorder
+	Changed   func()
 }
 
 // SetupWithManager registers the reconciler for this node's ThinSnapshots.
@@ -57,6 +59,14 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if ts.Status.Phase == thinv1.PhaseReady || ts.Status.Phase == thinv1.PhaseFailed {
 		return ctrl.Result{}, nil
 	}
+	if r.APIReader != nil {
+		if err := r.APIReader.Get(ctx, req.NamespacedName, ts); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		if !ts.DeletionTimestamp.IsZero() || ts.Status.Phase == thinv1.PhaseReady || ts.Status.Phase == thinv1.PhaseFailed {
+			return ctrl.Result{}, nil // the cache was behind
+		}
+	}
 	start := time.Now()
 	s, err := r.Pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: ts.Name, Name: ts.Spec.Name, SourceVolumeID: ts.Spec.SourceVolumeID})
 	ts.Status.ObservedGeneration = ts.Generation
@@ -82,7 +92,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 	if err := r.Client.Status().Update(ctx, ts); err != nil {
-		return ctrl.Result{}, fmt.Errorf("write status: %w", err)
+		return ctrl.Result{}, ignoreConflict(fmt.Errorf("write status: %w", err))
 	}
 	return ctrl.Result{}, nil
 }

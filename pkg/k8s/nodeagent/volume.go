@@ -27,9 +27,13 @@ const expandRetry = 30 * time.Second
 
 // VolumeReconciler makes the ThinVolumes of this node real on its pool.
 type VolumeReconciler struct {
-	Client   client.Client
-	Pool     backend.Local
-	Recorder events.EventRecorder
+	Client client.Client
+	// APIReader reads past the cache before a create: right after the
+	// agent wrote a status, the cache may still show the resource Pending,
+	// and the backend must not be asked twice. Nil: trust the cache.
+	APIReader client.Reader
+	Pool      backend.Local
+	Recorder  events.EventRecorder
 	// Changed is called after the pool changed (the ThinNode status
 	// should be refreshed); may be nil.
 	Changed func()
@@ -82,14 +86,40 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	case tv.Status.Phase == thinv1.PhaseFailed:
 		return ctrl.Result{}, nil // the controller deletes it
 	case tv.Status.Phase != thinv1.PhaseReady:
-		return ctrl.Result{}, r.create(ctx, tv)
+		if fresh, err := r.stillPending(ctx, tv); err != nil || !fresh {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, ignoreConflict(r.create(ctx, tv))
 	case tv.Spec.RequiredBytes > tv.Status.SizeBytes:
-		return r.expand(ctx, tv)
+		res, err := r.expand(ctx, tv)
+		return res, ignoreConflict(err)
 	case tv.Status.ObservedGeneration != tv.Generation:
 		tv.Status.ObservedGeneration = tv.Generation
 		return ctrl.Result{}, r.Client.Status().Update(ctx, tv)
 	}
 	return ctrl.Result{}, nil
+}
+
+// stillPending re-reads tv from the API server and reports whether it is
+// still waiting for the node (tv is refreshed in place).
+func (r *VolumeReconciler) stillPending(ctx context.Context, tv *thinv1.ThinVolume) (bool, error) {
+	if r.APIReader == nil {
+		return true, nil
+	}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(tv), tv); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	return tv.DeletionTimestamp.IsZero() && tv.Status.Phase != thinv1.PhaseReady && tv.Status.Phase != thinv1.PhaseFailed, nil
+}
+
+// ignoreConflict drops a write conflict: the resource changed under us,
+// and the change brings another reconcile with the new version.
+func ignoreConflict(err error) error {
+	if apierrors.IsConflict(err) {
+		klog.V(4).InfoS("conflict writing status; the next reconcile sees the new version")
+		return nil
+	}
+	return err
 }
 
 func requestOf(tv *thinv1.ThinVolume) backend.VolumeRequest {
