@@ -60,12 +60,23 @@ fuzz: | $(BIN)
 
 # The demo: the real driver on a fresh loop-file btrfs pool, driven over
 # CSI gRPC (needs root and btrfs-progs; cleans up after itself).
-demo: build
-	$(GO) build -trimpath -o $(BIN)/csi-thin-bench ./cmd/csi-thin-bench
+demo: build bench-bin
 	$(BIN)/csi-thin-bench demo --driver $(BIN)/csi-thin
 
-bench: build
-	@echo "bench: not wired yet"
+.PHONY: bench-bin bench-smoke
+# Static (CGO_ENABLED=0 above), so the same binary runs in the test VM.
+bench-bin:
+	$(GO) build -trimpath -o $(BIN)/csi-thin-bench ./cmd/csi-thin-bench
+
+# Issue 6: btrfs on this host and LVM thin in the test VM, through the CSI
+# API; writes results/report.md + results/chart.png and prints the table.
+bench: build bench-bin
+	bench/run.sh full results
+
+# The same benchmark with tiny sizes and one iteration, so it never rots
+# (output under bin/bench-smoke; CSI_THIN_BENCH_VM=0 skips the VM part).
+bench-smoke: build bench-bin
+	bench/run.sh smoke $(BIN)/bench-smoke
 
 clean:
 	rm -rf $(BIN)

@@ -42,6 +42,10 @@ func (b *bench) newSource(ctx context.Context, dataBytes int64, seed uint64) (*s
 		return nil, err
 	}
 	src.id = v.GetVolumeId()
+	// A clone asks for the source's real capacity, as a PVC sized from
+	// the source PV would: backends round sizes up (LVM to its 4 MiB
+	// extents) and lvmthin refuses a clone smaller than its source.
+	src.sizeBytes = v.GetCapacityBytes()
 	if src.att, err = b.s.attach(ctx, src.id, name, nil); err != nil {
 		return nil, err
 	}

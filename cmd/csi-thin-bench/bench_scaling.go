@@ -58,7 +58,7 @@ func (b *bench) scalingPhase(ctx context.Context) error {
 			}
 			snap = append(snap, lat)
 			lat, err = b.timedCreate(ctx, func(name string) (string, error) {
-				v, err := c.CloneVolume(ctx, name, src.GetVolumeId(), b.cfg.smallVolumeBytes)
+				v, err := c.CloneVolume(ctx, name, src.GetVolumeId(), src.GetCapacityBytes())
 				return v.GetVolumeId(), err
 			})
 			if err != nil {

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The benchmark of issue 6 on both backends, then one report:
+#   - btrfs on this host (a fresh sparse loop-file pool);
+#   - LVM thin inside the QEMU VM of test/vm (this host's kernel has no
+#     device-mapper; the VM's kernel has dm-thin but runs under software
+#     emulation, so the VM part uses smaller sizes and counts);
+#   - csi-thin-bench report merges both into $out/report.md + chart.png
+#     and prints the summary table.
+#
+#   bench/run.sh full   [results dir, default results]    (make bench)
+#   bench/run.sh smoke  [results dir, default bin/bench-smoke] (make bench-smoke)
+#
+# Needs root, btrfs-progs, qemu-system-x86_64 and the binaries of
+# `make build` plus bin/csi-thin-bench. CSI_THIN_BENCH_VM=0 skips the VM.
+# Exits non-zero if any part failed, after reporting what did run.
+set -uo pipefail
+mode=${1:-full}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bench=$repo/bin/csi-thin-bench driver=$repo/bin/csi-thin
+case $mode in
+  full)  out=${2:-$repo/results}
+         host_flags=()
+         # Under emulation one LVM command takes ~0.1-1 s and writing
+         # 1 GiB ~30 s: fewer, smaller runs keep the VM part in budget.
+         vm_flags=(--sizes 0,256Mi,1Gi --runs 20 --copy-runs 2 --throughput-n 40 --scale 0,50,200
+                   --discard-size 256Mi --clone-write 64Mi)
+         vm_disk=12G ;;
+  smoke) out=${2:-$repo/bin/bench-smoke}
+         host_flags=(--smoke) vm_flags=(--smoke) vm_disk=4G ;;
+  *) echo "usage: $0 full|smoke [results dir]" >&2; exit 2 ;;
+esac
+for f in "$bench" "$driver"; do
+  [ -x "$f" ] || { echo "bench: $f missing: run make build (and go build ./cmd/csi-thin-bench)" >&2; exit 2; }
+done
+raw=$out/raw
+mkdir -p "$raw"
+start=$(date +%s) status=0 inputs=()
+
+echo "bench: btrfs on this host ($mode)"
+# Progress goes to stderr; the run's own table (stdout) is in btrfs.log,
+# the merged one is printed at the end.
+if "$bench" run --backend btrfs --driver "$driver" --out "$raw/btrfs.json" "${host_flags[@]}" > "$raw/btrfs.log"; then
+  inputs+=("$raw/btrfs.json")
+else
+  echo "bench: the btrfs run failed" >&2; status=1
+fi
+
+if [ "${CSI_THIN_BENCH_VM:-1}" != 0 ]; then
+  echo "bench: LVM thin in the test VM ($mode; the VM's console follows)"
+  # The driver is read from the host root, which the VM mounts at /.
+  "$repo/test/vm/run.sh" --disk "$vm_disk" --timeout 1800 "$bench" run --backend lvmthin \
+      --lvm-device /dev/vda --driver "$driver" --work-dir /run/tmp --out - "${vm_flags[@]}" \
+      > "$raw/lvmthin-vm.log" 2>&1
+  vm_status=$?
+  grep -v -e '^{' -e '^ *"' -e '^ *[]}]' "$raw/lvmthin-vm.log" | grep -v '^=== csi-thin-bench' | tail -40
+  if [ $vm_status = 0 ]; then
+    inputs+=("$raw/lvmthin-vm.log")
+  else
+    echo "bench: the LVM run in the VM failed (status $vm_status); console in $raw/lvmthin-vm.log" >&2; status=1
+  fi
+fi
+
+if [ ${#inputs[@]} -gt 0 ]; then
+  echo
+  "$bench" report --out-dir "$out" "${inputs[@]}" || status=1
+fi
+echo "bench: $mode finished in $(( $(date +%s) - start ))s with status $status"
+exit $status
