@@ -43,7 +43,7 @@ func fillDevice(dev string, limit int64) (int64, error, time.Duration) {
 	return written, errors.New("device did not fill"), 0
 }
 
-// TestOutOfSpaceLVM fills a thin pool through an overprovisioned volume
+// TestOutOfSpaceLVM fills a thin pool through overprovisioned volumes
 // and measures what dm-thin does: with the driver's setting
 // (error_if_no_space, `lvchange --errorwhenfull y`) the write fails at
 // once; with the kernel default (queue) it blocks for no_space_timeout.
@@ -59,7 +59,13 @@ func TestOutOfSpaceLVM(t *testing.T) {
 	c := harness.Start(t, harness.Options{Dir: t.TempDir(), Config: childConfig(t, cfg), Verbosity: 2})
 	defer c.Stop(t)
 	ctx := context.Background()
-	filler, err := c.CreateVolume(ctx, "filler", backend.GiB) // 4× the pool
+	// No single volume may exceed the pool, but together they may
+	// (overprovisioning): two 200 MiB volumes fill a 232 MiB data area.
+	first, err := c.CreateVolume(ctx, "first", 200*backend.MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filler, err := c.CreateVolume(ctx, "filler", 200*backend.MiB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,10 +74,12 @@ func TestOutOfSpaceLVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := &world{vg: cfg.VG}
+	if n, err, _ := fillDevice(w.device(t, first.GetVolumeId()), 200*backend.MiB); n != 200*backend.MiB {
+		t.Fatalf("writing the first volume stopped at %d bytes: %v", n, err)
+	}
 	dev := w.device(t, filler.GetVolumeId())
-
-	written, werr, failTook := fillDevice(dev, backend.GiB)
-	t.Logf("error_if_no_space: pool of 256 MiB failed a write after %d MiB: %v, in %s", written>>20, werr, failTook.Round(time.Millisecond))
+	written, werr, failTook := fillDevice(dev, 200*backend.MiB)
+	t.Logf("error_if_no_space: 256 MiB pool failed a write after %d MiB in all: %v, in %s", (200*backend.MiB+written)>>20, werr, failTook.Round(time.Millisecond))
 	if werr == nil || failTook > 5*time.Second {
 		t.Errorf("a write to a full pool in error mode took %s (%v)", failTook, werr)
 	}
@@ -119,7 +127,7 @@ func TestOutOfSpaceLVM(t *testing.T) {
 		os.WriteFile(noSpaceTimeout, []byte("5"), 0o644)
 		defer os.WriteFile(noSpaceTimeout, old, 0o644)
 		lvm(t, "lvchange", "--errorwhenfull", "n", cfg.VG+"/"+cfg.ThinPool)
-		_, qerr, queued := fillDevice(dev, backend.GiB)
+		_, qerr, queued := fillDevice(dev, 200*backend.MiB)
 		t.Logf("queue (kernel default) with no_space_timeout=5s: the write blocked %s, then: %v", queued.Round(time.Millisecond), qerr)
 		lvm(t, "lvchange", "--errorwhenfull", "y", cfg.VG+"/"+cfg.ThinPool)
 		if queued < 4*time.Second {
@@ -127,8 +135,9 @@ func TestOutOfSpaceLVM(t *testing.T) {
 		}
 	}
 
-	// Deleting the filler returns its chunks: the pool must work again.
+	// Deleting the fillers returns their chunks: the pool must work again.
 	call("DeleteVolume", codes.OK, func(ctx context.Context) error { return c.DeleteVolume(ctx, filler.GetVolumeId()) })
+	call("DeleteVolume", codes.OK, func(ctx context.Context) error { return c.DeleteVolume(ctx, first.GetVolumeId()) })
 	deadline := time.Now().Add(time.Minute)
 	for {
 		v, err := c.CreateVolume(ctx, "after-cleanup", 64*backend.MiB)
