@@ -274,7 +274,9 @@ func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 		if strings.Contains(lv.Tags, tagMaking) {
 			t.Errorf("[%s] half-made LV %s after retry", label, lv.Name)
 		}
-		if strings.Contains(lv.Tags, tagOwned) {
+		// The pool carries the ownership tag too; volumes and snapshots
+		// are the LVs named by an ID.
+		if strings.Contains(lv.Tags, tagOwned) && (backend.IsVolumeID(lv.Name) || backend.IsSnapshotID(lv.Name)) {
 			owned = append(owned, lv.Name)
 		}
 	}
