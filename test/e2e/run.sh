@@ -125,11 +125,11 @@ scen_rc=${PIPESTATUS[0]}
 
 # ---- 2. upstream External Storage suite
 if [[ ${E2E_UPSTREAM:-1} != 0 ]]; then
-	focus=${E2E_UPSTREAM_FOCUS:-'External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode)'}
+	focus=${E2E_UPSTREAM_FOCUS:-'External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode|capacity|volumes should store data)'}
 	# Not applicable here: raw block (btrfs pools), other filesystems,
 	# Windows, pre-provisioned objects, group snapshots; and specs that
 	# need the host's PID 1 or a disruptive restart.
-	skipre='Disruptive|Serial|should not mount / map unused volumes|block volmode|Windows|ntfs|\(xfs\)|\(ext4\)|VolumeSourceXFS|Pre-provisioned|volumegroupsnapshot'
+	skipre='Disruptive|Serial|should not mount / map unused volumes|block volmode|Windows|ntfs|\(xfs\)|\(ext[34]\)|Pre-provisioned|volumegroupsnapshot|Inline-volume'
 	log "e2e: upstream External Storage suite, focus: $focus"
 	up_start=$SECONDS
 	set +e
