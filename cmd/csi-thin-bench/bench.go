@@ -26,6 +26,7 @@ type benchConfig struct {
 	lvmDevice                     string
 	poolBytes                     int64
 	runs, copyRuns, throughputN   int
+	scaleRuns                     int
 	sizes                         []int64
 	concurrency, scale            []int
 	discardBytes, cloneWriteBytes int64
@@ -33,7 +34,7 @@ type benchConfig struct {
 	phases                        map[string]bool
 	smoke                         bool
 	driverFlags                   []string
-	keepLog                       bool
+	keepLog, printLog             bool
 }
 
 const allPhases = "latency,space,discard,throughput,scaling"
@@ -49,6 +50,7 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 	fs.StringVar(&c.lvmDevice, "lvm-device", "/dev/vda", "lvmthin: a blank disk for the pool (its contents are destroyed)")
 	pool := fs.String("pool-size", "24Gi", "btrfs: size of the sparse pool file (must hold the largest source twice)")
 	fs.IntVar(&c.runs, "runs", 20, "repetitions of each latency measurement")
+	fs.IntVar(&c.scaleRuns, "scale-runs", 0, "repetitions at each pool population (0: as --runs)")
 	fs.IntVar(&c.copyRuns, "copy-runs", 3, "repetitions of each full-copy baseline (slow)")
 	sizes := fs.String("sizes", "0,256Mi,1Gi,4Gi", "source data sizes for the latency phase")
 	fs.IntVar(&c.throughputN, "throughput-n", 100, "volumes created and deleted per concurrency level")
@@ -59,6 +61,7 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 	phases := fs.String("phases", allPhases, "phases to run")
 	driverFlags := fs.String("driver-flags", "", "extra flags for the driver, space-separated (e.g. -v=4 to log every command's duration)")
 	fs.BoolVar(&c.keepLog, "keep-driver-log", false, "keep the driver's log (next to the work dir) even when the run succeeds")
+	fs.BoolVar(&c.printLog, "print-driver-log", false, "copy the driver's log to stderr at the end (the only way out of the VM)")
 	fs.BoolVar(&c.smoke, "smoke", false, "tiny sizes and one iteration: checks that every phase still works, measures nothing")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -100,6 +103,9 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 		c.phases[strings.TrimSpace(p)] = true
 	}
 	c.smallVolumeBytes = 64 << 20
+	if c.scaleRuns == 0 {
+		c.scaleRuns = c.runs
+	}
 	c.driverFlags = strings.Fields(*driverFlags)
 	return c, errors.Join(errs...)
 }
@@ -168,6 +174,9 @@ func runBench(ctx context.Context, args []string) (err error) {
 		return err
 	}
 	defer func() {
+		if cfg.printLog {
+			s.printLog(os.Stderr)
+		}
 		if cerr := s.close(ctx); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
@@ -176,7 +185,7 @@ func runBench(ctx context.Context, args []string) (err error) {
 		Backend: cfg.backend, Pool: s.pool.Describe(), Emulated: inEmulatedVM(),
 		Machine: describeMachine(ctx, cfg.backend, cfg.workDir), Started: begin.UTC(),
 		Config: results.Config{
-			Runs: cfg.runs, CopyRuns: cfg.copyRuns, SizesBytes: cfg.sizes, ThroughputN: cfg.throughputN,
+			Runs: cfg.runs, CopyRuns: cfg.copyRuns, ScaleRuns: cfg.scaleRuns, SizesBytes: cfg.sizes, ThroughputN: cfg.throughputN,
 			Concurrency: cfg.concurrency, ScaleCounts: cfg.scale, DiscardBytes: cfg.discardBytes, Smoke: cfg.smoke,
 		},
 	}}

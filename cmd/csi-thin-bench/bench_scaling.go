@@ -34,9 +34,9 @@ func (b *bench) scalingPhase(ctx context.Context) error {
 			}
 			existing += 2 * (pairs - fails)
 		}
-		b.progress("scaling: %d runs at %d existing objects", b.cfg.runs, existing)
+		b.progress("scaling: %d runs at %d existing objects", b.cfg.scaleRuns, existing)
 		var create, snap, clone, bare []time.Duration
-		for i := 0; i < b.cfg.runs; i++ {
+		for i := 0; i < b.cfg.scaleRuns; i++ {
 			lat, err := b.timedCreate(ctx, func(name string) (string, error) {
 				v, err := c.CreateVolume(ctx, name, b.cfg.smallVolumeBytes)
 				return v.GetVolumeId(), err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -118,6 +119,18 @@ func (s *session) logTail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return "last lines of the driver's log:\n  " + strings.Join(lines, "\n  ")
+}
+
+// printLog copies the driver's log to w.
+func (s *session) printLog(w io.Writer) {
+	f, err := os.Open(s.logf)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintln(w, "--- driver log ---")
+	io.Copy(w, f)
+	fmt.Fprintln(w, "--- end of driver log ---")
 }
 
 // mountDir is where a volume is staged and published, inside the work dir.

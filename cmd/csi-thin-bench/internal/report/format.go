@@ -67,3 +67,11 @@ func div(a, b float64) float64 {
 	}
 	return a / b
 }
+
+// fmtRate keeps two significant digits for slow (emulated) rates.
+func fmtRate(r float64) string {
+	if r < 10 {
+		return fmt.Sprintf("%.2g", r)
+	}
+	return fmt.Sprintf("%.0f", r)
+}

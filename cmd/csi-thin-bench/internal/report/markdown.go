@@ -84,10 +84,10 @@ func writeRunDetails(b *strings.Builder, r *results.Run) {
 	}
 	if len(r.Discard) > 0 {
 		p("\n### 5. Discard\n\n")
-		p("A volume gets %s of random data, which is then deleted; the table shows usage after the write, after the delete (once the pool stopped moving: btrfs frees extents at commit and `discard=async` issues discards after a delay), and after `fstrim` where it ran. On a loop-file btrfs pool the pool's own \"Used\" drops at once; whether the host gets the space back (the loop file's allocated blocks) is what discard decides.\n\n", fmtBytes(r.Config.DiscardBytes))
+		p("A volume gets %s of random data, which is then deleted; the table shows usage after the write, after the delete (once the pool stopped moving: btrfs frees extents at commit and `discard=async` issues discards after a delay), and after `fstrim` where it ran. On a loop-file btrfs pool the pool's own \"Used\" drops at once; whether the host gets the space back (the loop file's allocated blocks) is what discard decides. fstrim discards all free space, including space freed earlier and not yet discarded, so it can return more than this step wrote.\n\n", fmtBytes(r.Config.DiscardBytes))
 		p("| mode | how | delete | pool after write | pool after delete | pool after fstrim |%s\n|---|---|---|---|---|---|%s\n", discardHostHeader(r), discardHostSep(r))
 		for _, d := range r.Discard {
-			trimPool, trimHost := "–", "–"
+			trimPool, trimHost := "–", "–" // fstrim also returns older free space not yet discarded
 			if d.AfterTrim != nil {
 				trimPool, trimHost = fmtBytes(d.AfterTrim.PoolBytes), fmtBytes(d.AfterTrim.HostBytes)
 			}
@@ -103,7 +103,7 @@ func writeRunDetails(b *strings.Builder, r *results.Run) {
 		p("%d CreateVolume calls (%s volumes, no source), then %d DeleteVolume calls, from c concurrent gRPC clients sharing one connection. ops/s is successful calls ÷ wall time of the batch.\n\n", c.ThroughputN, "64 MiB", c.ThroughputN)
 		p("| concurrency | create ops/s | create p50 / p95 | delete ops/s | delete p50 / p95 | errors |\n|---|---|---|---|---|---|\n")
 		for _, t := range r.Throughput {
-			p("| %d | %.1f | %s / %s | %.1f | %s / %s | %d |\n", t.Concurrency, t.CreateOpsPerSec, fmtMs(t.Create.P50), fmtMs(t.Create.P95), t.DeleteOpsPerSec, fmtMs(t.Delete.P50), fmtMs(t.Delete.P95), t.Errors)
+			p("| %d | %s | %s / %s | %s | %s / %s | %d |\n", t.Concurrency, fmtRate(t.CreateOpsPerSec), fmtMs(t.Create.P50), fmtMs(t.Create.P95), fmtRate(t.DeleteOpsPerSec), fmtMs(t.Delete.P50), fmtMs(t.Delete.P95), t.Errors)
 		}
 		m := r.Memory
 		p("\nDriver memory (%s): RSS %s when idle after start, peak (VmHWM) %s after the throughput phase and %s at the end of the run. Of that, the anonymous part (heap, stacks, Go runtime; RssAnon sampled every 100 ms) was %s idle and %s at peak; the rest is the binary's file-backed pages, which the kernel can reclaim.\n",
@@ -111,7 +111,7 @@ func writeRunDetails(b *strings.Builder, r *results.Run) {
 	}
 	if len(r.Scaling) > 0 {
 		p("\n### 7. Scaling with the pool's population\n\n")
-		p("The pool is filled with pairs of a 64 MiB volume and a snapshot of it; at each population, %d runs of CreateVolume (empty), CreateSnapshot and clone of one small source volume, and the bare backend command on the same source. p50 / p95.\n\n", c.Runs)
+		p("The pool is filled with pairs of a 64 MiB volume and a snapshot of it; at each population, %d runs of CreateVolume (empty), CreateSnapshot and clone of one small source volume, and the bare backend command on the same source. p50 / p95.\n\n", c.ScaleRuns)
 		p("| other volumes+snapshots | CreateVolume | CreateSnapshot | clone | bare command | clone ÷ bare |\n|---|---|---|---|---|---|\n")
 		for _, s := range r.Scaling {
 			p("| %d | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n", s.ExistingObjects, fmtMs(s.Create.P50), fmtMs(s.Create.P95), fmtMs(s.Snapshot.P50), fmtMs(s.Snapshot.P95),

@@ -113,14 +113,14 @@ func summaryRows(runs []*results.Run) []row {
 	add("CreateVolume ops/s (p95) at concurrency", "", func(r *results.Run) string {
 		var parts []string
 		for _, t := range r.Throughput {
-			parts = append(parts, fmt.Sprintf("c=%d: %.0f/s (%s)", t.Concurrency, t.CreateOpsPerSec, fmtMs(t.Create.P95)))
+			parts = append(parts, fmt.Sprintf("c=%d: %s/s (%s)", t.Concurrency, fmtRate(t.CreateOpsPerSec), fmtMs(t.Create.P95)))
 		}
 		return orDash(strings.Join(parts, "; "))
 	})
 	add("DeleteVolume ops/s (p95) at concurrency", "", func(r *results.Run) string {
 		var parts []string
 		for _, t := range r.Throughput {
-			parts = append(parts, fmt.Sprintf("c=%d: %.0f/s (%s)", t.Concurrency, t.DeleteOpsPerSec, fmtMs(t.Delete.P95)))
+			parts = append(parts, fmt.Sprintf("c=%d: %s/s (%s)", t.Concurrency, fmtRate(t.DeleteOpsPerSec), fmtMs(t.Delete.P95)))
 		}
 		return orDash(strings.Join(parts, "; "))
 	})

@@ -49,6 +49,7 @@ type Machine struct {
 type Config struct {
 	Runs         int     `json:"runs"`
 	CopyRuns     int     `json:"copyRuns"`
+	ScaleRuns    int     `json:"scaleRuns"`
 	SizesBytes   []int64 `json:"sizesBytes"`
 	ThroughputN  int     `json:"throughputN"`
 	Concurrency  []int   `json:"concurrency"`
