@@ -60,6 +60,12 @@ func writeRunDetails(b *strings.Builder, r *results.Run) {
 		p("**Smoke run**: tiny sizes and single iterations; these numbers only show the benchmark works.\n\n")
 	}
 	p("Pool: %s.%s\n\n", r.Pool, emulationNote(r))
+	var sizes []string
+	for _, n := range c.SizesBytes {
+		sizes = append(sizes, fmtBytes(n))
+	}
+	p("Counts: %d latency runs per size (sources of %s), %d full copies per size, %d volumes per throughput batch at concurrency %v, populations %v with %d runs each, %s for discard.\n\n",
+		c.Runs, strings.Join(sizes, ", "), c.CopyRuns, c.ThroughputN, c.Concurrency, c.ScaleCounts, c.ScaleRuns, fmtBytes(c.DiscardBytes))
 	if len(r.Latency) > 0 {
 		p("### 1–3. Snapshot, clone and restore latency, full copy, bare command\n\n")
 		p("For each source size a volume is filled once with random data (fsynced) and stays published; then %d times, interleaved: CreateSnapshot (then DeleteSnapshot, untimed), CreateVolume from the volume (clone) and from a snapshot (restore) (each deleted, untimed), and the bare `%s` of the source, which is what a clone wraps. The full copy is `cp -a --reflink=never --sparse=always` of the source's files into a new empty volume plus `syncfs`, %d times (source data likely in the page cache, which favours the copy). Milliseconds, p50 / p95.\n\n", c.Runs, r.Latency[0].BareCommand, c.CopyRuns)
