@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"time"
 
 	"k8s.io/klog/v2"
 
@@ -43,13 +42,15 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		existing = nil
 	}
 	if existing == nil {
-		if _, err := st.source(want); err != nil {
+		src, err := st.source(want)
+		if err != nil {
 			return nil, err
 		}
 		if err := b.admit(st, 0, 0); err != nil {
 			return nil, fmt.Errorf("snapshot %s of volume %s: %w", req.ID, req.SourceVolumeID, err)
 		}
-		tags, err := encodeTags(objectMeta{Kind: kindSnapshot, Name: req.Name, Source: want, CreatedAt: time.Now()})
+		created := now()
+		tags, err := encodeTags(objectMeta{Kind: kindSnapshot, Name: req.Name, Source: want, CreatedAt: created})
 		if err != nil {
 			return nil, err
 		}
@@ -57,15 +58,17 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 			return nil, fmt.Errorf("snapshot %s of volume %s: %w", req.ID, req.SourceVolumeID, err)
 		}
 		klog.InfoS("thin snapshot created", "snapshotID", req.ID, "volumeID", req.SourceVolumeID, "name", req.Name)
+		return &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SizeBytes: src.Size,
+			Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true}, nil
 	}
-	if existing != nil && m.Creating {
+	if m.Creating {
 		// Not made by this version (snapshots are one step), but harmless
 		// to complete: the snapshot itself is whole.
 		if _, err := b.lvm.run(ctx, delTagArgs(b.cfg.VG, req.ID, tagCreating)...); err != nil {
 			return nil, fmt.Errorf("finish snapshot %s: %w", req.ID, err)
 		}
 	}
-	return b.GetSnapshot(ctx, req.ID)
+	return b.snapshotFrom(existing, m), nil
 }
 
 // DeleteSnapshot implements backend.Backend. Volumes restored from the

@@ -141,18 +141,22 @@ func (b *Backend) condition(lv, pool *LV) backend.Condition {
 
 // Health implements backend.Backend.
 func (b *Backend) Health(ctx context.Context) backend.Health {
-	pools, err := b.lvm.lvs(ctx, b.poolPath())
+	lvs, err := b.lvm.lvs(ctx, b.poolPath())
 	if err != nil {
 		return backend.Health{Message: fmt.Sprintf("thin pool %s: %v", b.poolPath(), err)}
 	}
-	if len(pools) != 1 {
-		return backend.Health{Message: fmt.Sprintf("thin pool %s not found", b.poolPath())}
+	for i := range lvs {
+		pool := &lvs[i]
+		if pool.Name != b.cfg.ThinPool {
+			continue
+		}
+		if p := b.poolProblem(pool); p != "" {
+			return backend.Health{Message: p}
+		}
+		return backend.Health{Healthy: true, Message: fmt.Sprintf("thin pool %s: data %.2f%%, metadata %.2f%%",
+			b.poolPath(), pool.DataPercent, pool.MetadataPercent)}
 	}
-	if p := b.poolProblem(&pools[0]); p != "" {
-		return backend.Health{Message: p}
-	}
-	return backend.Health{Healthy: true, Message: fmt.Sprintf("thin pool %s: data %.2f%%, metadata %.2f%%",
-		b.poolPath(), pools[0].DataPercent, pools[0].MetadataPercent)}
+	return backend.Health{Message: fmt.Sprintf("thin pool %s not found", b.poolPath())}
 }
 
 // Capacity implements backend.Backend. node is ignored: this backend is

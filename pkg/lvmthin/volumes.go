@@ -78,7 +78,7 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		delete(st.lvs, req.ID)
 		existing = nil
 	}
-	curSize, creating := int64(0), false
+	curSize, creating, created := int64(0), false, m.CreatedAt
 	if existing != nil {
 		curSize, creating = existing.Size, true
 	} else {
@@ -90,9 +90,10 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 			curSize = src.Size
 		}
 		creating = curSize < size
+		created = now()
 		tags, err := encodeTags(objectMeta{
 			Creating: creating, Kind: kindVolume, Name: req.Name, Source: req.Source, AccessType: access,
-			FsType: req.FsType, CreatedAt: time.Now(), Parameters: req.Parameters,
+			FsType: req.FsType, CreatedAt: created, Parameters: req.Parameters,
 		})
 		if err != nil {
 			return nil, err
@@ -108,14 +109,20 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	if err := b.finishVolume(ctx, req.ID, curSize, size, creating); err != nil {
 		return nil, err
 	}
-	vol, err := b.GetVolume(ctx, req.ID)
-	if err != nil {
-		return nil, fmt.Errorf("read back volume %s: %w", req.ID, err)
-	}
-	klog.InfoS("thin volume created", "volumeID", req.ID, "name", req.Name, "sizeBytes", vol.SizeBytes,
+	klog.InfoS("thin volume created", "volumeID", req.ID, "name", req.Name, "sizeBytes", size,
 		"sourceKind", req.Source.Kind, "sourceID", req.Source.ID, "accessType", access)
-	return vol, nil
+	// Built from what was just written rather than read back: one LVM
+	// command less per create (each costs ~0.1 s on hardware).
+	return &backend.Volume{
+		ID: req.ID, Name: req.Name, SizeBytes: size, Source: req.Source, AccessType: access,
+		FsType: req.FsType, Parameters: req.Parameters, Node: b.cfg.NodeName, CreatedAt: created,
+		Condition: b.condition(&LV{Name: req.ID}, st.pool),
+	}, nil
 }
+
+// now is a creation time as it reads back from its tag (UTC, whole
+// nanoseconds, no monotonic clock), so that repeated reads compare equal.
+func now() time.Time { return time.Unix(0, time.Now().UnixNano()).UTC() }
 
 // finishVolume grows a new clone or restore from curSize to its size and
 // clears the creating tag. Each step is skipped when done, so a retry can

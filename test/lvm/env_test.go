@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	osexec "os/exec"
@@ -48,6 +49,15 @@ var (
 // t.Parallel and run after them, overlapping their I/O under emulation.
 func TestMain(m *testing.M) {
 	klog.InitFlags(nil) // -v=4 logs every LVM command with its duration
+	flag.Parse()
+	if os.Getenv(sanityChildEnv) == "" {
+		// The sanity child test only runs in the processes TestSanity starts.
+		skip := "^TestSanityChild$"
+		if s := flag.Lookup("test.skip").Value.String(); s != "" {
+			skip = s + "|" + skip
+		}
+		_ = flag.Set("test.skip", skip)
+	}
 	missingPrereq = checkPrereqs()
 	if missingPrereq != "" {
 		fmt.Fprintf(os.Stderr, "test/lvm: %s\n", missingPrereq)

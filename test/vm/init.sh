@@ -13,7 +13,8 @@ if ! mount -t 9p -o $o,ro,cache=loose hostroot /mnt/root; then
   echo "VM-INIT: cannot mount the host root"; poweroff -f
 fi
 for d in proc sys dev; do mount --bind /$d /mnt/root/$d; done
-mount -t tmpfs run /mnt/root/run
+# /run holds TMPDIR and the tests' small loop-file pools.
+mount -t tmpfs -o size=75% run /mnt/root/run
 mount -t 9p -o $o,cache=none work /mnt/root/tmp
 chroot /mnt/root /tmp/vm-run.sh
 echo "VM-EXIT-STATUS=$(cat /mnt/root/tmp/.exit-status 2>/dev/null)"

@@ -12,7 +12,9 @@
 #   - /dev/vda is a blank sparse virtio disk (default 5G) for LVM;
 #   - there is no udev, so LVM runs with LVM_SYSTEM_DIR=/tmp/lvm whose
 #     lvm.conf turns udev off and makes LVM create its own device nodes;
-#   - env: CSI_THIN_VM=1, CSI_THIN_TEST_DEVICE=/dev/vda, CI as on the host.
+#   - env: CSI_THIN_VM=1, CSI_THIN_TEST_DEVICE=/dev/vda, TMPDIR=/run/tmp
+#     (tmpfs: unix sockets and mount points do not belong on 9p), CI as on
+#     the host.
 #
 # The kernel and initramfs are cached outside the clone in
 # $CSI_THIN_VM_CACHE (default /var/cache/csi-thin/vm/<kernel-version>/).
@@ -20,7 +22,7 @@
 # guest kernel, so expect ~10x slower than hardware.
 set -euo pipefail
 
-disk_size=5G mem=2560 timeout_s=${CSI_THIN_VM_TIMEOUT:-1500}
+disk_size=5G mem=3072 timeout_s=${CSI_THIN_VM_TIMEOUT:-1500}
 while [ $# -gt 0 ]; do
   case $1 in
     --disk) disk_size=$2; shift 2 ;;
@@ -53,6 +55,8 @@ cp "$here/lvm.conf" "$work/lvm/lvm.conf"
   echo '#!/bin/sh'
   echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
   echo 'export HOME=/tmp LVM_SYSTEM_DIR=/tmp/lvm CSI_THIN_VM=1 CSI_THIN_TEST_DEVICE=/dev/vda'
+  # Temporary files (mount points, unix sockets) on tmpfs, not on 9p.
+  echo 'mkdir -p /run/tmp && export TMPDIR=/run/tmp'
   printf 'export CI=%q\n' "${CI:-}"
   printf 'cd /tmp && ./program'
   for a in "$@"; do printf ' %q' "$a"; done
