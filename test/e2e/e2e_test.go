@@ -36,6 +36,7 @@ func TestCluster(t *testing.T) {
 		{"CapacityShrinks", testCapacity},
 		{"NodeAgentRestartDuringCreates", testRestartMidCreate},
 		{"CloneLatency", testCloneLatency},
+		{"NodeFailureReachesTheClaim", testNodeFailure},
 		{"NothingLeftAfterDelete", testNothingLeft},
 	}
 	for _, s := range steps {
@@ -322,6 +323,31 @@ func testCloneLatency(t *testing.T, c *cluster) {
 	fmt.Printf("CLONE-LATENCY: PVC clone -> Bound over %d clones: p50 %s, min %s, max %s\n",
 		n, lat[n/2].Round(time.Millisecond), lat[0].Round(time.Millisecond), lat[n-1].Round(time.Millisecond))
 	c.deletePVCs(t, append(names, "origin")...)
+}
+
+// testNodeFailure asks for a volume larger than the pool can ever hold:
+// the node's backend refuses with OutOfRange, and the claim's events carry
+// that code and the node's own reason (not a bare timeout). The failed
+// ThinVolume is deleted for the retry; testNothingLeft checks none stays.
+func testNodeFailure(t *testing.T, c *cluster) {
+	c.createPVC(t, "too-big", classImmediate, "500Gi")
+	var msg string
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		evs, err := c.kube.CoreV1().Events(c.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=too-big,reason=ProvisioningFailed"})
+		if err != nil || len(evs.Items) == 0 {
+			return false, nil
+		}
+		msg = evs.Items[0].Message
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("no ProvisioningFailed event: %s", c.eventsFor("too-big"))
+	}
+	t.Logf("claim event: %s", msg)
+	if !strings.Contains(msg, "code = OutOfRange") || !strings.Contains(msg, "node "+c.node+": ") || !strings.Contains(msg, "largest volume") {
+		t.Errorf("event %q lacks the node's code and reason", msg)
+	}
+	c.deletePVCs(t, "too-big")
 }
 
 // testNothingLeft deletes everything the scenarios made and checks the
