@@ -208,6 +208,10 @@ func (r *Router) deleteQuietly(ctx context.Context, obj client.Object) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	if err := r.client.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
-		klog.ErrorS(err, "delete failed resource", "name", obj.GetName())
+		key := "volumeID"
+		if _, ok := obj.(*thinv1.ThinSnapshot); ok {
+			key = "snapshotID"
+		}
+		klog.ErrorS(err, "delete failed resource", key, obj.GetName())
 	}
 }
