@@ -10,14 +10,18 @@ import (
 )
 
 // latencyPhase is measurements 1-3 (and 4, on the source closest to
-// 1 GiB): for each source size, a volume is filled once and then
-// snapshotted, cloned and restored many times, with the bare backend
-// command and a full copy measured beside them.
+// 1 GiB): a volume per source size is filled once; then each run
+// snapshots, clones and restores every source in turn, with the bare
+// backend command beside each clone, and a full copy of each source is
+// timed at the end. Interleaving the sizes within each run means a
+// change of load on the (shared) machine over time cannot pass for a
+// dependence on the size.
 func (b *bench) latencyPhase(ctx context.Context) error {
 	spaceSize := closestTo(b.cfg.sizes, 1<<30)
 	if spaceSize <= 0 && b.cfg.phases["space"] {
 		b.note("space phase skipped: no source size above 0 in --sizes")
 	}
+	var sources []*source
 	for i, size := range b.cfg.sizes {
 		if !b.cfg.phases["latency"] && size != spaceSize {
 			continue
@@ -26,16 +30,21 @@ func (b *bench) latencyPhase(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if b.cfg.phases["latency"] {
-			if err := b.measureLatency(ctx, src); err != nil {
-				return err
-			}
+		sources = append(sources, src)
+	}
+	if b.cfg.phases["latency"] {
+		if err := b.measureLatency(ctx, sources); err != nil {
+			return err
 		}
-		if size == spaceSize && size > 0 && b.cfg.phases["space"] {
+	}
+	for _, src := range sources {
+		if src.dataBytes == spaceSize && spaceSize > 0 && b.cfg.phases["space"] {
 			if err := b.measureSpace(ctx, src); err != nil {
 				return err
 			}
 		}
+	}
+	for _, src := range sources {
 		if err := b.drop(ctx, src); err != nil {
 			return err
 		}
@@ -61,61 +70,86 @@ func abs(n int64) int64 {
 	return n
 }
 
-func (b *bench) measureLatency(ctx context.Context, src *source) error {
+// samples are one source's latencies.
+type samples struct {
+	snap, clone, restore, bare []time.Duration
+	restoreFrom                string
+}
+
+func (b *bench) measureLatency(ctx context.Context, sources []*source) error {
 	c := b.s.client
-	b.progress("latency at %s: %d runs of snapshot, clone, restore and %s", humanBytes(src.dataBytes), b.cfg.runs, b.s.pool.BareCommand())
-	base, err := c.CreateSnapshot(ctx, b.name("restore-base"), src.id)
-	if err != nil {
-		return err
+	b.progress("latency: %d runs of snapshot, clone, restore and %s over %d sources", b.cfg.runs, b.s.pool.BareCommand(), len(sources))
+	all := make([]*samples, len(sources))
+	for i, src := range sources {
+		base, err := c.CreateSnapshot(ctx, b.name("restore-base"), src.id)
+		if err != nil {
+			return err
+		}
+		all[i] = &samples{restoreFrom: base.GetSnapshotId()}
 	}
-	var snap, clone, restore, bare []time.Duration
-	for i := 0; i < b.cfg.runs; i++ {
-		// Interleaved, so that noise from the (shared) machine falls on
-		// every operation alike and the ratios stay fair.
-		lat, err := timed(func() error {
-			s, err := c.CreateSnapshot(ctx, b.name("snap"), src.id)
-			if err != nil {
+	for run := 0; run < b.cfg.runs; run++ {
+		for k := range sources {
+			// Rotate the order too, so no size is always first after a
+			// size's deletes.
+			i := (k + run) % len(sources)
+			if err := b.latencyRun(ctx, sources[i], all[i]); err != nil {
 				return err
 			}
-			defer c.DeleteSnapshot(context.WithoutCancel(ctx), s.GetSnapshotId())
-			return nil
+		}
+	}
+	for i, src := range sources {
+		if err := c.DeleteSnapshot(ctx, all[i].restoreFrom); err != nil {
+			return err
+		}
+		copies, err := b.measureCopies(ctx, src)
+		if err != nil {
+			return err
+		}
+		sm := all[i]
+		b.run.Latency = append(b.run.Latency, results.SizeLatency{
+			SourceBytes: src.dataBytes, Snapshot: stats.Summarize(sm.snap), Clone: stats.Summarize(sm.clone),
+			Restore: stats.Summarize(sm.restore), Bare: stats.Summarize(sm.bare), BareCommand: b.s.pool.BareCommand(),
+			Copy: stats.Summarize(copies),
 		})
+	}
+	return nil
+}
+
+// latencyRun takes one sample of each operation on src, interleaved so
+// that noise falls on every operation alike and their ratios stay fair.
+func (b *bench) latencyRun(ctx context.Context, src *source, sm *samples) error {
+	c := b.s.client
+	lat, err := timed(func() error {
+		s, err := c.CreateSnapshot(ctx, b.name("snap"), src.id)
 		if err != nil {
 			return err
 		}
-		snap = append(snap, lat)
-		if lat, err = b.timedCreate(ctx, func(name string) (string, error) {
-			v, err := c.CloneVolume(ctx, name, src.id, src.sizeBytes)
-			return v.GetVolumeId(), err
-		}); err != nil {
-			return err
-		}
-		clone = append(clone, lat)
-		if lat, err = b.timedCreate(ctx, func(name string) (string, error) {
-			v, err := c.RestoreSnapshot(ctx, name, base.GetSnapshotId(), src.sizeBytes)
-			return v.GetVolumeId(), err
-		}); err != nil {
-			return err
-		}
-		restore = append(restore, lat)
-		d, err := b.s.pool.BareSnapshot(ctx, src.id, int(b.seq.Add(1)))
-		if err != nil {
-			return err
-		}
-		bare = append(bare, d)
-	}
-	if err := c.DeleteSnapshot(ctx, base.GetSnapshotId()); err != nil {
-		return err
-	}
-	copies, err := b.measureCopies(ctx, src)
+		defer c.DeleteSnapshot(context.WithoutCancel(ctx), s.GetSnapshotId())
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	b.run.Latency = append(b.run.Latency, results.SizeLatency{
-		SourceBytes: src.dataBytes, Snapshot: stats.Summarize(snap), Clone: stats.Summarize(clone),
-		Restore: stats.Summarize(restore), Bare: stats.Summarize(bare), BareCommand: b.s.pool.BareCommand(),
-		Copy: stats.Summarize(copies),
-	})
+	sm.snap = append(sm.snap, lat)
+	if lat, err = b.timedCreate(ctx, func(name string) (string, error) {
+		v, err := c.CloneVolume(ctx, name, src.id, src.sizeBytes)
+		return v.GetVolumeId(), err
+	}); err != nil {
+		return err
+	}
+	sm.clone = append(sm.clone, lat)
+	if lat, err = b.timedCreate(ctx, func(name string) (string, error) {
+		v, err := c.RestoreSnapshot(ctx, name, sm.restoreFrom, src.sizeBytes)
+		return v.GetVolumeId(), err
+	}); err != nil {
+		return err
+	}
+	sm.restore = append(sm.restore, lat)
+	d, err := b.s.pool.BareSnapshot(ctx, src.id, int(b.seq.Add(1)))
+	if err != nil {
+		return err
+	}
+	sm.bare = append(sm.bare, d)
 	return nil
 }
 

@@ -3,7 +3,9 @@ package report
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"os"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -83,11 +85,13 @@ func sizePanel(runs []*results.Run) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = "p50 latency vs data in the source"
 	p.X.Label.Text = "source data (GiB)"
+	p.X.Tick.Marker = plainTicks{}
 	p.Y.Label.Text = "ms (log scale)"
 	p.Y.Scale = plot.LogScale{}
 	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Legend.Top, p.Legend.Left = true, true
 	var all []series
+	lo, hi := math.Inf(1), 0.0
 	for i, r := range runs {
 		col := palette[i%len(palette)]
 		var snap, clone, cp plotter.XYs
@@ -97,31 +101,73 @@ func sizePanel(runs []*results.Run) (*plot.Plot, error) {
 			clone = appendPositive(clone, x, l.Clone.P50)
 			cp = appendPositive(cp, x, l.Copy.P50)
 		}
+		for _, pts := range []plotter.XYs{snap, clone, cp} {
+			for _, pt := range pts {
+				lo, hi = math.Min(lo, pt.Y), math.Max(hi, pt.Y)
+			}
+		}
 		all = append(all,
-			series{r.Backend + " clone", clone, col, nil},
-			series{r.Backend + " snapshot", snap, col, []vg.Length{vg.Points(2), vg.Points(2)}},
-			series{r.Backend + " full copy (cp)", cp, col, []vg.Length{vg.Points(6), vg.Points(3)}},
+			series{backendLabel(r) + " clone", clone, col, nil},
+			series{backendLabel(r) + " snapshot", snap, col, []vg.Length{vg.Points(2), vg.Points(2)}},
+			series{backendLabel(r) + " full copy (cp)", cp, col, []vg.Length{vg.Points(6), vg.Points(3)}},
 		)
+	}
+	if hi > 0 {
+		// Two empty decades on top hold the legend clear of the lines.
+		p.Y.Min, p.Y.Max = lo/2, hi*100
 	}
 	return p, addSeries(p, all)
 }
 
+// populationPanel normalises each backend to its own empty pool, so an
+// emulated LVM (seconds) and btrfs (milliseconds) share one axis and the
+// question "does it grow with the population?" reads directly.
 func populationPanel(runs []*results.Run) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = "clone p50 vs objects already in the pool"
 	p.X.Label.Text = "other volumes + snapshots"
-	p.Y.Label.Text = "ms"
+	p.X.Tick.Marker, p.Y.Tick.Marker = plainTicks{}, plainTicks{}
+	p.Y.Label.Text = "p50 ÷ p50 with an empty pool"
 	p.Y.Min = 0
 	p.Legend.Top, p.Legend.Left = true, true
 	var all []series
+	top := 1.0
 	for i, r := range runs {
-		var pts plotter.XYs
-		for _, s := range r.Scaling {
-			pts = appendPositive(pts, float64(s.ExistingObjects), s.Clone.P50)
+		if len(r.Scaling) == 0 {
+			continue
 		}
-		all = append(all, series{backendLabel(r), pts, palette[i%len(palette)], nil})
+		base, bareBase := r.Scaling[0].Clone.P50, r.Scaling[0].Bare.P50
+		var clone, bare plotter.XYs
+		for _, s := range r.Scaling {
+			clone = appendPositive(clone, float64(s.ExistingObjects), div(s.Clone.P50, base))
+			bare = appendPositive(bare, float64(s.ExistingObjects), div(s.Bare.P50, bareBase))
+		}
+		for _, pts := range []plotter.XYs{clone, bare} {
+			for _, pt := range pts {
+				top = math.Max(top, pt.Y)
+			}
+		}
+		col := palette[i%len(palette)]
+		all = append(all,
+			series{backendLabel(r) + " CSI clone", clone, col, nil},
+			series{backendLabel(r) + " bare command", bare, col, []vg.Length{vg.Points(2), vg.Points(2)}},
+		)
 	}
+	p.Y.Max = top * 1.6 // room for the legend
 	return p, addSeries(p, all)
+}
+
+// plainTicks labels ticks like 250 rather than 250.00.
+type plainTicks struct{}
+
+func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ticks {
+		if ticks[i].Label != "" {
+			ticks[i].Label = strconv.FormatFloat(ticks[i].Value, 'f', -1, 64)
+		}
+	}
+	return ticks
 }
 
 // appendPositive skips missing values (a log scale cannot show 0).
