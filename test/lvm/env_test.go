@@ -62,6 +62,9 @@ func TestMain(m *testing.M) {
 	if missingPrereq != "" {
 		fmt.Fprintf(os.Stderr, "test/lvm: %s\n", missingPrereq)
 	}
+	if os.Getenv(sanityChildEnv) == "" {
+		startSanity()
+	}
 	code := m.Run()
 	if sharedBackend != nil && sharedBackend.LoopDevice() != "" {
 		if err := sharedBackend.Teardown(context.Background()); err != nil {

@@ -3,6 +3,7 @@ package lvm
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	osexec "os/exec"
@@ -16,11 +17,61 @@ import (
 
 // sanityChildEnv names the access type a child process of TestSanity runs
 // csi-sanity for. Ginkgo, which csi-sanity is built on, runs one suite per
-// process, so each access type gets a process of its own; the two also
-// run at the same time that way.
+// process, so each access type gets a process of its own.
 const sanityChildEnv = "CSI_THIN_SANITY_ACCESS"
 
 var sanitySummary = regexp.MustCompile(`(?m)^(Ran \d+ of \d+ Specs.*|.*\d+ Passed \| \d+ Failed.*)$`)
+
+// sanityRun is one csi-sanity child process.
+type sanityRun struct {
+	access string
+	out    bytes.Buffer
+	err    error
+	took   time.Duration
+	done   chan struct{}
+}
+
+var sanityRuns []*sanityRun
+
+// startSanity starts both csi-sanity children. TestMain calls it before
+// the other tests so that the children (each on its own pool, so they do
+// not disturb the shared pool's numbers) overlap with the whole suite:
+// under emulation csi-sanity is the longest part.
+func startSanity() {
+	if sanityRuns != nil || missingPrereq != "" || !runsTest("TestSanity") {
+		return
+	}
+	exe, err := os.Executable()
+	for _, access := range []string{"mount", "block"} {
+		r := &sanityRun{access: access, done: make(chan struct{})}
+		sanityRuns = append(sanityRuns, r)
+		go func() {
+			defer close(r.done)
+			if err != nil {
+				r.err = err
+				return
+			}
+			c, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+			defer cancel()
+			cmd := osexec.CommandContext(c, exe, "-test.run", "^TestSanityChild$", "-test.v", "-ginkgo.no-color")
+			cmd.Env = append(os.Environ(), sanityChildEnv+"="+access)
+			cmd.Stdout, cmd.Stderr = &r.out, &r.out
+			start := time.Now()
+			r.err = cmd.Run()
+			r.took = time.Since(start)
+		}()
+	}
+}
+
+// runsTest reports whether -test.run selects the top-level test name.
+func runsTest(name string) bool {
+	pattern := flag.Lookup("test.run").Value.String()
+	if pattern == "" {
+		return true
+	}
+	re, err := regexp.Compile(pattern)
+	return err == nil && re.MatchString(name)
+}
 
 // TestSanity runs csi-sanity (the upstream CSI conformance suite) against
 // the driver over real LVM thin pools, with filesystem volumes and with
@@ -28,29 +79,19 @@ var sanitySummary = regexp.MustCompile(`(?m)^(Ran \d+ of \d+ Specs.*|.*\d+ Passe
 func TestSanity(t *testing.T) {
 	requireLVM(t)
 	t.Parallel()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, access := range []string{"mount", "block"} {
-		t.Run(access, func(t *testing.T) {
+	startSanity()
+	for _, r := range sanityRuns {
+		t.Run(r.access, func(t *testing.T) {
 			t.Parallel()
-			c, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-			defer cancel()
-			cmd := osexec.CommandContext(c, exe, "-test.run", "^TestSanityChild$", "-test.v", "-ginkgo.no-color")
-			cmd.Env = append(os.Environ(), sanityChildEnv+"="+access)
-			var out bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			start := time.Now()
-			err := cmd.Run()
+			<-r.done
 			// Printed whole when done, so the two runs do not interleave.
-			fmt.Printf("----- csi-sanity (%s volumes) output -----\n%s----- end of csi-sanity (%s) -----\n", access, out.String(), access)
-			for _, line := range sanitySummary.FindAllString(out.String(), -1) {
-				t.Logf("csi-sanity %s: %s", access, line)
+			fmt.Printf("----- csi-sanity (%s volumes) output -----\n%s----- end of csi-sanity (%s) -----\n", r.access, r.out.String(), r.access)
+			for _, line := range sanitySummary.FindAllString(r.out.String(), -1) {
+				t.Logf("csi-sanity %s: %s", r.access, line)
 			}
-			t.Logf("csi-sanity %s took %s", access, time.Since(start).Round(time.Second))
-			if err != nil {
-				t.Fatalf("csi-sanity with %s volumes: %v", access, err)
+			t.Logf("csi-sanity %s took %s", r.access, r.took.Round(time.Second))
+			if r.err != nil {
+				t.Fatalf("csi-sanity with %s volumes: %v", r.access, r.err)
 			}
 		})
 	}

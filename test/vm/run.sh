@@ -68,15 +68,17 @@ chmod +x "$work/vm-run.sh"
 truncate -s "$disk_size" "$disk"
 start=$(date +%s)
 set +e
-# The serial console ends lines with CRLF; strip CR so that the program's
-# output (go test's summary lines) reads as ordinary text on the host.
+# The serial console ends lines with CRLF and the firmware clears the
+# screen: strip both so that the program's output (go test's summary
+# lines) reads as ordinary text on the host. sed -u: a block-buffered
+# filter would hold back the last lines of a hung run.
 timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$mem" -smp 2 \
   -nographic -no-reboot -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1" \
   -drive "file=$disk,if=virtio,format=raw,discard=unmap,cache=unsafe" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs "local,path=$work,mount_tag=work,security_model=passthrough" \
-  </dev/null | tr -d '\r'
+  </dev/null | sed -u -e 's/\r$//' -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g'
 qemu_status=${PIPESTATUS[0]}
 set -e
 elapsed=$(( $(date +%s) - start ))
