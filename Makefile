@@ -11,7 +11,7 @@ LDFLAGS   := -s -w -X github.com/csi-thin/csi-thin/pkg/driver.Version=$(VERSION)
 export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lint test test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e demo bench clean
+.PHONY: all build lint test test-reliability-lvm-ci test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e demo bench clean
 
 all: build
 
@@ -30,7 +30,32 @@ test-unit:
 test-btrfs: | $(BIN)
 	$(GO) test -count=1 -v ./pkg/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|Ran [0-9]+ of)|Passed \|' ; exit $${PIPESTATUS[0]}
 
-test: lint test-unit test-btrfs
+# Everything, in order of cost. The LVM crash matrix runs two of its seven
+# operations here (clone: every lvm step of it, a few minutes under TCG);
+# `make test-reliability-lvm` alone runs all seven (~32 min).
+test: lint test-unit test-btrfs test-reliability test-lvm test-reliability-lvm-ci bench-smoke test-e2e
+
+test-lvm:
+	test/vm/run-lvm-suite.sh
+
+test-reliability-lvm-ci:
+	$(MAKE) --no-print-directory test-reliability-lvm RELIABILITY_LVM_RUN='TestOutOfSpaceLVM|TestMetadataGuardLVM|TestCrashAtEveryStepLVM/clone$$'
+
+# A real single-node cluster (built once, cached outside the clone), the
+# chart installed from this tree, the csi-thin scenarios and the upstream
+# External Storage suite; then teardown.
+test-e2e:
+	bash test/e2e/run.sh
+
+# Chart lint/render tests only (helm from the cluster cache).
+test-chart:
+	$(GO) test -count=1 -run 'Chart|Manifests|Versions' ./test/e2e/
+
+manifests:
+	bash hack/manifests.sh
+
+image: build
+	bash hack/image.sh
 
 # Reliability on real btrfs (docs/reliability.md): SIGKILL at every step,
 # failing/hanging/garbled tools, 32-way concurrency under -race, a full
