@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -69,6 +70,11 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 			return nil, status.Errorf(codes.InvalidArgument, "volume %s is not a block device", id)
 		}
 		source = t.Path
+		if vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+			if err := checkDeviceSingleWriter(id, source, target); err != nil {
+				return nil, err
+			}
+		}
 		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
 			return nil, status.Errorf(codes.Internal, "create target dir: %v", err)
 		}
@@ -110,17 +116,43 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-// checkSingleWriter refuses a second publish of a single-writer volume.
-// The mount table is the record of where a volume is published, so the
-// answer survives a restart of the driver.
-func (s *Server) checkSingleWriter(id, staging, target string) error {
-	refs, err := s.mounter.GetMountRefs(staging)
+// checkSingleWriter refuses a second publish of a single-writer volume:
+// source (the staging mount, or the device node for raw block) must not be
+// mounted anywhere but target. The mount table is the record of where a
+// volume is published, so the answer survives a restart of the driver.
+func (s *Server) checkSingleWriter(id, source, target string) error {
+	refs, err := s.mounter.GetMountRefs(source)
 	if err != nil {
-		return status.Errorf(codes.Internal, "find mounts of %s: %v", staging, err)
+		return status.Errorf(codes.Internal, "find mounts of %s: %v", source, err)
 	}
 	for _, r := range refs {
-		if r != target && r != staging {
+		if r != target && r != source {
 			return status.Errorf(codes.FailedPrecondition, "volume %s has single-writer access and is already published at %s", id, r)
+		}
+	}
+	return nil
+}
+
+// checkDeviceSingleWriter is checkSingleWriter for raw block: a device
+// node bind-mounted onto another file is a publish too. Such a mount shows
+// in mountinfo as devtmpfs with the node's path below /dev as its root
+// (mount-utils' GetMountRefs misses it where "/" is listed after /dev).
+func checkDeviceSingleWriter(id, device, target string) error {
+	real, err := filepath.EvalSymlinks(device)
+	if err != nil {
+		return status.Errorf(codes.Internal, "resolve %s: %v", device, err)
+	}
+	root, ok := strings.CutPrefix(real, "/dev")
+	if !ok {
+		return nil
+	}
+	mis, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return status.Errorf(codes.Internal, "read mount table: %v", err)
+	}
+	for _, mi := range mis {
+		if mi.FsType == "devtmpfs" && mi.Root == root && mi.MountPoint != target {
+			return status.Errorf(codes.FailedPrecondition, "volume %s has single-writer access and is already published at %s", id, mi.MountPoint)
 		}
 	}
 	return nil
