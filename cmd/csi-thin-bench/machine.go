@@ -86,8 +86,17 @@ func virtualization(ctx context.Context) string {
 	if inEmulatedVM() {
 		return "QEMU guest under TCG software emulation (test/vm)"
 	}
-	if res, err := (&exec.Host{}).Run(ctx, "systemd-detect-virt"); err == nil {
-		return strings.TrimSpace(string(res.Stdout))
+	run := &exec.Host{}
+	var parts []string
+	// Exit status 1 with "none" means no such layer.
+	if res, err := run.Run(ctx, "systemd-detect-virt", "--vm"); err == nil {
+		parts = append(parts, "VM: "+strings.TrimSpace(string(res.Stdout)))
+	}
+	if res, err := run.Run(ctx, "systemd-detect-virt", "--container"); err == nil {
+		parts = append(parts, "container: "+strings.TrimSpace(string(res.Stdout)))
+	}
+	if len(parts) > 0 {
+		return strings.Join(parts, ", ")
 	}
 	vendor, _ := os.ReadFile("/sys/class/dmi/id/sys_vendor")
 	product, _ := os.ReadFile("/sys/class/dmi/id/product_name")

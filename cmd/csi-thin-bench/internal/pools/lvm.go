@@ -32,7 +32,7 @@ func NewLVMDevice(dir, device, vg, pool string) *LVMDevice {
 func (l *LVMDevice) Kind() string { return "lvmthin" }
 
 func (l *LVMDevice) Describe() string {
-	return fmt.Sprintf("LVM thin pool %s/%s on %s", l.vg, l.pool, l.device)
+	return fmt.Sprintf("LVM thin pool %s/%s built by the driver on the blank disk %s", l.vg, l.pool, l.device)
 }
 
 func (l *LVMDevice) DriverArgs() []string {

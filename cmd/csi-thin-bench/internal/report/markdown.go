@@ -41,7 +41,7 @@ func machineLine(m results.Machine) string {
 	for k, v := range m.Tools {
 		tools = append(tools, k+" "+strings.TrimPrefix(v, k+" "))
 	}
-	return fmt.Sprintf("%d × %s, %s RAM, kernel %s, %s, pool file on %s; %s",
+	return fmt.Sprintf("%d × %s, %s RAM, kernel %s, %s, work dir on %s; %s",
 		m.Cores, orDash(m.CPU), fmtBytes(m.MemoryBytes), m.Kernel, m.Virtualization, orDash(m.Storage), strings.Join(tools, ", "))
 }
 
