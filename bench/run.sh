@@ -51,6 +51,7 @@ if [ "${CSI_THIN_BENCH_VM:-1}" != 0 ]; then
   # The driver is read from the host root, which the VM mounts at /.
   "$repo/test/vm/run.sh" --disk "$vm_disk" --timeout 1800 "$bench" run --backend lvmthin \
       --lvm-device /dev/vda --driver "$driver" --work-dir /run/tmp --out - "${vm_flags[@]}" \
+      --note "the VM's /dev/vda is a sparse file on the host's disk (virtio-blk, cache=unsafe, discard=unmap); the VM has 2 emulated CPUs on a host running other jobs" \
       > "$raw/lvmthin-vm.log" 2>&1
   vm_status=$?
   grep -v -e '^{' -e '^ *"' -e '^ *[]}]' "$raw/lvmthin-vm.log" | grep -v '^=== csi-thin-bench' | tail -40

@@ -35,6 +35,7 @@ type benchConfig struct {
 	smoke                         bool
 	driverFlags                   []string
 	keepLog, printLog             bool
+	note                          string
 }
 
 const allPhases = "latency,space,discard,throughput,scaling"
@@ -59,6 +60,7 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 	discard := fs.String("discard-size", "1Gi", "data written then deleted in the discard phase")
 	cloneWrite := fs.String("clone-write", "64Mi", "data overwritten in a clone in the space phase")
 	phases := fs.String("phases", allPhases, "phases to run")
+	fs.StringVar(&c.note, "note", "", "a caveat to record in the report (e.g. what the disk really is)")
 	driverFlags := fs.String("driver-flags", "", "extra flags for the driver, space-separated (e.g. -v=4 to log every command's duration)")
 	fs.BoolVar(&c.keepLog, "keep-driver-log", false, "keep the driver's log (next to the work dir) even when the run succeeds")
 	fs.BoolVar(&c.printLog, "print-driver-log", false, "copy the driver's log to stderr at the end (the only way out of the VM)")
@@ -190,6 +192,9 @@ func runBench(ctx context.Context, args []string) (err error) {
 		},
 	}}
 	b.run.Memory.Services = "controller+node (--mode=local, one process)"
+	if cfg.note != "" {
+		b.note("%s", cfg.note)
+	}
 	if b.run.Memory.IdleRSSBytes, err = s.driver.RSS(); err != nil {
 		return err
 	}
