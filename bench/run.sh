@@ -20,11 +20,11 @@ bench=$repo/bin/csi-thin-bench driver=$repo/bin/csi-thin
 case $mode in
   full)  out=${2:-$repo/results}
          host_flags=()
-         # Under emulation each LVM command takes ~1 s (a clone is four)
+         # Under emulation each LVM command takes ~1 s (a clone is three)
          # and writing 1 GiB ~1 min: far fewer runs keep `make bench`
          # under 20 minutes; the report states the counts.
-         vm_flags=(--sizes 0,1Gi --runs 5 --copy-runs 1 --throughput-n 8 --concurrency 1,8
-                   --scale 0,20 --scale-runs 3 --discard-size 128Mi --clone-write 64Mi)
+         vm_flags=(--sizes 0,1Gi --runs 10 --copy-runs 1 --throughput-n 8 --concurrency 1,8
+                   --scale 0,20 --scale-runs 5 --discard-size 128Mi --clone-write 64Mi)
          vm_disk=12G ;;
   smoke) out=${2:-$repo/bin/bench-smoke}
          host_flags=(--smoke) vm_flags=(--smoke) vm_disk=4G ;;
