@@ -31,21 +31,11 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	case vc.GetMount() != nil && staging == "":
 		return nil, status.Error(codes.FailedPrecondition, "staging target path is required: stage the volume first")
 	}
-	if err := checkPath(target); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(ctx, target)
+	_, unlock, err := s.lockVolume(ctx, id, target, target, vc)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	vol, err := s.backend.GetVolume(ctx, id)
-	if err != nil {
-		return nil, rpcerr.Status(err)
-	}
-	if err := checkAccess(vol, vc); err != nil {
-		return nil, err
-	}
 	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	opts := []string{"bind"}
 	if readOnly {

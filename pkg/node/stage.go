@@ -31,22 +31,11 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	case vc.GetBlock() == nil && vc.GetMount() == nil:
 		return nil, status.Error(codes.InvalidArgument, "access type (mount or block) is required")
 	}
-	if err := checkPath(staging); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(ctx, id)
+	vol, unlock, err := s.lockVolume(ctx, id, staging, id, vc)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-
-	vol, err := s.backend.GetVolume(ctx, id)
-	if err != nil {
-		return nil, rpcerr.Status(err)
-	}
-	if err := checkAccess(vol, vc); err != nil {
-		return nil, err
-	}
 	if vc.GetBlock() != nil {
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
@@ -89,6 +78,27 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	klog.InfoS("volume staged", "volumeID", id, "stagingPath", staging, "fsType", fsType, "options", opts)
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// lockVolume checks path, takes the lock for key, and returns the volume
+// once it is known to exist with an access type matching vc.
+func (s *Server) lockVolume(ctx context.Context, id, path, key string, vc *csi.VolumeCapability) (*backend.Volume, func(), error) {
+	if err := checkPath(path); err != nil {
+		return nil, nil, err
+	}
+	unlock, err := s.lock(ctx, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	vol, err := s.backend.GetVolume(ctx, id)
+	if err == nil {
+		err = checkAccess(vol, vc)
+	}
+	if err != nil {
+		unlock()
+		return nil, nil, rpcerr.Status(err)
+	}
+	return vol, unlock, nil
 }
 
 // checkAccess refuses to stage or publish a volume with an access type it
