@@ -86,23 +86,29 @@ func (p *Pool) Capacity(ctx context.Context, _ string) (backend.Capacity, error)
 	return c, err
 }
 
-// capacity reads the pool's space and the sum of its volume sizes.
+// capacity reads the pool's space; the sum of volume sizes is kept in
+// memory (see Pool.provisioned), so a create does not re-read every record.
 func (p *Pool) capacity() (backend.Capacity, fsStats, error) {
 	st, err := p.statfs()
 	if err != nil {
 		return backend.Capacity{}, st, err
 	}
+	return p.capacityFrom(st, p.provisioned.Load()), st, nil
+}
+
+// sumProvisioned adds up the sizes of all volume records.
+func (p *Pool) sumProvisioned() (int64, error) {
 	recs, err := p.listRecords()
 	if err != nil {
-		return backend.Capacity{}, st, err
+		return 0, err
 	}
-	var provisioned int64
+	var n int64
 	for _, r := range recs {
 		if r.Volume != nil {
-			provisioned += r.Volume.SizeBytes
+			n += r.Volume.SizeBytes
 		}
 	}
-	return p.capacityFrom(st, provisioned), st, nil
+	return n, nil
 }
 
 func (p *Pool) capacityFrom(st fsStats, provisioned int64) backend.Capacity {
@@ -202,6 +208,7 @@ func (p *Pool) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*ba
 		p.discardStaging(context.WithoutCancel(ctx), req.ID)
 		return nil, err
 	}
+	p.provisioned.Add(size)
 	klog.InfoS("btrfs volume created", "volumeID", req.ID, "name", req.Name, "sizeBytes", size, "source", req.Source.ID)
 	return p.withCondition(vol), nil
 }
@@ -286,6 +293,9 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 	}
 	if err := p.markDeleting(id); err != nil {
 		return err
+	}
+	if rec != nil && rec.Volume != nil {
+		p.provisioned.Add(-rec.Volume.SizeBytes)
 	}
 	if _, statErr := os.Lstat(path); statErr == nil {
 		if err := p.cli.deleteSubvolume(ctx, path); err != nil {
@@ -387,10 +397,12 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, sizeBytes int64) (*b
 	if err := p.cli.limit(ctx, p.volumePath(id), size); err != nil {
 		return nil, fmt.Errorf("raise limit of %s: %w", id, classify(err))
 	}
+	old := rec.Volume.SizeBytes
 	rec.Volume.SizeBytes = size
 	if err := p.writeRecord(id, rec); err != nil {
 		return nil, err
 	}
+	p.provisioned.Add(size - old)
 	klog.InfoS("btrfs volume expanded", "volumeID", id, "sizeBytes", size)
 	return p.withCondition(rec.Volume), nil
 }

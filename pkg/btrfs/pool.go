@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -66,6 +67,9 @@ type Pool struct {
 	// mu serialises mutations: capacity checks and creation must not
 	// interleave, and btrfs subvolume operations are milliseconds anyway.
 	mu sync.Mutex
+	// provisioned is the sum of volume sizes: counted from the records at
+	// Open, then kept by every create, delete and expand (under mu).
+	provisioned atomic.Int64
 }
 
 // Open prepares the pool (bootstrapping the loop file if configured),
@@ -114,6 +118,11 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := p.recover(ctx); err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: recovery: %w", path, err)
 	}
+	provisioned, err := p.sumProvisioned()
+	if err != nil {
+		return nil, fmt.Errorf("btrfs pool %s: %w", path, err)
+	}
+	p.provisioned.Store(provisioned)
 	klog.InfoS("btrfs pool ready", "path", path, "quota", p.quota, "node", cfg.NodeName, "loopDevice", p.loopDev)
 	return p, nil
 }

@@ -278,6 +278,26 @@ func TestCapacityAndOverprovision(t *testing.T) {
 	if got, _ := p.ListVolumes(ctx); len(got) != 1 {
 		t.Fatalf("a refused create left a volume behind: %d volumes", len(got))
 	}
+	// The provisioned total is kept in memory: it must match the records
+	// after an expand, across a reopen, and after a delete.
+	if _, err := p.ExpandVolume(ctx, v.ID, v.SizeBytes+64*backend.MiB); err != nil {
+		t.Fatal(err)
+	}
+	reopened, err := btrfs.Open(ctx, btrfs.Config{PoolPath: p.MountPath(), NodeName: "test-node", Overprovision: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pool := range []*btrfs.Pool{p, reopened} {
+		if c, _ := pool.Capacity(ctx, ""); c.ProvisionedBytes != v.SizeBytes+64*backend.MiB {
+			t.Fatalf("provisioned %d after expand, want %d", c.ProvisionedBytes, v.SizeBytes+64*backend.MiB)
+		}
+	}
+	if err := p.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := p.Capacity(ctx, ""); c.ProvisionedBytes != 0 || c.AvailableBytes != c.MaximumVolumeBytes {
+		t.Fatalf("capacity after deleting the only volume: %+v", c)
+	}
 }
 
 func TestRefusesWhatItCannotServe(t *testing.T) {
