@@ -13,36 +13,52 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
 
+// mapping is the one table between backend errors and gRPC codes, read
+// in both directions. Where two errors share a code, the first is the one
+// Sentinel returns.
+var mapping = []struct {
+	err  error
+	code codes.Code
+}{
+	{backend.ErrNotFound, codes.NotFound},
+	{backend.ErrExists, codes.AlreadyExists},
+	{backend.ErrNoSpace, codes.ResourceExhausted},
+	{backend.ErrOutOfRange, codes.OutOfRange},
+	{backend.ErrInvalid, codes.InvalidArgument},
+	{backend.ErrUnsupported, codes.InvalidArgument},
+	{backend.ErrBusy, codes.Aborted},
+	{backend.ErrPrecondition, codes.FailedPrecondition},
+	{backend.ErrUnavailable, codes.Unavailable},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+}
+
 // Code returns the gRPC code for a backend error.
 func Code(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
 	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
 		return s.Code()
 	}
-	switch {
-	case err == nil:
-		return codes.OK
-	case errors.Is(err, backend.ErrNotFound):
-		return codes.NotFound
-	case errors.Is(err, backend.ErrExists):
-		return codes.AlreadyExists
-	case errors.Is(err, backend.ErrNoSpace):
-		return codes.ResourceExhausted
-	case errors.Is(err, backend.ErrOutOfRange):
-		return codes.OutOfRange
-	case errors.Is(err, backend.ErrInvalid), errors.Is(err, backend.ErrUnsupported):
-		return codes.InvalidArgument
-	case errors.Is(err, backend.ErrBusy):
-		return codes.Aborted
-	case errors.Is(err, backend.ErrPrecondition):
-		return codes.FailedPrecondition
-	case errors.Is(err, backend.ErrUnavailable):
-		return codes.Unavailable
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
+	for _, m := range mapping {
+		if errors.Is(err, m.err) {
+			return m.code
+		}
 	}
 	return codes.Internal
+}
+
+// Sentinel is the inverse of Code: the backend error a code stands for
+// (used where a code travelled without its error, e.g. in a CR status).
+// ok is false for codes no backend error maps to.
+func Sentinel(code codes.Code) (err error, ok bool) {
+	for _, m := range mapping {
+		if m.code == code {
+			return m.err, true
+		}
+	}
+	return nil, false
 }
 
 // Status wraps err into a gRPC status error with its mapped code; an error

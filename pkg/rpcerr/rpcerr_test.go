@@ -42,3 +42,18 @@ func TestCode(t *testing.T) {
 		}
 	}
 }
+
+// TestSentinelInvertsCode: a code that travelled without its error (a CR
+// status) turns back into an error with the same code.
+func TestSentinelInvertsCode(t *testing.T) {
+	for _, c := range []codes.Code{codes.NotFound, codes.AlreadyExists, codes.ResourceExhausted, codes.OutOfRange,
+		codes.InvalidArgument, codes.Aborted, codes.FailedPrecondition, codes.Unavailable, codes.DeadlineExceeded, codes.Canceled} {
+		err, ok := Sentinel(c)
+		if !ok || Code(err) != c {
+			t.Errorf("Sentinel(%v) = %v, %v; its code is %v", c, err, ok, Code(err))
+		}
+	}
+	if _, ok := Sentinel(codes.Internal); ok {
+		t.Error("Internal has no sentinel")
+	}
+}

@@ -1,12 +1,11 @@
 package router
 
 import (
-	"context"
 	"errors"
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/rpcerr"
 )
 
 // nodeError is a failure the node agent reported in a resource's status.
@@ -26,31 +25,12 @@ func (e *nodeError) Unwrap() error { return e.sentinel }
 // maps to codes.Internal.
 var errInternal = errors.New("internal error on the node")
 
-// sentinelFor is the inverse of rpcerr.Code for the codes a backend can
-// produce. InvalidArgument maps to ErrInvalid (ErrUnsupported shares its
-// code, so the distinction is lost, but not the code).
+// sentinelFor is rpcerr's mapping read backwards. InvalidArgument maps to
+// ErrInvalid (ErrUnsupported shares its code, so the distinction is lost,
+// but not the code).
 func sentinelFor(code codes.Code) error {
-	switch code {
-	case codes.NotFound:
-		return backend.ErrNotFound
-	case codes.AlreadyExists:
-		return backend.ErrExists
-	case codes.ResourceExhausted:
-		return backend.ErrNoSpace
-	case codes.OutOfRange:
-		return backend.ErrOutOfRange
-	case codes.InvalidArgument:
-		return backend.ErrInvalid
-	case codes.Aborted:
-		return backend.ErrBusy
-	case codes.FailedPrecondition:
-		return backend.ErrPrecondition
-	case codes.Unavailable:
-		return backend.ErrUnavailable
-	case codes.DeadlineExceeded:
-		return context.DeadlineExceeded
-	case codes.Canceled:
-		return context.Canceled
+	if err, ok := rpcerr.Sentinel(code); ok {
+		return err
 	}
 	return errInternal
 }
