@@ -240,7 +240,7 @@ func (p *Pool) resolveSource(src backend.Source) (string, int64, error) {
 // leaves a record whose subvolume is still in staging, which recovery
 // removes together.
 func (p *Pool) commit(ctx context.Context, staging, final string, rec *record, limit int64) error {
-	subvolID, err := p.cli.subvolumeID(ctx, staging)
+	subvolID, err := subvolumeIDOf(staging)
 	if err != nil {
 		return fmt.Errorf("subvolume id of %s: %w", staging, err)
 	}

@@ -62,22 +62,6 @@ func (c cli) isReadOnly(ctx context.Context, path string) (bool, error) {
 	return false, fmt.Errorf("btrfs property get %s ro: unexpected output %q", path, out)
 }
 
-// subvolumeID returns the numeric subvolume (tree) ID, which names its
-// level-0 qgroup (0/<id>).
-func (c cli) subvolumeID(ctx context.Context, path string) (uint64, error) {
-	out, err := c.btrfs(ctx, "inspect-internal", "rootid", path)
-	if err != nil {
-		return 0, err
-	}
-	// Tree IDs below 5 (BTRFS_FS_TREE_OBJECTID) are not subvolumes: such
-	// output is garbage, and would name the wrong qgroup.
-	id, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 64)
-	if err != nil || id < 5 {
-		return 0, fmt.Errorf("btrfs inspect-internal rootid %s: unexpected output %q", path, out)
-	}
-	return id, nil
-}
-
 // limit sets the referenced-bytes limit of a subvolume's qgroup.
 func (c cli) limit(ctx context.Context, path string, bytes int64) error {
 	_, err := c.btrfs(ctx, "qgroup", "limit", strconv.FormatInt(bytes, 10), path)

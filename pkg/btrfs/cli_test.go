@@ -61,7 +61,6 @@ func TestParseUsage(t *testing.T) {
 func TestCommandLines(t *testing.T) {
 	f := &exec.Fake{}
 	f.On("btrfs", "", 0, "")
-	f.On("btrfs inspect-internal rootid", "257\n", 0, "")
 	f.On("btrfs property get", "ro=true\n", 0, "")
 	c := cli{run: f}
 	ctx := context.Background()
@@ -72,13 +71,6 @@ func TestCommandLines(t *testing.T) {
 		func() error { return c.limit(ctx, path, 1<<30) },
 		func() error { return c.setReadOnly(ctx, path, true) },
 		func() error { return c.deleteSubvolume(ctx, path) },
-		func() error {
-			id, err := c.subvolumeID(ctx, path)
-			if id != 257 {
-				t.Errorf("subvolume id %d", id)
-			}
-			return err
-		},
 		func() error {
 			ro, err := c.isReadOnly(ctx, path)
 			if !ro {
@@ -98,7 +90,6 @@ func TestCommandLines(t *testing.T) {
 		{"qgroup", "limit", "1073741824", path},
 		{"property", "set", "-ts", path, "ro", "true"},
 		{"subvolume", "delete", path},
-		{"inspect-internal", "rootid", path},
 		{"property", "get", "-ts", path, "ro"},
 	}
 	if len(f.Calls) != len(want) {
@@ -113,14 +104,10 @@ func TestCommandLines(t *testing.T) {
 
 func TestBadToolOutputIsAnError(t *testing.T) {
 	f := &exec.Fake{}
-	f.On("btrfs inspect-internal rootid", "not a number\n", 0, "")
 	f.On("btrfs property get", "ro=maybe\n", 0, "")
 	f.On("btrfs subvolume create", "", 1, "ERROR: cannot create subvolume: No space left on device")
 	c := cli{run: f}
 	ctx := context.Background()
-	if _, err := c.subvolumeID(ctx, "/p"); err == nil {
-		t.Error("garbage rootid accepted")
-	}
 	if _, err := c.isReadOnly(ctx, "/p"); err == nil {
 		t.Error("garbage property accepted")
 	}
