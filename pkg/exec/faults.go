@@ -129,6 +129,33 @@ func (f *FaultRunner) next(line string) (Fault, bool) {
 	return Fault{}, false
 }
 
+// Triggered returns the fault that the last of seen triggers, where seen
+// is every command line run since the faults were armed, oldest first.
+// It counts as FaultRunner does (per fault, only the lines matching it),
+// for a process that runs a single command and exits, such as a test's
+// stand-in for mount(8), and so must keep the count outside itself.
+func Triggered(faults []Fault, seen []string) (Fault, bool) {
+	if len(seen) == 0 {
+		return Fault{}, false
+	}
+	last := seen[len(seen)-1]
+	for _, fault := range faults {
+		if !strings.HasPrefix(last, fault.Match) {
+			continue
+		}
+		n := 0
+		for _, line := range seen {
+			if strings.HasPrefix(line, fault.Match) {
+				n++
+			}
+		}
+		if n == fault.Nth {
+			return fault, true
+		}
+	}
+	return Fault{}, false
+}
+
 func (f *FaultRunner) crash() {
 	if f.Crash != nil {
 		f.Crash()

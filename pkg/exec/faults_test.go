@@ -151,3 +151,50 @@ func TestParseFaultsRoundTrip(t *testing.T) {
 		t.Errorf("empty spec: %v %v", fs, err)
 	}
 }
+
+// Triggered must count exactly as FaultRunner does: a tool stand-in that
+// keeps its count in a file fires on the same command as the runner.
+func TestTriggeredAgreesWithFaultRunner(t *testing.T) {
+	lines := [][]string{
+		{"mount", "-o", "bind", "/a", "/b"},
+		{"mount", "-o", "bind,remount,ro", "/a", "/b"},
+		{"umount", "/b"},
+		{"mount", "-o", "bind", "/a", "/c"},
+	}
+	cases := []struct {
+		name   string
+		faults []Fault
+		want   int // index in lines of the command that fires, -1 for none
+	}{
+		{"2nd of all", []Fault{{Kind: FaultCrashAfter, Nth: 2}}, 1},
+		{"1st umount", []Fault{{Kind: FaultCrashBefore, Nth: 1, Match: "umount"}}, 2},
+		{"3rd mount: umount is not a mount", []Fault{{Kind: FaultCrashBefore, Nth: 3, Match: "mount"}}, 3},
+		{"the earlier of two faults", []Fault{{Kind: FaultCrashAfter, Nth: 3}, {Kind: FaultCrashBefore, Nth: 1, Match: "mount -o bind,remount"}}, 1},
+		{"beyond the commands", []Fault{{Kind: FaultCrashAfter, Nth: 5}}, -1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &Fake{}
+			fake.On("mount", "", 0, "")
+			fake.On("umount", "", 0, "")
+			fired, hits := -1, 0
+			r := &FaultRunner{Next: fake, Faults: tc.faults, Crash: func() {}}
+			var seen []string
+			for i, argv := range lines {
+				r.Run(context.Background(), argv[0], argv[1:]...)
+				seen = append(seen, strings.Join(argv, " "))
+				_, hit := Triggered(tc.faults, seen)
+				if runnerHit := r.Hits() > hits; hit != runnerHit {
+					t.Fatalf("command %d: Triggered says %v, FaultRunner %v", i, hit, runnerHit)
+				}
+				hits = r.Hits()
+				if hit && fired == -1 {
+					fired = i
+				}
+			}
+			if fired != tc.want {
+				t.Errorf("fired at command %d, want %d", fired, tc.want)
+			}
+		})
+	}
+}
