@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -30,7 +31,13 @@ const (
 	envConfig     = "CSI_THIN_RELIABILITY_CONFIG" // backend config, opaque to the harness
 	envEndpoint   = "CSI_THIN_RELIABILITY_ENDPOINT"
 	envFaults     = "CSI_THIN_FAULTS"      // exec.ParseFaults syntax; armed when the mutating call arrives
-	envCrashReply = "CSI_THIN_CRASH_REPLY" // a Controller method name: die after it succeeded, before replying
+	envCrashReply = "CSI_THIN_CRASH_REPLY" // a Controller or Node method name: die after it succeeded, before replying
+	// envRecoveryFaults are armed while the pool is opened, so they count
+	// only the commands of startup recovery.
+	envRecoveryFaults = "CSI_THIN_RECOVERY_FAULTS"
+	// envMountFaults hit mount(8) and umount(8) (see mountwrap.go); armed
+	// when the mutating call arrives, like envFaults.
+	envMountFaults = "CSI_THIN_MOUNT_FAULTS"
 )
 
 // OpenFunc opens the backend of a child from its config, running every
@@ -40,6 +47,9 @@ type OpenFunc func(ctx context.Context, config string, runner exec.Runner) (back
 // MaybeServe turns this process into a driver child when the environment
 // asks for one; it then never returns. Call it first thing in TestMain.
 func MaybeServe(open OpenFunc) {
+	// A driver child's mount(8) stand-in carries the child's environment,
+	// so it must be recognised first.
+	maybeBeMountTool()
 	if os.Getenv(envServe) != "1" {
 		return
 	}
@@ -58,29 +68,43 @@ func serve(open OpenFunc) error {
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
-	faults, err := exec.ParseFaults(os.Getenv(envFaults))
-	if err != nil {
-		return err
+	var lists [3][]exec.Fault
+	var err error
+	for i, env := range []string{envFaults, envRecoveryFaults, envMountFaults} {
+		if lists[i], err = exec.ParseFaults(os.Getenv(env)); err != nil {
+			return fmt.Errorf("%s: %w", env, err)
+		}
 	}
+	faults, recoveryFaults, mountFaults := lists[0], lists[1], lists[2]
+	// The mount(8) stand-in kills the process named here: the driver,
+	// whatever runs between it and mount(8).
+	os.Setenv(envDriverPID, strconv.Itoa(os.Getpid()))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	// Faults are armed only when the mutating call arrives: startup
+	// Call faults are armed only when the mutating call arrives: startup
 	// recovery must run to completion for the restart half of every
-	// crash case, and probes must not consume the fault.
+	// crash case, and probes must not consume the fault. Recovery faults
+	// are armed for the opening of the pool only, which is where startup
+	// recovery runs, and disarmed before the first call can arrive.
 	runner := &exec.FaultRunner{Next: &exec.Host{}, Crash: die}
+	runner.Arm(recoveryFaults...)
 	pool, err := open(ctx, os.Getenv(envConfig), runner)
+	runner.Disarm()
 	if err != nil {
 		return fmt.Errorf("open pool: %w", err)
 	}
 	var ctrl csi.ControllerServer = controller.New(pool)
-	if m := os.Getenv(envCrashReply); m != "" || len(faults) > 0 {
-		ctrl = &faulted{ControllerServer: ctrl, runner: runner, faults: faults, crashMethod: m}
+	var nodeSrv csi.NodeServer = node.New(pool, node.Options{})
+	if m := os.Getenv(envCrashReply); m != "" || len(faults) > 0 || len(mountFaults) > 0 {
+		f := &faultSet{runner: runner, faults: faults, mountFaults: mountFaults, crashMethod: m}
+		ctrl = &faultedController{ControllerServer: ctrl, f: f}
+		nodeSrv = &faultedNode{NodeServer: nodeSrv, f: f}
 	}
 	d, err := driver.New(driver.Config{
 		Endpoint:   os.Getenv(envEndpoint),
 		Identity:   driver.NewIdentity(pool.Health, true),
 		Controller: ctrl,
-		Node:       node.New(pool, node.Options{}),
+		Node:       nodeSrv,
 	})
 	if err != nil {
 		return err
@@ -95,53 +119,89 @@ func die() {
 	select {}
 }
 
-// faulted arms the faults when a mutating call arrives, so that they
+// faultSet arms the faults when a mutating call arrives, so that they
 // count only that call's commands (not those of probes and health checks,
 // which on some backends run storage commands too), and dies after a
 // successful call of crashMethod, before the reply leaves: the storage is
 // complete but the caller never learns it, and retries.
-type faulted struct {
-	csi.ControllerServer
+type faultSet struct {
 	runner      *exec.FaultRunner
 	faults      []exec.Fault
+	mountFaults []exec.Fault
 	crashMethod string
 }
 
-func (c *faulted) arm() { c.runner.Arm(c.faults...) }
+func (f *faultSet) arm() error {
+	f.runner.Arm(f.faults...)
+	if len(f.mountFaults) > 0 {
+		return armMountTool(f.mountFaults)
+	}
+	return nil
+}
 
-func dieIfOK[T any](c *faulted, method string, resp T, err error) (T, error) {
-	if err == nil && c.crashMethod == method {
+// call arms the faults, runs one CSI call and dies if it succeeded and is
+// the crashMethod. A fault that cannot be armed fails the call, so that
+// the test sees it rather than a call that silently ran unfaulted.
+func call[Req, Resp any](ctx context.Context, f *faultSet, method string, req Req, next func(context.Context, Req) (Resp, error)) (Resp, error) {
+	if err := f.arm(); err != nil {
+		var zero Resp
+		return zero, fmt.Errorf("arm faults: %w", err)
+	}
+	resp, err := next(ctx, req)
+	if err == nil && f.crashMethod == method {
 		die()
 	}
 	return resp, err
 }
 
-func (c *faulted) CreateVolume(ctx context.Context, r *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	c.arm()
-	resp, err := c.ControllerServer.CreateVolume(ctx, r)
-	return dieIfOK(c, "CreateVolume", resp, err)
+type faultedController struct {
+	csi.ControllerServer
+	f *faultSet
 }
 
-func (c *faulted) DeleteVolume(ctx context.Context, r *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	c.arm()
-	resp, err := c.ControllerServer.DeleteVolume(ctx, r)
-	return dieIfOK(c, "DeleteVolume", resp, err)
+func (c *faultedController) CreateVolume(ctx context.Context, r *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	return call(ctx, c.f, "CreateVolume", r, c.ControllerServer.CreateVolume)
 }
 
-func (c *faulted) CreateSnapshot(ctx context.Context, r *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	c.arm()
-	resp, err := c.ControllerServer.CreateSnapshot(ctx, r)
-	return dieIfOK(c, "CreateSnapshot", resp, err)
+func (c *faultedController) DeleteVolume(ctx context.Context, r *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	return call(ctx, c.f, "DeleteVolume", r, c.ControllerServer.DeleteVolume)
 }
 
-func (c *faulted) DeleteSnapshot(ctx context.Context, r *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	c.arm()
-	resp, err := c.ControllerServer.DeleteSnapshot(ctx, r)
-	return dieIfOK(c, "DeleteSnapshot", resp, err)
+func (c *faultedController) CreateSnapshot(ctx context.Context, r *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	return call(ctx, c.f, "CreateSnapshot", r, c.ControllerServer.CreateSnapshot)
 }
 
-func (c *faulted) ControllerExpandVolume(ctx context.Context, r *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	c.arm()
-	resp, err := c.ControllerServer.ControllerExpandVolume(ctx, r)
-	return dieIfOK(c, "ControllerExpandVolume", resp, err)
+func (c *faultedController) DeleteSnapshot(ctx context.Context, r *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	return call(ctx, c.f, "DeleteSnapshot", r, c.ControllerServer.DeleteSnapshot)
+}
+
+func (c *faultedController) ControllerExpandVolume(ctx context.Context, r *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	return call(ctx, c.f, "ControllerExpandVolume", r, c.ControllerServer.ControllerExpandVolume)
+}
+
+// faultedNode does for the Node calls that change mounts what
+// faultedController does for the Controller's.
+type faultedNode struct {
+	csi.NodeServer
+	f *faultSet
+}
+
+func (n *faultedNode) NodeStageVolume(ctx context.Context, r *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	return call(ctx, n.f, "NodeStageVolume", r, n.NodeServer.NodeStageVolume)
+}
+
+func (n *faultedNode) NodeUnstageVolume(ctx context.Context, r *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	return call(ctx, n.f, "NodeUnstageVolume", r, n.NodeServer.NodeUnstageVolume)
+}
+
+func (n *faultedNode) NodePublishVolume(ctx context.Context, r *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	return call(ctx, n.f, "NodePublishVolume", r, n.NodeServer.NodePublishVolume)
+}
+
+func (n *faultedNode) NodeUnpublishVolume(ctx context.Context, r *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	return call(ctx, n.f, "NodeUnpublishVolume", r, n.NodeServer.NodeUnpublishVolume)
+}
+
+func (n *faultedNode) NodeExpandVolume(ctx context.Context, r *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	return call(ctx, n.f, "NodeExpandVolume", r, n.NodeServer.NodeExpandVolume)
 }

@@ -9,6 +9,7 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,10 +24,18 @@ type Options struct {
 	Dir string
 	// Config is handed to the child's OpenFunc.
 	Config string
-	// Faults are armed once the pool is open.
+	// Faults hit storage commands; they are armed when a mutating
+	// Controller or Node call arrives.
 	Faults []exec.Fault
-	// CrashReply names a Controller method after whose success the child
-	// dies before replying.
+	// RecoveryFaults hit the storage commands of startup recovery: they
+	// are armed while the pool is opened and disarmed before the child
+	// serves. Use StartMayCrash with them.
+	RecoveryFaults []exec.Fault
+	// MountFaults hit mount(8) and umount(8) calls (crash kinds only);
+	// they are armed like Faults. See mountwrap.go.
+	MountFaults []exec.Fault
+	// CrashReply names a Controller or Node method after whose success
+	// the child dies before replying.
 	CrashReply string
 	// Verbosity is klog's -v for the child (its log is kept in Dir).
 	Verbosity int
@@ -44,16 +53,73 @@ type Child struct {
 // Start runs a child and waits until it serves CSI.
 func Start(t testing.TB, o Options) *Child {
 	t.Helper()
+	c, killed, err := launch(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if killed {
+		t.Fatalf("driver child was killed during startup\n%s", c.LogTail())
+	}
+	return c
+}
+
+// StartMayCrash runs a child whose startup may meet an injected crash
+// (RecoveryFaults). It returns the child once it serves CSI, or, if it
+// died of SIGKILL before that, the dead child and true. Any other end of
+// the child fails the test.
+func StartMayCrash(t testing.TB, o Options) (*Child, bool) {
+	t.Helper()
+	c, killed, err := launch(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, killed
+}
+
+// StartAll starts one child per Options at once (each must have its own
+// Dir) and waits until all serve CSI: a test that needs many drivers need
+// not pay for their startups one after another.
+func StartAll(t testing.TB, opts []Options) []*Child {
+	t.Helper()
+	children := make([]*Child, len(opts))
+	errs := make([]error, len(opts))
+	var wg sync.WaitGroup
+	for i, o := range opts {
+		wg.Go(func() {
+			c, killed, err := launch(o)
+			if err == nil && killed {
+				err = fmt.Errorf("driver child was killed during startup\n%s", c.LogTail())
+			}
+			children[i], errs[i] = c, err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, c := range children {
+			if c != nil && !c.Exited() {
+				c.kill()
+			}
+		}
+		t.Fatal(err)
+	}
+	return children
+}
+
+// launch starts a child and waits until it serves CSI or dies. It
+// returns the child and whether it died of SIGKILL; an error means any
+// other failure, after which no child is left running.
+func launch(o Options) (*Child, bool, error) {
 	sock := filepath.Join(o.Dir, "csi.sock")
 	logPath := filepath.Join(o.Dir, "child.log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
-		t.Fatalf("child log: %v", err)
+		return nil, false, fmt.Errorf("child log: %w", err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "=== child start faults=%q crashReply=%q\n", exec.FormatFaults(o.Faults), o.CrashReply)
+	fmt.Fprintf(logf, "=== child start faults=%q recoveryFaults=%q mountFaults=%q crashReply=%q\n",
+		exec.FormatFaults(o.Faults), exec.FormatFaults(o.RecoveryFaults), exec.FormatFaults(o.MountFaults), o.CrashReply)
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("remove old socket: %v", err)
+		return nil, false, fmt.Errorf("remove old socket: %w", err)
 	}
 	cmd := osexec.Command(os.Args[0], fmt.Sprintf("-v=%d", o.Verbosity))
 	cmd.Env = append(os.Environ(),
@@ -61,13 +127,23 @@ func Start(t testing.TB, o Options) *Child {
 		envConfig+"="+o.Config,
 		envEndpoint+"=unix://"+sock,
 		envFaults+"="+exec.FormatFaults(o.Faults),
+		envRecoveryFaults+"="+exec.FormatFaults(o.RecoveryFaults),
+		envMountFaults+"="+exec.FormatFaults(o.MountFaults),
 		envCrashReply+"="+o.CrashReply,
 		// A -race build sleeps 1 s at exit by default; children exit often.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
 	)
+	if len(o.MountFaults) > 0 {
+		env, err := setupMountTool(filepath.Join(o.Dir, "mount-tool"))
+		if err != nil {
+			return nil, false, fmt.Errorf("mount tool stand-ins: %w", err)
+		}
+		// Later entries win: PATH here replaces the inherited one.
+		cmd.Env = append(cmd.Env, env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start driver child: %v", err)
+		return nil, false, fmt.Errorf("start driver child: %w", err)
 	}
 	c := &Child{cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() { c.waitErr = cmd.Wait(); close(c.done) }()
@@ -77,15 +153,18 @@ func Start(t testing.TB, o Options) *Child {
 		if _, err := os.Stat(sock); err == nil {
 			break
 		}
+		if c.Exited() && c.killed() {
+			return c, true, nil
+		}
 		if c.Exited() || time.Now().After(deadline) {
 			c.kill()
-			t.Fatalf("driver child never created its socket (%v)\n%s", c.waitErr, c.LogTail())
+			return nil, false, fmt.Errorf("driver child never created its socket (%v)\n%s", c.waitErr, c.LogTail())
 		}
 	}
 	client, err := csiclient.Dial("unix://" + sock)
 	if err != nil {
 		c.kill()
-		t.Fatalf("dial child: %v", err)
+		return nil, false, fmt.Errorf("dial child: %w", err)
 	}
 	c.Client = client
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -96,13 +175,17 @@ func Start(t testing.TB, o Options) *Child {
 	case err := <-ready:
 		if err != nil {
 			c.kill()
-			t.Fatalf("driver child not ready: %v\n%s", err, c.LogTail())
+			return nil, false, fmt.Errorf("driver child not ready: %w\n%s", err, c.LogTail())
 		}
 	case <-c.done:
 		cancel()
-		t.Fatalf("driver child exited during startup (%v)\n%s", c.waitErr, c.LogTail())
+		client.Close()
+		if c.killed() {
+			return c, true, nil
+		}
+		return nil, false, fmt.Errorf("driver child exited during startup (%v)\n%s", c.waitErr, c.LogTail())
 	}
-	return c
+	return c, false, nil
 }
 
 // Stop ends a child gracefully and insists it exits cleanly.
@@ -136,6 +219,11 @@ func (c *Child) WaitKilled(t testing.TB) bool {
 		c.kill()
 		t.Fatalf("driver child did not crash within 30s\n%s", c.LogTail())
 	}
+	return c.killed()
+}
+
+// killed reports whether the ended child died of SIGKILL.
+func (c *Child) killed() bool {
 	var ee *osexec.ExitError
 	if errors.As(c.waitErr, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {

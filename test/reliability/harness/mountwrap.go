@@ -1,0 +1,192 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/csi-thin/csi-thin/pkg/exec"
+)
+
+// The Node service mounts through k8s.io/mount-utils, which runs mount(8)
+// and umount(8) itself rather than through exec.Runner, and one of its
+// bind mounts is two mount(8) calls (bind, then remount with the options).
+// To crash between any two of them, a child started with MountFaults gets
+// a directory first on its PATH in which "mount" and "umount" are this
+// test binary: MaybeServe recognises the name it was called by and stands
+// in for the tool. Unarmed, it execs the real tool; armed, it counts the
+// call in a file (each call is a new process) and at the faulted step
+// SIGKILLs the driver before or after running the real tool. Neither the
+// driver nor mount-utils is changed.
+const (
+	envMountDir   = "CSI_THIN_RELIABILITY_MOUNT_DIR" // the stand-in's state: faults, calls, bin/
+	envRealMount  = "CSI_THIN_RELIABILITY_REAL_MOUNT"
+	envRealUmount = "CSI_THIN_RELIABILITY_REAL_UMOUNT"
+	envDriverPID  = "CSI_THIN_RELIABILITY_DRIVER_PID" // set by the driver child on itself
+)
+
+var realToolEnv = map[string]string{"mount": envRealMount, "umount": envRealUmount}
+
+// setupMountTool prepares the stand-ins in dir and returns the
+// environment a child needs to run them in place of the real tools.
+func setupMountTool(dir string) ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("test binary: %w", err)
+	}
+	bin := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o700); err != nil {
+		return nil, err
+	}
+	// State of an earlier child must not arm this one: its startup
+	// probes (mount-utils runs umount once to learn its behaviour) must
+	// reach the real tool uncounted.
+	for _, f := range []string{"faults", "calls"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	env := []string{envMountDir + "=" + dir, "PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}
+	for tool, key := range realToolEnv {
+		real, err := osexec.LookPath(tool)
+		if err != nil {
+			return nil, fmt.Errorf("real %s: %w", tool, err)
+		}
+		link := filepath.Join(bin, tool)
+		if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		if err := os.Symlink(exe, link); err != nil {
+			return nil, err
+		}
+		env = append(env, key+"="+real)
+	}
+	return env, nil
+}
+
+// armMountTool runs in the driver child when a mutating call arrives: the
+// stand-ins count from the next call on.
+func armMountTool(faults []exec.Fault) error {
+	dir := os.Getenv(envMountDir)
+	if dir == "" {
+		return errors.New("mount faults given but no mount tool stand-in is installed")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "calls"), nil, 0o600); err != nil {
+		return fmt.Errorf("reset mount call count: %w", err)
+	}
+	tmp := filepath.Join(dir, "faults.tmp")
+	if err := os.WriteFile(tmp, []byte(exec.FormatFaults(faults)), 0o600); err != nil {
+		return fmt.Errorf("arm mount faults: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dir, "faults"))
+}
+
+// MountCalls returns the mount(8)/umount(8) command lines the stand-ins
+// of the child started in dir saw since the last call armed them.
+func MountCalls(dir string) []string {
+	b, _ := os.ReadFile(filepath.Join(dir, "mount-tool", "calls"))
+	return lines(b)
+}
+
+func lines(b []byte) []string {
+	s := strings.TrimSuffix(string(b), "\n")
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+func maybeBeMountTool() {
+	dir := os.Getenv(envMountDir)
+	tool := filepath.Base(os.Args[0])
+	if dir == "" || realToolEnv[tool] == "" {
+		return
+	}
+	os.Exit(runMountTool(dir, tool, os.Args[1:]))
+}
+
+// mountFailure is mount(8)'s exit status for "mount failure".
+const mountFailure = 32
+
+func runMountTool(dir, tool string, args []string) int {
+	real := os.Getenv(realToolEnv[tool])
+	fault, hit, err := countMountCall(dir, strings.Join(append([]string{tool}, args...), " "))
+	if err != nil || real == "" {
+		fmt.Fprintf(os.Stderr, "%s stand-in: real tool %q: %v\n", tool, real, err)
+		return mountFailure
+	}
+	if !hit {
+		err := syscall.Exec(real, append([]string{real}, args...), os.Environ())
+		fmt.Fprintf(os.Stderr, "%s stand-in: exec %s: %v\n", tool, real, err)
+		return mountFailure
+	}
+	switch fault.Kind {
+	case exec.FaultCrashBefore:
+		killDriver()
+		return mountFailure
+	case exec.FaultCrashAfter:
+		cmd := osexec.Command(real, args...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		err := cmd.Run()
+		killDriver()
+		if err != nil {
+			var ee *osexec.ExitError
+			if errors.As(err, &ee) {
+				return ee.ExitCode()
+			}
+			return mountFailure
+		}
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "%s stand-in: fault kind %q is not supported for mount tools\n", tool, fault.Kind)
+	return mountFailure
+}
+
+// countMountCall appends line to the calls since arming, under a lock,
+// and returns the fault it triggers. Unarmed (no faults file), nothing is
+// counted.
+func countMountCall(dir, line string) (exec.Fault, bool, error) {
+	spec, err := os.ReadFile(filepath.Join(dir, "faults"))
+	if errors.Is(err, os.ErrNotExist) {
+		return exec.Fault{}, false, nil
+	}
+	if err != nil {
+		return exec.Fault{}, false, err
+	}
+	faults, err := exec.ParseFaults(string(spec))
+	if err != nil {
+		return exec.Fault{}, false, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "calls"), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		return exec.Fault{}, false, err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return exec.Fault{}, false, fmt.Errorf("lock call count: %w", err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return exec.Fault{}, false, err
+	}
+	if _, err := f.WriteString(line + "\n"); err != nil {
+		return exec.Fault{}, false, err
+	}
+	fault, hit := exec.Triggered(faults, append(lines(b), line))
+	return fault, hit, nil
+}
+
+// killDriver delivers the crash to the driver child that ran this tool.
+func killDriver() {
+	pid, err := strconv.Atoi(os.Getenv(envDriverPID))
+	if err != nil {
+		pid = os.Getppid()
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+}
