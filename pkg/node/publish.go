@@ -47,6 +47,11 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, status.Errorf(codes.Internal, "check target %s: %v", target, err)
 	}
 	if mounted {
+		// finishBind passes on only the per-mount flags it knows by name,
+		// so the capability's flags need no allow-list check here.
+		if err := s.finishBind(id, target, append(opts, vc.GetMount().GetMountFlags()...)); err != nil {
+			return nil, err
+		}
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
 

@@ -52,6 +52,11 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Internal, "check staging path %s: %v", staging, err)
 	}
 	if mounted {
+		if !target.IsDevice {
+			if err := s.finishBind(id, staging, flags); err != nil {
+				return nil, err
+			}
+		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
