@@ -294,25 +294,34 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 	if err := p.markDeleting(id); err != nil {
 		return err
 	}
+	// Only the call that commits the delete stops counting the volume: a
+	// retry, or recovery, finds the record already in the marker.
 	if rec != nil && rec.Volume != nil {
 		p.provisioned.Add(-rec.Volume.SizeBytes)
+	}
+	marked, err := p.readRecordOrMarker(id)
+	if err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return err
 	}
 	if _, statErr := os.Lstat(path); statErr == nil {
 		if err := p.cli.deleteSubvolume(ctx, path); err != nil {
 			return fmt.Errorf("delete subvolume %s: %w", id, classify(err))
 		}
 	}
-	if err := p.forgetDeleting(id); err != nil {
-		return err
-	}
-	if rec != nil && rec.SubvolumeID != 0 {
-		// The qgroup outlives its subvolume until the cleaner has run;
-		// failing to destroy it now is harmless (Open clears stale ones).
-		if err := p.cli.destroyQgroup(ctx, rec.SubvolumeID, p.mountPath); err != nil {
+	if marked != nil && marked.SubvolumeID != 0 {
+		// Before the marker goes, so that a crash here leaves recovery the
+		// qgroup's ID. Best effort: until the cleaner has dropped the
+		// subvolume the kernel may refuse, and newer kernels remove a
+		// deleted subvolume's qgroup themselves; a leftover is an empty
+		// qgroup 0/<id> that charges nothing.
+		if err := p.cli.destroyQgroup(ctx, marked.SubvolumeID, p.mountPath); err != nil {
 			klog.V(4).InfoS("qgroup not destroyed yet", "volumeID", id, "err", err)
 		}
 	}
-	if rec != nil {
+	if err := p.forgetDeleting(id); err != nil {
+		return err
+	}
+	if marked != nil {
 		klog.InfoS("btrfs object deleted", "volumeID", id)
 	}
 	return nil

@@ -23,7 +23,31 @@ type record struct {
 const (
 	metaSuffix     = ".json"
 	deletingSuffix = ".json.deleting"
+	tmpSuffix      = ".json.tmp"
 )
+
+// readRecordOrMarker reads the committed record of id, or, once its delete
+// has been committed, the record kept in its delete marker: a delete that
+// recovery finishes still needs it (the qgroup to destroy, the size to
+// stop counting).
+func (p *Pool) readRecordOrMarker(id string) (*record, error) {
+	rec, err := p.readRecord(id)
+	if !errors.Is(err, backend.ErrNotFound) {
+		return rec, err
+	}
+	b, mErr := os.ReadFile(filepath.Join(p.base, "meta", id+deletingSuffix))
+	if errors.Is(mErr, os.ErrNotExist) {
+		return nil, err
+	}
+	if mErr != nil {
+		return nil, fmt.Errorf("read delete marker of %s: %w", id, mErr)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("parse delete marker of %s: %w", id, err)
+	}
+	return &r, nil
+}
 
 func (p *Pool) metaPath(id string) string { return filepath.Join(p.base, "meta", id+metaSuffix) }
 
@@ -50,7 +74,7 @@ func (p *Pool) writeRecord(id string, r *record) error {
 		return fmt.Errorf("encode record of %s: %w", id, err)
 	}
 	dst := p.metaPath(id)
-	tmp := dst + ".tmp"
+	tmp := filepath.Join(p.base, "meta", id+tmpSuffix)
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("write record of %s: %w", id, err)

@@ -44,8 +44,12 @@ func (p *Pool) recover(ctx context.Context) error {
 	for _, e := range metas {
 		name := e.Name()
 		switch {
-		case strings.HasSuffix(name, ".tmp"):
-			os.Remove(filepath.Join(p.base, "meta", name))
+		case strings.HasSuffix(name, tmpSuffix):
+			// A record torn by a crash in writeRecord: its rename never
+			// happened, so no reader ever saw it. Only our own names.
+			if id := strings.TrimSuffix(name, tmpSuffix); backend.IsVolumeID(id) || backend.IsSnapshotID(id) {
+				os.Remove(filepath.Join(p.base, "meta", name))
+			}
 		case strings.HasSuffix(name, deletingSuffix):
 			id := strings.TrimSuffix(name, deletingSuffix)
 			path := p.volumePath(id)
