@@ -110,14 +110,57 @@ func TestRestoreLargerIsTwoSteps(t *testing.T) {
 		t.Errorf("commands:\n%s", strings.Join(m, "\n"))
 	}
 
-	_, err = b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("small"), RequiredBytes: 128 << 20, Source: src})
-	if !errors.Is(err, backend.ErrOutOfRange) {
-		t.Errorf("restore smaller than its snapshot: %v, want ErrOutOfRange", err)
+	small, err := b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("small"), RequiredBytes: 128 << 20, Source: src})
+	if err != nil || small.SizeBytes != 256<<20 {
+		t.Errorf("restore asked smaller than its snapshot = %+v, %v; want the snapshot's 256 MiB", small, err)
 	}
 	_, err = b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("half"),
 		Source: backend.Source{Kind: backend.SourceVolume, ID: fixtureClone}})
 	if !errors.Is(err, backend.ErrNotFound) {
 		t.Errorf("clone of a half-made volume: %v, want ErrNotFound", err)
+	}
+}
+
+// TestCopySizes: a clone or restore gets max(required, source size),
+// rounded to extents, and is OutOfRange only when its limit is below the
+// source's size (the rule btrfs applies too, backend.ResolveSize).
+func TestCopySizes(t *testing.T) {
+	src := backend.Source{Kind: backend.SourceSnapshot, ID: fixtureSnap} // 256 MiB
+	for _, tc := range []struct {
+		name            string
+		required, limit int64
+		want            int64
+		err             error
+	}{
+		{"nothing asked", 0, 0, 256 << 20, nil},
+		{"less asked", 128 << 20, 0, 256 << 20, nil},
+		{"one byte less than the source", 256<<20 - 1, 0, 256 << 20, nil},
+		{"less asked, limit at the source's size", 128 << 20, 256 << 20, 256 << 20, nil},
+		{"more asked, rounded up to the extent", 300<<20 + 1, 0, 304 << 20, nil},
+		{"limit below the source", 128 << 20, 200 << 20, 0, backend.ErrOutOfRange},
+		{"limit below the source, nothing asked", 0, 255 << 20, 0, backend.ErrOutOfRange},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, f := fakeBackend(t, string(readFixture(t, "lvs-vg.json")))
+			f.On("lvm lvcreate", "", 0, "")
+			f.On("lvm lvextend", "", 0, "")
+			f.On("lvm lvchange", "", 0, "")
+			vol, err := b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("c"),
+				RequiredBytes: tc.required, LimitBytes: tc.limit, Source: src})
+			switch {
+			case tc.err != nil:
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err = %v, want %v", err, tc.err)
+				}
+				if m := mutations(f); len(m) != 0 {
+					t.Errorf("ran %q for a refused copy", m)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case vol.SizeBytes != tc.want:
+				t.Errorf("size %d, want %d", vol.SizeBytes, tc.want)
+			}
+		})
 	}
 }
 

@@ -176,19 +176,20 @@ func (st *poolState) source(s backend.Source) (*LV, error) {
 }
 
 // resolveSize applies the capacity range. A copy is never smaller than its
-// source (a thin snapshot cannot shrink): asking for less is OutOfRange,
-// asking for nothing gets the source's size.
+// source (a thin snapshot cannot shrink): it gets at least the source's
+// size, whatever less was required, and is OutOfRange only when the
+// limit is below that. This is backend.ResolveSize's rule with the source
+// as the minimum, as on btrfs, so both backends size copies alike.
 func (b *Backend) resolveSize(req backend.VolumeRequest, src *LV) (int64, error) {
 	def, minimum := b.cfg.DefaultVolumeBytes, int64(0)
 	if src != nil {
 		def, minimum = src.Size, src.Size
-		if req.RequiredBytes > 0 && req.RequiredBytes < src.Size {
-			return 0, fmt.Errorf("volume %s: %d bytes requested, source %s has %d: %w",
-				req.ID, req.RequiredBytes, src.Name, src.Size, backend.ErrOutOfRange)
-		}
 	}
 	size, err := backend.ResolveSize(req.RequiredBytes, req.LimitBytes, def, minimum, b.extentSize)
 	if err != nil {
+		if src != nil {
+			return 0, fmt.Errorf("volume %s from %s (%d bytes): %w", req.ID, src.Name, src.Size, err)
+		}
 		return 0, fmt.Errorf("volume %s: %w", req.ID, err)
 	}
 	return size, nil

@@ -59,12 +59,21 @@ func TestSnapshotRestoreClone(t *testing.T) {
 	t.Run("restore-larger", func(t *testing.T) {
 		id := volID(t, "restore")
 		fromSnap := backend.Source{Kind: backend.SourceSnapshot, ID: snap}
-		_, err := b.CreateVolume(c, backend.VolumeRequest{ID: volID(t, "small"), RequiredBytes: 256 * backend.MiB, Source: fromSnap})
-		wantErr(t, err, backend.ErrOutOfRange, "restore smaller than the snapshot")
+		// Less than the snapshot asked: the restore gets the snapshot's
+		// size (as on btrfs); only a limit below that is out of range.
+		small := volID(t, "small")
+		vol, err := b.CreateVolume(c, backend.VolumeRequest{ID: small, RequiredBytes: 256 * backend.MiB, Source: fromSnap})
+		if err != nil || vol.SizeBytes != 512*backend.MiB {
+			t.Fatalf("restore asked smaller than the snapshot = %+v, %v; want the snapshot's 512 MiB", vol, err)
+		}
+		t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), small) })
+		_, err = b.CreateVolume(c, backend.VolumeRequest{ID: volID(t, "limited"), RequiredBytes: 256 * backend.MiB,
+			LimitBytes: 384 * backend.MiB, Source: fromSnap})
+		wantErr(t, err, backend.ErrOutOfRange, "restore limited below the snapshot's size")
 		_, err = b.CreateVolume(c, backend.VolumeRequest{ID: volID(t, "none"), Source: backend.Source{Kind: backend.SourceSnapshot, ID: snapID(t, "none")}})
 		wantErr(t, err, backend.ErrNotFound, "restore of a missing snapshot")
 
-		vol, err := b.CreateVolume(c, backend.VolumeRequest{ID: id, RequiredBytes: 768 * backend.MiB, Source: fromSnap})
+		vol, err = b.CreateVolume(c, backend.VolumeRequest{ID: id, RequiredBytes: 768 * backend.MiB, Source: fromSnap})
 		if err != nil {
 			t.Fatalf("restore: %v", err)
 		}
