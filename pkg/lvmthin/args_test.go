@@ -16,7 +16,7 @@ func TestArgv(t *testing.T) {
 		want string
 	}{
 		{"lvs", lvsArgs("vg/v-1", "vg/pool"),
-			"lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,lv_tags,data_percent,metadata_percent,lv_health_status,segtype,lv_when_full,discards,chunk_size,lv_time vg/v-1 vg/pool"},
+			"lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,lv_tags,data_percent,metadata_percent,lv_health_status,segtype,lv_when_full,discards,chunk_size,lv_time,vg_extent_size vg/v-1 vg/pool"},
 		{"vgs", vgsArgs("vg"),
 			"vgs --reportformat json --units b --nosuffix -o vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_free_count,vg_attr,vg_tags vg"},
 		{"pvs", pvsArgs("/dev/vda"), "pvs --reportformat json --units b --nosuffix -o pv_name,vg_name,pv_size /dev/vda"},

@@ -37,10 +37,11 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{cfg: cfg, lvm: newLVM(cfg.Runner, cfg.LVMConfig)}
-	if err := b.ensurePool(ctx); err != nil {
+	all, err := b.ensurePool(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("lvmthin: %w", err)
 	}
-	if err := b.removeHalfMade(ctx); err != nil {
+	if err := b.removeHalfMade(ctx, all); err != nil {
 		return nil, fmt.Errorf("lvmthin: %w", err)
 	}
 	klog.InfoS("LVM thin pool ready", "pool", b.poolPath(), "node", cfg.NodeName, "extentBytes", b.extentSize)
@@ -61,19 +62,19 @@ func (b *Backend) PoolPath() string { return b.poolPath() }
 
 func (b *Backend) poolPath() string { return lvPath(b.cfg.VG, b.cfg.ThinPool) }
 
-// removeHalfMade deletes our LVs still tagged creating: a create was
-// interrupted between lvcreate and its last step. The CO retries the
-// create, which then starts clean. Only LVs that carry our ownership tag
-// and live in our pool are touched.
-func (b *Backend) removeHalfMade(ctx context.Context) error {
-	st, err := b.scan(ctx)
+// removeHalfMade deletes our half-made LVs (see lvMeta), found in the
+// report start-up already has: a create was interrupted between lvcreate
+// and its last step. The CO retries the create, which then starts clean.
+// Only LVs that carry our ownership tag and live in our pool are touched.
+func (b *Backend) removeHalfMade(ctx context.Context, all []LV) error {
+	st, err := b.stateOf(all)
 	if err != nil {
 		return err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, lv := range st.lvs {
-		m := decodeTags(lv.Tags)
+		m := lvMeta(lv)
 		if !m.Owned || !m.Creating {
 			continue
 		}

@@ -3,6 +3,8 @@ package lvmthin
 import (
 	"context"
 	"errors"
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -13,7 +15,7 @@ import (
 // Backend flows on exec.Fake, scripted with the captured reports: the
 // exact LVM commands each call runs, and the ones it must not run.
 
-const lvsPrefix = "lvm lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,lv_tags,data_percent,metadata_percent,lv_health_status,segtype,lv_when_full,discards,chunk_size,lv_time"
+const lvsPrefix = "lvm lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,lv_tags,data_percent,metadata_percent,lv_health_status,segtype,lv_when_full,discards,chunk_size,lv_time,vg_extent_size"
 
 func fakeBackend(t *testing.T, vgReport string) (*Backend, *exec.Fake) {
 	t.Helper()
@@ -90,34 +92,116 @@ func TestCreateVolumeRefusesForeignLV(t *testing.T) {
 	}
 }
 
-func TestRestoreLargerIsTwoSteps(t *testing.T) {
-	b, f := fakeBackend(t, string(readFixture(t, "lvs-vg.json")))
-	f.On("lvm lvcreate", "", 0, "")
-	f.On("lvm lvextend", "", 0, "")
-	f.On("lvm lvchange", "", 0, "")
-	id := backend.VolumeIDFor("restore")
-	src := backend.Source{Kind: backend.SourceSnapshot, ID: fixtureSnap}
-	vol, err := b.CreateVolume(context.Background(), backend.VolumeRequest{ID: id, RequiredBytes: 512 << 20, Source: src})
-	if err != nil || vol.SizeBytes != 512<<20 || vol.Source != src {
-		t.Fatalf("restore = %+v, %v", vol, err)
-	}
-	m := mutations(f)
-	if len(m) != 3 ||
-		!strings.HasPrefix(m[0], "lvm lvcreate --snapshot --name "+id+" --permission rw --setactivationskip n --activate n ") ||
-		!strings.Contains(m[0], "--addtag csi-thin.io/creating") || !strings.HasSuffix(m[0], " vgcap/"+fixtureSnap) ||
-		m[1] != "lvm lvextend --size 536870912b vgcap/"+id ||
-		m[2] != "lvm lvchange --deltag csi-thin.io/creating vgcap/"+id {
-		t.Errorf("commands:\n%s", strings.Join(m, "\n"))
-	}
+// withExtent adds vg_extent_size, which lvs prints on every row since
+// start-up reads the extent size from it, to a fixture captured before.
+func withExtent(report string) string {
+	return strings.ReplaceAll(report, `"lv_time":`, `"vg_extent_size":"4194304", "lv_time":`)
+}
 
-	small, err := b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("small"), RequiredBytes: 128 << 20, Source: src})
-	if err != nil || small.SizeBytes != 256<<20 {
-		t.Errorf("restore asked smaller than its snapshot = %+v, %v; want the snapshot's 256 MiB", small, err)
+// growingClone turns the fixture's half-made clone (legacy creating tag,
+// 256 MiB) into one made by this version: a restore to 512 MiB whose
+// lvextend has not run.
+func growingClone(report string) string {
+	return strings.Replace(report, "csi-thin.io/creating,", "csi-thin.io/grow=268435456:536870912,", 1)
+}
+
+var createdTag = regexp.MustCompile(`csi-thin\.io/created=[0-9]+`)
+
+// TestCommandSequences is the exact list of commands, reports included,
+// that each mutating call runs: every LVM command costs ~0.45 s under
+// emulation, so one more is a regression this test must catch.
+func TestCommandSequences(t *testing.T) {
+	const (
+		lvsVG   = lvsPrefix + " vgcap"
+		created = "csi-thin.io/created=N"
+		ownVol  = "--addtag csi-thin.io/owned --addtag csi-thin.io/kind=volume"
+		mount   = "--addtag csi-thin.io/access=mount --addtag " + created
+	)
+	newID, copyID, snapID := backend.VolumeIDFor("new"), backend.VolumeIDFor("copy"), backend.SnapshotIDFor("snap")
+	fromVol := backend.Source{Kind: backend.SourceVolume, ID: fixtureVol}
+	fromSnap := backend.Source{Kind: backend.SourceSnapshot, ID: fixtureSnap}
+	clone := "lvm lvcreate --snapshot --name " + copyID + " --permission rw --setactivationskip n --activate n " + ownVol
+	create := func(req backend.VolumeRequest, wantSize int64) func(*Backend) error {
+		return func(b *Backend) error {
+			v, err := b.CreateVolume(context.Background(), req)
+			if err == nil && v.SizeBytes != wantSize {
+				err = fmt.Errorf("size %d, want %d", v.SizeBytes, wantSize)
+			}
+			return err
+		}
 	}
-	_, err = b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("half"),
-		Source: backend.Source{Kind: backend.SourceVolume, ID: fixtureClone}})
-	if !errors.Is(err, backend.ErrNotFound) {
-		t.Errorf("clone of a half-made volume: %v, want ErrNotFound", err)
+	for _, tc := range []struct {
+		name   string
+		report func(string) string
+		call   func(*Backend) error
+		want   []string
+	}{
+		{name: "new volume", call: create(backend.VolumeRequest{ID: newID, RequiredBytes: 100 << 20}, 100<<20),
+			want: []string{lvsVG, "lvm lvcreate --type thin --virtualsize 104857600b --thinpool pool --name " + newID + " " + ownVol + " " + mount + " vgcap"}},
+		{name: "clone at the source's size", call: create(backend.VolumeRequest{ID: copyID, Source: fromVol}, 256<<20),
+			want: []string{lvsVG, clone + " --addtag csi-thin.io/source=volume:" + fixtureVol + " " + mount + " vgcap/" + fixtureVol}},
+		{name: "clone asked smaller than its source gets the source's size",
+			call: create(backend.VolumeRequest{ID: copyID, RequiredBytes: 100 << 20, Source: fromVol}, 256<<20),
+			want: []string{lvsVG, clone + " --addtag csi-thin.io/source=volume:" + fixtureVol + " " + mount + " vgcap/" + fixtureVol}},
+		{name: "restore larger than its snapshot: lvcreate records the growth, lvextend completes it",
+			call: create(backend.VolumeRequest{ID: copyID, RequiredBytes: 512 << 20, Source: fromSnap}, 512<<20),
+			want: []string{lvsVG,
+				clone + " --addtag csi-thin.io/grow=268435456:536870912 --addtag csi-thin.io/source=snapshot:" + fixtureSnap + " " + mount + " vgcap/" + fixtureSnap,
+				"lvm lvextend --size 536870912b vgcap/" + copyID}},
+		{name: "snapshot", call: func(b *Backend) error {
+			_, err := b.CreateSnapshot(context.Background(), backend.SnapshotRequest{ID: snapID, SourceVolumeID: fixtureVol})
+			return err
+		}, want: []string{lvsVG, "lvm lvcreate --snapshot --name " + snapID + " --permission r --setactivationskip y " +
+			"--addtag csi-thin.io/owned --addtag csi-thin.io/kind=snapshot --addtag csi-thin.io/source=volume:" + fixtureVol + " --addtag " + created + " vgcap/" + fixtureVol}},
+		{name: "expand, not read back", call: func(b *Backend) error {
+			v, err := b.ExpandVolume(context.Background(), fixtureVol, 300<<20)
+			if err == nil && (v.SizeBytes != 300<<20 || v.Name != "pvc-one") {
+				err = fmt.Errorf("expanded volume %+v", v)
+			}
+			return err
+		}, want: []string{lvsVG, "lvm lvextend --size 314572800b vgcap/" + fixtureVol}},
+		{name: "delete", call: func(b *Backend) error { return b.DeleteVolume(context.Background(), fixtureVol) },
+			want: []string{lvsPrefix + " vgcap/" + fixtureVol, "lvm lvremove --yes vgcap/" + fixtureVol}},
+		{name: "retry completes a pending grow with its lvextend", report: growingClone,
+			call: create(backend.VolumeRequest{ID: fixtureClone, RequiredBytes: 512 << 20, Source: fromSnap}, 512<<20),
+			want: []string{lvsVG, "lvm lvextend --size 536870912b vgcap/" + fixtureClone}},
+		{name: "retry at the source's size replaces a pending grow", report: growingClone,
+			call: create(backend.VolumeRequest{ID: fixtureClone, Source: fromSnap}, 256<<20),
+			want: []string{lvsVG, "lvm lvremove --yes vgcap/" + fixtureClone,
+				"lvm lvcreate --snapshot --name " + fixtureClone + " --permission rw --setactivationskip n --activate n " + ownVol +
+					" --addtag csi-thin.io/source=snapshot:" + fixtureSnap + " " + mount + " vgcap/" + fixtureSnap}},
+		{name: "retry completes an LV half made by an earlier version",
+			call: create(backend.VolumeRequest{ID: fixtureClone, RequiredBytes: 512 << 20, Source: fromSnap}, 512<<20),
+			want: []string{lvsVG, "lvm lvextend --size 536870912b vgcap/" + fixtureClone,
+				"lvm lvchange --deltag csi-thin.io/creating vgcap/" + fixtureClone}},
+		{name: "start-up on an existing pool: one lvs, then recovery", report: withExtent,
+			call: func(b *Backend) error {
+				_, err := New(context.Background(), b.cfg)
+				return err
+			},
+			want: []string{lvsVG, "lvm lvremove --yes vgcap/" + fixtureClone}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			report := string(readFixture(t, "lvs-vg.json"))
+			if tc.report != nil {
+				report = tc.report(report)
+			}
+			b, f := fakeBackend(t, report)
+			f.On(lvsPrefix+" vgcap/", report, 0, "")
+			for _, cmd := range []string{"lvcreate", "lvextend", "lvchange", "lvremove"} {
+				f.On("lvm "+cmd, "", 0, "")
+			}
+			if err := tc.call(b); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range f.Lines() {
+				got = append(got, createdTag.ReplaceAllString(l, created))
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
 	}
 }
 
@@ -144,7 +228,6 @@ func TestCopySizes(t *testing.T) {
 			b, f := fakeBackend(t, string(readFixture(t, "lvs-vg.json")))
 			f.On("lvm lvcreate", "", 0, "")
 			f.On("lvm lvextend", "", 0, "")
-			f.On("lvm lvchange", "", 0, "")
 			vol, err := b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("c"),
 				RequiredBytes: tc.required, LimitBytes: tc.limit, Source: src})
 			switch {
@@ -161,6 +244,34 @@ func TestCopySizes(t *testing.T) {
 				t.Errorf("size %d, want %d", vol.SizeBytes, tc.want)
 			}
 		})
+	}
+}
+
+func TestHalfMadeIsHidden(t *testing.T) {
+	for name, report := range map[string]string{
+		"legacy creating tag": string(readFixture(t, "lvs-vg.json")),
+		"pending grow":        growingClone(string(readFixture(t, "lvs-vg.json"))),
+	} {
+		t.Run(name, func(t *testing.T) {
+			b, f := fakeBackend(t, report)
+			f.On(lvsPrefix+" vgcap/", report, 0, "")
+			if _, err := b.GetVolume(context.Background(), fixtureClone); !errors.Is(err, backend.ErrNotFound) {
+				t.Errorf("GetVolume of a half-made LV: %v, want ErrNotFound", err)
+			}
+			_, err := b.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("half"),
+				Source: backend.Source{Kind: backend.SourceVolume, ID: fixtureClone}})
+			if !errors.Is(err, backend.ErrNotFound) {
+				t.Errorf("clone of a half-made volume: %v, want ErrNotFound", err)
+			}
+		})
+	}
+	// Once extended, the same tags describe a whole volume.
+	done := strings.Replace(growingClone(string(readFixture(t, "lvs-vg.json"))),
+		`"lv_size":"268435456", "pool_lv":"pool", "origin":"s-`, `"lv_size":"536870912", "pool_lv":"pool", "origin":"s-`, 1)
+	b, _ := fakeBackend(t, done)
+	vols, err := b.ListVolumes(context.Background())
+	if err != nil || len(vols) != 2 || vols[1].ID != fixtureClone || vols[1].SizeBytes != 512<<20 {
+		t.Errorf("ListVolumes after the grow = %v, %v", vols, err)
 	}
 }
 
@@ -222,7 +333,11 @@ func TestHalfMadeHiddenAndRemovedAtStart(t *testing.T) {
 	if err != nil || len(snaps) != 1 || snaps[0].SourceVolumeID != fixtureVol || !snaps[0].ReadyToUse {
 		t.Fatalf("ListSnapshots = %v, %v", snaps, err)
 	}
-	if err := b.removeHalfMade(context.Background()); err != nil {
+	all, err := ParseLVs([]byte(withExtent(string(readFixture(t, "lvs-vg.json")))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.removeHalfMade(context.Background(), all); err != nil {
 		t.Fatal(err)
 	}
 	if m := mutations(f); len(m) != 1 || m[0] != "lvm lvremove --yes vgcap/"+fixtureClone {
@@ -232,6 +347,7 @@ func TestHalfMadeHiddenAndRemovedAtStart(t *testing.T) {
 
 func TestNewBootstrapsBlankDevice(t *testing.T) {
 	f := &exec.Fake{}
+	f.On("lvm lvs", "", 5, "  Volume group \"vgcap\" not found\n  Cannot process volume group vgcap")
 	f.On("lvm vgs", "", 5, `  Volume group "vgcap" not found`)
 	f.On("lvm pvs", "", 5, `  Failed to find physical volume "/dev/vdb".`)
 	f.On("blkid", "", 2, "")
@@ -244,11 +360,12 @@ func TestNewBootstrapsBlankDevice(t *testing.T) {
 		t.Fatal("expected an error from the scripted vgs")
 	}
 	want := []string{
-		"lvm vgs --reportformat json --units b --nosuffix -o vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_free_count,vg_attr,vg_tags vgcap",
+		lvsPrefix + " vgcap",
 		"lvm pvs --reportformat json --units b --nosuffix -o pv_name,vg_name,pv_size /dev/vdb",
 		"blkid --probe --output export /dev/vdb",
 		"lvm pvcreate /dev/vdb",
 		"lvm vgcreate --addtag csi-thin.io/owned vgcap /dev/vdb",
+		"lvm vgs --reportformat json --units b --nosuffix -o vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_free_count,vg_attr,vg_tags vgcap",
 	}
 	got := f.Lines()
 	if len(got) < len(want) || strings.Join(got[:len(want)], "\n") != strings.Join(want, "\n") {
@@ -258,7 +375,7 @@ func TestNewBootstrapsBlankDevice(t *testing.T) {
 
 func TestNewRefusesDeviceWithSignature(t *testing.T) {
 	f := &exec.Fake{}
-	f.On("lvm vgs", "", 5, `  Volume group "vgcap" not found`)
+	f.On("lvm lvs", "", 5, `  Volume group "vgcap" not found`)
 	f.On("lvm pvs", "", 5, `  Failed to find physical volume "/dev/vdb".`)
 	f.On("blkid", "DEVNAME=/dev/vdb\nUUID=1234\nTYPE=ext4\n", 0, "")
 	_, err := New(context.Background(), Config{VG: "vgcap", Devices: []string{"/dev/vdb"}, Runner: f})

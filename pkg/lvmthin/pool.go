@@ -31,63 +31,82 @@ const (
 	metadataRatio = 256
 )
 
-// ensurePool makes VG/ThinPool exist and be active.
-func (b *Backend) ensurePool(ctx context.Context) error {
+// ensurePool makes VG/ThinPool exist and be active, and returns every LV
+// of the VG from the last lvs it ran. On the usual start (VG and pool
+// exist) that lvs is the only LVM command: it carries the pool's state,
+// the VG's extent size and the LVs start-up recovery looks at, which
+// used to take a vgs, an lvs of the pool and an lvs of the VG.
+func (b *Backend) ensurePool(ctx context.Context) ([]LV, error) {
 	devices := b.cfg.Devices
 	if b.cfg.LoopFile != "" {
 		dev, err := b.attachLoop(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		b.loopDevice = dev
 		devices = []string{dev}
 	}
 	bootstrap := len(devices) > 0
 
-	vg, err := b.lvm.vg(ctx, b.cfg.VG)
+	all, err := b.lvm.lvs(ctx, b.cfg.VG)
 	switch {
-	case errors.Is(err, backend.ErrNotFound) && bootstrap:
+	case err != nil && vgNotFound.MatchString(exec.StderrOf(err)) && bootstrap:
 		if err := b.createVG(ctx, devices); err != nil {
-			return err
+			return nil, err
 		}
-		if vg, err = b.lvm.vg(ctx, b.cfg.VG); err != nil {
-			return fmt.Errorf("volume group %s after vgcreate: %w", b.cfg.VG, err)
-		}
-	case errors.Is(err, backend.ErrNotFound):
-		return fmt.Errorf("volume group %s does not exist and no devices are configured to create it: %w", b.cfg.VG, backend.ErrUnavailable)
+		all = nil
+	case err != nil && vgNotFound.MatchString(exec.StderrOf(err)):
+		return nil, fmt.Errorf("volume group %s does not exist and no devices are configured to create it: %w", b.cfg.VG, backend.ErrUnavailable)
 	case err != nil:
-		return fmt.Errorf("volume group %s: %w", b.cfg.VG, err)
+		return nil, fmt.Errorf("volume group %s: %w", b.cfg.VG, err)
 	}
-	b.extentSize = vg.ExtentSize
 
-	pools, err := b.lvm.lvs(ctx, lvPath(b.cfg.VG, b.cfg.ThinPool))
-	switch {
-	case errors.Is(err, backend.ErrNotFound) && bootstrap:
+	pool := findLV(all, b.cfg.ThinPool)
+	if pool == nil {
+		if !bootstrap {
+			return nil, fmt.Errorf("thin pool %s does not exist and no devices are configured to create it: %w", b.poolPath(), backend.ErrUnavailable)
+		}
+		vg, err := b.lvm.vg(ctx, b.cfg.VG)
+		if err != nil {
+			return nil, fmt.Errorf("volume group %s: %w", b.cfg.VG, err)
+		}
 		if err := b.createPool(ctx, vg); err != nil {
-			return err
+			return nil, err
 		}
-		if pools, err = b.lvm.lvs(ctx, lvPath(b.cfg.VG, b.cfg.ThinPool)); err != nil {
-			return fmt.Errorf("thin pool %s after lvcreate: %w", b.poolPath(), err)
+		if all, err = b.lvm.lvs(ctx, b.cfg.VG); err != nil {
+			return nil, fmt.Errorf("thin pool %s after lvcreate: %w", b.poolPath(), err)
 		}
-	case errors.Is(err, backend.ErrNotFound):
-		return fmt.Errorf("thin pool %s does not exist and no devices are configured to create it: %w", b.poolPath(), backend.ErrUnavailable)
-	case err != nil:
-		return fmt.Errorf("thin pool %s: %w", b.poolPath(), err)
+		if pool = findLV(all, b.cfg.ThinPool); pool == nil {
+			return nil, fmt.Errorf("thin pool %s is missing after lvcreate: %w", b.poolPath(), backend.ErrUnavailable)
+		}
 	}
-	if len(pools) != 1 || !pools[0].Attr.IsThinPool() {
-		return fmt.Errorf("%s is not a thin pool: %w", b.poolPath(), backend.ErrInvalid)
+	if !pool.Attr.IsThinPool() {
+		return nil, fmt.Errorf("%s is not a thin pool: %w", b.poolPath(), backend.ErrInvalid)
 	}
-	pool := pools[0]
+	if pool.VGExtentSize <= 0 {
+		return nil, fmt.Errorf("lvs reported no extent size for volume group %s: %w", b.cfg.VG, backend.ErrUnavailable)
+	}
+	b.extentSize = pool.VGExtentSize
 	if !pool.Attr.Active() {
 		// A pool is inactive after a reboot or a fresh loop attach; its
 		// fill levels are unknown until it is active.
 		if _, err := b.lvm.run(ctx, activateArgs(b.cfg.VG, b.cfg.ThinPool)...); err != nil {
-			return fmt.Errorf("activate thin pool %s: %w", b.poolPath(), err)
+			return nil, fmt.Errorf("activate thin pool %s: %w", b.poolPath(), err)
 		}
 	}
 	if pool.WhenFull != "error" {
 		klog.InfoS("thin pool queues writes when full instead of failing them; consider `lvchange --errorwhenfull y`",
 			"pool", b.poolPath(), "whenFull", pool.WhenFull)
+	}
+	return all, nil
+}
+
+// findLV returns the LV called name in a report, or nil.
+func findLV(lvs []LV, name string) *LV {
+	for i := range lvs {
+		if lvs[i].Name == name {
+			return &lvs[i]
+		}
 	}
 	return nil
 }

@@ -20,6 +20,9 @@ var lvFields = []string{
 	"lv_name", "vg_name", "lv_attr", "lv_size", "pool_lv", "origin", "lv_tags",
 	"data_percent", "metadata_percent", "lv_health_status", "segtype",
 	"lv_when_full", "discards", "chunk_size", "lv_time",
+	// The VG's extent size on every row: start-up learns it from the one
+	// lvs it runs instead of a vgs of its own.
+	"vg_extent_size",
 }
 
 var vgFields = []string{
@@ -49,6 +52,8 @@ type LV struct {
 	Discards     string // thin pool: "passdown", "nopassdown", "ignore"
 	ChunkSize    int64
 	Time         time.Time // creation time as LVM recorded it
+	// VGExtentSize is the extent size of the LV's VG (0 if not reported).
+	VGExtentSize int64
 }
 
 // HasTag reports whether the LV carries tag exactly.
@@ -77,6 +82,7 @@ type rawLV struct {
 	Discards        string `json:"discards"`
 	ChunkSize       string `json:"chunk_size"`
 	Time            string `json:"lv_time"`
+	VGExtentSize    string `json:"vg_extent_size"`
 }
 
 // UnmarshalJSON converts LVM's all-string row into typed fields.
@@ -98,6 +104,9 @@ func (lv *LV) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("lv %s: %w", r.Name, err)
 	}
 	if out.ChunkSize, err = parseBytes("chunk_size", r.ChunkSize); err != nil {
+		return fmt.Errorf("lv %s: %w", r.Name, err)
+	}
+	if out.VGExtentSize, err = parseBytes("vg_extent_size", r.VGExtentSize); err != nil {
 		return fmt.Errorf("lv %s: %w", r.Name, err)
 	}
 	if out.DataPercent, err = parsePercent("data_percent", r.DataPercent); err != nil {

@@ -11,7 +11,8 @@ import (
 )
 
 // CreateSnapshot implements backend.Backend: a read-only thin snapshot of
-// the volume, O(1) in data size, made by one atomic lvcreate.
+// the volume, O(1) in data size, made by one atomic lvcreate after one
+// lvs (existence, source, guards); the result is not read back.
 func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
 	if !backend.IsSnapshotID(req.ID) {
 		return nil, fmt.Errorf("snapshot ID %q: %w", req.ID, backend.ErrInvalid)
@@ -61,7 +62,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		return &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SizeBytes: src.Size,
 			Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true}, nil
 	}
-	if m.Creating {
+	if m.CreatingTag {
 		// Not made by this version (snapshots are one step), but harmless
 		// to complete: the snapshot itself is whole.
 		if _, err := b.lvm.run(ctx, delTagArgs(b.cfg.VG, req.ID, tagCreating)...); err != nil {
@@ -100,7 +101,7 @@ func (b *Backend) ListSnapshots(ctx context.Context) ([]*backend.Snapshot, error
 	}
 	var snaps []*backend.Snapshot
 	for _, lv := range st.lvs {
-		m := decodeTags(lv.Tags)
+		m := lvMeta(lv)
 		if m.Owned && !m.Creating && m.Kind == kindSnapshot {
 			snaps = append(snaps, b.snapshotFrom(lv, m))
 		}

@@ -23,6 +23,11 @@ func (b *Backend) scan(ctx context.Context) (*poolState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list LVs of %s: %w", b.cfg.VG, err)
 	}
+	return b.stateOf(all)
+}
+
+// stateOf sorts one lvs report of the VG into the pool and its thin LVs.
+func (b *Backend) stateOf(all []LV) (*poolState, error) {
 	st := &poolState{lvs: map[string]*LV{}}
 	for i := range all {
 		lv := &all[i]
@@ -47,7 +52,7 @@ func (st *poolState) owned(name string) (*LV, objectMeta, error) {
 	if lv == nil {
 		return nil, objectMeta{}, nil
 	}
-	m := decodeTags(lv.Tags)
+	m := lvMeta(lv)
 	if !m.Owned {
 		return nil, m, fmt.Errorf("LV %s exists but was not made by csi-thin: %w", name, backend.ErrPrecondition)
 	}

@@ -21,10 +21,10 @@ const (
 	// tagOwned marks every LV this driver made; nothing without it is
 	// ever changed or removed.
 	tagOwned = tagPrefix + "owned"
-	// tagCreating is set by an lvcreate that needs further steps (a clone
-	// or restore grown by lvextend) and removed as the last step; an LV
-	// still carrying it is half made. A one-step create (lvcreate sets all
-	// tags atomically) does not need it.
+	// tagCreating marked a half-made LV in earlier versions, which set it
+	// on the lvcreate of a copy grown past its source and removed it as
+	// the last step. It is no longer written (keyGrow replaced it and
+	// saves that step), but an LV carrying it is still half made.
 	tagCreating = tagPrefix + "creating"
 
 	keyKind    = "kind"
@@ -34,6 +34,12 @@ const (
 	keyFsType  = "fstype"
 	keyCreated = "created"
 	keyParams  = "params"
+	// keyGrow ("FROM:TO", bytes) is set by the lvcreate of a clone or
+	// restore larger than its source: lvcreate makes the LV at the
+	// source's size FROM, and the lvextend to TO completes it. An LV whose
+	// size is still FROM is half made (see lvMeta); any later size means
+	// the lvextend, which is atomic, ran.
+	keyGrow = "grow"
 
 	kindVolume   = "volume"
 	kindSnapshot = "snapshot"
@@ -50,23 +56,38 @@ func tag(key, value string) string { return tagPrefix + key + "=" + value }
 
 // objectMeta is what the tags of one LV say.
 type objectMeta struct {
-	Owned      bool
-	Creating   bool
-	Kind       string
-	Name       string
-	Source     backend.Source
-	AccessType backend.AccessType
-	FsType     string
-	CreatedAt  time.Time
-	Parameters map[string]string
+	Owned bool
+	// Creating: the LV is half made, by the legacy tag (CreatingTag) or
+	// by a grow that has not happened (set by lvMeta, which sees sizes).
+	Creating    bool
+	CreatingTag bool
+	Grow        growth
+	Kind        string
+	Name        string
+	Source      backend.Source
+	AccessType  backend.AccessType
+	FsType      string
+	CreatedAt   time.Time
+	Parameters  map[string]string
 }
 
-// encodeTags turns metadata into the tags a new LV is created with,
-// including tagCreating when m.Creating is set.
+// growth is the keyGrow tag: a copy made at From bytes and extended to
+// To as its last step.
+type growth struct{ From, To int64 }
+
+// pending reports whether an LV of size bytes has yet to be extended.
+func (g growth) pending(size int64) bool { return g.To > g.From && size == g.From }
+
+// encodeTags turns metadata into the tags a new LV is created with.
+// Creating and CreatingTag are not written: a half-made LV is one whose
+// grow is pending.
 func encodeTags(m objectMeta) ([]string, error) {
 	tags := []string{tagOwned, tag(keyKind, m.Kind)}
-	if m.Creating {
-		tags = append(tags, tagCreating)
+	if m.Grow != (growth{}) {
+		if m.Grow.From <= 0 || m.Grow.To <= m.Grow.From {
+			return nil, fmt.Errorf("grow from %d to %d bytes: %w", m.Grow.From, m.Grow.To, backend.ErrInvalid)
+		}
+		tags = append(tags, tag(keyGrow, strconv.FormatInt(m.Grow.From, 10)+":"+strconv.FormatInt(m.Grow.To, 10)))
 	}
 	if m.Name != "" {
 		tags = append(tags, tag(keyName, tagEncoding.EncodeToString([]byte(m.Name))))
@@ -101,6 +122,16 @@ func encodeTags(m objectMeta) ([]string, error) {
 	return tags, nil
 }
 
+// lvMeta is what an LV's tags say, with Creating also set when the LV is
+// a copy whose lvextend has not run: that needs the LV's size.
+func lvMeta(lv *LV) objectMeta {
+	m := decodeTags(lv.Tags)
+	if m.Grow.pending(lv.Size) {
+		m.Creating = true
+	}
+	return m
+}
+
 // decodeTags reads our tags back; tags of other tools are ignored, and a
 // value that does not decode is left empty rather than hiding the LV.
 func decodeTags(tags []string) objectMeta {
@@ -111,7 +142,7 @@ func decodeTags(tags []string) objectMeta {
 			m.Owned = true
 			continue
 		case tagCreating:
-			m.Creating = true
+			m.Creating, m.CreatingTag = true, true
 			continue
 		}
 		rest, ok := strings.CutPrefix(t, tagPrefix)
@@ -140,6 +171,13 @@ func decodeTags(tags []string) objectMeta {
 		case keyCreated:
 			if ns, err := strconv.ParseInt(value, 10, 64); err == nil {
 				m.CreatedAt = time.Unix(0, ns).UTC()
+			}
+		case keyGrow:
+			from, to, _ := strings.Cut(value, ":")
+			f, ferr := strconv.ParseInt(from, 10, 64)
+			g, gerr := strconv.ParseInt(to, 10, 64)
+			if ferr == nil && gerr == nil {
+				m.Grow = growth{From: f, To: g}
 			}
 		case keyParams:
 			if b, err := tagEncoding.DecodeString(value); err == nil {

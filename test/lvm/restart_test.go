@@ -10,8 +10,9 @@ import (
 
 // TestRestart opens a second Backend on the shared pool, as a restarted
 // driver would: it finds every volume and snapshot from the LV tags alone,
-// removes the half-made LV of an interrupted create, and leaves an LV it
-// did not make alone even when that carries a creating tag.
+// removes the half-made LV of an interrupted create (a copy whose
+// lvextend did not run), and leaves an LV it did not make alone even when
+// that carries the tags of a half-made one.
 func TestRestart(t *testing.T) {
 	b := shared(t)
 	c := ctx(t)
@@ -34,12 +35,14 @@ func TestRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), restore) })
 
-	// A create interrupted after lvcreate, and someone else's LV.
+	// A restore to 64 MiB interrupted after its lvcreate (the LV is still
+	// the snapshot's 32 MiB), and someone else's LV.
 	half, foreign := volID(t, "half"), "not-ours"
-	lvm(t, "lvcreate", "--type", "thin", "--virtualsize", "8m", "--thinpool", sharedPool, "--name", half,
-		"--addtag", "csi-thin.io/owned", "--addtag", "csi-thin.io/creating", "--addtag", "csi-thin.io/kind=volume", sharedVG)
+	lvm(t, "lvcreate", "--snapshot", "--name", half, "--permission", "rw", "--setactivationskip", "n", "--activate", "n",
+		"--addtag", "csi-thin.io/owned", "--addtag", "csi-thin.io/kind=volume", "--addtag", "csi-thin.io/grow=33554432:67108864",
+		"--addtag", "csi-thin.io/source=snapshot:"+snap, sharedVG+"/"+snap)
 	lvm(t, "lvcreate", "--type", "thin", "--virtualsize", "8m", "--thinpool", sharedPool, "--name", foreign,
-		"--addtag", "csi-thin.io/creating", sharedVG)
+		"--addtag", "csi-thin.io/creating", "--addtag", "csi-thin.io/grow=4194304:8388608", sharedVG)
 	t.Cleanup(func() { lvm(t, "lvremove", "--yes", sharedVG+"/"+foreign) })
 	if _, err := b.GetVolume(c, half); err == nil {
 		t.Fatalf("a half-made volume is visible")
@@ -84,23 +87,55 @@ func TestRestart(t *testing.T) {
 }
 
 // TestRetryCompletesHalfMade: a retried create finds the LV its first try
-// left tagged creating and completes it instead of failing.
+// left half made and completes it instead of failing: a copy whose
+// lvextend did not run, and an LV an earlier version left tagged creating.
 func TestRetryCompletesHalfMade(t *testing.T) {
 	b := shared(t)
 	c := ctx(t)
-	id := volID(t, "vol")
-	lvm(t, "lvcreate", "--type", "thin", "--virtualsize", "8m", "--thinpool", sharedPool, "--name", id,
-		"--addtag", "csi-thin.io/owned", "--addtag", "csi-thin.io/creating", "--addtag", "csi-thin.io/kind=volume",
-		"--addtag", "csi-thin.io/access=mount", sharedVG)
-	t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), id) })
-	vol, err := b.CreateVolume(c, backend.VolumeRequest{ID: id, RequiredBytes: 16 * backend.MiB})
-	if err != nil {
-		t.Fatalf("retried create: %v", err)
+	src := volID(t, "src")
+	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: src, RequiredBytes: 8 * backend.MiB}); err != nil {
+		t.Fatal(err)
 	}
-	if vol.SizeBytes != 16*backend.MiB {
-		t.Fatalf("completed volume = %+v", vol)
-	}
-	if out := lvm(t, "lvs", "--noheadings", "-o", "lv_tags", sharedVG+"/"+id); strings.Contains(out, "creating") {
-		t.Fatalf("tags after the retry: %s", out)
+	t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), src) })
+	for _, tc := range []struct {
+		name string
+		make func(id string) // what the interrupted first try left
+		req  backend.VolumeRequest
+	}{
+		{"pending grow", func(id string) {
+			lvm(t, "lvcreate", "--snapshot", "--name", id, "--permission", "rw", "--setactivationskip", "n", "--activate", "n",
+				"--addtag", "csi-thin.io/owned", "--addtag", "csi-thin.io/kind=volume", "--addtag", "csi-thin.io/grow=8388608:16777216",
+				"--addtag", "csi-thin.io/source=volume:"+src, "--addtag", "csi-thin.io/access=mount", sharedVG+"/"+src)
+		}, backend.VolumeRequest{RequiredBytes: 16 * backend.MiB, Source: backend.Source{Kind: backend.SourceVolume, ID: src}}},
+		{"legacy creating tag", func(id string) {
+			lvm(t, "lvcreate", "--type", "thin", "--virtualsize", "8m", "--thinpool", sharedPool, "--name", id,
+				"--addtag", "csi-thin.io/owned", "--addtag", "csi-thin.io/creating", "--addtag", "csi-thin.io/kind=volume",
+				"--addtag", "csi-thin.io/access=mount", sharedVG)
+		}, backend.VolumeRequest{RequiredBytes: 16 * backend.MiB}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := volID(t, "vol")
+			tc.make(id)
+			t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), id) })
+			if _, err := b.GetVolume(c, id); err == nil {
+				t.Fatalf("a half-made volume is visible")
+			}
+			req := tc.req
+			req.ID = id
+			vol, err := b.CreateVolume(c, req)
+			if err != nil {
+				t.Fatalf("retried create: %v", err)
+			}
+			if vol.SizeBytes != 16*backend.MiB {
+				t.Fatalf("completed volume = %+v", vol)
+			}
+			got, err := b.GetVolume(c, id)
+			if err != nil || got.SizeBytes != 16*backend.MiB {
+				t.Fatalf("completed volume reads back as %+v, %v", got, err)
+			}
+			if out := lvm(t, "lvs", "--noheadings", "-o", "lv_tags", sharedVG+"/"+id); strings.Contains(out, "creating") {
+				t.Fatalf("tags after the retry: %s", out)
+			}
+		})
 	}
 }
