@@ -22,6 +22,6 @@ func openLVMThin(ctx context.Context, o *options, runner exec.Runner, loopSize i
 		LoopFile: o.loopFile, LoopSizeBytes: loopSize,
 		NodeName: o.nodeID, Overprovision: o.overprovision,
 		DataFullPercent: o.fullPercent, MetadataFullPercent: o.metaFull,
-		Runner: runner, LVMConfig: o.lvmConfig, ZeroNewBlocks: o.lvmZero,
+		Runner: runner, LVMConfig: o.lvmConfig, SkipZeroing: !o.lvmZero,
 	})
 }

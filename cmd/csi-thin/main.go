@@ -69,7 +69,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.Float64Var(&o.fullPercent, "data-full-percent", 90, "refuse new volumes once the pool's data is this full (percent)")
 	fs.Float64Var(&o.metaFull, "metadata-full-percent", 80, "lvmthin: refuse new volumes once thin-pool metadata is this full (percent)")
 	fs.StringVar(&o.quotaMode, "btrfs-quota", "auto", "btrfs: size limits by simple quotas (simple), classic qgroups (full), or simple where supported (auto)")
-	fs.BoolVar(&o.lvmZero, "lvm-zero-new-blocks", false, "lvmthin: a pool created by the driver zeroes each chunk on first write (--zero y): needed where raw block volumes of mutually untrusted workloads share a pool whose disk does not return zeroes for discarded blocks; costs first-write latency")
+	fs.BoolVar(&o.lvmZero, "lvm-zero-new-blocks", true, "lvmthin: a pool created by the driver zeroes a new chunk before a partial first write (--zero y, LVM's default); false is faster for small first writes but lets raw block volumes read stale data of deleted volumes, and exhausted metadata then fails all I/O instead of going read-only")
 	fs.StringVar(&o.lvmConfig, "lvm-config", "", "lvmthin: passed as --config to every LVM command (e.g. 'activation{udev_sync=0 udev_rules=0}' where the node has no udev)")
 	fs.StringVar(&o.cmdPrefix, "command-prefix", "", "prefix for storage commands, space-separated (e.g. 'nsenter -t 1 -m -u -i -n -p --' to run LVM in the host's namespaces)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "controller/node: kubeconfig (default: in-cluster)")

@@ -83,11 +83,10 @@ func vgcreateArgs(vg string, devices []string, tags []string) []string {
 	return append(append(args, vg), devices...)
 }
 
-// createPoolArgs makes the thin pool. --zero n: new chunks are not zeroed
-// before first use (zeroing 64 KiB per first write is the main cost of thin
-// provisioning; see docs/lvmthin.md for what that means for raw block
-// volumes). --discards passdown: a discard frees the pool chunk and is
-// passed to the disk below.
+// createPoolArgs makes the thin pool. --zero y (unless Config.SkipZeroing):
+// a new chunk is zeroed before a first write that covers only part of it
+// (see docs/lvmthin.md, Zeroing). --discards passdown: a discard frees the
+// pool chunk and is passed to the disk below.
 func createPoolArgs(vg, pool string, dataBytes, metadataBytes, chunkBytes int64, zero bool, tags []string) []string {
 	z := "n"
 	if zero {

@@ -404,3 +404,43 @@ func TestHealthAndCondition(t *testing.T) {
 		t.Errorf("condition in a full pool = %+v", c)
 	}
 }
+
+// TestConditionNamesThePoolState: each pool state a volume can suffer
+// from gets its own reason, and the two that come from exhausted metadata
+// say so and point at the recovery procedure.
+func TestConditionNamesThePoolState(t *testing.T) {
+	b, _ := fakeBackend(t, "")
+	for _, tc := range []struct {
+		attr, reason string
+		data         float64
+		says         []string
+	}{
+		{"twi-aot-F-", backend.ReasonPoolError, 0, []string{"has failed", "metadata", "docs/lvm-metadata.md"}},
+		{"twi-aotzM-", backend.ReasonPoolReadOnly, 50, []string{"metadata is read-only", "docs/lvm-metadata.md"}},
+		{"twi-aot-D-", backend.ReasonPoolFull, 100, []string{"out of data space"}},
+		{"twi-aot---", backend.ReasonPoolFull, 100, []string{"out of data space"}},
+		{"twi---t---", backend.ReasonPoolError, 0, []string{"not active"}},
+	} {
+		attr, err := ParseLVAttr(tc.attr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := &LV{Name: "pool", Attr: attr, DataPercent: tc.data}
+		// The volume reports the pool's failure too; the pool's is the
+		// message that says what to do.
+		vol := &LV{Name: "v-x", Attr: attr}
+		c := b.condition(vol, pool)
+		if !c.Abnormal || c.Reason != tc.reason {
+			t.Errorf("%s: condition %+v, want abnormal with reason %s", tc.attr, c, tc.reason)
+		}
+		for _, s := range tc.says {
+			if !strings.Contains(c.Message, s) {
+				t.Errorf("%s: message %q lacks %q", tc.attr, c.Message, s)
+			}
+		}
+	}
+	healthy, _ := ParseLVAttr("twi-aotz--")
+	if c := b.condition(&LV{Name: "v-x"}, &LV{Name: "pool", Attr: healthy, DataPercent: 10}); c.Abnormal || c.Reason != "" {
+		t.Errorf("healthy pool: condition %+v", c)
+	}
+}

@@ -38,6 +38,7 @@ func TestClassifyCapturedErrors(t *testing.T) {
 		{"lvcreate-full", backend.ErrNoSpace},
 		{"lvcreate-exists", backend.ErrExists},
 		{"lvremove-inuse", backend.ErrBusy},
+		{"lvremove-poolfailed", backend.ErrUnavailable},
 	} {
 		t.Run(tc.fixture, func(t *testing.T) {
 			raw := fixtureError(t, tc.fixture)

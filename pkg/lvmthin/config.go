@@ -42,9 +42,13 @@ type Config struct {
 	// MetadataSizeBytes is the pool metadata size for a pool created here;
 	// 0 sizes it from the data size (see poolSizes).
 	MetadataSizeBytes int64
-	// ZeroNewBlocks zeroes each pool chunk on first write (lvcreate
-	// --zero y). Off by default for speed; see docs/lvmthin.md.
-	ZeroNewBlocks bool
+	// SkipZeroing creates the pool with --zero n: a new chunk is not
+	// zeroed before a first write that covers only part of it. First
+	// writes get faster, but a raw block volume can read stale chunks of
+	// deleted volumes, and running the metadata out puts the pool in
+	// dm-thin's Fail mode, where all I/O fails, instead of read-only
+	// (docs/lvm-metadata.md). The default, zeroing, is LVM's own.
+	SkipZeroing bool
 
 	// DefaultVolumeBytes is the size of a volume when the request names
 	// none (default 1 GiB).

@@ -116,8 +116,11 @@ var (
 	noSpace    = regexp.MustCompile(`(?i)insufficient free space|insufficient suitable|free space in thin pool .* reached threshold|out of data space|not enough free`)
 	exists     = regexp.MustCompile(`already exists in volume group`)
 	inUse      = regexp.MustCompile(`(?i)in use|is open|device or resource busy`)
-	readOnly   = regexp.MustCompile(`(?i)read[- ]only|needs repair|failed mode|Check of pool .* failed`)
-	invalid    = regexp.MustCompile(`Invalid argument for|Invalid logical volume name|Error during parsing of command line`)
+	// A pool LVM cannot change: read-only metadata, a pool needing
+	// repair, or one in dm-thin's Fail mode, where LVM's transaction ID
+	// and the kernel's disagree and queued messages cannot be sent.
+	poolDown = regexp.MustCompile(`(?i)read[- ]only|needs repair|failed mode|Check of pool .* failed|transaction_id is [0-9]+, while expected|with queued messages`)
+	invalid  = regexp.MustCompile(`Invalid argument for|Invalid logical volume name|Error during parsing of command line`)
 
 	lockContention = regexp.MustCompile(`(?i)can't get lock|could not get lock|resource temporarily unavailable`)
 )
@@ -148,7 +151,7 @@ func classify(err error) error {
 		sentinel = backend.ErrNoSpace
 	case exists.MatchString(msg):
 		sentinel = backend.ErrExists
-	case readOnly.MatchString(msg):
+	case poolDown.MatchString(msg):
 		sentinel = backend.ErrUnavailable
 	case inUse.MatchString(msg):
 		sentinel = backend.ErrBusy

@@ -160,7 +160,7 @@ func (b *Backend) createPool(ctx context.Context, vg *VG) error {
 		return fmt.Errorf("thin pool %s: %w", b.poolPath(), err)
 	}
 	klog.InfoS("creating thin pool", "pool", b.poolPath(), "dataBytes", data, "metadataBytes", meta, "chunkBytes", b.cfg.ChunkSizeBytes)
-	args := createPoolArgs(b.cfg.VG, b.cfg.ThinPool, data, meta, b.cfg.ChunkSizeBytes, b.cfg.ZeroNewBlocks, []string{tagOwned})
+	args := createPoolArgs(b.cfg.VG, b.cfg.ThinPool, data, meta, b.cfg.ChunkSizeBytes, !b.cfg.SkipZeroing, []string{tagOwned})
 	if _, err := b.lvm.run(ctx, args...); err != nil {
 		return fmt.Errorf("create thin pool %s: %w", b.poolPath(), err)
 	}

@@ -61,6 +61,16 @@ func (st *poolState) owned(name string) (*LV, objectMeta, error) {
 
 // poolProblem says why the pool cannot take writes, or "".
 func (b *Backend) poolProblem(pool *LV) string {
+	switch pool.Attr.Health {
+	case 'F':
+		// LVM reports no fill levels for a failed pool, so the cause
+		// cannot be named for certain; exhausted metadata is the usual one.
+		return fmt.Sprintf("thin pool %s has failed: every read and write of its volumes fails "+
+			"(most often its metadata ran out; recovery: docs/lvm-metadata.md)", b.poolPath())
+	case 'M':
+		return fmt.Sprintf("thin pool %s metadata is read-only (metadata full or damaged): "+
+			"no new blocks can be allocated (recovery: docs/lvm-metadata.md)", b.poolPath())
+	}
 	if p := pool.Attr.Problem(); p != "" {
 		return fmt.Sprintf("thin pool %s: %s", b.poolPath(), p)
 	}
@@ -74,6 +84,17 @@ func (b *Backend) poolProblem(pool *LV) string {
 		return fmt.Sprintf("thin pool %s is out of data space", b.poolPath())
 	}
 	return ""
+}
+
+// poolReason is the volume-condition reason for what poolProblem reports.
+func poolReason(pool *LV) string {
+	switch {
+	case pool.Attr.Health == 'D' || pool.DataPercent >= 100:
+		return backend.ReasonPoolFull
+	case pool.Attr.Health == 'M':
+		return backend.ReasonPoolReadOnly
+	}
+	return backend.ReasonPoolError
 }
 
 // fullness says which guard threshold the pool has crossed, or "".
@@ -132,14 +153,14 @@ func (b *Backend) admit(st *poolState, newSize, growBytes int64) error {
 
 // condition is the CSI VolumeCondition of one LV in its pool.
 func (b *Backend) condition(lv, pool *LV) backend.Condition {
-	if p := lv.Attr.Problem(); p != "" {
-		return backend.Condition{Abnormal: true, Message: "thin volume " + lv.Name + ": " + p}
-	}
 	if p := b.poolProblem(pool); p != "" {
-		return backend.Condition{Abnormal: true, Message: p}
+		return backend.Condition{Abnormal: true, Reason: poolReason(pool), Message: p}
+	}
+	if p := lv.Attr.Problem(); p != "" {
+		return backend.Condition{Abnormal: true, Reason: backend.ReasonPoolError, Message: "thin volume " + lv.Name + ": " + p}
 	}
 	if f := b.fullness(pool); f != "" {
-		return backend.Condition{Abnormal: true, Message: f + "; writes may fail soon"}
+		return backend.Condition{Abnormal: true, Reason: backend.ReasonPoolFull, Message: f + "; writes may fail soon"}
 	}
 	return backend.Condition{Message: "thin volume and pool healthy"}
 }

@@ -184,7 +184,7 @@ pools:
   - name: ssd
     nodeSelector: {disk: ssd}
     backend: lvmthin
-    lvmthin: {vg: vg0, thinPool: tp, devices: [/dev/sdb, /dev/sdc], metadataFullPercent: 70, zeroNewBlocks: true, lvmConfig: "activation{udev_sync=0}"}
+    lvmthin: {vg: vg0, thinPool: tp, devices: [/dev/sdb, /dev/sdc], metadataFullPercent: 70, zeroNewBlocks: false, lvmConfig: "activation{udev_sync=0}"}
     overprovisionRatio: 3
     dataFullPercent: 90
   - name: small
@@ -201,8 +201,8 @@ pools:
 	}
 	objs := render(t, "-f", values)
 	for name, want := range map[string][]string{
-		"ssd":   {"--backend=lvmthin", "--vg=vg0", "--thin-pool=tp", "--devices=/dev/sdb,/dev/sdc", "--metadata-full-percent=70", "--overprovision-ratio=3",
-			"--lvm-zero-new-blocks=true", "--lvm-config=activation{udev_sync=0}"},
+		"ssd": {"--backend=lvmthin", "--vg=vg0", "--thin-pool=tp", "--devices=/dev/sdb,/dev/sdc", "--metadata-full-percent=70", "--overprovision-ratio=3",
+			"--lvm-zero-new-blocks=false", "--lvm-config=activation{udev_sync=0}"},
 		"small": {"--backend=btrfs", "--btrfs-quota=simple", "--loop-file=/var/lib/csi-thin/pool.img", "--loop-size=5Gi"},
 	} {
 		ds := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-"+name)

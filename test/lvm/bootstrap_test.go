@@ -27,6 +27,10 @@ func TestBootstrapReusesLoopPool(t *testing.T) {
 			t.Errorf("pool settings %q lack %q", attrs, want)
 		}
 	}
+	// lv_attr bit 8 of a thin pool: z = new chunks are zeroed (the default).
+	if f := strings.Fields(attrs); len(f) == 0 || len(f[0]) < 8 || f[0][7] != 'z' {
+		t.Errorf("pool attr %q: new chunks not zeroed", attrs)
+	}
 	b2, err := lvmthin.New(c, cfg)
 	if err != nil {
 		t.Fatalf("second start: %v", err)
