@@ -276,31 +276,7 @@ func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {
 // interrupted call's own object exists yet depends on where it died.
 func checkRecovered(t *testing.T, w *world, label, name string) {
 	t.Helper()
-	st := inspectPool(t, w.pool)
-	for what, l := range map[string][]string{"staged": st.Staging, "leftover meta": st.Leftovers, "stray": st.Other, "writable snapshot": st.WritableSnapshots} {
-		if len(l) > 0 {
-			t.Errorf("[%s] after restart, before retry: %s entries left: %v", label, what, l)
-		}
-	}
-	onDisk := sorted(append(append([]string{}, st.Volumes...), st.Snapshots...))
-	if !reflect.DeepEqual(onDisk, st.Records) {
-		t.Errorf("[%s] after restart: subvolumes %v do not match records %v", label, onDisk, st.Records)
-	}
-	target := map[string]bool{backend.VolumeIDFor(name): true, backend.SnapshotIDFor(name): true}
-	var want, got []string
-	for _, id := range append(keys(w.volumes), keys(w.snapshots)...) {
-		if !target[id] {
-			want = append(want, id)
-		}
-	}
-	for _, id := range st.Records {
-		if !target[id] {
-			got = append(got, id)
-		}
-	}
-	if !reflect.DeepEqual(sorted(got), sorted(want)) {
-		t.Errorf("[%s] after restart: objects %v, want %v (besides the interrupted call's own)", label, got, sorted(want))
-	}
+	checkRecoveredAll(t, w, label, []string{name})
 }
 
 // checkWorld compares the driver's view (CSI List calls), the pool's
