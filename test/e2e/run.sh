@@ -112,6 +112,11 @@ kubectl apply -f "$K8S_CACHE/crds/snapshot/" >/dev/null
 kubectl wait --for=condition=Established crd/volumesnapshotclasses.snapshot.storage.k8s.io --timeout=60s >/dev/null
 helm install $release "$root/charts/csi-thin" -n $ns --create-namespace \
 	-f "$here/values-e2e.yaml" --set image.tag="$CSI_THIN_TAG" --wait --timeout 180s
+# The node agent creates its ThinNode once its manager runs, which can be
+# after its pod turned Ready: `kubectl wait` fails at once on a resource
+# that does not exist yet, so wait for it to appear first.
+timeout 120 bash -c "until kubectl get thinnode/$NODE_NAME >/dev/null 2>&1; do sleep 1; done" ||
+	{ log "e2e: no ThinNode $NODE_NAME after 120 s"; exit 1; }
 kubectl wait --for=jsonpath='{.status.healthy}'=true thinnode/"$NODE_NAME" --timeout=120s
 kubectl get csidriver,storageclass,volumesnapshotclass
 kubectl get thinnodes -o wide
