@@ -73,12 +73,6 @@ func envOr(k, def string) string {
 	return def
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 type pvcOpt func(*corev1.PersistentVolumeClaim)
 
 func fromPVC(name string) pvcOpt {
