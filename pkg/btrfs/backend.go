@@ -299,9 +299,13 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 	if rec != nil && rec.Volume != nil {
 		p.provisioned.Add(-rec.Volume.SizeBytes)
 	}
-	marked, err := p.readRecordOrMarker(id)
-	if err != nil && !errors.Is(err, backend.ErrNotFound) {
-		return err
+	// A delete that an earlier attempt or a crash cut off after its commit
+	// point finds its record in the marker.
+	marked := rec
+	if marked == nil {
+		if marked, err = p.readRecordOrMarker(id); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			return err
+		}
 	}
 	if _, statErr := os.Lstat(path); statErr == nil {
 		if err := p.cli.deleteSubvolume(ctx, path); err != nil {
