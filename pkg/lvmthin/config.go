@@ -57,7 +57,13 @@ type Config struct {
 	// (default 10 s).
 	DeviceWait time.Duration
 
-	// Runner runs lvm, losetup and blkid (default: on this host).
+	// ListMaxAge is how long creates, snapshots, expansions and deletes
+	// trust the LV list kept from the last lvs before listing again
+	// (default 30 s; view.go). The pool's fill levels are read fresh for
+	// every call regardless.
+	ListMaxAge time.Duration
+
+	// Runner runs lvm, dmsetup, losetup and blkid (default: on this host).
 	Runner exec.Runner
 	// LVMConfig is passed as `--config` to every LVM command, e.g.
 	// "activation{udev_sync=0 udev_rules=0}" on a node without udev.
@@ -72,6 +78,7 @@ const (
 	defaultChunkSize     = 64 << 10
 	defaultVolumeBytes   = backend.GiB
 	defaultDeviceWait    = 10 * time.Second
+	defaultListMaxAge    = 30 * time.Second
 	minChunkSize         = 64 << 10
 	maxChunkSize         = 1 << 30
 	defaultLoopFileBytes = 10 * backend.GiB
@@ -101,6 +108,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DeviceWait == 0 {
 		c.DeviceWait = defaultDeviceWait
+	}
+	if c.ListMaxAge == 0 {
+		c.ListMaxAge = defaultListMaxAge
 	}
 	if c.LoopFile != "" && c.LoopSizeBytes == 0 {
 		c.LoopSizeBytes = defaultLoopFileBytes

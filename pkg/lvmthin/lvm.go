@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -16,6 +15,8 @@ import (
 // the pure functions in args.go; lvm adds --config, runs `lvm <command>`,
 // retries LVM's own lock contention and turns failures into backend
 // sentinel errors while keeping the command and stderr in the message.
+// It also runs the one device-mapper read the backend needs (dmsetup
+// status of the pool), so that every command of the pool goes through it.
 type lvm struct {
 	runner exec.Runner
 	// config is passed as --config to every command (e.g. the udev
@@ -67,6 +68,16 @@ func (l *lvm) lvs(ctx context.Context, targets ...string) ([]LV, error) {
 		return nil, err
 	}
 	return ParseLVs(out)
+}
+
+// thinPoolStatus reads the thin-pool target of vg/pool from the kernel
+// (`dmsetup status`), without LVM: see thinPoolStatus.
+func (l *lvm) thinPoolStatus(ctx context.Context, vg, pool string) (thinPoolStatus, error) {
+	res, err := l.runner.Run(ctx, "dmsetup", "status", dmName(vg, pool, "tpool"))
+	if err != nil {
+		return thinPoolStatus{}, err
+	}
+	return parseThinPoolStatus(res.Stdout)
 }
 
 // vg reports one VG, or an error wrapping backend.ErrNotFound.
@@ -169,7 +180,4 @@ func devicePath(vg, lv string) string { return "/dev/" + vg + "/" + lv }
 
 // mapperPath is the device-mapper node of an active LV: dashes in VG and
 // LV names are doubled, and the two are joined with a single dash.
-func mapperPath(vg, lv string) string {
-	esc := func(s string) string { return strings.ReplaceAll(s, "-", "--") }
-	return "/dev/mapper/" + esc(vg) + "-" + esc(lv)
-}
+func mapperPath(vg, lv string) string { return "/dev/mapper/" + dmName(vg, lv, "") }

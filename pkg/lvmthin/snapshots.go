@@ -11,8 +11,8 @@ import (
 )
 
 // CreateSnapshot implements backend.Backend: a read-only thin snapshot of
-// the volume, O(1) in data size, made by one atomic lvcreate after one
-// lvs (existence, source, guards); the result is not read back.
+// the volume, O(1) in data size, made by one atomic lvcreate after a look
+// at the pool's state (view.go); the result is not read back.
 func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
 	if !backend.IsSnapshotID(req.ID) {
 		return nil, fmt.Errorf("snapshot ID %q: %w", req.ID, backend.ErrInvalid)
@@ -22,12 +22,20 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 	}
 	want := backend.Source{Kind: backend.SourceVolume, ID: req.SourceVolumeID}
 
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	st, err := b.scan(ctx)
+	var snap *backend.Snapshot
+	err := b.change(ctx, func(st *poolState) error {
+		s, err := b.createSnapshot(ctx, st, req, want)
+		snap = s
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
+	return snap, nil
+}
+
+// createSnapshot is CreateSnapshot on one state of the pool, under b.mu.
+func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend.SnapshotRequest, want backend.Source) (*backend.Snapshot, error) {
 	existing, m, err := st.owned(req.ID)
 	if err != nil {
 		return nil, err
@@ -40,6 +48,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		if _, err := b.lvm.run(ctx, removeArgs(b.cfg.VG, req.ID)...); err != nil {
 			return nil, fmt.Errorf("remove half-made snapshot %s: %w", req.ID, err)
 		}
+		st.drop(req.ID)
 		existing = nil
 	}
 	if existing == nil {
@@ -58,6 +67,8 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		if _, err := b.lvm.run(ctx, createSnapshotArgs(b.cfg.VG, req.SourceVolumeID, req.ID, tags)...); err != nil {
 			return nil, fmt.Errorf("snapshot %s of volume %s: %w", req.ID, req.SourceVolumeID, err)
 		}
+		// Read-only and skipped on activation (createSnapshotArgs).
+		st.put(b.madeLV(req.ID, src.Size, tags, created, false, false))
 		klog.InfoS("thin snapshot created", "snapshotID", req.ID, "volumeID", req.SourceVolumeID, "name", req.Name)
 		return &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SizeBytes: src.Size,
 			Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true}, nil
@@ -68,6 +79,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotReques
 		if _, err := b.lvm.run(ctx, delTagArgs(b.cfg.VG, req.ID, tagCreating)...); err != nil {
 			return nil, fmt.Errorf("finish snapshot %s: %w", req.ID, err)
 		}
+		b.forget() // rare: list again rather than edit the entry's tags
 	}
 	return b.snapshotFrom(existing, m), nil
 }

@@ -16,8 +16,9 @@ import (
 // thin snapshot of a snapshot (restore) or of a volume (clone), grown to
 // the requested size.
 //
-// LVM commands: one lvs (existence, source, admission) and one lvcreate;
-// a copy larger than its source adds one lvextend. The returned volume is
+// LVM commands: one lvcreate after a look at the pool's state (existence,
+// source, admission: the kept LV list and a dmsetup status, or an lvs;
+// view.go); a copy larger than its source adds one lvextend. The returned volume is
 // built from what was written, not read back.
 //
 // Crash safety: a create that is one lvcreate is atomic (the LV appears
@@ -46,12 +47,20 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		return nil, err
 	}
 
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	st, err := b.scan(ctx)
+	var vol *backend.Volume
+	err := b.change(ctx, func(st *poolState) error {
+		v, err := b.createVolume(ctx, st, req, access)
+		vol = v
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
+	return vol, nil
+}
+
+// createVolume is CreateVolume on one state of the pool, under b.mu.
+func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.VolumeRequest, access backend.AccessType) (*backend.Volume, error) {
 	existing, m, err := st.owned(req.ID)
 	if err != nil {
 		return nil, err
@@ -80,13 +89,13 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		if _, err := b.lvm.run(ctx, removeArgs(b.cfg.VG, req.ID)...); err != nil {
 			return nil, fmt.Errorf("remove half-made volume %s: %w", req.ID, err)
 		}
-		st.provisioned -= existing.Size
-		delete(st.lvs, req.ID)
+		st.drop(req.ID)
 		existing = nil
 	}
 	// What finishVolume still has to do: grow from curSize, and drop the
 	// legacy creating tag of an LV half made by an earlier version.
 	curSize, created, creatingTag := int64(0), m.CreatedAt, false
+	var made *LV // the entry for the kept list, for an LV made here
 	if existing != nil {
 		curSize, creatingTag = existing.Size, m.CreatingTag
 		klog.InfoS("completing half-made volume", "volumeID", req.ID, "fromBytes", curSize, "toBytes", size)
@@ -117,9 +126,19 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 		if _, err := b.lvm.run(ctx, args...); err != nil {
 			return nil, fmt.Errorf("create volume %s: %w", req.ID, err)
 		}
+		// A new thin LV is activated by lvcreate; a copy is not
+		// (--activate n): the node activates it when it stages it.
+		made = b.madeLV(req.ID, size, tags, created, true, src == nil)
 	}
 	if err := b.finishVolume(ctx, req.ID, curSize, size, creatingTag); err != nil {
 		return nil, err
+	}
+	if made != nil {
+		st.put(made)
+	} else {
+		// Completing a half-made LV is rare: list again next time
+		// rather than rebuild its entry by hand.
+		b.forget()
 	}
 	klog.InfoS("thin volume created", "volumeID", req.ID, "name", req.Name, "sizeBytes", size,
 		"sourceKind", req.Source.Kind, "sourceID", req.Source.ID, "accessType", access)
@@ -238,38 +257,23 @@ func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 }
 
 func (b *Backend) remove(ctx context.Context, id, kind string) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	lv, err := b.lookup(ctx, id)
-	if errors.Is(err, backend.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("delete %s %s: %w", kind, id, err)
-	}
-	m := lvMeta(lv)
-	if !m.Owned || (m.Kind != kind && !m.Creating) {
-		return fmt.Errorf("delete %s %s: the LV of that name is not a csi-thin %s: %w", kind, id, kind, backend.ErrPrecondition)
-	}
-	if _, err := b.lvm.run(ctx, removeArgs(b.cfg.VG, id)...); err != nil && !errors.Is(err, backend.ErrNotFound) {
-		return fmt.Errorf("delete %s %s: %w", kind, id, err)
-	}
-	klog.InfoS("thin LV deleted", "volumeID", id, "kind", kind)
-	return nil
-}
-
-// lookup reports one LV of our pool, or ErrNotFound.
-func (b *Backend) lookup(ctx context.Context, name string) (*LV, error) {
-	lvs, err := b.lvm.lvs(ctx, lvPath(b.cfg.VG, name))
-	if err != nil {
-		return nil, err
-	}
-	for i := range lvs {
-		if lvs[i].Name == name && lvs[i].Pool == b.cfg.ThinPool {
-			return &lvs[i], nil
+	return b.change(ctx, func(st *poolState) error {
+		lv := st.lvs[id]
+		if lv == nil {
+			return nil
 		}
-	}
-	return nil, fmt.Errorf("LV %s in pool %s: %w", name, b.poolPath(), backend.ErrNotFound)
+		m := lvMeta(lv)
+		if !m.Owned || (m.Kind != kind && !m.Creating) {
+			return fmt.Errorf("delete %s %s: the LV of that name is not a csi-thin %s: %w", kind, id, kind, backend.ErrPrecondition)
+		}
+		// Not found means it went behind the driver's back: gone either way.
+		if _, err := b.lvm.run(ctx, removeArgs(b.cfg.VG, id)...); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			return fmt.Errorf("delete %s %s: %w", kind, id, err)
+		}
+		st.drop(id)
+		klog.InfoS("thin LV deleted", "volumeID", id, "kind", kind)
+		return nil
+	})
 }
 
 // lookupWithPool reports one complete LV of ours of the given kind and the
@@ -340,34 +344,37 @@ func (b *Backend) ExpandVolume(ctx context.Context, id string, sizeBytes int64) 
 	if err != nil {
 		return nil, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	st, err := b.scan(ctx)
+	var vol *backend.Volume
+	err = b.change(ctx, func(st *poolState) error {
+		lv, m, err := st.owned(id)
+		if err != nil {
+			return err
+		}
+		if lv == nil || m.Creating || m.Kind != kindVolume {
+			return fmt.Errorf("expand volume %s: %w", id, backend.ErrNotFound)
+		}
+		if lv.Size < size {
+			if err := b.admit(st, size, size-lv.Size); err != nil {
+				return fmt.Errorf("expand volume %s: %w", id, err)
+			}
+			if _, err := b.lvm.run(ctx, extendArgs(b.cfg.VG, id, size)...); err != nil {
+				return fmt.Errorf("expand volume %s: %w", id, err)
+			}
+			klog.InfoS("thin volume expanded", "volumeID", id, "fromBytes", lv.Size, "toBytes", size)
+			// lvextend either made it this size or failed: the entry is
+			// updated, not read back.
+			grown := *lv
+			grown.Size = size
+			lv = &grown
+			st.put(lv)
+		}
+		vol = b.volumeFrom(lv, m, st.pool)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	lv, m, err := st.owned(id)
-	if err != nil {
-		return nil, err
-	}
-	if lv == nil || m.Creating || m.Kind != kindVolume {
-		return nil, fmt.Errorf("expand volume %s: %w", id, backend.ErrNotFound)
-	}
-	if lv.Size < size {
-		if err := b.admit(st, size, size-lv.Size); err != nil {
-			return nil, fmt.Errorf("expand volume %s: %w", id, err)
-		}
-		if _, err := b.lvm.run(ctx, extendArgs(b.cfg.VG, id, size)...); err != nil {
-			return nil, fmt.Errorf("expand volume %s: %w", id, err)
-		}
-		klog.InfoS("thin volume expanded", "volumeID", id, "fromBytes", lv.Size, "toBytes", size)
-		// The result is built from the report and the size just set, not
-		// read back: lvextend either made it this size or failed.
-		grown := *lv
-		grown.Size = size
-		lv = &grown
-	}
-	return b.volumeFrom(lv, m, st.pool), nil
+	return vol, nil
 }
 
 func (b *Backend) volumeFrom(lv *LV, m objectMeta, pool *LV) *backend.Volume {

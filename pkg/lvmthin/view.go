@@ -1,0 +1,145 @@
+package lvmthin
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/exec"
+)
+
+// The kept view. Every create, snapshot, expand and delete decides from
+// the pool's state: does the LV exist, is it ours, is the source there,
+// does it fit. An lvs of the VG answers all of it but costs as much as
+// the lvcreate it guards (~0.35 s each under emulation, ~0.05 s on
+// hardware), which made a CSI clone 1.6x a bare `lvcreate -s`.
+//
+// So the backend keeps the state of its last lvs and updates it with
+// each change it makes itself; all changes run under b.mu. Only the
+// pool's fill levels, which every write moves, are read fresh for each
+// call, from the kernel (dmsetup status, ~0.06 s). The kept list is
+// trusted for at most Config.ListMaxAge, and dropped:
+//   - when a change fails in or after an LVM command (a refusal decided
+//     from the state itself, such as "too full", changes nothing);
+//   - when the pool was not healthy at the last lvs or is not healthy
+//     now (an lvs then names the problem, as before);
+//   - after any rare path (completing a half-made LV), where rebuilding
+//     the entry by hand is not worth the risk.
+// Changes made behind the driver's back (an admin's lvremove of one of
+// our LVs) can mislead a call made on a kept list only into an LVM
+// command that fails; that call then runs once more on a fresh lvs.
+
+// poolView returns the state to decide a change from, and whether it is
+// the kept one. Called with b.mu held.
+func (b *Backend) poolView(ctx context.Context) (st *poolState, kept bool, err error) {
+	if b.kept != nil && time.Since(b.keptAt) < b.cfg.ListMaxAge && b.poolProblem(b.keptPool) == "" {
+		s, err := b.lvm.thinPoolStatus(ctx, b.cfg.VG, b.cfg.ThinPool)
+		if err == nil && s.healthy() && b.keptPool.ChunkSize > 0 {
+			pool := *b.keptPool
+			pool.Size = s.TotalDataBlocks * b.keptPool.ChunkSize
+			pool.DataPercent, pool.MetadataPercent = s.dataPercent(), s.metadataPercent()
+			b.kept.pool = &pool
+			return b.kept, true, nil
+		}
+		klog.V(2).InfoS("pool status not usable, listing LVs", "pool", b.poolPath(), "status", s, "err", err)
+	}
+	st, err = b.rescan(ctx)
+	return st, false, err
+}
+
+// rescan lists the VG and keeps the result. Called with b.mu held.
+func (b *Backend) rescan(ctx context.Context) (*poolState, error) {
+	b.forget()
+	st, err := b.scan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pool := *st.pool
+	b.kept, b.keptPool, b.keptAt = st, &pool, time.Now()
+	return st, nil
+}
+
+// forget drops the kept list: the next change lists the VG again.
+func (b *Backend) forget() { b.kept, b.keptPool = nil, nil }
+
+// change runs one create, snapshot, expand or delete under b.mu on the
+// pool's state. A failure on the kept list that the list may explain (an
+// LV that LVM says exists, or does not) is retried once on a fresh lvs,
+// which op, being idempotent, can start from.
+func (b *Backend) change(ctx context.Context, op func(*poolState) error) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, kept, err := b.poolView(ctx)
+	if err != nil {
+		return err
+	}
+	if err = op(st); err == nil || refusal(err) {
+		return err
+	}
+	b.forget()
+	var ee *exec.Error
+	if !kept || !errors.As(err, &ee) || ctx.Err() != nil ||
+		!(errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNotFound)) {
+		return err
+	}
+	klog.InfoS("LVM disagreed with the kept LV list; retrying on a fresh one", "pool", b.poolPath(), "err", err)
+	if st, err = b.rescan(ctx); err != nil {
+		return err
+	}
+	if err = op(st); err != nil {
+		b.forget()
+	}
+	return err
+}
+
+// refusal reports an error that op decided from the state without running
+// a command that failed (the volume exists with another size, the source
+// is missing, the pool is too full): it changed nothing, so the kept list
+// stays true.
+func refusal(err error) bool {
+	var ee *exec.Error
+	if errors.As(err, &ee) {
+		return false
+	}
+	for _, sentinel := range []error{backend.ErrExists, backend.ErrNotFound, backend.ErrOutOfRange,
+		backend.ErrNoSpace, backend.ErrPrecondition, backend.ErrInvalid} {
+		if errors.Is(err, sentinel) {
+			return true
+		}
+	}
+	return false
+}
+
+// put records an LV this backend just made or resized.
+func (st *poolState) put(lv *LV) {
+	if old := st.lvs[lv.Name]; old != nil {
+		st.provisioned -= old.Size
+	}
+	st.lvs[lv.Name] = lv
+	st.provisioned += lv.Size
+}
+
+// drop records an LV this backend just removed.
+func (st *poolState) drop(name string) {
+	if old := st.lvs[name]; old != nil {
+		st.provisioned -= old.Size
+		delete(st.lvs, name)
+	}
+}
+
+// madeLV is the entry for an LV just created by lvcreate: what an lvs
+// would report of it, as far as any decision reads it.
+func (b *Backend) madeLV(name string, size int64, tags []string, created time.Time, writeable, active bool) *LV {
+	attr := LVAttr{Type: 'V', Permission: 'r', State: '-', TargetType: 't', Health: '-'}
+	if writeable {
+		attr.Permission = 'w'
+	}
+	if active {
+		attr.State = 'a'
+	}
+	return &LV{Name: name, VG: b.cfg.VG, Attr: attr, Size: size, Pool: b.cfg.ThinPool, Tags: tags,
+		Segtype: "thin", DataPercent: -1, MetadataPercent: -1, Time: created, VGExtentSize: b.extentSize}
+}
