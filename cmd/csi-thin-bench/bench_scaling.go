@@ -45,14 +45,7 @@ func (b *bench) scalingPhase(ctx context.Context) error {
 				return err
 			}
 			create = append(create, lat)
-			lat, err = timed(func() error {
-				s, err := c.CreateSnapshot(ctx, b.name("scale-snap"), src.GetVolumeId())
-				if err != nil {
-					return err
-				}
-				defer c.DeleteSnapshot(context.WithoutCancel(ctx), s.GetSnapshotId())
-				return nil
-			})
+			lat, err = b.timedSnapshot(ctx, "scale-snap", src.GetVolumeId())
 			if err != nil {
 				return err
 			}
