@@ -3,10 +3,12 @@
 # real etcd + kube-apiserver on loopback, on a btrfs loop-file pool.
 #
 # It starts the node agent, waits for its ThinNode to be healthy, prints
-# /proc/PID/status (idle), then has it create, snapshot and delete
-# $N ThinVolumes (through the CRs, as the controller would), scrapes
-# /metrics and /healthz, and prints the status again (peak), followed by the
-# largest mappings of /proc/PID/smaps (what the resident set is made of).
+# /proc/PID/status (idle), then runs $N rounds of CSI calls through a
+# controller (the same binary, --mode=controller) and the node plugin
+# (hack/rssprobe/csiload: create, snapshot, restore, stage, publish, write,
+# and back), scrapes /metrics and /healthz, and prints the status again
+# (peak), the Go runtime's memory statistics, and the largest mappings of
+# /proc/PID/smaps (what the resident set is made of).
 # Evidence for docs/performance.md (RSS goal). Needs root (loop, mount),
 # btrfs-progs, openssl and etcd/kube-apiserver/kubectl (looked up on PATH
 # and in the e2e cluster's cache, /var/cache/k8s-recipe/bin).
@@ -30,6 +32,7 @@ pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	findmnt -rn -o TARGET | grep "^$tmp/mnt/" | sort -r | xargs -r -n1 umount 2>/dev/null || true
 	if mountpoint -q "$tmp/pool"; then umount "$tmp/pool" || true; fi
 	losetup -j "$tmp/pool.img" -O NAME -n 2>/dev/null | xargs -r -n1 losetup -d || true
 	[[ -n ${KEEP:-} ]] || rm -rf "$tmp"
@@ -94,43 +97,22 @@ done
 sleep 3
 status idle
 
-hex() { openssl rand -hex 16; }
-vols=() snaps=()
-manifest=$tmp/objs.yaml
-: >"$manifest"
-for _ in $(seq "$N"); do
-	v=v-$(hex)
-	vols+=("$v")
-	cat >>"$manifest" <<EOF
----
-apiVersion: csi-thin.io/v1alpha1
-kind: ThinVolume
-metadata: {name: $v, labels: {csi-thin.io/node: $node}}
-spec: {node: $node, requiredBytes: 16777216, accessType: mount}
-EOF
-done
-kubectl create -f "$manifest" >/dev/null
-kubectl wait --for=jsonpath='{.status.phase}'=Ready --timeout 120s thinvolume "${vols[@]}" >/dev/null
-: >"$manifest"
-for v in "${vols[@]}"; do
-	s=s-$(hex)
-	snaps+=("$s")
-	cat >>"$manifest" <<EOF
----
-apiVersion: csi-thin.io/v1alpha1
-kind: ThinSnapshot
-metadata: {name: $s, labels: {csi-thin.io/node: $node}}
-spec: {node: $node, sourceVolumeID: $v}
-EOF
-done
-kubectl create -f "$manifest" >/dev/null
-kubectl wait --for=jsonpath='{.status.phase}'=Ready --timeout 120s thinsnapshot "${snaps[@]}" >/dev/null
+# The work: the controller (this binary, --mode=controller) creates the
+# resources from CSI calls, the node agent carries them out, and the node
+# service stages and publishes volumes (hack/rssprobe/csiload).
+"$bin" --mode=controller --kubeconfig="$tmp/kubeconfig" --endpoint="unix://$tmp/controller.sock" \
+	--health-address= --metrics-address= >"$tmp/controller.log" 2>&1 &
+pids+=($!)
+(cd "$root" && go build -o "$tmp/csiload" ./hack/rssprobe/csiload)
+if ! "$tmp/csiload" -controller "unix://$tmp/controller.sock" -node "unix://$tmp/csi.sock" \
+	-dir "$tmp/mnt" -rounds "$N" -parallel 4; then
+	tail -20 "$tmp/controller.log" "$tmp/node.log" >&2
+	exit 1
+fi
 for _ in 1 2 3; do
 	curl -fsS "http://127.0.0.1:$metrics_port/metrics" >/dev/null
 	curl -fsS "http://127.0.0.1:$health_port/healthz" >/dev/null
 done
-kubectl delete --wait thinsnapshot "${snaps[@]}" >/dev/null
-kubectl delete --wait thinvolume "${vols[@]}" >/dev/null
 sleep 3
 status peak
 # The Go runtime's own view of the anonymous part.
