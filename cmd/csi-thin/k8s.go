@@ -12,7 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -160,11 +159,8 @@ func newManager(o *options, cacheOpts cache.Options) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := thinv1.AddToScheme(scheme); err != nil {
+	scheme, err := newScheme()
+	if err != nil {
 		return nil, err
 	}
 	metricsAddr := o.metricsAddr
@@ -185,6 +181,22 @@ func newManager(o *options, cacheOpts cache.Options) (ctrl.Manager, error) {
 		HealthProbeBindAddress: healthAddr,
 		LeaderElection:         false,
 	})
+}
+
+// newScheme holds only the types the controller and the node agent read or
+// write: the csi-thin resources and core/v1 (Nodes; events go through
+// client-go's own clientset). Registering client-go's built-in groups
+// here, as scaffolding does, copied ~60 API groups into a scheme that
+// needs two.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("scheme core/v1: %w", err)
+	}
+	if err := thinv1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("scheme %s: %w", thinv1.GroupVersion, err)
+	}
+	return scheme, nil
 }
 
 // restConfig is the --kubeconfig file, else the in-cluster config.
