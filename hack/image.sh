@@ -36,7 +36,8 @@ rm -rf "$rootfs"
 mkdir -p "$rootfs"/{etc,tmp,run/lock,var/lib/csi-thin}
 chmod 1777 "$rootfs/tmp"
 version=$(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo dev)
-(cd "$root" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
+# -tags grpcnotrace as in the Makefile (docs/performance.md, RSS).
+(cd "$root" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -tags grpcnotrace \
 	-ldflags "-s -w -X github.com/csi-thin/csi-thin/pkg/driver.Version=$version" \
 	-o "$rootfs/csi-thin" ./cmd/csi-thin)
 bash "$cluster/addbins.sh" "$rootfs" "${tools[@]}"
