@@ -15,6 +15,7 @@
 #
 #   hack/rss-node.sh [binary]     (default: builds bin/csi-thin)
 #   N=20 KEEP=1 HOOK='cmd' hack/rss-node.sh   (KEEP: leave the temp dir; HOOK: run cmd PID BINARY at the end)
+#   HOOK=/tmp/pagemap hack/rss-node.sh   (resident pages by ELF section: hack/rssprobe/pagemap)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 N=${N:-20}
@@ -116,9 +117,11 @@ done
 sleep 3
 status peak
 # The Go runtime's own view of the anonymous part.
-curl -fsS "http://127.0.0.1:$metrics_port/metrics" |
-	grep -E '^go_memstats_(heap_inuse|heap_idle|heap_released|stack_inuse|sys|next_gc|mspan_inuse|gc_sys|other_sys)_bytes ' |
+metrics=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics")
+grep -E '^go_memstats_(heap_inuse|heap_idle|heap_released|stack_inuse|sys|next_gc|mspan_inuse|gc_sys|other_sys)_bytes ' <<<"$metrics" |
 	awk '{printf "  %-40s %6.1f MiB\n", $1, $2/1048576}'
+# What the GC costs: collections so far, their pauses, the process's CPU time.
+grep -E '^(go_gc_duration_seconds_(count|sum)|process_cpu_seconds_total) ' <<<"$metrics" | awk '{printf "  %-40s %g\n", $1, $2}'
 kill -0 "$pid"
 # What the resident set is made of: each mapping's Rss (KiB), largest first.
 awk '/^[0-9a-f]+-[0-9a-f]+ /{name=$6; if (name=="") name="[anon]"; perm=$2}
