@@ -83,7 +83,7 @@ func crashOps() []crashOp {
 			},
 			done: func(t *testing.T, w *world, name string) {
 				id := addVolume(t, w, name)
-				if got := treeSum(t, volumeDir(w.pool, id)); got != w.sums[w.srcID] {
+				if got := harness.TreeSum(t, volumeDir(w.pool, id)); got != w.sums[w.srcID] {
 					t.Errorf("clone %s holds different data than its source", id)
 				}
 			},
@@ -95,7 +95,7 @@ func crashOps() []crashOp {
 			},
 			done: func(t *testing.T, w *world, name string) {
 				id := addVolume(t, w, name)
-				if got := treeSum(t, volumeDir(w.pool, id)); got != w.sums[w.snapID] {
+				if got := harness.TreeSum(t, volumeDir(w.pool, id)); got != w.sums[w.snapID] {
 					t.Errorf("restore %s holds different data than its snapshot", id)
 				}
 			},
@@ -108,7 +108,7 @@ func crashOps() []crashOp {
 			done: func(t *testing.T, w *world, name string) {
 				id := backend.SnapshotIDFor(name)
 				w.snapshots[id] = true
-				if got := treeSum(t, snapshotDir(w.pool, id)); got != w.sums[w.srcID] {
+				if got := harness.TreeSum(t, snapshotDir(w.pool, id)); got != w.sums[w.srcID] {
 					t.Errorf("snapshot %s holds different data than its source", id)
 				}
 			},
@@ -198,7 +198,7 @@ func (w *world) seed(t *testing.T, c *csiclient.Client) {
 	for _, name := range []string{"canary", "source"} {
 		id := mustCreate(t, c, name)
 		w.volumes[id] = true
-		w.sums[id] = writeData(t, volumeDir(w.pool, id), name, 4, 1<<20)
+		w.sums[id] = harness.WriteData(t, volumeDir(w.pool, id), name, 4, 1<<20)
 	}
 	w.srcID = backend.VolumeIDFor("source")
 	snap, err := c.CreateSnapshot(context.Background(), "source-snap", w.srcID)
@@ -207,7 +207,7 @@ func (w *world) seed(t *testing.T, c *csiclient.Client) {
 	}
 	w.snapID = snap.GetSnapshotId()
 	w.snapshots[w.snapID] = true
-	w.sums[w.snapID] = treeSum(t, snapshotDir(w.pool, w.snapID))
+	w.sums[w.snapID] = harness.TreeSum(t, snapshotDir(w.pool, w.snapID))
 }
 
 func newWorld(t *testing.T, pool *btrfs.Pool) *world {
@@ -339,7 +339,7 @@ func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 		if backend.IsSnapshotID(id) {
 			dir = snapshotDir(w.pool, id)
 		}
-		if got := treeSum(t, dir); got != sum {
+		if got := harness.TreeSum(t, dir); got != sum {
 			t.Errorf("[%s] data of %s changed", label, id)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
+	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
 // rpcDeadline is what each call gets on a full pool: the sidecars'
@@ -145,7 +146,7 @@ func TestPoolExhaustion(t *testing.T) {
 		v, err := c.CreateVolume(ctx, "after-cleanup", 64*backend.MiB)
 		if err == nil {
 			dir := volumeDir(pool, v.GetVolumeId())
-			writeData(t, dir, "after", 4, 1<<20)
+			harness.WriteData(t, dir, "after", 4, 1<<20)
 			break
 		}
 		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {

@@ -3,11 +3,7 @@ package reliability
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -199,53 +195,6 @@ func readRecord(t testing.TB, pool *btrfs.Pool, id string) record {
 		t.Fatalf("record of %s: %v", id, err)
 	}
 	return r
-}
-
-// treeSum hashes every regular file under dir (names and contents), so
-// a volume's data can be compared before and after a crash.
-func treeSum(t testing.TB, dir string) string {
-	t.Helper()
-	h := sha256.New()
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		io.WriteString(h, rel+"\x00")
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		_, err = io.Copy(h, f)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("checksum %s: %v", dir, err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// writeData fills dir with n files of pseudo-random content seeded by
-// seed, synced to disk, and returns their checksum.
-func writeData(t testing.TB, dir string, seed string, n int, size int) string {
-	t.Helper()
-	block := sha256.Sum256([]byte(seed))
-	for i := 0; i < n; i++ {
-		buf := make([]byte, 0, size)
-		for len(buf) < size {
-			block = sha256.Sum256(block[:])
-			buf = append(buf, block[:]...)
-		}
-		p := filepath.Join(dir, "data-"+strconv.Itoa(i))
-		if err := os.WriteFile(p, buf[:size], 0o600); err != nil {
-			t.Fatalf("write %s: %v", p, err)
-		}
-	}
-	if _, err := host.Run(context.Background(), "sync", "-f", dir); err != nil {
-		t.Fatalf("sync %s: %v", dir, err)
-	}
-	return treeSum(t, dir)
 }
 
 func volumeDir(pool *btrfs.Pool, id string) string {

@@ -7,14 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	mount "k8s.io/mount-utils"
 
 	"github.com/csi-thin/csi-thin/internal/csiclient"
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -169,7 +166,7 @@ func TestNodeCrashAtEveryStep(t *testing.T) {
 	if err := c.Unstage(context.Background(), nc.bystander.id, nc.bystander.staging); err != nil {
 		t.Error(err)
 	}
-	if got := mountsUnder(t, nc.root); len(got) > 0 {
+	if got := harness.MountsUnder(t, nc.root); len(got) > 0 {
 		t.Errorf("mounts left after the last unstage: %v", got)
 	}
 	if n := countMountsOf(t, pool.LoopDevice()); n != 1 {
@@ -193,7 +190,7 @@ func (nc *nodeCrash) newVolume(t *testing.T, c *csiclient.Client, name string) *
 		t.Fatal(err)
 	}
 	v.staging, v.target = filepath.Join(dir, "globalmount"), filepath.Join(dir, "mount")
-	v.sum = writeData(t, volumeDir(nc.pool, v.id), name, 2, 256<<10)
+	v.sum = harness.WriteData(t, volumeDir(nc.pool, v.id), name, 2, 256<<10)
 	return v
 }
 
@@ -240,7 +237,7 @@ func (nc *nodeCrash) run(t *testing.T, op nodeOp) (points, kills, restarts int) 
 		mustNode(t, "delete", c.DeleteVolume(ctx, v.id))
 		c.Stop(t)
 		if !crashed && len(mountFaults) > 0 { // the whole call ran under the stand-ins
-			t.Logf("%s runs %d mount tool commands: %q", op.name, len(calls), commandsOnly(calls))
+			t.Logf("%s runs %d mount tool commands: %q", op.name, len(calls), harness.CommandsOnly(calls))
 		}
 		points++
 		return crashed
@@ -265,7 +262,7 @@ func (nc *nodeCrash) run(t *testing.T, op nodeOp) (points, kills, restarts int) 
 func (nc *nodeCrash) want(t *testing.T, label string, v *nodeVolume, op nodeOp) {
 	t.Helper()
 	nc.check(t, label, v)
-	got := mountsUnder(t, nc.root)
+	got := harness.MountsUnder(t, nc.root)
 	expect := func(path string, mounted bool) {
 		entries := got[path]
 		if !mounted {
@@ -295,10 +292,10 @@ func (nc *nodeCrash) want(t *testing.T, label string, v *nodeVolume, op nodeOp) 
 	expect(v.target, op.published)
 	switch {
 	case op.published:
-		if got := treeSum(t, v.target); got != v.sum {
+		if got := harness.TreeSum(t, v.target); got != v.sum {
 			t.Errorf("[%s] data seen through %s differs from the volume's", label, v.target)
 		}
-		err := probeWrite(v.target)
+		err := harness.ProbeWrite(v.target)
 		if op.readOnly && !errors.Is(err, syscall.EROFS) {
 			t.Errorf("[%s] write into a read-only publish: %v, want EROFS", label, err)
 		}
@@ -306,7 +303,7 @@ func (nc *nodeCrash) want(t *testing.T, label string, v *nodeVolume, op nodeOp) 
 			t.Errorf("[%s] write into a read-write publish: %v", label, err)
 		}
 	case op.staged:
-		if got := treeSum(t, v.staging); got != v.sum {
+		if got := harness.TreeSum(t, v.staging); got != v.sum {
 			t.Errorf("[%s] data seen through %s differs from the volume's", label, v.staging)
 		}
 	}
@@ -319,7 +316,7 @@ func (nc *nodeCrash) want(t *testing.T, label string, v *nodeVolume, op nodeOp) 
 // every volume's data is unchanged.
 func (nc *nodeCrash) check(t *testing.T, label string, v *nodeVolume) {
 	t.Helper()
-	got := mountsUnder(t, nc.root)
+	got := harness.MountsUnder(t, nc.root)
 	allowed := map[string]string{ // mount point → the subvolume it must show
 		nc.bystander.staging: "/csi-thin/volumes/" + nc.bystander.id,
 		nc.bystander.target:  "/csi-thin/volumes/" + nc.bystander.id,
@@ -354,56 +351,12 @@ func (nc *nodeCrash) check(t *testing.T, label string, v *nodeVolume) {
 	if dev := countMountsOf(t, nc.pool.LoopDevice()); dev != 1+n {
 		t.Errorf("[%s] pool device has %d mounts, want %d (the pool and %d under %s)", label, dev, 1+n, n, nc.root)
 	}
-	if got := treeSum(t, nc.bystander.target); got != nc.bystander.sum {
+	if got := harness.TreeSum(t, nc.bystander.target); got != nc.bystander.sum {
 		t.Errorf("[%s] bystander's data changed", label)
 	}
 	if v != nil {
-		if got := treeSum(t, volumeDir(nc.pool, v.id)); got != v.sum {
+		if got := harness.TreeSum(t, volumeDir(nc.pool, v.id)); got != v.sum {
 			t.Errorf("[%s] data of %s changed", label, v.id)
 		}
 	}
-}
-
-// mountsUnder returns the mount table's entries below dir, by mount
-// point, in mount order (the last one is on top).
-func mountsUnder(t testing.TB, dir string) map[string][]mount.MountInfo {
-	t.Helper()
-	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatalf("read mount table: %v", err)
-	}
-	out := map[string][]mount.MountInfo{}
-	for _, mi := range infos {
-		if strings.HasPrefix(mi.MountPoint, dir+"/") {
-			out[mi.MountPoint] = append(out[mi.MountPoint], mi)
-		}
-	}
-	for _, entries := range out {
-		sort.SliceStable(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
-	}
-	return out
-}
-
-// commandsOnly drops the paths from command lines, for the log.
-func commandsOnly(lines []string) []string {
-	var out []string
-	for _, l := range lines {
-		var f []string
-		for _, w := range strings.Fields(l) {
-			if !strings.HasPrefix(w, "/") {
-				f = append(f, w)
-			}
-		}
-		out = append(out, strings.Join(f, " "))
-	}
-	return out
-}
-
-// probeWrite creates and removes a file in dir.
-func probeWrite(dir string) error {
-	p := filepath.Join(dir, ".probe")
-	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
-		return err
-	}
-	return os.Remove(p)
 }

@@ -43,12 +43,12 @@ func TestRecoveryNeverDeletesOnAGuess(t *testing.T) {
 			if _, err := host.Run(context.Background(), "btrfs", "subvolume", "create", p); err != nil {
 				t.Fatal(err)
 			}
-			sums[p] = writeData(t, p, p, 2, 64<<10)
+			sums[p] = harness.WriteData(t, p, p, 2, 64<<10)
 		} else if err := os.WriteFile(p, []byte("operator notes"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	sums[volumeDir(pool, v.GetVolumeId())] = writeData(t, volumeDir(pool, v.GetVolumeId()), "kept", 2, 64<<10)
+	sums[volumeDir(pool, v.GetVolumeId())] = harness.WriteData(t, volumeDir(pool, v.GetVolumeId()), "kept", 2, 64<<10)
 
 	opts.Faults = nil
 	opts.CrashReply = "CreateVolume"
@@ -66,7 +66,7 @@ func TestRecoveryNeverDeletesOnAGuess(t *testing.T) {
 		}
 	}
 	for p, sum := range sums {
-		if got := treeSum(t, p); got != sum {
+		if got := harness.TreeSum(t, p); got != sum {
 			t.Errorf("data under %s changed", p)
 		}
 	}

@@ -8,6 +8,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -35,7 +36,8 @@ const (
 	// envRecoveryFaults are armed while the pool is opened, so they count
 	// only the commands of startup recovery.
 	envRecoveryFaults = "CSI_THIN_RECOVERY_FAULTS"
-	// envMountFaults hit mount(8) and umount(8) (see mountwrap.go); armed
+	// envMountFaults hit mount(8), umount(8) and the filesystem tools
+	// mount-utils runs itself (see mountwrap.go); armed
 	// when the mutating call arrives, like envFaults.
 	envMountFaults = "CSI_THIN_MOUNT_FAULTS"
 )
@@ -47,7 +49,7 @@ type OpenFunc func(ctx context.Context, config string, runner exec.Runner) (back
 // MaybeServe turns this process into a driver child when the environment
 // asks for one; it then never returns. Call it first thing in TestMain.
 func MaybeServe(open OpenFunc) {
-	// A driver child's mount(8) stand-in carries the child's environment,
+	// A driver child's tool stand-in carries the child's environment,
 	// so it must be recognised first.
 	maybeBeMountTool()
 	if os.Getenv(envServe) != "1" {
@@ -76,8 +78,8 @@ func serve(open OpenFunc) error {
 		}
 	}
 	faults, recoveryFaults, mountFaults := lists[0], lists[1], lists[2]
-	// The mount(8) stand-in kills the process named here: the driver,
-	// whatever runs between it and mount(8).
+	// The tool stand-in kills the process named here: the driver,
+	// whatever runs between it and the tool.
 	os.Setenv(envDriverPID, strconv.Itoa(os.Getpid()))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -95,8 +97,14 @@ func serve(open OpenFunc) error {
 	}
 	var ctrl csi.ControllerServer = controller.New(pool)
 	var nodeSrv csi.NodeServer = node.New(pool, node.Options{})
-	if m := os.Getenv(envCrashReply); m != "" || len(faults) > 0 || len(mountFaults) > 0 {
-		f := &faultSet{runner: runner, faults: faults, mountFaults: mountFaults, crashMethod: m}
+	// With the tool stand-ins installed (faulted or recording), every
+	// mutating call must arm them, so that their count starts at it.
+	standIns := os.Getenv(envMountDir) != ""
+	if len(mountFaults) > 0 && !standIns {
+		return errors.New("mount faults given but no tool stand-in is installed")
+	}
+	if m := os.Getenv(envCrashReply); m != "" || len(faults) > 0 || standIns {
+		f := &faultSet{runner: runner, faults: faults, mountFaults: mountFaults, standIns: standIns, crashMethod: m}
 		ctrl = &faultedController{ControllerServer: ctrl, f: f}
 		nodeSrv = &faultedNode{NodeServer: nodeSrv, f: f}
 	}
@@ -128,12 +136,13 @@ type faultSet struct {
 	runner      *exec.FaultRunner
 	faults      []exec.Fault
 	mountFaults []exec.Fault
+	standIns    bool
 	crashMethod string
 }
 
 func (f *faultSet) arm() error {
 	f.runner.Arm(f.faults...)
-	if len(f.mountFaults) > 0 {
+	if f.standIns {
 		return armMountTool(f.mountFaults)
 	}
 	return nil

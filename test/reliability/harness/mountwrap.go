@@ -7,6 +7,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,21 +18,29 @@ import (
 // The Node service mounts through k8s.io/mount-utils, which runs mount(8)
 // and umount(8) itself rather than through exec.Runner, and one of its
 // bind mounts is two mount(8) calls (bind, then remount with the options).
-// To crash between any two of them, a child started with MountFaults gets
-// a directory first on its PATH in which "mount" and "umount" are this
-// test binary: MaybeServe recognises the name it was called by and stands
-// in for the tool. Unarmed, it execs the real tool; armed, it counts the
-// call in a file (each call is a new process) and at the faulted step
-// SIGKILLs the driver before or after running the real tool. Neither the
-// driver nor mount-utils is changed.
+// Its FormatAndMount and ResizeFs likewise run blkid, fsck, mkfs.<type>,
+// resize2fs and xfs_growfs themselves. To crash between any two of these,
+// a child started with MountFaults gets a directory first on its PATH in
+// which each of them is this test binary: MaybeServe recognises the name
+// it was called by and stands in for the tool. Unarmed, it execs the real
+// tool; armed, it counts the call in a file (each call is a new process)
+// and at the faulted step SIGKILLs the driver before or after running the
+// real tool. Neither the driver nor mount-utils is changed.
 const (
-	envMountDir   = "CSI_THIN_RELIABILITY_MOUNT_DIR" // the stand-in's state: faults, calls, bin/
-	envRealMount  = "CSI_THIN_RELIABILITY_REAL_MOUNT"
-	envRealUmount = "CSI_THIN_RELIABILITY_REAL_UMOUNT"
-	envDriverPID  = "CSI_THIN_RELIABILITY_DRIVER_PID" // set by the driver child on itself
+	envMountDir  = "CSI_THIN_RELIABILITY_MOUNT_DIR"  // the stand-in's state: faults, calls, bin/
+	envRealTool  = "CSI_THIN_RELIABILITY_REAL_TOOL_" // + the tool's name, upper case, "." as "_"
+	envDriverPID = "CSI_THIN_RELIABILITY_DRIVER_PID" // set by the driver child on itself
 )
 
-var realToolEnv = map[string]string{"mount": envRealMount, "umount": envRealUmount}
+// standInTools are the tools the stand-in replaces: every program
+// mount-utils runs on the Node calls' path. One missing on the host (no
+// xfsprogs, say) is left out; a test that faults it sees its fault never
+// fire.
+var standInTools = []string{"mount", "umount", "blkid", "fsck", "mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs"}
+
+func realToolEnv(tool string) string {
+	return envRealTool + strings.ToUpper(strings.ReplaceAll(tool, ".", "_"))
+}
 
 // setupMountTool prepares the stand-ins in dir and returns the
 // environment a child needs to run them in place of the real tools.
@@ -53,10 +62,10 @@ func setupMountTool(dir string) ([]string, error) {
 		}
 	}
 	env := []string{envMountDir + "=" + dir, "PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}
-	for tool, key := range realToolEnv {
+	for _, tool := range standInTools {
 		real, err := osexec.LookPath(tool)
 		if err != nil {
-			return nil, fmt.Errorf("real %s: %w", tool, err)
+			continue
 		}
 		link := filepath.Join(bin, tool)
 		if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -65,7 +74,7 @@ func setupMountTool(dir string) ([]string, error) {
 		if err := os.Symlink(exe, link); err != nil {
 			return nil, err
 		}
-		env = append(env, key+"="+real)
+		env = append(env, realToolEnv(tool)+"="+real)
 	}
 	return env, nil
 }
@@ -74,9 +83,6 @@ func setupMountTool(dir string) ([]string, error) {
 // stand-ins count from the next call on.
 func armMountTool(faults []exec.Fault) error {
 	dir := os.Getenv(envMountDir)
-	if dir == "" {
-		return errors.New("mount faults given but no mount tool stand-in is installed")
-	}
 	if err := os.WriteFile(filepath.Join(dir, "calls"), nil, 0o600); err != nil {
 		return fmt.Errorf("reset mount call count: %w", err)
 	}
@@ -87,7 +93,7 @@ func armMountTool(faults []exec.Fault) error {
 	return os.Rename(tmp, filepath.Join(dir, "faults"))
 }
 
-// MountCalls returns the mount(8)/umount(8) command lines the stand-ins
+// MountCalls returns the command lines the tool stand-ins
 // of the child started in dir saw since the last call armed them.
 func MountCalls(dir string) []string {
 	b, _ := os.ReadFile(filepath.Join(dir, "mount-tool", "calls"))
@@ -105,7 +111,7 @@ func lines(b []byte) []string {
 func maybeBeMountTool() {
 	dir := os.Getenv(envMountDir)
 	tool := filepath.Base(os.Args[0])
-	if dir == "" || realToolEnv[tool] == "" {
+	if dir == "" || !slices.Contains(standInTools, tool) {
 		return
 	}
 	os.Exit(runMountTool(dir, tool, os.Args[1:]))
@@ -115,7 +121,7 @@ func maybeBeMountTool() {
 const mountFailure = 32
 
 func runMountTool(dir, tool string, args []string) int {
-	real := os.Getenv(realToolEnv[tool])
+	real := os.Getenv(realToolEnv(tool))
 	fault, hit, err := countMountCall(dir, strings.Join(append([]string{tool}, args...), " "))
 	if err != nil || real == "" {
 		fmt.Fprintf(os.Stderr, "%s stand-in: real tool %q: %v\n", tool, real, err)

@@ -31,9 +31,14 @@ type Options struct {
 	// are armed while the pool is opened and disarmed before the child
 	// serves. Use StartMayCrash with them.
 	RecoveryFaults []exec.Fault
-	// MountFaults hit mount(8) and umount(8) calls (crash kinds only);
+	// MountFaults hit the calls of mount(8), umount(8) and the filesystem
+	// tools mount-utils runs (blkid, fsck, mkfs.*, resize2fs, xfs_growfs;
+	// crash kinds only, counted apart from Faults);
 	// they are armed like Faults. See mountwrap.go.
 	MountFaults []exec.Fault
+	// RecordTools installs the tool stand-ins without faults, so that
+	// MountCalls tells what a call ran.
+	RecordTools bool
 	// CrashReply names a Controller or Node method after whose success
 	// the child dies before replying.
 	CrashReply string
@@ -133,7 +138,7 @@ func launch(o Options) (*Child, bool, error) {
 		// A -race build sleeps 1 s at exit by default; children exit often.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
 	)
-	if len(o.MountFaults) > 0 {
+	if len(o.MountFaults) > 0 || o.RecordTools {
 		env, err := setupMountTool(filepath.Join(o.Dir, "mount-tool"))
 		if err != nil {
 			return nil, false, fmt.Errorf("mount tool stand-ins: %w", err)
