@@ -2,12 +2,9 @@ package reliability
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"syscall"
 	"testing"
 	"time"
 
@@ -263,45 +260,18 @@ func (nc *nodeCrash) want(t *testing.T, label string, v *nodeVolume, op nodeOp) 
 	t.Helper()
 	nc.check(t, label, v)
 	got := harness.MountsUnder(t, nc.root)
-	expect := func(path string, mounted bool) {
-		entries := got[path]
-		if !mounted {
-			if len(entries) > 0 {
-				t.Errorf("[%s] %s is still mounted", label, path)
-			}
-			if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("[%s] %s is not mounted but still exists (%v)", label, path, err)
-			}
-			return
-		}
-		if len(entries) != 1 {
-			t.Errorf("[%s] %s has %d mounts, want 1", label, path, len(entries))
-			return
-		}
-		flags := nodeFlags
-		if path == v.target && op.readOnly {
-			flags = append([]string{"ro"}, nodeFlags...)
-		}
-		for _, f := range flags {
-			if !slices.Contains(entries[0].MountOptions, f) {
-				t.Errorf("[%s] %s is mounted with %v, missing %q", label, path, entries[0].MountOptions, f)
-			}
-		}
+	targetFlags := nodeFlags
+	if op.readOnly {
+		targetFlags = append([]string{"ro"}, nodeFlags...)
 	}
-	expect(v.staging, op.staged)
-	expect(v.target, op.published)
+	harness.CheckMount(t, label, got, v.staging, op.staged, nodeFlags)
+	harness.CheckMount(t, label, got, v.target, op.published, targetFlags)
 	switch {
 	case op.published:
 		if got := harness.TreeSum(t, v.target); got != v.sum {
 			t.Errorf("[%s] data seen through %s differs from the volume's", label, v.target)
 		}
-		err := harness.ProbeWrite(v.target)
-		if op.readOnly && !errors.Is(err, syscall.EROFS) {
-			t.Errorf("[%s] write into a read-only publish: %v, want EROFS", label, err)
-		}
-		if !op.readOnly && err != nil {
-			t.Errorf("[%s] write into a read-write publish: %v", label, err)
-		}
+		harness.CheckWritable(t, label, v.target, op.readOnly)
 	case op.staged:
 		if got := harness.TreeSum(t, v.staging); got != v.sum {
 			t.Errorf("[%s] data seen through %s differs from the volume's", label, v.staging)

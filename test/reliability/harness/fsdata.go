@@ -3,14 +3,17 @@ package harness
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -123,4 +126,45 @@ func CommandsOnly(lines []string) []string {
 		out = append(out, strings.Join(f, " "))
 	}
 	return out
+}
+
+// CheckMount checks that path, after a Node call, is mounted exactly once
+// with flags among its per-mount options (and returns that mount), or,
+// when it must not be mounted, that it is gone: kubelet's paths are the
+// driver's to remove.
+func CheckMount(t testing.TB, label string, mounts map[string][]mount.MountInfo, path string, mounted bool, flags []string) *mount.MountInfo {
+	t.Helper()
+	entries := mounts[path]
+	if !mounted {
+		if len(entries) > 0 {
+			t.Errorf("[%s] %s is still mounted", label, path)
+		}
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("[%s] %s is not mounted but still exists (%v)", label, path, err)
+		}
+		return nil
+	}
+	if len(entries) != 1 {
+		t.Errorf("[%s] %s has %d mounts, want 1", label, path, len(entries))
+		return nil
+	}
+	for _, f := range flags {
+		if !slices.Contains(entries[0].MountOptions, f) {
+			t.Errorf("[%s] %s is mounted with %v, missing %q", label, path, entries[0].MountOptions, f)
+		}
+	}
+	return &entries[0]
+}
+
+// CheckWritable checks that a file can be written in dir, or, for a
+// read-only mount, that the write fails with EROFS.
+func CheckWritable(t testing.TB, label, dir string, readOnly bool) {
+	t.Helper()
+	err := ProbeWrite(dir)
+	if readOnly && !errors.Is(err, syscall.EROFS) {
+		t.Errorf("[%s] write into read-only %s: %v, want EROFS", label, dir, err)
+	}
+	if !readOnly && err != nil {
+		t.Errorf("[%s] write into %s: %v", label, dir, err)
+	}
 }
