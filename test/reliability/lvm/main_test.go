@@ -1,6 +1,7 @@
 // Package lvm is the LVM thin half of the reliability suite: SIGKILL at
-// every step of every mutating call, and a pool run out of space, on a
-// real dm-thin pool. It needs root and a kernel with dm-thin-pool, so on
+// every step of every mutating Controller call and of the Node calls
+// (activation, mkfs, mounts, filesystem growth), and a pool run out of
+// space, on a real dm-thin pool. It needs root and a kernel with dm-thin-pool, so on
 // a host without it, it runs in the VM of test/vm:
 //
 //	CGO_ENABLED=0 go test -c -o /var/tmp/rel-lvm.test ./test/reliability/lvm/
