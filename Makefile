@@ -36,8 +36,9 @@ test-btrfs: | $(BIN)
 	$(GO) test -count=1 -v ./pkg/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|Ran [0-9]+ of|Passed \|' ; exit $${PIPESTATUS[0]}
 
 # Everything, in order of cost. The LVM reliability suite runs whole: the
-# crash matrix (every lvm step of each mutating call) and the out-of-space
-# and metadata tests, in one VM boot (~7 min, see test-reliability-lvm).
+# crash matrices (every lvm step of each mutating call; every step of the
+# Node calls) and the out-of-space and metadata tests, in one VM boot
+# (~9.5 min, see test-reliability-lvm).
 test: lint test-unit test-btrfs test-reliability test-lvm test-reliability-lvm bench-smoke test-e2e
 
 test-lvm:
@@ -68,16 +69,17 @@ test-reliability: | $(BIN)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m -v ./test/reliability/ ./test/reliability/rbac/ 2>&1 | tee $(BIN)/test-reliability.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|^    [a-z]+_test.go:[0-9]+: [a-z][a-z -]+:' ; exit $${PIPESTATUS[0]}
 	@$(MAKE) --no-print-directory fuzz
 
-# The LVM thin half (crash at every lvm step, out of space, metadata) needs
-# dm-thin: it runs in the VM of test/vm when this kernel lacks it. Under
-# TCG on the 2-core machine: ~5 min of crash matrix and ~1.5 min of the
-# rest when the host is quiet, ~10 min of matrix when it is busy (the
-# timeouts leave room for that twice over). RELIABILITY_LVM_RUN selects
+# The LVM thin half (crash at every lvm step, crash at every step of the
+# Node calls, out of space, metadata) needs dm-thin: it runs in the VM of
+# test/vm when this kernel lacks it. Under TCG on the 2-core machine:
+# ~4-5 min of controller crash matrix, ~3.5 min of Node crash matrix and
+# ~1.5 min of the rest when the host is quiet, about twice that when it is
+# busy (the timeouts leave room for that). RELIABILITY_LVM_RUN selects
 # tests, e.g. 'TestOutOfSpace|TestMetadata' or 'TestCrashAtEveryStepLVM/restore'.
 RELIABILITY_LVM_RUN ?= .
 test-reliability-lvm: | $(BIN)
 	CGO_ENABLED=0 $(GO) test -c -o $(BIN)/reliability-lvm.test ./test/reliability/lvm/
-	test/vm/run.sh --timeout 2100 $(BIN)/reliability-lvm.test -test.v -test.timeout 30m -test.run '$(RELIABILITY_LVM_RUN)' 2>&1 | tee $(BIN)/test-reliability-lvm.log; exit $${PIPESTATUS[0]}
+	test/vm/run.sh --timeout 2700 $(BIN)/reliability-lvm.test -test.v -test.timeout 40m -test.run '$(RELIABILITY_LVM_RUN)' 2>&1 | tee $(BIN)/test-reliability-lvm.log; exit $${PIPESTATUS[0]}
 
 # Each Fuzz* function in a *_fuzz_test.go file, for FUZZTIME; new
 # crashers land in that package's testdata/fuzz and fail the run.
