@@ -71,13 +71,13 @@ func (l *lvm) lvs(ctx context.Context, targets ...string) ([]LV, error) {
 }
 
 // thinPoolStatus reads the thin-pool target of vg/pool from the kernel
-// (`dmsetup status`), without LVM: see thinPoolStatus.
-func (l *lvm) thinPoolStatus(ctx context.Context, vg, pool string) (thinPoolStatus, error) {
-	res, err := l.runner.Run(ctx, "dmsetup", "status", dmName(vg, pool, "tpool"))
+// (`dmsetup status`), without LVM: see ThinPoolStatus.
+func (l *lvm) thinPoolStatus(ctx context.Context, vg, pool string) (ThinPoolStatus, error) {
+	res, err := l.runner.Run(ctx, "dmsetup", "status", DMName(vg, pool, "tpool"))
 	if err != nil {
-		return thinPoolStatus{}, err
+		return ThinPoolStatus{}, err
 	}
-	return parseThinPoolStatus(res.Stdout)
+	return ParseThinPoolStatus(res.Stdout)
 }
 
 // vg reports one VG, or an error wrapping backend.ErrNotFound.
@@ -180,4 +180,4 @@ func devicePath(vg, lv string) string { return "/dev/" + vg + "/" + lv }
 
 // mapperPath is the device-mapper node of an active LV: dashes in VG and
 // LV names are doubled, and the two are joined with a single dash.
-func mapperPath(vg, lv string) string { return "/dev/mapper/" + dmName(vg, lv, "") }
+func mapperPath(vg, lv string) string { return "/dev/mapper/" + DMName(vg, lv, "") }

@@ -20,20 +20,20 @@ const dmStatus = "dmsetup status vgcap-pool-tpool"
 func TestParseThinPoolStatus(t *testing.T) {
 	for _, tc := range []struct {
 		name, out   string
-		want        thinPoolStatus
+		want        ThinPoolStatus
 		healthy, ok bool
 	}{
 		{name: "healthy", out: poolStatusRW, ok: true, healthy: true,
-			want: thinPoolStatus{UsedMetadataBlocks: 110, TotalMetadataBlocks: 1024, UsedDataBlocks: 768, TotalDataBlocks: 16384, Mode: "rw"}},
+			want: ThinPoolStatus{Transaction: 3, UsedMetadataBlocks: 110, TotalMetadataBlocks: 1024, UsedDataBlocks: 768, TotalDataBlocks: 16384, Mode: "rw", ErrorIfNoSpace: true}},
 		{name: "no low watermark (older kernels)", out: "0 2097152 thin-pool 3 110/1024 768/16384 - rw discard_passdown queue_if_no_space -", ok: true, healthy: true,
-			want: thinPoolStatus{UsedMetadataBlocks: 110, TotalMetadataBlocks: 1024, UsedDataBlocks: 768, TotalDataBlocks: 16384, Mode: "rw"}},
+			want: ThinPoolStatus{Transaction: 3, UsedMetadataBlocks: 110, TotalMetadataBlocks: 1024, UsedDataBlocks: 768, TotalDataBlocks: 16384, Mode: "rw"}},
 		{name: "needs check", out: "0 2097152 thin-pool 3 110/1024 768/16384 - rw discard_passdown error_if_no_space needs_check 256", ok: true,
-			want: thinPoolStatus{UsedMetadataBlocks: 110, TotalMetadataBlocks: 1024, UsedDataBlocks: 768, TotalDataBlocks: 16384, Mode: "rw", NeedsCheck: true}},
+			want: ThinPoolStatus{Transaction: 3, UsedMetadataBlocks: 110, TotalMetadataBlocks: 1024, UsedDataBlocks: 768, TotalDataBlocks: 16384, Mode: "rw", ErrorIfNoSpace: true, NeedsCheck: true}},
 		{name: "out of data", out: "0 2097152 thin-pool 9 300/1024 16384/16384 - out_of_data_space discard_passdown error_if_no_space - 256", ok: true,
-			want: thinPoolStatus{UsedMetadataBlocks: 300, TotalMetadataBlocks: 1024, UsedDataBlocks: 16384, TotalDataBlocks: 16384, Mode: "out_of_data_space"}},
+			want: ThinPoolStatus{Transaction: 9, UsedMetadataBlocks: 300, TotalMetadataBlocks: 1024, UsedDataBlocks: 16384, TotalDataBlocks: 16384, Mode: "out_of_data_space", ErrorIfNoSpace: true}},
 		{name: "metadata read-only", out: "0 2097152 thin-pool 9 1024/1024 900/16384 - ro discard_passdown error_if_no_space - 256", ok: true,
-			want: thinPoolStatus{UsedMetadataBlocks: 1024, TotalMetadataBlocks: 1024, UsedDataBlocks: 900, TotalDataBlocks: 16384, Mode: "ro"}},
-		{name: "fail mode", out: "0 2097152 thin-pool Fail", ok: true, want: thinPoolStatus{Mode: "Fail"}},
+			want: ThinPoolStatus{Transaction: 9, UsedMetadataBlocks: 1024, TotalMetadataBlocks: 1024, UsedDataBlocks: 900, TotalDataBlocks: 16384, Mode: "ro", ErrorIfNoSpace: true}},
+		{name: "fail mode", out: "0 2097152 thin-pool Fail", ok: true, want: ThinPoolStatus{Mode: "Fail"}},
 		{name: "not a pool", out: "0 204800 thin 0 -"},
 		{name: "two targets", out: poolStatusRW + poolStatusRW},
 		{name: "truncated", out: "0 2097152 thin-pool 3 110/1024"},
@@ -42,7 +42,7 @@ func TestParseThinPoolStatus(t *testing.T) {
 		{name: "empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseThinPoolStatus([]byte(tc.out))
+			got, err := ParseThinPoolStatus([]byte(tc.out))
 			if (err == nil) != tc.ok {
 				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
 			}
@@ -54,8 +54,8 @@ func TestParseThinPoolStatus(t *testing.T) {
 }
 
 func TestDMName(t *testing.T) {
-	if got := dmName("my-vg", "thin-pool", "tpool"); got != "my--vg-thin--pool-tpool" {
-		t.Errorf("dmName = %q", got)
+	if got := DMName("my-vg", "thin-pool", "tpool"); got != "my--vg-thin--pool-tpool" {
+		t.Errorf("DMName = %q", got)
 	}
 	if got := mapperPath("vg", "v-1"); got != "/dev/mapper/vg-v--1" {
 		t.Errorf("mapperPath = %q", got)

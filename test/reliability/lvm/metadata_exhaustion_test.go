@@ -153,43 +153,22 @@ func poolStatus(t *testing.T, p *mdPool) thinPoolStatus {
 		t.Fatalf("dmsetup status: %v", err)
 	}
 	// LVM names the pool's thin-pool target vg-pool-tpool while thin LVs
-	// use it, vg-pool otherwise; dashes in names are doubled.
-	esc := func(s string) string { return strings.ReplaceAll(s, "-", "--") }
-	prefix := esc(p.cfg.VG) + "-" + esc(p.cfg.ThinPool)
+	// use it, vg-pool otherwise.
 	for _, line := range strings.Split(string(res.Stdout), "\n") {
 		name, rest, ok := strings.Cut(line, ": ")
-		if !ok || (name != prefix && name != prefix+"-tpool") {
+		if !ok || (name != lvmthin.DMName(p.cfg.VG, p.cfg.ThinPool, "") && name != lvmthin.DMName(p.cfg.VG, p.cfg.ThinPool, "tpool")) {
 			continue
 		}
-		st := thinPoolStatus{raw: strings.TrimSpace(rest)}
-		// start length thin-pool <transaction> <meta used/total>
-		// <data used/total> <held root> <mode> <discards> <when full>
-		// <needs_check or -> [<metadata low water mark>]; a failed
-		// pool reports only "Fail" after the target name.
-		f := strings.Fields(rest)
-		switch {
-		case len(f) == 4 && f[3] == "Fail":
-			st.mode = "Fail"
-		case len(f) >= 11 && f[2] == "thin-pool":
-			st.transaction, _ = strconv.ParseInt(f[3], 10, 64)
-			st.metaUsed, st.metaTotal = ratio(f[4])
-			st.dataUsed, st.dataTotal = ratio(f[5])
-			st.mode = f[7]
-			st.errorFull = f[9] == "error_if_no_space"
-			st.needsCheck = f[10] == "needs_check"
-		default:
-			t.Fatalf("unexpected thin-pool status %q", line)
+		k, err := lvmthin.ParseThinPoolStatus([]byte(rest))
+		if err != nil {
+			t.Fatalf("unexpected thin-pool status %q: %v", line, err)
 		}
-		return st
+		return thinPoolStatus{raw: strings.TrimSpace(rest), transaction: k.Transaction,
+			metaUsed: k.UsedMetadataBlocks, metaTotal: k.TotalMetadataBlocks,
+			dataUsed: k.UsedDataBlocks, dataTotal: k.TotalDataBlocks,
+			mode: k.Mode, needsCheck: k.NeedsCheck, errorFull: k.ErrorIfNoSpace}
 	}
 	return thinPoolStatus{raw: "no thin-pool target", mode: "inactive"}
-}
-
-func ratio(s string) (int64, int64) {
-	a, b, _ := strings.Cut(s, "/")
-	x, _ := strconv.ParseInt(a, 10, 64)
-	y, _ := strconv.ParseInt(b, 10, 64)
-	return x, y
 }
 
 // kernelLog returns the device-mapper lines of the kernel log after the

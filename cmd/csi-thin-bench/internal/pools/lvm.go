@@ -14,6 +14,7 @@ import (
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/mounts"
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
 	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/lvmthin"
 )
 
 // LVMDevice is an LVM thin pool the driver builds on a blank disk
@@ -39,12 +40,6 @@ func (l *LVMDevice) DriverArgs() []string {
 	return []string{"--backend=lvmthin", "--vg=" + l.vg, "--thin-pool=" + l.pool, "--devices=" + l.device}
 }
 
-// dmName is device-mapper's name for vg/lv: each "-" inside a name is
-// doubled and the two are joined by a single "-".
-func dmName(vg, lv string) string {
-	return strings.ReplaceAll(vg, "-", "--") + "-" + strings.ReplaceAll(lv, "-", "--")
-}
-
 // Usage reads the thin pool's mapped data and metadata blocks from
 // dm-thin itself (`dmsetup status`): exact to the chunk, where lvs'
 // data_percent has two decimals (1 MiB on a 10 GiB pool is 0.01%).
@@ -53,7 +48,7 @@ func (l *LVMDevice) Usage(ctx context.Context) (results.Usage, error) {
 	var lastErr error
 	// With thin volumes active the pool's target is in <vg>-<pool>-tpool;
 	// a pool with none active may show it under <vg>-<pool>.
-	for _, name := range []string{dmName(l.vg, l.pool) + "-tpool", dmName(l.vg, l.pool)} {
+	for _, name := range []string{lvmthin.DMName(l.vg, l.pool, "tpool"), lvmthin.DMName(l.vg, l.pool, "")} {
 		status, err := l.run.Run(ctx, "dmsetup", "status", name)
 		if err != nil {
 			lastErr = err
@@ -74,29 +69,26 @@ func (l *LVMDevice) Usage(ctx context.Context) (results.Usage, error) {
 	return results.Usage{}, fmt.Errorf("thin pool usage of %s/%s: %w", l.vg, l.pool, lastErr)
 }
 
-// parseThinPool reads
+// parseThinPool reads the pool's status (lvmthin.ParseThinPoolStatus)
+// and its table, for the data block size:
 //
-//	status: <start> <len> thin-pool <transaction> <usedMeta>/<totalMeta> <usedData>/<totalData> ...
 //	table:  <start> <len> thin-pool <metaDev> <dataDev> <dataBlockSectors> <lowWater> ...
 //
-// Metadata blocks are 4 KiB; data blocks are the pool's chunk size.
+// Metadata blocks are 4 KiB.
 func parseThinPool(status, table string) (results.Usage, error) {
-	st, tb := strings.Fields(status), strings.Fields(table)
-	if len(st) < 6 || st[2] != "thin-pool" || len(tb) < 6 || tb[2] != "thin-pool" {
-		return results.Usage{}, fmt.Errorf("not a thin-pool target: %q / %q", status, table)
+	st, err := lvmthin.ParseThinPoolStatus([]byte(status))
+	if err != nil {
+		return results.Usage{}, err
 	}
-	usedMeta, _, ok1 := strings.Cut(st[4], "/")
-	usedData, _, ok2 := strings.Cut(st[5], "/")
-	if !ok1 || !ok2 {
-		return results.Usage{}, fmt.Errorf("thin-pool status %q: no used/total blocks", status)
+	tb := strings.Fields(table)
+	if len(tb) < 6 || tb[2] != "thin-pool" {
+		return results.Usage{}, fmt.Errorf("thin-pool table %q: not a thin-pool target", table)
 	}
-	meta, err1 := strconv.ParseInt(usedMeta, 10, 64)
-	data, err2 := strconv.ParseInt(usedData, 10, 64)
-	sectors, err3 := strconv.ParseInt(tb[5], 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return results.Usage{}, fmt.Errorf("thin-pool status %q table %q: %w", status, table, err)
+	sectors, err := strconv.ParseInt(tb[5], 10, 64)
+	if err != nil {
+		return results.Usage{}, fmt.Errorf("thin-pool table %q: %w", table, err)
 	}
-	return results.Usage{PoolBytes: data * sectors * 512, MetadataBytes: meta * 4096}, nil
+	return results.Usage{PoolBytes: st.UsedDataBlocks * sectors * 512, MetadataBytes: st.UsedMetadataBlocks * 4096}, nil
 }
 
 func (l *LVMDevice) BareCommand() string { return "lvcreate --snapshot" }

@@ -35,9 +35,3 @@ func TestParseThinPool(t *testing.T) {
 		t.Error("a linear target was accepted")
 	}
 }
-
-func TestDMName(t *testing.T) {
-	if got := dmName("csi-thin", "pool"); got != "csi--thin-pool" {
-		t.Errorf("dmName = %q", got)
-	}
-}
