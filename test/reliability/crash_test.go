@@ -245,11 +245,7 @@ func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {
 		c = w.start(t, nil, "")
 		s.restarts++
 		checkRecovered(t, w, label, name)
-		for try := 1; try <= 2; try++ {
-			if err := op.call(ctx, w, c.Client, name); err != nil {
-				t.Fatalf("%s after crash at %s: retry %d failed: %v\n%s", op.name, label, try, err, c.LogTail())
-			}
-		}
+		c.RetryTwice(t, op.name+" after crash at "+label, func(cl *csiclient.Client) error { return op.call(ctx, w, cl, name) })
 		op.done(t, w, name)
 		checkWorld(t, w, c.Client, label)
 		c.Stop(t)

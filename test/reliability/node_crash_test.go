@@ -57,20 +57,13 @@ func publish(ctx context.Context, v *nodeVolume, c *csiclient.Client, readOnly b
 	return err
 }
 
-func mustNode(t *testing.T, what string, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
-
 func nodeOps() []nodeOp {
 	staged := func(t *testing.T, v *nodeVolume, c *csiclient.Client) {
-		mustNode(t, "stage", stage(context.Background(), v, c))
+		harness.Must(t, "stage", stage(context.Background(), v, c))
 	}
 	published := func(t *testing.T, v *nodeVolume, c *csiclient.Client) {
 		staged(t, v, c)
-		mustNode(t, "publish", publish(context.Background(), v, c, false))
+		harness.Must(t, "publish", publish(context.Background(), v, c, false))
 	}
 	return []nodeOp{
 		{name: "stage", method: "NodeStageVolume", call: stage, staged: true},
@@ -99,7 +92,7 @@ func nodeOps() []nodeOp {
 				v.size *= 2
 				_, err := c.Controller.ControllerExpandVolume(context.Background(), &csi.ControllerExpandVolumeRequest{
 					VolumeId: v.id, CapacityRange: &csi.CapacityRange{RequiredBytes: v.size}})
-				mustNode(t, "controller expand", err)
+				harness.Must(t, "controller expand", err)
 			},
 			call: func(ctx context.Context, v *nodeVolume, c *csiclient.Client) error {
 				resp, err := c.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{
@@ -140,8 +133,8 @@ func TestNodeCrashAtEveryStep(t *testing.T) {
 	nc := &nodeCrash{pool: pool, config: childConfigOf(t, pool), dir: t.TempDir(), root: t.TempDir()}
 	c := nc.start(t, nil, "")
 	nc.bystander = nc.newVolume(t, c.Client, "bystander")
-	mustNode(t, "stage bystander", stage(context.Background(), nc.bystander, c.Client))
-	mustNode(t, "publish bystander", publish(context.Background(), nc.bystander, c.Client, false))
+	harness.Must(t, "stage bystander", stage(context.Background(), nc.bystander, c.Client))
+	harness.Must(t, "publish bystander", publish(context.Background(), nc.bystander, c.Client, false))
 	c.Stop(t)
 
 	var points, kills, restarts int
@@ -220,18 +213,14 @@ func (nc *nodeCrash) run(t *testing.T, op nodeOp) (points, kills, restarts int) 
 		c = nc.start(t, nil, "")
 		restarts++
 		nc.check(t, label+", after restart", v)
-		for try := 1; try <= 2; try++ {
-			if err := op.call(ctx, v, c.Client); err != nil {
-				t.Fatalf("[%s] retry %d failed: %v\n%s", label, try, err, c.LogTail())
-			}
-		}
+		c.RetryTwice(t, label, func(cl *csiclient.Client) error { return op.call(ctx, v, cl) })
 		nc.want(t, label, v, op)
 		// Leave nothing for the next point: a full unpublish and unstage
 		// must clean up whatever the crash and the retries left.
-		mustNode(t, "unpublish", c.Unpublish(ctx, v.id, v.target))
-		mustNode(t, "unstage", c.Unstage(ctx, v.id, v.staging))
+		harness.Must(t, "unpublish", c.Unpublish(ctx, v.id, v.target))
+		harness.Must(t, "unstage", c.Unstage(ctx, v.id, v.staging))
 		nc.check(t, label+", after unstage", nil)
-		mustNode(t, "delete", c.DeleteVolume(ctx, v.id))
+		harness.Must(t, "delete", c.DeleteVolume(ctx, v.id))
 		c.Stop(t)
 		if !crashed && len(mountFaults) > 0 { // the whole call ran under the stand-ins
 			t.Logf("%s runs %d mount tool commands: %q", op.name, len(calls), harness.CommandsOnly(calls))

@@ -155,11 +155,7 @@ func (r *recoveryCrash) point(t *testing.T, faults []exec.Fault, relentless bool
 	defer cancel()
 	for i, in := range interruptions {
 		op := r.ops[in.op]
-		for try := 1; try <= 2; try++ {
-			if err := op.call(ctx, w, c.Client, names[i]); err != nil {
-				t.Fatalf("[%s] %s %s after recovery: retry %d failed: %v\n%s", label, in.op, names[i], try, err, c.LogTail())
-			}
-		}
+		c.RetryTwice(t, label+": "+in.op+" "+names[i]+" after recovery", func(cl *csiclient.Client) error { return op.call(ctx, w, cl, names[i]) })
 		op.done(t, w, names[i])
 	}
 	checkWorld(t, w, c.Client, label)

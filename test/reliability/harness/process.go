@@ -262,3 +262,24 @@ func (c *Child) LogTail() string {
 	}
 	return "child log (tail):\n" + strings.TrimSpace(string(bytes.Join(lines, []byte("\n"))))
 }
+
+// RetryTwice runs call twice against the child, as a container
+// orchestrator retries a call whose reply a crash lost: CSI calls are
+// idempotent, so both must succeed. label names the crash point.
+func (c *Child) RetryTwice(t testing.TB, label string, call func(*csiclient.Client) error) {
+	t.Helper()
+	for try := 1; try <= 2; try++ {
+		if err := call(c.Client); err != nil {
+			t.Fatalf("[%s] retry %d failed: %v\n%s", label, try, err, c.LogTail())
+		}
+	}
+}
+
+// Must fails the test at once when a step that sets up or tears down a
+// crash point fails.
+func Must(t testing.TB, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}

@@ -282,11 +282,7 @@ func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 				t.Errorf("[%s] after restart, before retry: half-made LV %s (%s bytes, tags %s) left", label, lv.Name, lv.Size, lv.Tags)
 			}
 		}
-		for try := 1; try <= 2; try++ {
-			if err := op.call(ctx, w, clean.Client, name); err != nil {
-				t.Fatalf("%s after crash at %s: retry %d: %v\n%s", op.name, label, try, err, clean.LogTail())
-			}
-		}
+		clean.RetryTwice(t, op.name+" after crash at "+label, func(c *csiclient.Client) error { return op.call(ctx, w, c, name) })
 		op.done(t, w, name)
 		checkWorld(t, w, clean.Client, label)
 		points++

@@ -78,13 +78,6 @@ func nodeExpand(ctx context.Context, v *nodeVol, c *csiclient.Client) error {
 	return err
 }
 
-func must(t *testing.T, what string, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
-
 // nodePoint is one crash point: a SIGKILL before or after one command of
 // the call (an LVM command through exec.FaultRunner, or a tool that
 // mount-utils runs itself, through the harness's stand-in), or after the
@@ -135,13 +128,13 @@ type nodeOp struct {
 func nodeOps() []nodeOp {
 	stage := func(ctx context.Context, v *nodeVol, c *csiclient.Client) error { return nodeStage(ctx, v, c) }
 	staged := func(t *testing.T, n *nodeCrash, v *nodeVol, c *csiclient.Client) {
-		must(t, "stage", nodeStage(context.Background(), v, c))
+		harness.Must(t, "stage", nodeStage(context.Background(), v, c))
 	}
 	published := func(t *testing.T, n *nodeCrash, v *nodeVol, c *csiclient.Client) {
 		if v.fsType != "" {
 			staged(t, n, v, c)
 		}
-		must(t, "publish", nodePublish(context.Background(), v, c, false))
+		harness.Must(t, "publish", nodePublish(context.Background(), v, c, false))
 	}
 	publishRW := func(ctx context.Context, v *nodeVol, c *csiclient.Client) error { return nodePublish(ctx, v, c, false) }
 	unpublish := func(ctx context.Context, v *nodeVol, c *csiclient.Client) error {
@@ -153,7 +146,7 @@ func nodeOps() []nodeOp {
 		v.fsBytes = fsTotal(t, v.target)
 		_, err := c.Controller.ControllerExpandVolume(context.Background(), &csi.ControllerExpandVolumeRequest{
 			VolumeId: v.id, CapacityRange: &csi.CapacityRange{RequiredBytes: v.size}})
-		must(t, "controller expand", err)
+		harness.Must(t, "controller expand", err)
 	}
 	ext4 := func(n *nodeCrash) *nodeVol { return n.ext4 }
 	xfs := func(n *nodeCrash) *nodeVol { return n.xfs }
@@ -275,16 +268,16 @@ func TestNodeCrashAtEveryStepLVM(t *testing.T) {
 	ctx := context.Background()
 	c := n.start(t, nodePoint{})
 	n.bystander = n.newVolume(t, c.Client, "bystander", "ext4", volBytes)
-	must(t, "stage bystander", nodeStage(ctx, n.bystander, c.Client))
-	must(t, "publish bystander", nodePublish(ctx, n.bystander, c.Client, false))
+	harness.Must(t, "stage bystander", nodeStage(ctx, n.bystander, c.Client))
+	harness.Must(t, "publish bystander", nodePublish(ctx, n.bystander, c.Client, false))
 	n.bystander.sum = harness.WriteData(t, n.bystander.target, "bystander", 2, 256<<10)
 	n.ext4 = n.newVolume(t, c.Client, "ext4", "ext4", volBytes)
 	n.xfs = n.newVolume(t, c.Client, "xfs", "xfs", xfsBytes)
 	for _, v := range []*nodeVol{n.ext4, n.xfs} {
-		must(t, "stage "+v.name, nodeStage(ctx, v, c.Client))
+		harness.Must(t, "stage "+v.name, nodeStage(ctx, v, c.Client))
 		v.sum = harness.WriteData(t, v.staging, v.name, 2, 256<<10)
 		v.uuid = fsUUID(t, n.device(v))
-		must(t, "unstage "+v.name, c.Unstage(ctx, v.id, v.staging))
+		harness.Must(t, "unstage "+v.name, c.Unstage(ctx, v.id, v.staging))
 	}
 	n.block = n.newVolume(t, c.Client, "block", "", volBytes)
 	n.block.sum = writeDevice(t, n.device(n.block), "block")
@@ -307,8 +300,8 @@ func TestNodeCrashAtEveryStepLVM(t *testing.T) {
 		t.Fatal("stopped: the driver is gone after a failed point")
 	}
 	n.check(t, "end", nil)
-	must(t, "unpublish bystander", c.Unpublish(ctx, n.bystander.id, n.bystander.target))
-	must(t, "unstage bystander", c.Unstage(ctx, n.bystander.id, n.bystander.staging))
+	harness.Must(t, "unpublish bystander", c.Unpublish(ctx, n.bystander.id, n.bystander.target))
+	harness.Must(t, "unstage bystander", c.Unstage(ctx, n.bystander.id, n.bystander.staging))
 	if got := harness.MountsUnder(t, n.root); len(got) > 0 {
 		t.Errorf("mounts left after the last unstage: %v", got)
 	}
@@ -335,11 +328,11 @@ func (n *nodeCrash) newVolume(t *testing.T, c *csiclient.Client, name, fsType st
 	access.AccessType = v.capability().AccessType
 	resp, err := c.Controller.CreateVolume(context.Background(), &csi.CreateVolumeRequest{
 		Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{access}})
-	must(t, "create "+name, err)
+	harness.Must(t, "create "+name, err)
 	v.id = resp.GetVolume().GetVolumeId()
 	n.lvs[v.id] = true
 	dir := filepath.Join(n.root, name)
-	must(t, "kubelet dir", os.MkdirAll(dir, 0o750))
+	harness.Must(t, "kubelet dir", os.MkdirAll(dir, 0o750))
 	v.staging, v.target = filepath.Join(dir, "globalmount"), filepath.Join(dir, "mount")
 	return v
 }
@@ -382,21 +375,17 @@ func (n *nodeCrash) run(t *testing.T, op nodeOp) int {
 
 		clean = n.start(t, nodePoint{})
 		n.check(t, label+", after restart", v)
-		for try := 1; try <= 2; try++ {
-			if err := op.call(ctx, v, clean.Client); err != nil {
-				t.Fatalf("[%s] retry %d failed: %v\n%s", label, try, err, clean.LogTail())
-			}
-		}
+		clean.RetryTwice(t, label, func(c *csiclient.Client) error { return op.call(ctx, v, c) })
 		n.want(t, label, v, op)
 		// Leave nothing for the next point: a full unpublish and unstage
 		// must clean up whatever the crash and the retries left.
-		must(t, "unpublish", clean.Unpublish(ctx, v.id, v.target))
-		must(t, "unstage", clean.Unstage(ctx, v.id, v.staging))
+		harness.Must(t, "unpublish", clean.Unpublish(ctx, v.id, v.target))
+		harness.Must(t, "unstage", clean.Unstage(ctx, v.id, v.staging))
 		n.check(t, label+", after unstage", nil)
 		if op.vol == nil {
-			must(t, "delete", clean.DeleteVolume(ctx, v.id))
+			harness.Must(t, "delete", clean.DeleteVolume(ctx, v.id))
 			delete(n.lvs, v.id)
-			must(t, "remove kubelet dir", os.Remove(filepath.Dir(v.staging)))
+			harness.Must(t, "remove kubelet dir", os.Remove(filepath.Dir(v.staging)))
 		}
 		n.checkLVs(t, label)
 		cancel()
@@ -578,9 +567,9 @@ func (n *nodeCrash) mountsOfDevice(t *testing.T, v *nodeVol) []string {
 		return nil // inactive: nothing can be mounted
 	}
 	var st unix.Stat_t
-	must(t, "stat "+real, unix.Stat(real, &st))
+	harness.Must(t, "stat "+real, unix.Stat(real, &st))
 	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
-	must(t, "read mount table", err)
+	harness.Must(t, "read mount table", err)
 	var out []string
 	for _, mi := range infos {
 		if v.fsType != "" && mi.Major == int(unix.Major(st.Rdev)) && mi.Minor == int(unix.Minor(st.Rdev)) ||
@@ -599,7 +588,7 @@ func fsUUID(t *testing.T, dev string) string {
 	if res.ExitCode == 2 { // nothing found
 		return ""
 	}
-	must(t, "blkid "+dev, err)
+	harness.Must(t, "blkid "+dev, err)
 	return strings.TrimSpace(string(res.Stdout))
 }
 
@@ -614,11 +603,11 @@ func writeDevice(t *testing.T, dev, seed string) string {
 		copy(buf[i:], block[:])
 	}
 	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
-	must(t, "open "+dev, err)
+	harness.Must(t, "open "+dev, err)
 	defer f.Close()
 	_, err = f.Write(buf)
-	must(t, "write "+dev, err)
-	must(t, "sync "+dev, f.Sync())
+	harness.Must(t, "write "+dev, err)
+	harness.Must(t, "sync "+dev, f.Sync())
 	return sumDevice(t, dev)
 }
 
@@ -627,11 +616,11 @@ func writeDevice(t *testing.T, dev, seed string) string {
 func sumDevice(t *testing.T, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
-	must(t, "open "+path, err)
+	harness.Must(t, "open "+path, err)
 	defer f.Close()
 	h := sha256.New()
 	_, err = io.CopyN(h, f, dataBytes)
-	must(t, "read "+path, err)
+	harness.Must(t, "read "+path, err)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -639,17 +628,17 @@ func sumDevice(t *testing.T, path string) string {
 func fsTotal(t *testing.T, dir string) int64 {
 	t.Helper()
 	var st unix.Statfs_t
-	must(t, "statfs "+dir, unix.Statfs(dir, &st))
+	harness.Must(t, "statfs "+dir, unix.Statfs(dir, &st))
 	return int64(st.Blocks) * st.Bsize
 }
 
 func deviceBytes(t *testing.T, dev string) int64 {
 	t.Helper()
 	f, err := os.Open(dev)
-	must(t, "open "+dev, err)
+	harness.Must(t, "open "+dev, err)
 	defer f.Close()
 	size, err := f.Seek(0, io.SeekEnd)
-	must(t, "size of "+dev, err)
+	harness.Must(t, "size of "+dev, err)
 	return size
 }
 
