@@ -11,6 +11,11 @@ import (
 // Mount options reach mount(8) as one comma-joined -o argument, so one
 // option with a comma in it would smuggle in others (e.g. "ro,dev=…").
 // Only the options below are accepted; anything else is InvalidArgument.
+// Each one acts on the volume alone: options whose effect reaches the
+// whole node are left out, above all errors=panic (ext4), which turns an
+// I/O error of one volume, such as its thin pool running full, into a
+// kernel panic of the node; likewise dev/suid, which let a tenant's device
+// nodes and setuid files work.
 var (
 	allowedFlags = map[string]bool{
 		"ro": true, "rw": true, "noatime": true, "nodiratime": true, "relatime": true,
@@ -23,7 +28,7 @@ var (
 	allowedKeys = map[string]*regexp.Regexp{
 		"commit":    regexp.MustCompile(`^[0-9]{1,5}$`),
 		"data":      regexp.MustCompile(`^(ordered|writeback|journal)$`),
-		"errors":    regexp.MustCompile(`^(remount-ro|continue|panic)$`),
+		"errors":    regexp.MustCompile(`^(remount-ro|continue)$`),
 		"barrier":   regexp.MustCompile(`^[01]$`),
 		"allocsize": regexp.MustCompile(`^[0-9]{1,10}[kmgKMG]?$`),
 		"logbufs":   regexp.MustCompile(`^[0-9]{1,2}$`),

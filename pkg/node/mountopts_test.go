@@ -27,6 +27,9 @@ func TestCheckMountFlags(t *testing.T) {
 		{"context=system_u:x"},  // unknown key
 		{"noatime\x00ro"},       // NUL
 		{"errors=remount-ro x"}, // whitespace
+		{"errors=panic"},        // one volume's I/O error panics the node
+		{"dev"},                 // device nodes in a tenant's volume
+		{"suid"},                // setuid files in a tenant's volume
 	}
 	for _, f := range bad {
 		if err := checkMountFlags(f); !errors.Is(err, backend.ErrInvalid) {
