@@ -36,6 +36,14 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	defer unlock()
+	// The target lock alone lets two publishes of one volume at two
+	// targets run side by side: both would pass the single-writer check
+	// before either mounted. Publishes of one volume therefore queue too.
+	unlockVolume, err := s.lock(ctx, publishKey(id))
+	if err != nil {
+		return nil, err
+	}
+	defer unlockVolume()
 	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	opts := []string{"bind"}
 	if readOnly {
@@ -110,6 +118,12 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	klog.InfoS("volume published", "volumeID", id, "targetPath", target, "readOnly", readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
+
+// publishKey is the lock key serialising the publishes of one volume; it
+// differs from the volume ID (the stage lock) so that a publish does not
+// wait for a stage or expand of the same volume, and from every target
+// path, which are absolute.
+func publishKey(id string) string { return "publish:" + id }
 
 // checkSingleWriter refuses a second publish of a single-writer volume:
 // source (the staging mount, or the device node for raw block) must not be
