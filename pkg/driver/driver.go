@@ -16,6 +16,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
+
+	"github.com/csi-thin/csi-thin/pkg/unixsock"
 )
 
 // Name is the CSI driver name.
@@ -57,7 +59,7 @@ func New(cfg Config) (*Driver, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
-	lis, err := listenPrivate(path)
+	lis, err := unixsock.ListenPrivate(path)
 	if err != nil {
 		return nil, err
 	}

@@ -15,20 +15,50 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend/fake"
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/driver"
+	"github.com/csi-thin/csi-thin/pkg/k8s/registration"
 )
 
-// TestSocketIsPrivateFromBirth starts the driver many times under umask
-// 0 (the worst a container runtime can hand it) while a watcher stats
-// every entry of the socket directory as fast as it can: no socket may
-// ever be seen with group or other permissions, the final socket is
+// TestSocketIsPrivateFromBirth starts each of the driver's sockets (the
+// CSI endpoint and the kubelet registration socket) many times under
+// umask 0 (the worst a container runtime can hand it) while a watcher
+// stats every entry of the socket directory as fast as it can: no socket
+// may ever be seen with group or other permissions, the final socket is
 // 0600 and root's, nothing is left beside it, and it is gone after stop.
 func TestSocketIsPrivateFromBirth(t *testing.T) {
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
-	dir := filepath.Join(t.TempDir(), "plugins", "csi-thin.io")
-	sock := filepath.Join(dir, "csi.sock")
 	pool := fake.New("n1", backend.GiB)
+	cases := []struct {
+		name string
+		// serve starts a server on sock and returns when ctx ends.
+		serve func(ctx context.Context, sock string) error
+	}{
+		{"CSI endpoint", func(ctx context.Context, sock string) error {
+			d, err := driver.New(driver.Config{Endpoint: "unix://" + sock, Identity: driver.NewIdentity(pool.Health, true), Controller: controller.New(pool)})
+			if err != nil {
+				return err
+			}
+			return d.Run(ctx)
+		}},
+		{"kubelet registration", func(ctx context.Context, sock string) error {
+			r := &registration.Server{DriverName: driver.Name, Endpoint: "/var/lib/kubelet/plugins/csi-thin.io/csi.sock", Socket: sock}
+			return r.Run(ctx)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			base, err := os.MkdirTemp("", "sock") // short: unix socket paths are limited
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(base) })
+			dir := filepath.Join(base, "plugins_registry")
+			checkPrivateFromBirth(t, dir, filepath.Join(dir, "csi-thin.io.sock"), tc.serve)
+		})
+	}
+}
 
+func checkPrivateFromBirth(t *testing.T, dir, sock string, serve func(context.Context, string) error) {
 	var seen, exposed atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -57,9 +87,23 @@ func TestSocketIsPrivateFromBirth(t *testing.T) {
 	}()
 	const starts = 200
 	for i := 0; i < starts; i++ {
-		d, err := driver.New(driver.Config{Endpoint: "unix://" + sock, Identity: driver.NewIdentity(pool.Health, true), Controller: controller.New(pool)})
-		if err != nil {
-			t.Fatal(err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- serve(ctx, sock) }()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			conn, err := net.Dial("unix", sock)
+			if err == nil {
+				conn.Close()
+				break
+			}
+			select {
+			case serr := <-done:
+				t.Fatalf("server ended before serving: %v", serr)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("never served (start %d): %v", i, err)
+			}
 		}
 		if i == 0 {
 			fi, err := os.Stat(sock)
@@ -73,19 +117,6 @@ func TestSocketIsPrivateFromBirth(t *testing.T) {
 			di, _ := os.Stat(dir)
 			if di.Mode().Perm()&0o007 != 0 {
 				t.Errorf("socket directory mode %v is open to others", di.Mode())
-			}
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- d.Run(ctx) }()
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-			conn, err := net.Dial("unix", sock)
-			if err == nil {
-				conn.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("driver never served: %v", err)
 			}
 		}
 		cancel()

@@ -7,15 +7,15 @@ package registration
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/csi-thin/csi-thin/pkg/unixsock"
 )
 
 // SupportedVersions are the CSI versions the kubelet may use to talk to
@@ -74,12 +74,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(s.Socket), 0o750); err != nil {
 		return fmt.Errorf("registration dir: %w", err)
 	}
-	if err := os.Remove(s.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale registration socket: %w", err)
-	}
-	lis, err := net.Listen("unix", s.Socket)
+	// Whoever can connect can claim to be the kubelet and hear where the
+	// CSI socket is: the socket is the kubelet's (root's) alone from its
+	// first moment, whatever the umask. A stale socket is replaced.
+	lis, err := unixsock.ListenPrivate(s.Socket)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.Socket, err)
+		return fmt.Errorf("registration socket: %w", err)
 	}
 	srv := grpc.NewServer()
 	registerapi.RegisterRegistrationServer(srv, s)
@@ -90,9 +90,11 @@ func (s *Server) Run(ctx context.Context) error {
 	case err = <-errc:
 	case <-ctx.Done():
 		srv.Stop()
+		// A Serve that starts after Stop closes the listener itself:
+		// wait for it, so that nothing of this run outlives it.
+		<-errc
+		err = nil
 	}
-	if rmErr := os.Remove(s.Socket); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
-		klog.ErrorS(rmErr, "remove registration socket", "socket", s.Socket)
-	}
+	lis.Close() // already closed by Serve; removes the socket if it is still ours
 	return err
 }
