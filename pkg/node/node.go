@@ -86,6 +86,7 @@ var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
 	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 	csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
+	volumeConditionCapability,
 }
 
 // NodeGetCapabilities implements csi.NodeServer.

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -24,10 +25,11 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if path == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	if _, err := s.backend.GetVolume(ctx, id); err != nil {
-		return nil, rpcerr.Status(err)
-	}
 	if err := checkVolumePath(path); err != nil {
+		return nil, err
+	}
+	cond, err := s.statsCondition(ctx, id, path)
+	if err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(path)
@@ -42,10 +44,16 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "%v", err)
 		}
-		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
+		return withVolumeCondition(&csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, cond), nil
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
+		if cond.Abnormal {
+			// The condition is the answer the kubelet needs; a mount
+			// that cannot be statted is part of the same trouble.
+			klog.InfoS("statfs of an abnormal volume failed, reporting its condition only", "volumeID", id, "path", path, "err", err)
+			return withVolumeCondition(&csi.NodeGetVolumeStatsResponse{}, cond), nil
+		}
 		return nil, status.Errorf(codes.Internal, "statfs %s: %v", path, err)
 	}
 	bytes := &csi.VolumeUsage{
@@ -67,7 +75,29 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		Available: int64(st.Ffree),
 		Used:      int64(st.Files - st.Ffree),
 	}
-	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{bytes, inodes}}, nil
+	return withVolumeCondition(&csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{bytes, inodes}}, cond), nil
+}
+
+// statsCondition is the volume's condition for the kubelet, which turns an
+// abnormal one into a Warning event on the pods using the volume: the
+// backend's view of the volume and its pool. A volume the backend no longer
+// knows but whose path is still mounted here is reported as missing rather
+// than NotFound, because an error carries no condition to the kubelet.
+func (s *Server) statsCondition(ctx context.Context, id, path string) (backend.Condition, error) {
+	vol, err := s.backend.GetVolume(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) && backend.IsVolumeID(id) {
+		if mounted, merr := s.isMountPoint(path); merr == nil && mounted {
+			return backend.Condition{Abnormal: true, Reason: backend.ReasonMissing,
+				Message: fmt.Sprintf("volume is mounted at %s but the pool no longer has it", path)}, nil
+		}
+	}
+	if err != nil {
+		return backend.Condition{}, rpcerr.Status(err)
+	}
+	if vol.Condition.Abnormal {
+		klog.V(2).InfoS("volume condition abnormal", "volumeID", id, "reason", vol.Condition.Reason, "message", vol.Condition.Message)
+	}
+	return vol.Condition, nil
 }
 
 // NodeExpandVolume implements csi.NodeServer: the backend has grown the

@@ -117,6 +117,7 @@ func TestPoolExhaustion(t *testing.T) {
 		_, err := c.Node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: filler.GetVolumeId(), VolumePath: att.TargetPath})
 		return err
 	}), codes.OK)
+	wantCondition(t, "full pool", statsCondition(t, c, filler.GetVolumeId(), att.TargetPath), true, backend.ReasonPoolFull)
 	wantCode("Probe", call("Probe", func(ctx context.Context) error {
 		_, err := c.Identity.Probe(ctx, &csi.ProbeRequest{})
 		return err
