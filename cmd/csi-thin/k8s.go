@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -23,6 +24,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/driver"
 	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
@@ -93,7 +95,8 @@ func runNode(ctx context.Context, o *options) error {
 	if err := (&nodeagent.SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("snapshot reconciler: %w", err)
 	}
-	if err := mgr.AddHealthzCheck("pool", healthCheck(pool.Health)); err != nil {
+	health := poolHealth(pool)
+	if err := mgr.AddHealthzCheck("pool", healthCheck(health)); err != nil {
 		return err
 	}
 
@@ -103,7 +106,7 @@ func runNode(ctx context.Context, o *options) error {
 	}
 	d, err := driver.New(driver.Config{
 		Endpoint: o.endpoint,
-		Identity: driver.NewIdentity(pool.Health, false),
+		Identity: driver.NewIdentity(health, false),
 		Node:     node.New(pool, node.Options{MaxVolumes: o.maxVolumes}),
 	})
 	if err != nil {
@@ -234,6 +237,17 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	// CreateVolume; the defaults (5 qps) would throttle them.
 	cfg.QPS, cfg.Burst = 50, 100
 	return cfg, nil
+}
+
+// poolHealthInterval is how long a pool health check's answer is reused
+// by /healthz and the CSI Probe (the kubelet probes every 10s by default).
+const poolHealthInterval = 5 * time.Second
+
+// poolHealth is the node's pool health as /healthz and Probe ask it: the
+// endpoint is unauthenticated and one check of an LVM pool is one lvs,
+// so a flood of requests runs one check per interval.
+func poolHealth(pool backend.Local) driver.HealthFunc {
+	return driver.CachedHealth(pool.Health, poolHealthInterval)
 }
 
 // healthCheck adapts a backend health function to a /healthz check.
