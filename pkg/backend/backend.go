@@ -73,6 +73,10 @@ const (
 	ReasonPoolFull     = "PoolFull"
 	ReasonPoolReadOnly = "PoolReadOnly"
 	ReasonPoolError    = "PoolError"
+	// ReasonNeedsAttention: the backend could not finish an operation on
+	// this object by itself (e.g. startup recovery failed on it); the
+	// message says what, and an operator has to look.
+	ReasonNeedsAttention = "NeedsAttention"
 )
 
 // Volume is a provisioned volume as the backend knows it.

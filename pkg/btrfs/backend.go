@@ -224,10 +224,16 @@ func (p *Pool) resolveSource(src backend.Source) (string, int64, error) {
 		if err != nil {
 			return "", 0, fmt.Errorf("source snapshot: %w", err)
 		}
+		if err := p.attentionError(src.ID); err != nil {
+			return "", 0, fmt.Errorf("source snapshot: %w", err)
+		}
 		return p.snapshotPath(src.ID), s.SizeBytes, nil
 	case backend.SourceVolume:
 		v, err := p.GetVolume(context.Background(), src.ID)
 		if err != nil {
+			return "", 0, fmt.Errorf("source volume: %w", err)
+		}
+		if err := p.attentionError(src.ID); err != nil {
 			return "", 0, fmt.Errorf("source volume: %w", err)
 		}
 		return p.volumePath(src.ID), v.SizeBytes, nil
@@ -235,10 +241,11 @@ func (p *Pool) resolveSource(src backend.Source) (string, int64, error) {
 	return "", 0, fmt.Errorf("source kind %q: %w", src.Kind, backend.ErrInvalid)
 }
 
-// commit limits a staged subvolume, writes its record and moves it into
-// place. The record is written before the rename: a crash in between
-// leaves a record whose subvolume is still in staging, which recovery
-// removes together.
+// commit limits a staged subvolume (through its level-1 qgroup, which
+// subvolumes nested in it later join: nested.go), writes its record and
+// moves it into place. The record is written before the rename: a crash
+// in between leaves a record whose subvolume is still in staging, which
+// recovery removes together.
 func (p *Pool) commit(ctx context.Context, staging, final string, rec *record, limit int64) error {
 	subvolID, err := subvolumeIDOf(staging)
 	if err != nil {
@@ -246,8 +253,8 @@ func (p *Pool) commit(ctx context.Context, staging, final string, rec *record, l
 	}
 	rec.SubvolumeID = subvolID
 	if limit > 0 {
-		if err := p.cli.limit(ctx, staging, limit); err != nil {
-			return fmt.Errorf("limit %s to %d bytes: %w", staging, limit, classify(err))
+		if rec.Qgroup, err = p.setUpVolumeQgroup(ctx, subvolID, limit); err != nil {
+			return fmt.Errorf("limit %s: %w", staging, err)
 		}
 	}
 	id := filepath.Base(final)
@@ -262,15 +269,24 @@ func (p *Pool) commit(ctx context.Context, staging, final string, rec *record, l
 }
 
 // discardStaging removes a leftover staged subvolume of id, which can only
-// be an unfinished create of ours.
+// be an unfinished create of ours, with the level-1 qgroup it may have
+// got.
 func (p *Pool) discardStaging(ctx context.Context, id string) error {
 	path := p.stagingPath(id)
 	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		p.attended(id)
 		return nil
 	}
-	if err := p.cli.deleteSubvolume(ctx, path); err != nil {
+	if subvolID, err := subvolumeIDOf(path); err == nil && backend.IsVolumeID(id) {
+		if err := p.scheduleReap(volumeQgroup(subvolID)); err != nil {
+			return err
+		}
+	}
+	if err := p.deleteTree(ctx, id, path); err != nil {
 		return fmt.Errorf("remove unfinished %s: %w", id, err)
 	}
+	p.attended(id)
+	p.reapQgroups()
 	klog.InfoS("removed unfinished staged subvolume", "volumeID", id)
 	return nil
 }
@@ -308,8 +324,17 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 		}
 	}
 	if _, statErr := os.Lstat(path); statErr == nil {
-		if err := p.cli.deleteSubvolume(ctx, path); err != nil {
-			return fmt.Errorf("delete subvolume %s: %w", id, classify(err))
+		// Subvolumes a tenant nested in the volume go first: btrfs
+		// refuses to delete a subvolume that holds others.
+		if err := p.deleteTree(ctx, id, path); err != nil {
+			return fmt.Errorf("delete subvolume %s: %w", id, err)
+		}
+	}
+	if marked != nil && marked.Volume != nil && marked.SubvolumeID != 0 {
+		// Scheduled before the marker goes, so that a crash cannot lose
+		// it; destroyed once the cleaner has emptied it (nested.go).
+		if err := p.scheduleReap(volumeQgroup(marked.SubvolumeID)); err != nil {
+			return err
 		}
 	}
 	if marked != nil && marked.SubvolumeID != 0 {
@@ -325,6 +350,8 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 	if err := p.forgetDeleting(id); err != nil {
 		return err
 	}
+	p.attended(id)
+	p.reapQgroups()
 	if marked != nil {
 		klog.InfoS("btrfs object deleted", "volumeID", id)
 	}
@@ -350,6 +377,10 @@ func (p *Pool) GetVolume(ctx context.Context, id string) (*backend.Volume, error
 func (p *Pool) withCondition(v *backend.Volume) *backend.Volume {
 	out := *v
 	out.Condition = backend.Condition{Message: "ok"}
+	if err := p.attentionError(v.ID); err != nil {
+		out.Condition = backend.Condition{Abnormal: true, Reason: backend.ReasonNeedsAttention, Message: err.Error()}
+		return &out
+	}
 	if _, err := os.Stat(p.volumePath(v.ID)); err != nil {
 		out.Condition = backend.Condition{Abnormal: true, Reason: backend.ReasonMissing, Message: fmt.Sprintf("subvolume missing: %v", err)}
 		return &out
@@ -407,7 +438,15 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, sizeBytes int64) (*b
 	if err := p.checkRoom(size - rec.Volume.SizeBytes); err != nil {
 		return nil, err
 	}
-	if err := p.cli.limit(ctx, p.volumePath(id), size); err != nil {
+	if rec.Qgroup == "" {
+		// Migration at Open failed for this volume: a second chance.
+		if err := p.migrateVolumeQgroup(ctx, id, rec); err != nil {
+			p.needsAttention(id, fmt.Errorf("move the limit to a level-1 qgroup: %w", err))
+			return nil, p.attentionError(id)
+		}
+		p.attended(id)
+	}
+	if err := p.cli.limitQgroup(ctx, rec.Qgroup, size, p.mountPath); err != nil {
 		return nil, fmt.Errorf("raise limit of %s: %w", id, classify(err))
 	}
 	old := rec.Volume.SizeBytes
@@ -442,6 +481,9 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 	}
 	src, err := p.GetVolume(ctx, req.SourceVolumeID)
 	if err != nil {
+		return nil, fmt.Errorf("snapshot source: %w", err)
+	}
+	if err := p.attentionError(src.ID); err != nil {
 		return nil, fmt.Errorf("snapshot source: %w", err)
 	}
 	if st, err := p.statfs(); err != nil {
@@ -528,8 +570,10 @@ func (p *Pool) Target(ctx context.Context, id string) (backend.Target, error) {
 	return backend.Target{Path: path}, nil
 }
 
-// Usage implements backend.Local from the volume's qgroup: statfs on a
-// subvolume reports the whole pool.
+// Usage implements backend.Local from the volume's level-1 qgroup, which
+// counts the subvolumes nested in it too: statfs on a subvolume reports
+// the whole pool. With full qgroups it first adopts nested subvolumes
+// made since the last look (the kernel adds them only with simple quotas).
 func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 	v, err := p.GetVolume(ctx, id)
 	if err != nil {
@@ -539,7 +583,18 @@ func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 	if err != nil {
 		return backend.Usage{}, err
 	}
-	g, err := p.cli.qgroupOf(ctx, p.volumePath(id), rec.SubvolumeID)
+	want := rec.Qgroup
+	if want == "" {
+		want = levelZeroQgroup(rec.SubvolumeID) // not migrated yet
+	} else if p.quota == QuotaFull {
+		p.mu.Lock()
+		err := p.adoptNested(ctx, id, rec.SubvolumeID, rec.Qgroup)
+		p.mu.Unlock()
+		if err != nil {
+			return backend.Usage{}, err
+		}
+	}
+	g, err := p.cli.qgroupOf(ctx, p.volumePath(id), want)
 	if err != nil {
 		return backend.Usage{}, err
 	}

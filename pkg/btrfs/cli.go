@@ -43,6 +43,56 @@ func (c cli) deleteSubvolume(ctx context.Context, path string) error {
 	return err
 }
 
+// deleteSubvolumeByID deletes the subvolume with tree id subvolID of the
+// filesystem mounted at mountPath. By id, not by path: the path of a
+// subvolume nested in a volume runs through directories a tenant controls
+// (a symlink swapped in would lead elsewhere); the id is the kernel's.
+func (c cli) deleteSubvolumeByID(ctx context.Context, subvolID uint64, mountPath string) error {
+	_, err := c.btrfs(ctx, "subvolume", "delete", "-i", strconv.FormatUint(subvolID, 10), mountPath)
+	return err
+}
+
+// subvolumeEntry is one row of `btrfs subvolume list -p`.
+type subvolumeEntry struct {
+	ID, Parent uint64
+	Path       string
+}
+
+// listSubvolumes lists every subvolume of the filesystem with its parent.
+func (c cli) listSubvolumes(ctx context.Context, mountPath string) ([]subvolumeEntry, error) {
+	out, err := c.btrfs(ctx, "subvolume", "list", "-p", mountPath)
+	if err != nil {
+		return nil, err
+	}
+	return parseSubvolumeList(out)
+}
+
+// parseSubvolumeList reads rows "ID 258 gen 9 parent 257 top level 257
+// path a/b"; the path is the rest of the line and may hold spaces.
+func parseSubvolumeList(out []byte) ([]subvolumeEntry, error) {
+	var list []subvolumeEntry
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 11 || f[0] != "ID" || f[2] != "gen" || f[4] != "parent" || f[6] != "top" || f[9] != "path" {
+			return nil, fmt.Errorf("unexpected subvolume list row %q", line)
+		}
+		id, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("subvolume list row %q: id: %w", line, err)
+		}
+		parent, err := strconv.ParseUint(f[5], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("subvolume list row %q: parent: %w", line, err)
+		}
+		_, path, _ := strings.Cut(line, " path ")
+		list = append(list, subvolumeEntry{ID: id, Parent: parent, Path: path})
+	}
+	return list, nil
+}
+
 func (c cli) setReadOnly(ctx context.Context, path string, ro bool) error {
 	_, err := c.btrfs(ctx, "property", "set", "-ts", path, "ro", strconv.FormatBool(ro))
 	return err
@@ -62,9 +112,34 @@ func (c cli) isReadOnly(ctx context.Context, path string) (bool, error) {
 	return false, fmt.Errorf("btrfs property get %s ro: unexpected output %q", path, out)
 }
 
-// limit sets the referenced-bytes limit of a subvolume's qgroup.
-func (c cli) limit(ctx context.Context, path string, bytes int64) error {
-	_, err := c.btrfs(ctx, "qgroup", "limit", strconv.FormatInt(bytes, 10), path)
+// createQgroup makes qgroup id (e.g. "1/257"); one that exists already is
+// fine, so that a retry after a crash goes on.
+func (c cli) createQgroup(ctx context.Context, id, mountPath string) error {
+	_, err := c.btrfs(ctx, "qgroup", "create", id, mountPath)
+	if err != nil && containsAny(err.Error(), "File exists") {
+		return nil
+	}
+	return err
+}
+
+// assignQgroup makes child a member of parent; a relation that exists
+// already is fine.
+func (c cli) assignQgroup(ctx context.Context, child, parent, mountPath string) error {
+	_, err := c.btrfs(ctx, "qgroup", "assign", child, parent, mountPath)
+	if err != nil && containsAny(err.Error(), "File exists") {
+		return nil
+	}
+	return err
+}
+
+// limitQgroup sets the referenced-bytes limit of qgroup id; bytes 0
+// removes the limit.
+func (c cli) limitQgroup(ctx context.Context, id string, bytes int64, mountPath string) error {
+	n := "none"
+	if bytes > 0 {
+		n = strconv.FormatInt(bytes, 10)
+	}
+	_, err := c.btrfs(ctx, "qgroup", "limit", n, id, mountPath)
 	return err
 }
 
@@ -87,11 +162,13 @@ type qgroup struct {
 	Path          string
 }
 
-// qgroupOf reports the level-0 qgroup of the subvolume at path. Text
-// output, because btrfs-progs 6.2 aborts in its JSON printer once a qgroup
-// has a limit ("unknown unit base"); the parser is fixture-tested.
-func (c cli) qgroupOf(ctx context.Context, path string, subvolID uint64) (qgroup, error) {
-	out, err := c.btrfs(ctx, "qgroup", "show", "--raw", "-r", "-e", "-f", path)
+// qgroupOf reports qgroup want (the volume's level-1 qgroup, or 0/<id> of
+// a volume not yet migrated) among those that charge the subvolume at
+// path. Text output, because btrfs-progs 6.2 aborts in its JSON printer
+// once a qgroup has a limit ("unknown unit base"); the parser is
+// fixture-tested.
+func (c cli) qgroupOf(ctx context.Context, path, want string) (qgroup, error) {
+	out, err := c.btrfs(ctx, "qgroup", "show", "--raw", "-r", "-e", "-F", path)
 	if err != nil {
 		return qgroup{}, err
 	}
@@ -99,7 +176,6 @@ func (c cli) qgroupOf(ctx context.Context, path string, subvolID uint64) (qgroup
 	if err != nil {
 		return qgroup{}, fmt.Errorf("btrfs qgroup show %s: %w", path, err)
 	}
-	want := fmt.Sprintf("0/%d", subvolID)
 	for _, g := range groups {
 		if g.ID == want {
 			return g, nil

@@ -68,7 +68,11 @@ func TestCommandLines(t *testing.T) {
 	steps := []func() error{
 		func() error { return c.createSubvolume(ctx, path) },
 		func() error { return c.snapshot(ctx, "/pool/src", path) },
-		func() error { return c.limit(ctx, path, 1<<30) },
+		func() error { return c.createQgroup(ctx, "1/257", "/pool") },
+		func() error { return c.assignQgroup(ctx, "0/257", "1/257", "/pool") },
+		func() error { return c.limitQgroup(ctx, "1/257", 1<<30, "/pool") },
+		func() error { return c.limitQgroup(ctx, "0/257", 0, "/pool") },
+		func() error { return c.deleteSubvolumeByID(ctx, 258, "/pool") },
 		func() error { return c.setReadOnly(ctx, path, true) },
 		func() error { return c.deleteSubvolume(ctx, path) },
 		func() error {
@@ -87,7 +91,11 @@ func TestCommandLines(t *testing.T) {
 	want := [][]string{
 		{"subvolume", "create", path},
 		{"subvolume", "snapshot", "/pool/src", path},
-		{"qgroup", "limit", "1073741824", path},
+		{"qgroup", "create", "1/257", "/pool"},
+		{"qgroup", "assign", "0/257", "1/257", "/pool"},
+		{"qgroup", "limit", "1073741824", "1/257", "/pool"},
+		{"qgroup", "limit", "none", "0/257", "/pool"},
+		{"subvolume", "delete", "-i", "258", "/pool"},
 		{"property", "set", "-ts", path, "ro", "true"},
 		{"subvolume", "delete", path},
 		{"property", "get", "-ts", path, "ro"},
@@ -98,6 +106,21 @@ func TestCommandLines(t *testing.T) {
 	for i, w := range want {
 		if f.Calls[i].Name != "btrfs" || !reflect.DeepEqual(f.Calls[i].Args, w) {
 			t.Errorf("call %d: %v, want btrfs %v", i, f.Calls[i], w)
+		}
+	}
+}
+
+func TestParseSubvolumeList(t *testing.T) {
+	out := []byte("ID 256 gen 15 parent 5 top level 5 path csi-thin/volumes/v-1\n" +
+		"ID 257 gen 15 parent 256 top level 256 path csi-thin/volumes/v-1/a b\n")
+	got, err := parseSubvolumeList(out)
+	want := []subvolumeEntry{{ID: 256, Parent: 5, Path: "csi-thin/volumes/v-1"}, {ID: 257, Parent: 256, Path: "csi-thin/volumes/v-1/a b"}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("parsed %+v, %v; want %+v", got, err, want)
+	}
+	for _, bad := range []string{"ID x gen 1 parent 5 top level 5 path p", "ID 1 gen 1 parent -5 top level 5 path p", "garbage"} {
+		if _, err := parseSubvolumeList([]byte(bad)); err == nil {
+			t.Errorf("%q parsed", bad)
 		}
 	}
 }

@@ -18,6 +18,11 @@ type record struct {
 	Snapshot *backend.Snapshot `json:"snapshot,omitempty"`
 	// SubvolumeID names the qgroup (0/<id>) charged for the object.
 	SubvolumeID uint64 `json:"subvolumeID"`
+	// Qgroup is the level-1 qgroup holding a volume's limit, its own
+	// subvolume and every subvolume nested in it (nested.go). Empty in
+	// records made before it existed, whose limit is on 0/<id> until
+	// migrateVolumeQgroup moves it.
+	Qgroup string `json:"qgroup,omitempty"`
 }
 
 const (
@@ -133,7 +138,9 @@ func (p *Pool) listRecords() (map[string]*record, error) {
 			continue // deleted since ReadDir
 		}
 		if err != nil {
-			return nil, err
+			// One unreadable record must not hide every other object.
+			p.needsAttention(id, err)
+			continue
 		}
 		out[id] = r
 	}

@@ -55,6 +55,7 @@ type Config struct {
 //	<pool>/csi-thin/staging/<id>     half-made objects (purged at start)
 //	<pool>/csi-thin/meta/<id>.json   the record; written last on create
 //	<pool>/csi-thin/meta/<id>.json.deleting  a delete in progress
+//	<pool>/csi-thin/reap/1_<n>       a deleted volume's qgroup to destroy
 type Pool struct {
 	cfg       Config
 	cli       cli
@@ -70,6 +71,11 @@ type Pool struct {
 	// provisioned is the sum of volume sizes: counted from the records at
 	// Open, then kept by every create, delete and expand (under mu).
 	provisioned atomic.Int64
+
+	// attention maps the objects that need an operator to why
+	// (attention.go); attMu guards it, so readers need not wait for mu.
+	attMu     sync.Mutex
+	attention map[string]string
 }
 
 // Open prepares the pool (bootstrapping the loop file if configured),
@@ -95,7 +101,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("btrfs pool path %s: %w", cfg.PoolPath, err)
 	}
-	p := &Pool{cfg: cfg, cli: cli{run: cfg.Runner}, mountPath: path, base: filepath.Join(path, layoutDir)}
+	p := &Pool{cfg: cfg, cli: cli{run: cfg.Runner}, mountPath: path, base: filepath.Join(path, layoutDir), attention: map[string]string{}}
 	if cfg.LoopFile != "" {
 		if err := p.bootstrapLoop(ctx); err != nil {
 			return nil, err
@@ -110,20 +116,23 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if p.quota, err = p.ensureQuota(ctx, cfg.QuotaMode); err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: %w", path, err)
 	}
-	for _, d := range []string{"volumes", "snapshots", "staging", "meta"} {
+	for _, d := range []string{"volumes", "snapshots", "staging", "meta", "reap"} {
 		if err := os.MkdirAll(filepath.Join(p.base, d), 0o700); err != nil {
 			return nil, fmt.Errorf("btrfs pool layout: %w", err)
 		}
 	}
+	// Recovery fails only when the pool itself is unusable; an object it
+	// cannot put right is reported and skipped (attention.go).
 	if err := p.recover(ctx); err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: recovery: %w", path, err)
 	}
+	p.reapQgroups()
 	provisioned, err := p.sumProvisioned()
 	if err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: %w", path, err)
 	}
 	p.provisioned.Store(provisioned)
-	klog.InfoS("btrfs pool ready", "path", path, "quota", p.quota, "node", cfg.NodeName, "loopDevice", p.loopDev)
+	klog.InfoS("btrfs pool ready", "path", path, "quota", p.quota, "node", cfg.NodeName, "loopDevice", p.loopDev, "needingAttention", len(p.attention))
 	return p, nil
 }
 

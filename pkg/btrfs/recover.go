@@ -3,8 +3,10 @@ package btrfs
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"k8s.io/klog/v2"
@@ -16,7 +18,10 @@ import (
 // prove is an unfinished operation of ours: staged subvolumes (never shown
 // to anyone), objects whose delete was committed, and torn record temps.
 // A subvolume without a record is reported, never deleted: that would be
-// deleting data on a guess.
+// deleting data on a guess. An object it cannot put right is left as it
+// is and reported (needsAttention): one broken object must not keep the
+// pool, and every other volume on the node, from being served. Only a
+// pool whose layout cannot be read fails recovery.
 func (p *Pool) recover(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -34,7 +39,7 @@ func (p *Pool) recover(ctx context.Context) error {
 		// rename): the object was never returned, so both go.
 		os.Remove(p.metaPath(id))
 		if err := p.discardStaging(ctx, id); err != nil {
-			return err
+			p.needsAttention(id, err)
 		}
 	}
 	metas, err := os.ReadDir(filepath.Join(p.base, "meta"))
@@ -60,7 +65,7 @@ func (p *Pool) recover(ctx context.Context) error {
 			}
 			klog.InfoS("finishing interrupted delete", "volumeID", id)
 			if err := p.deleteObject(ctx, id, path); err != nil {
-				return err
+				p.needsAttention(id, fmt.Errorf("finish interrupted delete: %w", err))
 			}
 		}
 	}
@@ -68,11 +73,24 @@ func (p *Pool) recover(ctx context.Context) error {
 }
 
 // checkLayout re-applies read-only to snapshots (a crash can fall between
-// the rename and the flag) and reports subvolumes that have no record.
+// the rename and the flag), moves the limits of volumes made before
+// level-1 qgroups onto one, and reports subvolumes that have no record.
 func (p *Pool) checkLayout(ctx context.Context) error {
 	recs, err := p.listRecords()
 	if err != nil {
 		return err
+	}
+	for _, id := range slices.Sorted(maps.Keys(recs)) {
+		rec := recs[id]
+		if rec.Volume == nil || rec.Qgroup != "" {
+			continue
+		}
+		if _, err := os.Lstat(p.volumePath(id)); err != nil {
+			continue // reported as missing by the volume's condition
+		}
+		if err := p.migrateVolumeQgroup(ctx, id, rec); err != nil {
+			p.needsAttention(id, fmt.Errorf("move the limit to a level-1 qgroup: %w", err))
+		}
 	}
 	for _, dir := range []string{"volumes", "snapshots"} {
 		entries, err := os.ReadDir(filepath.Join(p.base, dir))
@@ -89,7 +107,7 @@ func (p *Pool) checkLayout(ctx context.Context) error {
 				continue
 			}
 			if err := p.ensureReadOnly(ctx, p.snapshotPath(id)); err != nil {
-				return fmt.Errorf("make snapshot %s read-only: %w", id, err)
+				p.needsAttention(id, fmt.Errorf("make snapshot read-only: %w", err))
 			}
 		}
 	}

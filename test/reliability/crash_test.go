@@ -185,7 +185,10 @@ func TestCrashAtEveryStep(t *testing.T) {
 			t.Logf("%s: %d crash points, %d SIGKILLs survived", op.name, s.points, s.crashes)
 		})
 	}
-	st := inspectPool(t, pool)
+	st := settledPool(t, pool)
+	if len(st.StaleQgroups) > 0 {
+		t.Errorf("qgroups outlived their subvolumes: %v", st.StaleQgroups)
+	}
 	t.Logf("crash suite: %d crash points, %d SIGKILLs, %d driver restarts in %s; stale qgroups at end: %d",
 		total.points, total.crashes, total.restarts, time.Since(start).Round(time.Millisecond), len(st.StaleQgroups))
 }

@@ -26,13 +26,16 @@ type poolState struct {
 	Other     []string // subvolumes elsewhere under csi-thin
 	// WritableSnapshots are snapshots whose ro flag is off.
 	WritableSnapshots []string
-	// StaleQgroups are level-0 qgroups whose subvolume no longer exists.
+	// StaleQgroups are level-0 qgroups whose subvolume no longer exists,
+	// and level-1 qgroups (a volume's limit) whose volume no longer exists
+	// and that the driver has not scheduled for removal either.
 	StaleQgroups []string
 	// PoolMounts counts mount entries of the pool's device (1: the pool).
 	PoolMounts int
 	// LoopDevices counts loop devices backed by the pool's file.
 	LoopDevices int
-	// QgroupLimits maps a volume subvolume to its qgroup's max_referenced.
+	// QgroupLimits maps a volume subvolume to the max_referenced of its
+	// level-1 qgroup (1/<subvolume id>), which holds the volume's limit.
 	QgroupLimits map[string]int64
 }
 
@@ -94,14 +97,23 @@ func inspectPool(t testing.TB, pool *btrfs.Pool) poolState {
 	if err != nil {
 		t.Fatalf("show qgroups: %v", err)
 	}
+	pending := map[string]bool{}
+	for _, q := range pool.PendingQgroups() {
+		pending[q] = true
+	}
 	for _, line := range strings.Split(string(res.Stdout), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 5 || !strings.HasPrefix(f[0], "0/") {
+		if len(f) < 5 || !(strings.HasPrefix(f[0], "0/") || strings.HasPrefix(f[0], "1/")) {
 			continue
 		}
-		path, ok := live[f[0]]
+		path, ok := live["0/"+strings.SplitN(f[0], "/", 2)[1]]
 		if !ok && f[0] != "0/5" {
-			st.StaleQgroups = append(st.StaleQgroups, f[0])
+			if !pending[f[0]] {
+				st.StaleQgroups = append(st.StaleQgroups, f[0])
+			}
+			continue
+		}
+		if !strings.HasPrefix(f[0], "1/") {
 			continue
 		}
 		if dir, name := filepath.Split(path); dir == "csi-thin/volumes/" && f[3] != "none" {

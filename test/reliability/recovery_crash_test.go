@@ -277,6 +277,11 @@ func settledPool(t testing.TB, pool *btrfs.Pool) poolState {
 	if _, err := host.Run(context.Background(), "btrfs", "subvolume", "sync", pool.MountPath()); err != nil {
 		t.Fatalf("wait for the cleaner: %v", err)
 	}
+	// The cleaner has dropped every deleted subvolume: each deleted
+	// volume's level-1 qgroup must go now, not wait for the next delete.
+	if p := pool.PendingQgroups(); len(p) > 0 {
+		t.Errorf("level-1 qgroups of deleted volumes still there after the cleaner finished: %v", p)
+	}
 	return inspectPool(t, pool)
 }
 

@@ -1,0 +1,80 @@
+package btrfs
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// One object that recovery cannot put right must not take the pool down:
+// it is left as it is, reported (log, metrics, the volume's condition) and
+// refused with a precise error by the calls that would build on it, while
+// every other object is served.
+
+var (
+	objectsNeedingAttention = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "csi_thin",
+		Subsystem: "btrfs",
+		Name:      "objects_needing_attention",
+		Help:      "Volumes and snapshots of a btrfs pool that the driver could not recover or migrate by itself (the log names each).",
+	}, []string{"pool"})
+	recoveryFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "csi_thin",
+		Subsystem: "btrfs",
+		Name:      "recovery_failures_total",
+		Help:      "Failed attempts to recover or migrate one object of a btrfs pool.",
+	}, []string{"pool"})
+)
+
+func init() { metrics.Registry.MustRegister(objectsNeedingAttention, recoveryFailures) }
+
+// needsAttention records that id could not be put right, and why.
+func (p *Pool) needsAttention(id string, err error) {
+	p.attMu.Lock()
+	defer p.attMu.Unlock()
+	recoveryFailures.WithLabelValues(p.mountPath).Inc()
+	if p.attention[id] == err.Error() {
+		return // already reported
+	}
+	klog.ErrorS(err, "btrfs object needs an operator: left as it is, every other object is served", "volumeID", id, "pool", p.mountPath)
+	p.attention[id] = err.Error()
+	objectsNeedingAttention.WithLabelValues(p.mountPath).Set(float64(len(p.attention)))
+}
+
+// attended clears id once an operation on it succeeded.
+func (p *Pool) attended(id string) {
+	p.attMu.Lock()
+	defer p.attMu.Unlock()
+	if _, ok := p.attention[id]; !ok {
+		return
+	}
+	delete(p.attention, id)
+	objectsNeedingAttention.WithLabelValues(p.mountPath).Set(float64(len(p.attention)))
+	klog.InfoS("btrfs object recovered", "volumeID", id)
+}
+
+// attentionError is the error of a call that would build on id while it
+// needs attention, nil otherwise.
+func (p *Pool) attentionError(id string) error {
+	p.attMu.Lock()
+	defer p.attMu.Unlock()
+	if msg, ok := p.attention[id]; ok {
+		return fmt.Errorf("%s needs an operator (%s): %w", id, msg, backend.ErrPrecondition)
+	}
+	return nil
+}
+
+// NeedingAttention returns the objects that need an operator and why.
+func (p *Pool) NeedingAttention() map[string]string {
+	p.attMu.Lock()
+	defer p.attMu.Unlock()
+	out := make(map[string]string, len(p.attention))
+	for k, v := range p.attention {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,273 @@
+package btrfs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/csi-thin/csi-thin/internal/testenv"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/exec"
+)
+
+// openPool opens a real loop-file pool in the given quota mode, its
+// commands run through a FaultRunner the test may arm.
+func openPool(t *testing.T, mode QuotaMode, size int64) (*Pool, *exec.FaultRunner) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCommands(t, "btrfs", "mkfs.btrfs", "losetup", "mount", "blkid")
+	dir := t.TempDir()
+	rec := &exec.FaultRunner{Next: &exec.Host{}}
+	p, err := Open(context.Background(), Config{
+		PoolPath: filepath.Join(dir, "mnt"), LoopFile: filepath.Join(dir, "pool.img"),
+		LoopSizeBytes: size, NodeName: "test-node", Runner: rec, QuotaMode: mode,
+	})
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	if p.QuotaMode() != mode {
+		t.Skipf("pool runs %s quotas, not %s", p.QuotaMode(), mode)
+	}
+	t.Cleanup(func() {
+		if err := p.Teardown(context.Background(), true); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	return p, rec
+}
+
+func btrfsCmd(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := osexec.Command("btrfs", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("btrfs %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+// fill writes up to n bytes of random data to path and returns the error
+// that stopped it (nil if all fitted).
+func fill(path string, n int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = io.CopyN(f, rand.NewChaCha8([32]byte{1}), n)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func newVol(t *testing.T, p *Pool, name string, size int64) *backend.Volume {
+	t.Helper()
+	v, err := p.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor(name), Name: name, RequiredBytes: size, AccessType: backend.AccessMount})
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	return v
+}
+
+// TestNestedSubvolumesAreChargedToTheirVolume: a subvolume made inside a
+// volume (and one inside that) is charged to the volume's limit. With
+// simple quotas the kernel puts it there from its first byte; with full
+// qgroups the driver adopts it when it next reads the volume's usage
+// (kubelet's NodeGetVolumeStats), so that is when the limit starts to hold.
+func TestNestedSubvolumesAreChargedToTheirVolume(t *testing.T) {
+	for _, mode := range []QuotaMode{QuotaSimple, QuotaFull} {
+		t.Run(string(mode), func(t *testing.T) {
+			ctx := context.Background()
+			p, _ := openPool(t, mode, 2*backend.GiB)
+			v := newVol(t, p, "tenant", 64*backend.MiB)
+			dir := p.VolumePath(v.ID)
+			btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "nested"))
+			btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "nested", "deeper"))
+			if mode == QuotaFull {
+				if _, err := p.Usage(ctx, v.ID); err != nil { // adopts
+					t.Fatal(err)
+				}
+			}
+			err := fill(filepath.Join(dir, "nested", "deeper", "big"), 192*backend.MiB)
+			if !errors.Is(err, syscall.EDQUOT) {
+				t.Fatalf("192 MiB into a subvolume nested two deep in a 64 MiB volume: want EDQUOT, got %v", err)
+			}
+			btrfsCmd(t, "filesystem", "sync", p.mountPath)
+			u, err := p.Usage(ctx, v.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.UsedBytes < 32*backend.MiB || u.UsedBytes > v.SizeBytes+backend.MiB {
+				t.Errorf("usage of the volume counts %d bytes of the nested writes (limit %d)", u.UsedBytes, v.SizeBytes)
+			}
+			// Expansion moves the limit that binds the nested subvolumes.
+			if _, err := p.ExpandVolume(ctx, v.ID, 256*backend.MiB); err != nil {
+				t.Fatal(err)
+			}
+			if err := fill(filepath.Join(dir, "nested", "deeper", "big"), 160*backend.MiB); err != nil {
+				t.Fatalf("160 MiB after expanding to 256 MiB: %v", err)
+			}
+			if err := fill(filepath.Join(dir, "nested", "more"), 192*backend.MiB); !errors.Is(err, syscall.EDQUOT) {
+				t.Fatalf("352 MiB in a 256 MiB volume: want EDQUOT, got %v", err)
+			}
+		})
+	}
+}
+
+// TestDeleteRemovesNestedSubvolumes: nested, nested-of-nested and a
+// read-only snapshot of a nested subvolume all go with their volume; the
+// delete is idempotent, and the volume's level-1 qgroup goes once the
+// cleaner has dropped its members.
+func TestDeleteRemovesNestedSubvolumes(t *testing.T) {
+	ctx := context.Background()
+	p, _ := openPool(t, QuotaSimple, backend.GiB)
+	v := newVol(t, p, "nests", 64*backend.MiB)
+	keep := newVol(t, p, "bystander", 64*backend.MiB)
+	dir := p.VolumePath(v.ID)
+	btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "a"))
+	btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "a", "b"))
+	if err := fill(filepath.Join(dir, "a", "b", "data"), backend.MiB); err != nil {
+		t.Fatal(err)
+	}
+	btrfsCmd(t, "subvolume", "snapshot", "-r", filepath.Join(dir, "a"), filepath.Join(dir, "snap-of-a"))
+	rec, err := p.readRecord(v.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatalf("delete a volume holding nested subvolumes: %v", err)
+	}
+	if err := p.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatalf("second delete: %v", err)
+	}
+	list := btrfsCmd(t, "subvolume", "list", p.mountPath)
+	if strings.Contains(list, v.ID) {
+		t.Fatalf("subvolumes of the deleted volume left:\n%s", list)
+	}
+	if _, err := p.GetVolume(ctx, keep.ID); err != nil {
+		t.Fatalf("bystander: %v", err)
+	}
+	btrfsCmd(t, "subvolume", "sync", p.mountPath)
+	if pending := p.PendingQgroups(); len(pending) != 0 {
+		t.Errorf("qgroups still scheduled for removal after the cleaner finished: %v", pending)
+	}
+	if show := btrfsCmd(t, "qgroup", "show", p.mountPath); strings.Contains(show, volumeQgroup(rec.SubvolumeID)+" ") {
+		t.Errorf("qgroup %s of the deleted volume left:\n%s", volumeQgroup(rec.SubvolumeID), show)
+	}
+}
+
+// TestOldVolumesMigrate: a volume made before level-1 qgroups (limit on
+// 0/<id>, no qgroup in its record) gets one at Open, with the subvolumes
+// already nested in it, and the old limit goes.
+func TestOldVolumesMigrate(t *testing.T) {
+	ctx := context.Background()
+	p, _ := openPool(t, QuotaSimple, backend.GiB)
+	v := newVol(t, p, "old", 64*backend.MiB)
+	rec, err := p.readRecord(v.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Turn it into what the earlier driver made.
+	zero, one := levelZeroQgroup(rec.SubvolumeID), rec.Qgroup
+	btrfsCmd(t, "qgroup", "remove", zero, one, p.mountPath)
+	btrfsCmd(t, "qgroup", "destroy", one, p.mountPath)
+	btrfsCmd(t, "qgroup", "limit", "67108864", zero, p.mountPath)
+	rec.Qgroup = ""
+	if err := p.writeRecord(v.ID, rec); err != nil {
+		t.Fatal(err)
+	}
+	btrfsCmd(t, "subvolume", "create", filepath.Join(p.VolumePath(v.ID), "made-before"))
+
+	again, err := Open(ctx, Config{PoolPath: p.mountPath, NodeName: "test-node"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err = again.readRecord(v.ID)
+	if err != nil || rec.Qgroup != one {
+		t.Fatalf("record after migration: %+v %v, want qgroup %s", rec, err, one)
+	}
+	if err := fill(filepath.Join(p.VolumePath(v.ID), "made-before", "big"), 128*backend.MiB); !errors.Is(err, syscall.EDQUOT) {
+		t.Fatalf("128 MiB into a subvolume nested before migration: want EDQUOT, got %v", err)
+	}
+	if _, err := again.ExpandVolume(ctx, v.ID, 256*backend.MiB); err != nil {
+		t.Fatal(err)
+	}
+	if err := fill(filepath.Join(p.VolumePath(v.ID), "grown"), 128*backend.MiB); err != nil {
+		t.Fatalf("the old 0/<id> limit still binds after expansion: %v", err)
+	}
+}
+
+// TestRecoverySkipsABrokenObject: recovery that cannot finish one
+// object's delete, nor migrate another, still opens the pool, serves the
+// rest, reports both (metric, condition) and refuses calls that would
+// build on the broken volume; a later call puts each right.
+func TestRecoverySkipsABrokenObject(t *testing.T) {
+	ctx := context.Background()
+	p, runner := openPool(t, QuotaSimple, backend.GiB)
+	doomed := newVol(t, p, "doomed", 64*backend.MiB)
+	old := newVol(t, p, "old", 64*backend.MiB)
+	fine := newVol(t, p, "fine", 64*backend.MiB)
+	if err := p.markDeleting(doomed.ID); err != nil { // a delete cut off after its commit point
+		t.Fatal(err)
+	}
+	rec, _ := p.readRecord(old.ID)
+	rec.Qgroup = "" // a volume from before level-1 qgroups
+	if err := p.writeRecord(old.ID, rec); err != nil {
+		t.Fatal(err)
+	}
+	runner.Arm(
+		exec.Fault{Kind: exec.FaultFail, Nth: 1, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"},
+		exec.Fault{Kind: exec.FaultFail, Nth: 1, Match: "btrfs qgroup create", Stderr: "ERROR: injected"},
+	)
+	again, err := Open(ctx, Config{PoolPath: p.mountPath, NodeName: "test-node", Runner: runner})
+	runner.Disarm()
+	if err != nil {
+		t.Fatalf("one broken object took the pool down: %v", err)
+	}
+	att := again.NeedingAttention()
+	if len(att) != 2 || att[doomed.ID] == "" || att[old.ID] == "" {
+		t.Fatalf("objects needing attention: %v", att)
+	}
+	if n := testutil.ToFloat64(objectsNeedingAttention.WithLabelValues(again.mountPath)); n != 2 {
+		t.Errorf("csi_thin_btrfs_objects_needing_attention = %v, want 2", n)
+	}
+	got, err := again.GetVolume(ctx, old.ID)
+	if err != nil || !got.Condition.Abnormal || got.Condition.Reason != backend.ReasonNeedsAttention {
+		t.Fatalf("condition of the unmigrated volume: %+v %v", got, err)
+	}
+	_, err = again.CreateSnapshot(ctx, backend.SnapshotRequest{ID: backend.SnapshotIDFor("s"), Name: "s", SourceVolumeID: old.ID})
+	if !errors.Is(err, backend.ErrPrecondition) {
+		t.Fatalf("snapshot of a volume needing attention: want ErrPrecondition, got %v", err)
+	}
+	if g, err := again.GetVolume(ctx, fine.ID); err != nil || g.Condition.Abnormal {
+		t.Fatalf("the healthy volume: %+v %v", g, err)
+	}
+	if _, err := again.ExpandVolume(ctx, fine.ID, 128*backend.MiB); err != nil {
+		t.Fatalf("expand the healthy volume: %v", err)
+	}
+	newVol(t, again, "after", 64*backend.MiB)
+	// The operator's retry (or the CO's) puts each right.
+	if err := again.DeleteVolume(ctx, doomed.ID); err != nil {
+		t.Fatalf("retried delete: %v", err)
+	}
+	if _, err := again.ExpandVolume(ctx, old.ID, 128*backend.MiB); err != nil {
+		t.Fatalf("expand retries the migration: %v", err)
+	}
+	if att := again.NeedingAttention(); len(att) != 0 {
+		t.Fatalf("still needing attention: %v", att)
+	}
+	if n := testutil.ToFloat64(objectsNeedingAttention.WithLabelValues(again.mountPath)); n != 0 {
+		t.Errorf("csi_thin_btrfs_objects_needing_attention = %v after the fixes, want 0", n)
+	}
+}
