@@ -271,3 +271,43 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 		t.Errorf("csi_thin_btrfs_objects_needing_attention = %v after the fixes, want 0", n)
 	}
 }
+
+// TestSnapshotsAndClonesLeaveNestedSubvolumesEmpty pins the documented
+// behaviour: btrfs snapshots are not recursive, so a CSI snapshot or a
+// clone of a volume holds an empty directory where the volume has a
+// nested subvolume, and the volume's own files in full.
+func TestSnapshotsAndClonesLeaveNestedSubvolumesEmpty(t *testing.T) {
+	ctx := context.Background()
+	p, _ := openPool(t, QuotaSimple, backend.GiB)
+	v := newVol(t, p, "src", 64*backend.MiB)
+	dir := p.VolumePath(v.ID)
+	btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "nested"))
+	for _, f := range []string{"own", "nested/inner"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := p.CreateSnapshot(ctx, backend.SnapshotRequest{ID: backend.SnapshotIDFor("s"), Name: "s", SourceVolumeID: v.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone, err := p.CreateVolume(ctx, backend.VolumeRequest{ID: backend.VolumeIDFor("c"), Name: "c", Source: backend.Source{Kind: backend.SourceVolume, ID: v.ID}, AccessType: backend.AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, copyDir := range []string{p.snapshotPath(snap.ID), p.VolumePath(clone.ID)} {
+		if b, err := os.ReadFile(filepath.Join(copyDir, "own")); err != nil || string(b) != "own" {
+			t.Errorf("%s: the volume's own file: %q %v", copyDir, b, err)
+		}
+		entries, err := os.ReadDir(filepath.Join(copyDir, "nested"))
+		if err != nil || len(entries) != 0 {
+			t.Errorf("%s: nested subvolume's place holds %v (%v), want an empty directory", copyDir, entries, err)
+		}
+	}
+	// And they delete cleanly, as does the source with its nested one.
+	for _, err := range []error{p.DeleteSnapshot(ctx, snap.ID), p.DeleteVolume(ctx, clone.ID), p.DeleteVolume(ctx, v.ID)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}

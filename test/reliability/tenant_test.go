@@ -212,6 +212,13 @@ func TestHostileTenantBtrfs(t *testing.T) {
 		harness.Must(t, "unpublish filler", fa.Detach(ctx))
 		harness.Must(t, "delete filler", child.DeleteVolume(ctx, big.GetVolumeId()))
 		child.DeleteVolume(ctx, backend.VolumeIDFor("while-full"))
+		// The space comes back once btrfs' cleaner has dropped the
+		// filler's extents (asynchronous, as on any btrfs).
+		for _, args := range [][]string{{"subvolume", "sync", pool.MountPath()}, {"filesystem", "sync", pool.MountPath()}} {
+			if _, err := host.Run(ctx, "btrfs", args...); err != nil {
+				t.Fatalf("btrfs %v: %v", args, err)
+			}
+		}
 	})
 
 	// The driver still serves: other volumes come and go, and a restart
@@ -226,7 +233,8 @@ func TestHostileTenantBtrfs(t *testing.T) {
 	}
 
 	// Deleting the attacked volume removes it and everything nested in it.
-	harness.Must(t, "unpublish the attacked volume", att.Detach(ctx))
+	harness.Must(t, "unpublish the attacked volume", child.Unpublish(ctx, id, att.TargetPath))
+	harness.Must(t, "unstage the attacked volume", child.Unstage(ctx, id, att.StagingPath))
 	if err := child.DeleteVolume(ctx, id); err != nil {
 		t.Fatalf("delete the attacked volume: %v\n%s", err, child.LogTail())
 	}
