@@ -93,8 +93,8 @@ fuzz: | $(BIN)
 	done
 
 # The demo: the real driver on a fresh loop-file btrfs pool, driven over
-# CSI gRPC (needs root and btrfs-progs; cleans up after itself).
-demo: build bench-bin
+# CSI gRPC (needs root; installs btrfs-progs if missing; cleans up after itself).
+demo: packages-demo build bench-bin
 	$(BIN)/csi-thin-bench demo --driver $(BIN)/csi-thin
 
 .PHONY: bench-bin bench-smoke
@@ -111,6 +111,12 @@ bench: build bench-bin
 # (output under bin/bench-smoke; CSI_THIN_BENCH_VM=0 skips the VM part).
 bench-smoke: build bench-bin
 	bench/run.sh smoke $(BIN)/bench-smoke
+
+# The Debian packages a target needs, installed when missing (as root):
+# hack/ensure-packages.sh owns the lists.
+.PHONY: packages-demo packages-host
+packages-demo packages-host:
+	hack/ensure-packages.sh $(@:packages-%=%)
 
 clean:
 	rm -rf $(BIN)

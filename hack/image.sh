@@ -25,12 +25,7 @@ tools=(sh cp sleep mount umount findmnt blkid losetup wipefs fstrim blockdev nse
 	mkfs.xfs fsck.xfs xfs_growfs xfs_io lvm thin_check dmsetup)
 
 # A fresh machine may lack some of them: they come from Debian packages.
-missing=()
-for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
-if ((${#missing[@]})); then
-	echo "image.sh: installing packages for: ${missing[*]}" >&2
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q btrfs-progs xfsprogs e2fsprogs lvm2 thin-provisioning-tools util-linux mount >&2
-fi
+"$root/hack/ensure-packages.sh" image
 
 rm -rf "$rootfs"
 mkdir -p "$rootfs"/{etc,tmp,run/lock,var/lib/csi-thin}

@@ -40,8 +40,7 @@ modprobe btrfs 2>/dev/null || true
 modprobe loop 2>/dev/null || true
 grep -qw btrfs /proc/filesystems || skip "the kernel has no btrfs"
 [[ -e /dev/loop-control ]] || skip "no loop device support (/dev/loop-control)"
-command -v mkfs.btrfs >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q btrfs-progs >&2 ||
-	skip "btrfs-progs missing and not installable"
+"$root/hack/ensure-packages.sh" demo >&2 || skip "btrfs-progs missing and not installable"
 for f in "$K8S_RUN"/pids/*.pid; do
 	if [[ -e $f ]] && kill -0 "$(cat "$f")" 2>/dev/null; then
 		skip "a test cluster is already running ($f): run test/cluster/down.sh first"
