@@ -61,7 +61,8 @@ mapfile -t todo < <(missing)
 ((${#todo[@]})) || exit 0
 echo "ensure-packages: installing ${todo[*]}" >&2
 apt=(apt-get -o DPkg::Lock::Timeout=600 -qq)
-"${apt[@]}" update
-DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${todo[@]}" >/dev/null
+install() { DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${todo[@]}" >/dev/null; }
+# The package lists on hand first (quick); fresh ones when they are stale or absent.
+install 2>/dev/null || { "${apt[@]}" update && install; }
 mapfile -t todo < <(missing)
 ((${#todo[@]} == 0)) || { echo "ensure-packages: still missing after apt-get: ${todo[*]}" >&2; exit 1; }
