@@ -28,7 +28,11 @@ func openLocal(ctx context.Context, o *options) (backend.Local, error) {
 			QuotaMode: btrfs.QuotaMode(o.quotaMode), Runner: runner,
 		})
 	case "lvmthin":
-		return openLVMThin(ctx, o, runner, loopSize)
+		pool, err := openLVMThin(ctx, o, runner, loopSize)
+		if err != nil {
+			return nil, err
+		}
+		return withFreeze(o, pool)
 	}
 	return nil, fmt.Errorf("unknown --backend %q (btrfs or lvmthin)", o.backend)
 }
