@@ -165,6 +165,9 @@ type Backend interface {
 	Capacity(ctx context.Context, node string) (Capacity, error)
 
 	CreateVolume(ctx context.Context, req VolumeRequest) (*Volume, error)
+	// DeleteVolume removes a volume. A volume that is mounted (staged or
+	// published) or held open on its node is ErrInUse, naming the mount,
+	// and nothing is removed.
 	DeleteVolume(ctx context.Context, id string) error
 	GetVolume(ctx context.Context, id string) (*Volume, error)
 	ListVolumes(ctx context.Context) ([]*Volume, error)

@@ -25,6 +25,10 @@ var (
 	// ErrPrecondition: the object is in a state that forbids the call
 	// (e.g. a volume still has dependents the backend cannot outlive).
 	ErrPrecondition = errors.New("failed precondition")
+	// ErrInUse: the volume is mounted (staged or published) or held open
+	// on its node, so deleting it would pull the storage from under a
+	// live mount. Backends name the mount or holder in the message.
+	ErrInUse = errors.New("in use on its node")
 	// ErrUnavailable: the pool is unhealthy (metadata read-only, device gone).
 	ErrUnavailable = errors.New("pool unavailable")
 )

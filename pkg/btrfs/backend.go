@@ -292,13 +292,17 @@ func (p *Pool) discardStaging(ctx context.Context, id string) error {
 }
 
 // DeleteVolume implements backend.Backend. Snapshots and clones of the
-// volume are independent subvolumes and outlive it.
+// volume are independent subvolumes and outlive it; a mounted volume is
+// ErrInUse (inuse.go).
 func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	if !backend.IsVolumeID(id) {
 		return nil // no such volume can exist
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.checkNotMounted(id, p.volumePath(id)); err != nil {
+		return err
+	}
 	return p.deleteObject(ctx, id, p.volumePath(id))
 }
 

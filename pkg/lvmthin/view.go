@@ -105,7 +105,7 @@ func refusal(err error) bool {
 		return false
 	}
 	for _, sentinel := range []error{backend.ErrExists, backend.ErrNotFound, backend.ErrOutOfRange,
-		backend.ErrNoSpace, backend.ErrPrecondition, backend.ErrInvalid} {
+		backend.ErrNoSpace, backend.ErrPrecondition, backend.ErrInvalid, backend.ErrInUse} {
 		if errors.Is(err, sentinel) {
 			return true
 		}

@@ -248,7 +248,8 @@ func (b *Backend) resolveSize(req backend.VolumeRequest, src *LV) (int64, error)
 }
 
 // DeleteVolume implements backend.Backend. Thin snapshots and clones do
-// not depend on their origin, so a volume can always go.
+// not depend on their origin, so a volume can go whenever it is not in
+// use on the node (ErrInUse, inuse.go).
 func (b *Backend) DeleteVolume(ctx context.Context, id string) error {
 	if !backend.IsVolumeID(id) {
 		return nil // nothing with that name can exist
@@ -266,8 +267,16 @@ func (b *Backend) remove(ctx context.Context, id, kind string) error {
 		if !m.Owned || (m.Kind != kind && !m.Creating) {
 			return fmt.Errorf("delete %s %s: the LV of that name is not a csi-thin %s: %w", kind, id, kind, backend.ErrPrecondition)
 		}
+		if kind == kindVolume {
+			if err := b.checkNotMounted(id); err != nil {
+				return err
+			}
+		}
 		// Not found means it went behind the driver's back: gone either way.
 		if _, err := b.lvm.run(ctx, removeArgs(b.cfg.VG, id)...); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			if kind == kindVolume {
+				err = b.openError(id, err)
+			}
 			return fmt.Errorf("delete %s %s: %w", kind, id, err)
 		}
 		st.drop(id)

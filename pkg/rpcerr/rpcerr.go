@@ -28,6 +28,7 @@ var mapping = []struct {
 	{backend.ErrUnsupported, codes.InvalidArgument},
 	{backend.ErrBusy, codes.Aborted},
 	{backend.ErrPrecondition, codes.FailedPrecondition},
+	{backend.ErrInUse, codes.FailedPrecondition},
 	{backend.ErrUnavailable, codes.Unavailable},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},

@@ -26,6 +26,7 @@ func TestCode(t *testing.T) {
 		{fmt.Errorf("x: %w", backend.ErrUnsupported), codes.InvalidArgument},
 		{fmt.Errorf("x: %w", backend.ErrBusy), codes.Aborted},
 		{fmt.Errorf("x: %w", backend.ErrPrecondition), codes.FailedPrecondition},
+		{fmt.Errorf("x: %w", backend.ErrInUse), codes.FailedPrecondition},
 		{fmt.Errorf("x: %w", backend.ErrUnavailable), codes.Unavailable},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
 		{errors.New("mystery"), codes.Internal},

@@ -21,6 +21,8 @@ type Backend struct {
 	Total     int64
 	volumes   map[string]*backend.Volume
 	snapshots map[string]*backend.Snapshot
+	// mounts stands for the node's mount table: volume ID -> a mount.
+	mounts map[string]string
 	// Creates counts volumes really created (not idempotent replays).
 	Creates int
 }
@@ -44,6 +46,21 @@ func (b *Backend) provisioned() int64 {
 		n += v.SizeBytes
 	}
 	return n
+}
+
+// SetMounted records (path != "") or clears a mount of volume id, as the
+// real backends find one in the node's mount table.
+func (b *Backend) SetMounted(id, path string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mounts == nil {
+		b.mounts = map[string]string{}
+	}
+	if path == "" {
+		delete(b.mounts, id)
+		return
+	}
+	b.mounts[id] = path
 }
 
 // Capacity implements backend.Backend.
@@ -109,6 +126,9 @@ func (b *Backend) CreateVolume(_ context.Context, req backend.VolumeRequest) (*b
 func (b *Backend) DeleteVolume(_ context.Context, id string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if path, ok := b.mounts[id]; ok {
+		return fmt.Errorf("volume %s is mounted at %s: %w", id, path, backend.ErrInUse)
+	}
 	delete(b.volumes, id)
 	return nil
 }
