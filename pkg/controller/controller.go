@@ -8,6 +8,8 @@ package controller
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -204,24 +206,56 @@ func sourceOf(cs *csi.VolumeContentSource) (backend.Source, error) {
 	return backend.Source{}, status.Error(codes.InvalidArgument, "unsupported volume content source")
 }
 
-// splitParameters keeps the StorageClass parameters meant for the backend
-// and records the provisioner's PVC/PV metadata under short names.
+// splitParameters checks the StorageClass parameters and records the
+// provisioner's PVC/PV metadata under their own names. csi-thin has no
+// parameters of its own: the filesystem is csi.storage.k8s.io/fstype,
+// which the external-provisioner turns into the capability's fsType, and
+// sizes come from the PVC. So every other key is a mistake (a typo, or a
+// parameter of another driver) and is refused rather than ignored; keys
+// in the csi.storage.k8s.io/ namespace belong to the CO's sidecars and
+// pass, as CSI leaves them to the CO.
 func splitParameters(in map[string]string) (map[string]string, error) {
+	if err := checkParameterKeys("StorageClass", in, volumeParamKeys); err != nil {
+		return nil, err
+	}
 	out := map[string]string{}
 	for k, v := range in {
-		if rest, ok := strings.CutPrefix(k, provisionerParamPrefix); ok {
-			switch rest {
-			case "pvc/name", "pvc/namespace", "pv/name", "pvc/uid":
-				out[k] = v
-			}
-			continue
+		switch strings.TrimPrefix(k, provisionerParamPrefix) {
+		case "pvc/name", "pvc/namespace", "pv/name", "pvc/uid":
+			out[k] = v
 		}
-		out[k] = v
 	}
 	if len(out) == 0 {
 		return nil, nil
 	}
 	return out, nil
+}
+
+// The keys a StorageClass or VolumeSnapshotClass may carry, for the
+// error that refuses any other.
+var (
+	volumeParamKeys = []string{provisionerParamPrefix + "fstype",
+		provisionerParamPrefix + "pvc/name", provisionerParamPrefix + "pvc/namespace", provisionerParamPrefix + "pv/name"}
+	snapshotParamKeys = []string{provisionerParamPrefix + "volumesnapshot/name",
+		provisionerParamPrefix + "volumesnapshot/namespace", provisionerParamPrefix + "volumesnapshotcontent/name"}
+)
+
+// checkParameterKeys refuses parameter keys outside the sidecars'
+// namespace, naming them (sorted) and the accepted ones.
+func checkParameterKeys(class string, in map[string]string, accepted []string) error {
+	var unknown []string
+	for k := range in {
+		if !strings.HasPrefix(k, provisionerParamPrefix) {
+			unknown = append(unknown, strconv.Quote(k))
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Strings(unknown)
+	return status.Errorf(codes.InvalidArgument,
+		"unknown %s parameter %s: csi-thin has no parameters of its own; it accepts %s and the other %s* keys of the Kubernetes sidecars",
+		class, strings.Join(unknown, ", "), strings.Join(accepted, ", "), provisionerParamPrefix)
 }
 
 func csiVolume(v *backend.Volume, src *csi.VolumeContentSource) *csi.Volume {

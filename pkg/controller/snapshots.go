@@ -20,6 +20,9 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if req.GetSourceVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "source volume id is required")
 	}
+	if err := checkParameterKeys("VolumeSnapshotClass", req.GetParameters(), snapshotParamKeys); err != nil {
+		return nil, err
+	}
 	id := backend.SnapshotIDFor(req.GetName())
 	unlock, err := s.lock(ctx, id)
 	if err != nil {
