@@ -154,7 +154,7 @@ func TestCommandSequences(t *testing.T) {
 			_, err := b.CreateSnapshot(context.Background(), backend.SnapshotRequest{ID: snapID, SourceVolumeID: fixtureVol})
 			return err
 		}, want: []string{lvsVG, "lvm lvcreate --snapshot --name " + snapID + " --permission r --setactivationskip y " +
-			"--addtag csi-thin.io/owned --addtag csi-thin.io/kind=snapshot --addtag csi-thin.io/source=volume:" + fixtureVol + " --addtag " + created + " vgcap/" + fixtureVol}},
+			"--addtag csi-thin.io/owned --addtag csi-thin.io/kind=snapshot --addtag csi-thin.io/source=volume:" + fixtureVol + " --addtag csi-thin.io/access=mount --addtag csi-thin.io/fstype=ext4 --addtag " + created + " vgcap/" + fixtureVol}},
 		{name: "expand, not read back", call: func(b *Backend) error {
 			v, err := b.ExpandVolume(context.Background(), fixtureVol, 300<<20)
 			if err == nil && (v.SizeBytes != 300<<20 || v.Name != "pvc-one") {

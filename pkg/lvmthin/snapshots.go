@@ -60,7 +60,11 @@ func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend
 			return nil, fmt.Errorf("snapshot %s of volume %s: %w", req.ID, req.SourceVolumeID, err)
 		}
 		created := now()
-		tags, err := encodeTags(objectMeta{Kind: kindSnapshot, Name: req.Name, Source: want, CreatedAt: created})
+		// The source's access type, so that a restore keeps it
+		// (access.go) even after the source is gone.
+		access, _ := st.accessOf(src)
+		tags, err := encodeTags(objectMeta{Kind: kindSnapshot, Name: req.Name, Source: want, AccessType: access,
+			FsType: lvMeta(src).FsType, CreatedAt: created})
 		if err != nil {
 			return nil, err
 		}

@@ -79,6 +79,11 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 	if err != nil {
 		return nil, err
 	}
+	if src != nil {
+		if err := st.checkCopyAccess(src, req.ID, access); err != nil {
+			return nil, err
+		}
+	}
 	size, err := b.resolveSize(req, src)
 	if err != nil {
 		return nil, err
