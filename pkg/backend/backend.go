@@ -164,6 +164,11 @@ type Backend interface {
 	// routes to several nodes and is empty in single-pool backends.
 	Capacity(ctx context.Context, node string) (Capacity, error)
 
+	// CreateVolume makes a volume, empty or a thin copy of req.Source. A
+	// copy keeps its source's access type: a request that changes it is
+	// ErrInvalid, because a raw block volume may hold a filesystem image
+	// its tenant crafted, which the node would fsck and mount (lvmthin
+	// records the type on snapshots; btrfs serves filesystems only).
 	CreateVolume(ctx context.Context, req VolumeRequest) (*Volume, error)
 	// DeleteVolume removes a volume. A volume that is mounted (staged or
 	// published) or held open on its node is ErrInUse, naming the mount,
