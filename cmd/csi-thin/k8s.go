@@ -12,8 +12,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -69,14 +67,7 @@ func runNode(ctx context.Context, o *options) error {
 		return fmt.Errorf("open pool: %w", err)
 	}
 	nodeName := pool.NodeName()
-	mine := labels.SelectorFromSet(labels.Set{thinv1.LabelNode: nodeName})
-	// The agent caches only its own node's resources: less memory, and
-	// RBAC-wise it needs nothing of the other nodes'.
-	mgr, err := newManager(o, cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&thinv1.ThinVolume{}:   {Label: mine},
-		&thinv1.ThinSnapshot{}: {Label: mine},
-		&thinv1.ThinNode{}:     {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
-	}})
+	mgr, err := newManager(o, cache.Options{ByObject: nodeagent.CacheOptions(nodeName)})
 	if err != nil {
 		return err
 	}
@@ -84,16 +75,8 @@ func runNode(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("pool metrics: %w", err)
 	}
-	status := nodeagent.NewNodeStatus(mgr.GetClient(), mgr.GetAPIReader(), pool, 0, poolMetrics.Observe(nodeName))
-	if err := mgr.Add(status); err != nil {
+	if _, err := nodeagent.Setup(mgr, pool, 0, poolMetrics.Observe(nodeName)); err != nil {
 		return err
-	}
-	recorder := mgr.GetEventRecorder("csi-thin-node")
-	if err := (&nodeagent.VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("volume reconciler: %w", err)
-	}
-	if err := (&nodeagent.SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("snapshot reconciler: %w", err)
 	}
 	health := poolHealth(pool)
 	if err := mgr.AddHealthzCheck("pool", healthCheck(health)); err != nil {

@@ -1,7 +1,7 @@
 package v1alpha1
 
 // Phase is where a ThinVolume or ThinSnapshot is in its life on the node.
-// +kubebuilder:validation:Enum=Pending;Ready;Failed
+// +kubebuilder:validation:Enum=Pending;Ready;Failed;Lost
 type Phase string
 
 const (
@@ -13,6 +13,12 @@ const (
 	// say why. The controller deletes a failed object so a retry starts
 	// afresh.
 	PhaseFailed Phase = "Failed"
+	// PhaseLost: the node is gone from the cluster, or its agent stopped
+	// reporting for longer than the controller's grace period, so nobody
+	// can reach the storage. The controller sets it; the node's agent,
+	// back, sets Ready again once it finds the storage. Deleting a lost
+	// object does not wait for the node (see the router).
+	PhaseLost Phase = "Lost"
 )
 
 // Finalizer is held by the node agent on every ThinVolume and ThinSnapshot
@@ -30,6 +36,16 @@ const (
 	// `kubectl get thinvolumes -l` finds it.
 	LabelPVCName      = "csi-thin.io/pvc-name"
 	LabelPVCNamespace = "csi-thin.io/pvc-namespace"
+)
+
+// Annotations the controller's orphan collector keeps on the resources.
+const (
+	// AnnotationReclaim records the reclaim policy of the PV (or the
+	// deletion policy of the VolumeSnapshotContent) last seen pointing at
+	// a resource: "Delete" or "Retain". An object whose PV disappeared is
+	// deleted only if its PV said Delete or no PV was ever seen; a
+	// retained one is reported and kept.
+	AnnotationReclaim = "csi-thin.io/reclaim-policy"
 )
 
 // Condition types.
@@ -63,4 +79,11 @@ const (
 	// ReasonDeleteFailed: the object is being deleted and the node could
 	// not remove the storage yet; Code and Message say why.
 	ReasonDeleteFailed = "DeleteFailed"
+	// ReasonNodeLost: the Ready condition of an object whose node is lost.
+	ReasonNodeLost = "NodeLost"
+	// ReasonStorageMissing: the node came back without the object's
+	// storage (e.g. a replaced disk).
+	ReasonStorageMissing = "StorageMissing"
+	// ReasonRecovered: the node came back with the storage.
+	ReasonRecovered = "Recovered"
 )

@@ -42,6 +42,14 @@ type ThinNodeStatus struct {
 	Volumes int32 `json:"volumes,omitempty"`
 	// +optional
 	Snapshots int32 `json:"snapshots,omitempty"`
+	// Strays counts what the pool holds that no ThinVolume or
+	// ThinSnapshot of this node stands for (never deleted by the agent:
+	// an operator decides). StrayIDs lists the first of them.
+	// +optional
+	Strays int32 `json:"strays,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxItems=32
+	StrayIDs []string `json:"strayIDs,omitempty"`
 	// UpdateTime is when the node agent last wrote this status; a stale
 	// ThinNode (agent gone) offers no capacity.
 	// +optional
@@ -60,6 +68,7 @@ type ThinNodeStatus struct {
 // +kubebuilder:printcolumn:name="Data%",type=number,JSONPath=`.status.dataPercent`
 // +kubebuilder:printcolumn:name="Meta%",type=number,JSONPath=`.status.metadataPercent`
 // +kubebuilder:printcolumn:name="Volumes",type=integer,JSONPath=`.status.volumes`
+// +kubebuilder:printcolumn:name="Strays",type=integer,JSONPath=`.status.strays`,priority=1
 // +kubebuilder:printcolumn:name="Updated",type=date,JSONPath=`.status.updateTime`
 type ThinNode struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -14,6 +14,7 @@ type PoolMetrics struct {
 	dataPercent, metadataPercent        *prometheus.GaugeVec
 	total, used, provisioned, avail     *prometheus.GaugeVec
 	overprovision, healthy, vols, snaps *prometheus.GaugeVec
+	strays                              *prometheus.GaugeVec
 }
 
 // NewPoolMetrics creates the gauges and registers them with reg (nil: the
@@ -36,6 +37,7 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 		healthy:         gauge("healthy", "1 when the pool can serve requests."),
 		vols:            gauge("volumes", "Volumes in the pool."),
 		snaps:           gauge("snapshots", "Snapshots in the pool."),
+		strays:          gauge("strays", "Volumes and snapshots in the pool that no ThinVolume or ThinSnapshot stands for (kept, never deleted by the agent)."),
 	}
 	for _, c := range m.all() {
 		if err := reg.Register(c); err != nil {
@@ -46,7 +48,7 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 }
 
 func (m *PoolMetrics) all() []*prometheus.GaugeVec {
-	return []*prometheus.GaugeVec{m.dataPercent, m.metadataPercent, m.total, m.used, m.provisioned, m.avail, m.overprovision, m.healthy, m.vols, m.snaps}
+	return []*prometheus.GaugeVec{m.dataPercent, m.metadataPercent, m.total, m.used, m.provisioned, m.avail, m.overprovision, m.healthy, m.vols, m.snaps, m.strays}
 }
 
 // Observe sets the gauges from a ThinNode status.
@@ -67,5 +69,6 @@ func (m *PoolMetrics) Observe(node string) func(thinv1.ThinNodeStatus) {
 		m.healthy.With(l).Set(h)
 		m.vols.With(l).Set(float64(s.Volumes))
 		m.snaps.With(l).Set(float64(s.Snapshots))
+		m.strays.With(l).Set(float64(s.Strays))
 	}
 }

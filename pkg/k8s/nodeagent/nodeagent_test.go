@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -406,5 +407,66 @@ func TestStaleCacheDoesNotCreateTwice(t *testing.T) {
 	stale.reconcileVolume(vol1)
 	if n := len(e.pool.calls); n != 1 {
 		t.Errorf("backend calls %v, want one CreateVolume", e.pool.calls)
+	}
+}
+
+// TestLostVolumeRecovers: a volume the controller marked Lost is Ready
+// again once its agent finds the storage; without the storage it stays
+// Lost with the reason and nothing is recreated.
+func TestLostVolumeRecovers(t *testing.T) {
+	lost := func(name string) *thinv1.ThinVolume {
+		tv := newVolume(name, "n1", backend.GiB)
+		tv.Finalizers = []string{thinv1.Finalizer}
+		tv.Status.Phase = thinv1.PhaseLost
+		return tv
+	}
+	vol2 := backend.VolumeIDFor("two")
+	e := newEnv(t, lost(vol1), lost(vol2))
+	e.pool.vols[vol1] = &backend.Volume{ID: vol1, SizeBytes: backend.GiB}
+	e.reconcileVolume(vol1)
+	e.reconcileVolume(vol2)
+	if tv := e.volume(vol1); tv.Status.Phase != thinv1.PhaseReady || tv.Status.SizeBytes != backend.GiB {
+		t.Errorf("found volume: status %+v", tv.Status)
+	}
+	tv := e.volume(vol2)
+	c := apimeta.FindStatusCondition(tv.Status.Conditions, thinv1.ConditionReady)
+	if tv.Status.Phase != thinv1.PhaseLost || c == nil || c.Reason != thinv1.ReasonStorageMissing {
+		t.Errorf("missing volume: status %+v", tv.Status)
+	}
+	for _, call := range e.pool.calls {
+		if strings.HasPrefix(call, "CreateVolume") {
+			t.Errorf("a lost volume was recreated: %v", e.pool.calls)
+		}
+	}
+	e.event(thinv1.ReasonRecovered)
+}
+
+// TestStraysReported: storage without a resource is counted and listed in
+// the ThinNode's status, and stays in the pool.
+func TestStraysReported(t *testing.T) {
+	known := newVolume(vol1, "n1", backend.GiB)
+	known.Labels = map[string]string{thinv1.LabelNode: "n1"}
+	e := newEnv(t, known)
+	stray := backend.VolumeIDFor("stray")
+	e.pool.vols[vol1] = &backend.Volume{ID: vol1, SizeBytes: backend.GiB}
+	e.pool.vols[stray] = &backend.Volume{ID: stray, SizeBytes: backend.GiB}
+	e.pool.snaps[snap1] = &backend.Snapshot{ID: snap1}
+	ns := NewNodeStatus(e.c, e.c, e.pool, time.Minute, nil)
+	ns.Recorder = e.rec
+	if err := ns.Update(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	tn := &thinv1.ThinNode{}
+	if err := e.c.Get(e.ctx, client.ObjectKey{Name: "n1"}, tn); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{snap1, stray}
+	slices.Sort(want)
+	if tn.Status.Strays != 2 || fmt.Sprint(tn.Status.StrayIDs) != fmt.Sprint(want) {
+		t.Errorf("strays %d %v, want %v", tn.Status.Strays, tn.Status.StrayIDs, want)
+	}
+	e.event("StrayStorage")
+	if _, ok := e.pool.vols[stray]; !ok || len(e.pool.calls) != 0 {
+		t.Errorf("stray touched: %v", e.pool.calls)
 	}
 }

@@ -2,11 +2,13 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -56,6 +58,9 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
 	}
+	if ts.Status.Phase == thinv1.PhaseLost {
+		return ctrl.Result{}, ignoreConflict(r.recover(ctx, ts))
+	}
 	if ts.Status.Phase == thinv1.PhaseReady || ts.Status.Phase == thinv1.PhaseFailed {
 		return ctrl.Result{}, nil
 	}
@@ -95,6 +100,33 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, ignoreConflict(fmt.Errorf("write status: %w", err))
 	}
 	return ctrl.Result{}, nil
+}
+
+// recover: as VolumeReconciler.recover.
+func (r *SnapshotReconciler) recover(ctx context.Context, ts *thinv1.ThinSnapshot) error {
+	logger := klog.FromContext(ctx)
+	s, err := r.Pool.GetSnapshot(ctx, ts.Name)
+	if err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("look for lost snapshot: %w", err)
+	}
+	if err != nil {
+		if c := apimeta.FindStatusCondition(ts.Status.Conditions, thinv1.ConditionReady); c != nil && c.Reason == thinv1.ReasonStorageMissing {
+			return nil
+		}
+		logger.Info("node back, but the snapshot is not on it", "node", ts.Spec.Node)
+		r.Recorder.Eventf(ts, nil, corev1.EventTypeWarning, thinv1.ReasonStorageMissing, "Recover", "node %s is back but does not hold the snapshot", ts.Spec.Node)
+		apimeta.SetStatusCondition(&ts.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
+			Reason: thinv1.ReasonStorageMissing, Message: "node " + ts.Spec.Node + " is back but does not hold the snapshot", ObservedGeneration: ts.Generation})
+		return r.Client.Status().Update(ctx, ts)
+	}
+	ts.Status.Phase = thinv1.PhaseReady
+	ts.Status.ReadyToUse = s.ReadyToUse
+	ts.Status.OperationStatus = operation(nil)
+	apimeta.SetStatusCondition(&ts.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: thinv1.ReasonRecovered, Message: "node " + ts.Spec.Node + " is back with the snapshot", ObservedGeneration: ts.Generation})
+	logger.Info("lost snapshot recovered", "node", ts.Spec.Node)
+	r.Recorder.Eventf(ts, nil, corev1.EventTypeNormal, thinv1.ReasonRecovered, "Recover", "node %s is back with the snapshot", ts.Spec.Node)
+	return r.Client.Status().Update(ctx, ts)
 }
 
 func (r *SnapshotReconciler) delete(ctx context.Context, ts *thinv1.ThinSnapshot) error {

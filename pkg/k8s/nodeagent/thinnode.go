@@ -3,11 +3,13 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -31,6 +33,10 @@ type NodeStatus struct {
 	Interval time.Duration
 	// Observe receives every status written (metrics); may be nil.
 	Observe func(thinv1.ThinNodeStatus)
+	// Recorder, if set, gets a Warning on the ThinNode when strays appear.
+	Recorder events.EventRecorder
+
+	strays int32
 
 	poke chan struct{}
 }
@@ -104,12 +110,70 @@ func Collect(ctx context.Context, pool backend.Local, now time.Time) thinv1.Thin
 	return st
 }
 
+// maxStrayIDs bounds the IDs listed in a ThinNode's status.
+const maxStrayIDs = 32
+
+// Strays lists, sorted, the IDs of the volumes and snapshots in the pool
+// that no ThinVolume or ThinSnapshot of this node stands for: storage left
+// behind while the node was away (its resources removed without it), or
+// made by hand. The agent never deletes them: only a resource's deletion
+// (its finalizer) removes storage. c lists this node's resources (the
+// agent's cache holds exactly those). The pool is read after the
+// resources: a resource is always created before its storage and removed
+// after it, so an operation in flight is never taken for a stray.
+func Strays(ctx context.Context, c client.Reader, pool backend.Local) ([]string, error) {
+	node := pool.NodeName()
+	known := map[string]bool{}
+	var vols thinv1.ThinVolumeList
+	if err := c.List(ctx, &vols, client.MatchingLabels{thinv1.LabelNode: node}); err != nil {
+		return nil, fmt.Errorf("list ThinVolumes: %w", err)
+	}
+	for _, tv := range vols.Items {
+		known[tv.Name] = true
+	}
+	var snaps thinv1.ThinSnapshotList
+	if err := c.List(ctx, &snaps, client.MatchingLabels{thinv1.LabelNode: node}); err != nil {
+		return nil, fmt.Errorf("list ThinSnapshots: %w", err)
+	}
+	for _, ts := range snaps.Items {
+		known[ts.Name] = true
+	}
+	var out []string
+	pv, err := pool.ListVolumes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list pool volumes: %w", err)
+	}
+	for _, v := range pv {
+		if !known[v.ID] {
+			out = append(out, v.ID)
+		}
+	}
+	ps, err := pool.ListSnapshots(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list pool snapshots: %w", err)
+	}
+	for _, sn := range ps {
+		if !known[sn.ID] {
+			out = append(out, sn.ID)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 
 // Update writes the ThinNode once, creating it if needed.
 func (s *NodeStatus) Update(ctx context.Context) error {
 	name := s.Pool.NodeName()
 	st := Collect(ctx, s.Pool, time.Now())
+	if ids, err := Strays(ctx, s.Client, s.Pool); err != nil {
+		klog.ErrorS(err, "look for strays", "node", name)
+		st.Strays = s.strays // keep the last answer
+	} else {
+		st.Strays = int32(len(ids))
+		st.StrayIDs = ids[:min(len(ids), maxStrayIDs)]
+	}
 	if s.Observe != nil {
 		s.Observe(st)
 	}
@@ -134,6 +198,12 @@ func (s *NodeStatus) Update(ctx context.Context) error {
 	if err := s.Client.Status().Update(ctx, tn); err != nil {
 		return fmt.Errorf("update ThinNode %s status: %w", name, err)
 	}
+	if st.Strays > s.strays && s.Recorder != nil {
+		klog.InfoS("pool holds storage no ThinVolume or ThinSnapshot stands for; kept, an operator decides", "node", name, "strays", st.Strays, "ids", st.StrayIDs)
+		s.Recorder.Eventf(tn, nil, corev1.EventTypeWarning, "StrayStorage", "Reconcile",
+			"%d volumes or snapshots in the pool have no ThinVolume or ThinSnapshot (kept; see status.strayIDs): %v", st.Strays, st.StrayIDs)
+	}
+	s.strays = st.Strays
 	klog.V(4).InfoS("ThinNode updated", "node", name, "availableBytes", st.AvailableBytes, "healthy", st.Healthy)
 	return nil
 }

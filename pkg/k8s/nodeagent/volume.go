@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -85,6 +86,8 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	switch {
 	case tv.Status.Phase == thinv1.PhaseFailed:
 		return ctrl.Result{}, nil // the controller deletes it
+	case tv.Status.Phase == thinv1.PhaseLost:
+		return ctrl.Result{}, ignoreConflict(r.recover(ctx, tv))
 	case tv.Status.Phase != thinv1.PhaseReady:
 		if fresh, err := r.stillPending(ctx, tv); err != nil || !fresh {
 			return ctrl.Result{}, err
@@ -166,6 +169,38 @@ func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) er
 		return fmt.Errorf("write status: %w", uerr)
 	}
 	return nil
+}
+
+// recover answers the controller's verdict that this node was lost: the
+// agent is back, so it looks for the storage. Found, the volume is Ready
+// again; missing (a replaced disk), it stays Lost with the reason, and
+// nothing is recreated: an empty volume in place of the data would be a
+// silent loss.
+func (r *VolumeReconciler) recover(ctx context.Context, tv *thinv1.ThinVolume) error {
+	logger := klog.FromContext(ctx)
+	v, err := r.Pool.GetVolume(ctx, tv.Name)
+	if err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("look for lost volume: %w", err)
+	}
+	if err != nil {
+		if c := apimeta.FindStatusCondition(tv.Status.Conditions, thinv1.ConditionReady); c != nil && c.Reason == thinv1.ReasonStorageMissing {
+			return nil
+		}
+		logger.Info("node back, but the volume's storage is not on it", "node", tv.Spec.Node)
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, thinv1.ReasonStorageMissing, "Recover", "node %s is back but does not hold the volume", tv.Spec.Node)
+		apimeta.SetStatusCondition(&tv.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
+			Reason: thinv1.ReasonStorageMissing, Message: "node " + tv.Spec.Node + " is back but does not hold the volume", ObservedGeneration: tv.Generation})
+		return r.Client.Status().Update(ctx, tv)
+	}
+	tv.Status.Phase = thinv1.PhaseReady
+	tv.Status.SizeBytes = v.SizeBytes
+	tv.Status.OperationStatus = operation(nil)
+	apimeta.SetStatusCondition(&tv.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: thinv1.ReasonRecovered, Message: "node " + tv.Spec.Node + " is back with the volume", ObservedGeneration: tv.Generation})
+	setHealthy(&tv.Status.Conditions, tv.Generation, v.Condition)
+	logger.Info("lost volume recovered", "node", tv.Spec.Node, "sizeBytes", v.SizeBytes)
+	r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, thinv1.ReasonRecovered, "Recover", "node %s is back with the volume", tv.Spec.Node)
+	return r.Client.Status().Update(ctx, tv)
 }
 
 func setHealthy(conds *[]metav1.Condition, generation int64, c backend.Condition) {

@@ -1,0 +1,132 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// CacheOptions makes the agent's cache hold only its own node's
+// resources: the API server filters the list and the watch by the
+// csi-thin.io/node label (set by the controller at creation), so an agent
+// receives nothing of the other nodes' (memory and traffic stay flat as the
+// cluster grows, and it needs no data of theirs).
+func CacheOptions(node string) map[client.Object]cache.ByObject {
+	mine := labels.SelectorFromSet(labels.Set{thinv1.LabelNode: node})
+	return map[client.Object]cache.ByObject{
+		&thinv1.ThinVolume{}:   {Label: mine},
+		&thinv1.ThinSnapshot{}: {Label: mine},
+		&thinv1.ThinNode{}:     {Field: fields.OneTermEqualSelector("metadata.name", node)},
+	}
+}
+
+// Setup adds the node agent to mgr (whose cache was built with
+// CacheOptions): the ThinVolume and ThinSnapshot reconcilers, the ThinNode
+// status writer and the labeler of unlabeled resources. It returns the
+// status writer (whose Poke the caller may use).
+func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe func(thinv1.ThinNodeStatus)) (*NodeStatus, error) {
+	recorder := mgr.GetEventRecorder("csi-thin-node")
+	status := NewNodeStatus(mgr.GetClient(), mgr.GetAPIReader(), pool, interval, observe)
+	status.Recorder = recorder
+	if err := mgr.Add(status); err != nil {
+		return nil, err
+	}
+	if err := mgr.Add(&Labeler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Node: pool.NodeName()}); err != nil {
+		return nil, err
+	}
+	if err := (&VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("volume reconciler: %w", err)
+	}
+	if err := (&SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("snapshot reconciler: %w", err)
+	}
+	return status, nil
+}
+
+// labelInterval is how often the Labeler looks again (a controller older
+// than the label may still be creating resources during an upgrade).
+const labelInterval = 5 * time.Minute
+
+// Labeler gives this node's resources that lack the csi-thin.io/node label
+// (made before the controller set it) their label, so that the agent's
+// label-selected cache receives them. It lists only unlabeled resources
+// (selector "!csi-thin.io/node"), which is nothing once a cluster is
+// migrated.
+type Labeler struct {
+	Client client.Client
+	Reader client.Reader // uncached: the cache never sees unlabeled resources
+	Node   string
+}
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable.
+func (l *Labeler) NeedLeaderElection() bool { return false }
+
+// Start implements manager.Runnable.
+func (l *Labeler) Start(ctx context.Context) error {
+	for {
+		if n, err := l.LabelOnce(ctx); err != nil && ctx.Err() == nil {
+			klog.ErrorS(err, "label this node's unlabeled resources", "node", l.Node)
+		} else if n > 0 {
+			klog.InfoS("labeled resources of this node that had no node label", "node", l.Node, "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(labelInterval):
+		}
+	}
+}
+
+// LabelOnce labels this node's unlabeled resources and returns how many.
+func (l *Labeler) LabelOnce(ctx context.Context) (int, error) {
+	req, err := labels.NewRequirement(thinv1.LabelNode, selection.DoesNotExist, nil)
+	if err != nil {
+		return 0, err
+	}
+	unlabeled := client.MatchingLabelsSelector{Selector: labels.NewSelector().Add(*req)}
+	var objs []client.Object
+	var vols thinv1.ThinVolumeList
+	if err := l.Reader.List(ctx, &vols, unlabeled); err != nil {
+		return 0, fmt.Errorf("list unlabeled ThinVolumes: %w", err)
+	}
+	for i := range vols.Items {
+		if vols.Items[i].Spec.Node == l.Node {
+			objs = append(objs, &vols.Items[i])
+		}
+	}
+	var snaps thinv1.ThinSnapshotList
+	if err := l.Reader.List(ctx, &snaps, unlabeled); err != nil {
+		return 0, fmt.Errorf("list unlabeled ThinSnapshots: %w", err)
+	}
+	for i := range snaps.Items {
+		if snaps.Items[i].Spec.Node == l.Node {
+			objs = append(objs, &snaps.Items[i])
+		}
+	}
+	n := 0
+	for _, obj := range objs {
+		patch := client.MergeFrom(obj.DeepCopyObject().(client.Object))
+		lb := obj.GetLabels()
+		if lb == nil {
+			lb = map[string]string{}
+		}
+		lb[thinv1.LabelNode] = l.Node
+		obj.SetLabels(lb)
+		if err := l.Client.Patch(ctx, obj, patch); err != nil {
+			return n, fmt.Errorf("label %s: %w", obj.GetName(), client.IgnoreNotFound(err))
+		}
+		n++
+	}
+	return n, nil
+}
