@@ -26,7 +26,7 @@ var (
 		Namespace: "csi_thin",
 		Subsystem: "btrfs",
 		Name:      "recovery_failures_total",
-		Help:      "Failed attempts to recover or migrate one object of a btrfs pool.",
+		Help:      "Failures to recover or migrate one object of a btrfs pool (each distinct failure once).",
 	}, []string{"pool"})
 )
 
@@ -36,10 +36,10 @@ func init() { metrics.Registry.MustRegister(objectsNeedingAttention, recoveryFai
 func (p *Pool) needsAttention(id string, err error) {
 	p.attMu.Lock()
 	defer p.attMu.Unlock()
-	recoveryFailures.WithLabelValues(p.mountPath).Inc()
 	if p.attention[id] == err.Error() {
-		return // already reported
+		return // already reported (an unreadable record is met on every list)
 	}
+	recoveryFailures.WithLabelValues(p.mountPath).Inc()
 	klog.ErrorS(err, "btrfs object needs an operator: left as it is, every other object is served", "volumeID", id, "pool", p.mountPath)
 	p.attention[id] = err.Error()
 	objectsNeedingAttention.WithLabelValues(p.mountPath).Set(float64(len(p.attention)))

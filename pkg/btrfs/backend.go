@@ -308,6 +308,12 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 
 func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 	rec, err := p.readRecord(id)
+	if errors.Is(err, errCorruptRecord) {
+		// Deleting is the way out for an unreadable record: what it
+		// would have said is read from the subvolume itself below.
+		klog.InfoS("deleting an object whose record is unreadable", "volumeID", id, "err", err)
+		rec, err = nil, nil
+	}
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return err
 	}
@@ -323,11 +329,20 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 	// point finds its record in the marker.
 	marked := rec
 	if marked == nil {
-		if marked, err = p.readRecordOrMarker(id); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		if marked, err = p.readRecordOrMarker(id); errors.Is(err, errCorruptRecord) {
+			marked = nil
+		} else if err != nil && !errors.Is(err, backend.ErrNotFound) {
 			return err
 		}
 	}
 	if _, statErr := os.Lstat(path); statErr == nil {
+		if sid, err := subvolumeIDOf(path); err == nil && backend.IsVolumeID(id) {
+			// The subvolume itself names its level-1 qgroup, whatever
+			// the record says (or if it says nothing).
+			if err := p.scheduleReap(volumeQgroup(sid)); err != nil {
+				return err
+			}
+		}
 		// Subvolumes a tenant nested in the volume go first: btrfs
 		// refuses to delete a subvolume that holds others.
 		if err := p.deleteTree(ctx, id, path); err != nil {

@@ -35,6 +35,13 @@ func FuzzToolOutput(f *testing.F) {
 		if u, err := parseUsage(out); err == nil && (u.Data < 0 || u.Metadata < 0 || u.System < 0) {
 			t.Fatalf("negative usage accepted: %+v", u)
 		}
+		if list, err := parseSubvolumeList(out); err == nil {
+			for _, e := range list {
+				if !strings.Contains(string(out), "ID "+strconv.FormatUint(e.ID, 10)+" ") {
+					t.Fatalf("subvolume %d read from output that does not name it", e.ID)
+				}
+			}
+		}
 		fake := &exec.Fake{}
 		fake.On("btrfs", string(out), 0, "")
 		c := cli{run: fake}

@@ -25,6 +25,10 @@ type record struct {
 	Qgroup string `json:"qgroup,omitempty"`
 }
 
+// errCorruptRecord marks a record or delete marker that does not parse:
+// such an object is reported (needsAttention) and can still be deleted.
+var errCorruptRecord = errors.New("corrupt record")
+
 const (
 	metaSuffix     = ".json"
 	deletingSuffix = ".json.deleting"
@@ -49,7 +53,7 @@ func (p *Pool) readRecordOrMarker(id string) (*record, error) {
 	}
 	var r record
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("parse delete marker of %s: %w", id, err)
+		return nil, fmt.Errorf("parse delete marker of %s: %w: %w", id, errCorruptRecord, err)
 	}
 	return &r, nil
 }
@@ -66,7 +70,7 @@ func (p *Pool) readRecord(id string) (*record, error) {
 	}
 	var r record
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("parse record of %s: %w", id, err)
+		return nil, fmt.Errorf("parse record of %s: %w: %w", id, errCorruptRecord, err)
 	}
 	return &r, nil
 }

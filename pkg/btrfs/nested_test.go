@@ -226,6 +226,12 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 	if err := p.writeRecord(old.ID, rec); err != nil {
 		t.Fatal(err)
 	}
+	// A record torn by something other than the driver (a full disk
+	// under an older version, an operator's editor).
+	corrupt := backend.VolumeIDFor("corrupt")
+	if err := os.WriteFile(p.metaPath(corrupt), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	runner.Arm(
 		exec.Fault{Kind: exec.FaultFail, Nth: 1, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"},
 		exec.Fault{Kind: exec.FaultFail, Nth: 1, Match: "btrfs qgroup create", Stderr: "ERROR: injected"},
@@ -236,11 +242,17 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 		t.Fatalf("one broken object took the pool down: %v", err)
 	}
 	att := again.NeedingAttention()
-	if len(att) != 2 || att[doomed.ID] == "" || att[old.ID] == "" {
+	if len(att) != 3 || att[doomed.ID] == "" || att[old.ID] == "" || att[corrupt] == "" {
 		t.Fatalf("objects needing attention: %v", att)
 	}
-	if n := testutil.ToFloat64(objectsNeedingAttention.WithLabelValues(again.mountPath)); n != 2 {
-		t.Errorf("csi_thin_btrfs_objects_needing_attention = %v, want 2", n)
+	if n := testutil.ToFloat64(objectsNeedingAttention.WithLabelValues(again.mountPath)); n != 3 {
+		t.Errorf("csi_thin_btrfs_objects_needing_attention = %v, want 3", n)
+	}
+	if vols, err := again.ListVolumes(ctx); err != nil || len(vols) != 2 {
+		t.Fatalf("list beside an unreadable record: %d volumes, %v; want the 2 readable ones", len(vols), err)
+	}
+	if _, err := again.GetVolume(ctx, corrupt); err == nil || !strings.Contains(err.Error(), "parse record") {
+		t.Errorf("get of the unreadable record: %v, want a parse error", err)
 	}
 	got, err := again.GetVolume(ctx, old.ID)
 	if err != nil || !got.Condition.Abnormal || got.Condition.Reason != backend.ReasonNeedsAttention {
@@ -263,6 +275,9 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 	}
 	if _, err := again.ExpandVolume(ctx, old.ID, 128*backend.MiB); err != nil {
 		t.Fatalf("expand retries the migration: %v", err)
+	}
+	if err := again.DeleteVolume(ctx, corrupt); err != nil { // the operator's way out
+		t.Fatalf("delete of the unreadable record: %v", err)
 	}
 	if att := again.NeedingAttention(); len(att) != 0 {
 		t.Fatalf("still needing attention: %v", att)
