@@ -465,6 +465,12 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, sizeBytes int64) (*b
 		}
 		p.attended(id)
 	}
+	if p.quota == QuotaFull {
+		// Full qgroups do not add nested subvolumes by themselves.
+		if err := p.adoptNested(ctx, id, rec.SubvolumeID, rec.Qgroup); err != nil {
+			return nil, err
+		}
+	}
 	if err := p.cli.limitQgroup(ctx, rec.Qgroup, size, p.mountPath); err != nil {
 		return nil, fmt.Errorf("raise limit of %s: %w", id, classify(err))
 	}

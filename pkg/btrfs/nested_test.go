@@ -121,6 +121,21 @@ func TestNestedSubvolumesAreChargedToTheirVolume(t *testing.T) {
 			if err := fill(filepath.Join(dir, "nested", "more"), 192*backend.MiB); !errors.Is(err, syscall.EDQUOT) {
 				t.Fatalf("352 MiB in a 256 MiB volume: want EDQUOT, got %v", err)
 			}
+			// A subvolume nested after the last look is charged once the
+			// volume is expanded (full qgroups adopt it then).
+			for _, f := range []string{"nested/more", "nested/deeper/big"} {
+				if err := os.Remove(filepath.Join(dir, f)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			btrfsCmd(t, "filesystem", "sync", p.mountPath)
+			btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "late"))
+			if _, err := p.ExpandVolume(ctx, v.ID, 320*backend.MiB); err != nil {
+				t.Fatal(err)
+			}
+			if err := fill(filepath.Join(dir, "late", "big"), 512*backend.MiB); !errors.Is(err, syscall.EDQUOT) {
+				t.Fatalf("512 MiB into a subvolume nested before an expansion to 320 MiB: want EDQUOT, got %v", err)
+			}
 		})
 	}
 }
