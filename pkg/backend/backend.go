@@ -98,6 +98,9 @@ type SnapshotRequest struct {
 	ID             string
 	Name           string
 	SourceVolumeID string
+	// SkipFreeze: take the snapshot without freezing the source's mounted
+	// filesystem (VolumeSnapshotClass parameter freeze: "false").
+	SkipFreeze bool
 }
 
 // Snapshot is a read-only thin snapshot of a volume.

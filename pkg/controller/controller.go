@@ -8,6 +8,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -236,7 +237,7 @@ func splitParameters(in map[string]string) (map[string]string, error) {
 var (
 	volumeParamKeys = []string{provisionerParamPrefix + "fstype",
 		provisionerParamPrefix + "pvc/name", provisionerParamPrefix + "pvc/namespace", provisionerParamPrefix + "pv/name"}
-	snapshotParamKeys = []string{provisionerParamPrefix + "volumesnapshot/name",
+	snapshotParamKeys = []string{ParamFreeze, provisionerParamPrefix + "volumesnapshot/name",
 		provisionerParamPrefix + "volumesnapshot/namespace", provisionerParamPrefix + "volumesnapshotcontent/name"}
 )
 
@@ -245,7 +246,7 @@ var (
 func checkParameterKeys(class string, in map[string]string, accepted []string) error {
 	var unknown []string
 	for k := range in {
-		if !strings.HasPrefix(k, provisionerParamPrefix) {
+		if !strings.HasPrefix(k, provisionerParamPrefix) && !slices.Contains(accepted, k) {
 			unknown = append(unknown, strconv.Quote(k))
 		}
 	}
@@ -254,7 +255,7 @@ func checkParameterKeys(class string, in map[string]string, accepted []string) e
 	}
 	sort.Strings(unknown)
 	return status.Errorf(codes.InvalidArgument,
-		"unknown %s parameter %s: csi-thin has no parameters of its own; it accepts %s and the other %s* keys of the Kubernetes sidecars",
+		"unknown %s parameter %s: csi-thin accepts %s and the other %s* keys of the Kubernetes sidecars",
 		class, strings.Join(unknown, ", "), strings.Join(accepted, ", "), provisionerParamPrefix)
 }
 

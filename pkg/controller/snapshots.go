@@ -23,13 +23,17 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if err := checkParameterKeys("VolumeSnapshotClass", req.GetParameters(), snapshotParamKeys); err != nil {
 		return nil, err
 	}
+	skipFreeze, err := skipFreeze(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
 	id := backend.SnapshotIDFor(req.GetName())
 	unlock, err := s.lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	snap, err := s.backend.CreateSnapshot(ctx, backend.SnapshotRequest{ID: id, Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId()})
+	snap, err := s.backend.CreateSnapshot(ctx, backend.SnapshotRequest{ID: id, Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId(), SkipFreeze: skipFreeze})
 	if err != nil {
 		return nil, rpcerr.Status(err)
 	}

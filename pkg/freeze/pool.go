@@ -36,6 +36,9 @@ func NewPool(b backend.Local, f *Freezer) *Pool {
 
 // CreateSnapshot implements backend.Backend.
 func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
+	if req.SkipFreeze {
+		return p.Local.CreateSnapshot(ctx, req)
+	}
 	if _, err := p.Local.GetSnapshot(ctx, req.ID); err == nil {
 		return p.Local.CreateSnapshot(ctx, req) // a replay: the snapshot exists, nothing to freeze for
 	}

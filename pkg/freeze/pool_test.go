@@ -36,9 +36,11 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 		name       string
 		target     backend.Target
 		replay     bool
+		skip       bool
 		wantFrozen bool
 	}{
 		{name: "mounted block device", target: backend.Target{Path: dev, IsDevice: true}, wantFrozen: true},
+		{name: "freeze turned off by the snapshot class", target: backend.Target{Path: dev, IsDevice: true}, skip: true},
 		{name: "replay of an existing snapshot", target: backend.Target{Path: dev, IsDevice: true}, replay: true},
 		{name: "directory volume (btrfs)", target: backend.Target{Path: mnt}},
 		{name: "device not active", target: backend.Target{Path: filepath.Join(t.TempDir(), "gone"), IsDevice: true}},
@@ -50,7 +52,7 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			req := backend.SnapshotRequest{ID: backend.SnapshotIDFor("snap"), SourceVolumeID: vol.ID}
+			req := backend.SnapshotRequest{ID: backend.SnapshotIDFor("snap"), SourceVolumeID: vol.ID, SkipFreeze: tc.skip}
 			if tc.replay {
 				if _, err := inner.Backend.CreateSnapshot(ctx, req); err != nil {
 					t.Fatal(err)

@@ -17,6 +17,10 @@ type ThinSnapshotSpec struct {
 	// SourceVolumeID is the volume to snapshot.
 	// +kubebuilder:validation:Pattern=`^v-[0-9a-f]{32}$`
 	SourceVolumeID string `json:"sourceVolumeID"`
+	// SkipFreeze: snapshot without freezing the source's mounted
+	// filesystem (VolumeSnapshotClass parameter freeze: "false").
+	// +optional
+	SkipFreeze bool `json:"skipFreeze,omitempty"`
 }
 
 // ThinSnapshotStatus is what the node agent reports.

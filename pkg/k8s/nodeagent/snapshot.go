@@ -73,7 +73,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 	start := time.Now()
-	s, err := r.Pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: ts.Name, Name: ts.Spec.Name, SourceVolumeID: ts.Spec.SourceVolumeID})
+	s, err := r.Pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: ts.Name, Name: ts.Spec.Name, SourceVolumeID: ts.Spec.SourceVolumeID, SkipFreeze: ts.Spec.SkipFreeze})
 	ts.Status.ObservedGeneration = ts.Generation
 	ts.Status.OperationStatus = operation(err)
 	setReady(&ts.Status.Conditions, ts.Generation, err, thinv1.ReasonCreated)

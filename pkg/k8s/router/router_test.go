@@ -396,12 +396,17 @@ func TestExpandVolume(t *testing.T) {
 func TestSnapshots(t *testing.T) {
 	gib := backend.GiB
 	h := newHarness(t, readyVolume(volA, "n2", gib))
+	var nodeSawSkipFreeze bool
 	h.onSnap = func(ts *thinv1.ThinSnapshot) {
+		nodeSawSkipFreeze = ts.Spec.SkipFreeze
 		ts.Status.Phase, ts.Status.ReadyToUse, ts.Status.SizeBytes = thinv1.PhaseReady, true, gib
 	}
-	s, err := h.r.CreateSnapshot(h.ctx, backend.SnapshotRequest{ID: snapA, Name: "snapcontent-1", SourceVolumeID: volA})
+	s, err := h.r.CreateSnapshot(h.ctx, backend.SnapshotRequest{ID: snapA, Name: "snapcontent-1", SourceVolumeID: volA, SkipFreeze: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !nodeSawSkipFreeze {
+		t.Error("the snapshot class's freeze=false did not reach the node's ThinSnapshot")
 	}
 	if s.Node != "n2" || !s.ReadyToUse || s.SizeBytes != gib || s.SourceVolumeID != volA {
 		t.Errorf("snapshot %+v", s)

@@ -28,7 +28,7 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 	}
 	ts := &thinv1.ThinSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{thinv1.LabelNode: node}},
-		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID},
+		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze},
 	}
 	if err := r.client.Create(ctx, ts); err != nil {
 		if !apierrors.IsAlreadyExists(err) {
