@@ -49,9 +49,10 @@ fi
 
 if [ "${CSI_THIN_BENCH_VM:-1}" != 0 ]; then
   echo "bench: LVM thin in the test VM ($mode; the VM's console follows)"
-  # The driver is read from the host root, which the VM mounts at /.
-  "$repo/test/vm/run.sh" --disk "$vm_disk" --timeout 1800 "$bench" run --backend lvmthin \
-      --lvm-device /dev/vda --driver "$driver" --work-dir /run/tmp --out - "${vm_flags[@]}" \
+  # The driver is staged into the VM's work dir (/tmp there): a checkout
+  # under /tmp is hidden inside the VM.
+  "$repo/test/vm/run.sh" --disk "$vm_disk" --timeout 1800 --stage "$driver" "$bench" run --backend lvmthin \
+      --lvm-device /dev/vda --driver "/tmp/$(basename "$driver")" --work-dir /run/tmp --out - "${vm_flags[@]}" \
       --note "the VM's /dev/vda is a sparse file on the host's disk (virtio-blk, cache=unsafe, discard=unmap); the VM has 2 emulated CPUs on a host running other jobs" \
       > "$raw/lvmthin-vm.log" 2>&1
   vm_status=$?

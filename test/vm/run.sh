@@ -3,7 +3,12 @@
 # QEMU VM whose kernel has device-mapper thin provisioning, for hosts whose
 # own kernel lacks it. The VM's exit status is the program's.
 #
-#   test/vm/run.sh [--disk SIZE] [--mem MiB] [--timeout SEC] PROGRAM [ARGS...]
+#   test/vm/run.sh [--disk SIZE] [--mem MiB] [--timeout SEC] [--stage FILE]... PROGRAM [ARGS...]
+#
+# PROGRAM and every --stage FILE are copied into the VM's work dir: inside
+# the VM, a staged FILE is /tmp/$(basename FILE) and the program runs from
+# /tmp. Hand the VM staged paths, never paths in the checkout: the VM
+# mounts its work dir over /tmp, which hides a checkout that lives there.
 #
 # Inside the VM:
 #   - the host's root is mounted read-only (no Go toolchain needed inside);
@@ -22,20 +27,25 @@
 # guest kernel, so expect ~10x slower than hardware.
 set -euo pipefail
 
-disk_size=5G mem=3072 timeout_s=${CSI_THIN_VM_TIMEOUT:-1500}
+disk_size=5G mem=3072 timeout_s=${CSI_THIN_VM_TIMEOUT:-1500} staged=()
 while [ $# -gt 0 ]; do
   case $1 in
     --disk) disk_size=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
+    --stage) staged+=("$2"); shift 2 ;;
     --) shift; break ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || { echo "usage: $0 [--disk SIZE] [--mem MiB] [--timeout SEC] PROGRAM [ARGS...]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 [--disk SIZE] [--mem MiB] [--timeout SEC] [--stage FILE]... PROGRAM [ARGS...]" >&2; exit 2; }
 program=$1; shift
 [ -x "$program" ] || { echo "run.sh: $program is not an executable file" >&2; exit 2; }
+for f in ${staged[@]+"${staged[@]}"}; do
+  [ -f "$f" ] || { echo "run.sh: --stage $f is not a file" >&2; exit 2; }
+  case $(basename "$f") in program|vm-run.sh|lvm|.exit-status) echo "run.sh: --stage $f: that name is the harness's own" >&2; exit 2 ;; esac
+done
 
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/ensure-tools.sh"
@@ -46,9 +56,10 @@ disk=$work.disk
 cleanup() { rm -rf "$work" "$disk"; }
 trap cleanup EXIT
 
-# The program runs from the work dir; a copy keeps the VM independent of
-# where the caller built it (the host root is visible, but a copy is simple).
+# The program and the staged files run from the work dir: the host root is
+# visible in the VM, but not a checkout under /tmp (the work dir hides it).
 cp "$program" "$work/program"
+for f in ${staged[@]+"${staged[@]}"}; do cp -p "$f" "$work/"; done
 mkdir -p "$work/lvm"
 cp "$here/lvm.conf" "$work/lvm/lvm.conf"
 {
