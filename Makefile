@@ -16,7 +16,7 @@ GOTAGS    := grpcnotrace
 export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lint test test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e demo bench clean
+.PHONY: all build lint test cluster-build test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e demo bench clean
 
 all: build
 
@@ -35,11 +35,21 @@ test-unit:
 test-btrfs: | $(BIN)
 	$(GO) test -count=1 -v ./pkg/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|Ran [0-9]+ of|Passed \|' ; exit $${PIPESTATUS[0]}
 
-# Everything, in order of cost. The LVM reliability suite runs whole: the
-# crash matrices (every lvm step of each mutating call; every step of the
-# Node calls) and the out-of-space and metadata tests, in one VM boot
-# (~9.5 min, see test-reliability-lvm).
-test: lint test-unit test-btrfs test-reliability test-lvm test-reliability-lvm bench-smoke test-e2e
+# Everything, in three lanes side by side (hack/test-stages.sh; each
+# stage's log in bin/stage-NAME.log, a time table at the end): the host's
+# suites on btrfs and loop devices, then the e2e (it uses them too); the
+# VM's LVM suites; the cluster's build (cached; cold, it overlaps the
+# others). The LVM reliability suite runs whole: the crash matrices (every
+# lvm step of each mutating call; every step of the Node calls) and the
+# out-of-space and metadata tests, in one VM boot (~9.5 min, see
+# test-reliability-lvm). test/README.md says what runs where.
+test:
+	hack/test-stages.sh 'packages-host lint test-unit test-btrfs test-reliability bench-smoke test-e2e' \
+	  'test-lvm test-reliability-lvm' 'cluster-build'
+
+# The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
+cluster-build:
+	bash test/cluster/build.sh all e2e
 
 test-lvm:
 	test/vm/run-lvm-suite.sh

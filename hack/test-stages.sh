@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# test-stages.sh — runs make targets (stages) in lanes: the stages of one
+# lane one after another, the lanes side by side. make test puts in one
+# lane the suites that share a resource (the host's btrfs and loop devices,
+# the VM) and gives the cluster build a lane of its own, so that a cold
+# machine builds Kubernetes while the other suites run.
+#
+#   hack/test-stages.sh 'STAGE STAGE...' ['STAGE...']...
+#
+# Each stage's output goes to bin/stage-STAGE.log; a failed stage ends its
+# lane (the other lanes run on) and its log's tail is printed. At the end:
+# a table of stage, lane, seconds and status (also in bin/test-stages.tsv),
+# and the exit status is 1 if any stage failed or did not run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=bin table=bin/test-stages.tsv
+mkdir -p "$bin"
+: >"$table"
+start=$SECONDS
+
+say() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
+
+run_lane() {
+	local lane=$1 s rc failed=
+	shift
+	for stage in $lane; do
+		if [[ -n $failed ]]; then
+			printf '%s\t%s\t%s\t%s\n' "$stage" "$n" - "not run" >>"$table"
+			continue
+		fi
+		say "lane $n: $stage"
+		s=$SECONDS
+		make --no-print-directory "$stage" >"$bin/stage-$stage.log" 2>&1
+		rc=$?
+		if ((rc == 0)); then
+			printf '%s\t%s\t%s\t%s\n' "$stage" "$n" $((SECONDS - s)) ok >>"$table"
+			say "lane $n: $stage ok in $((SECONDS - s)) s"
+		else
+			printf '%s\t%s\t%s\t%s\n' "$stage" "$n" $((SECONDS - s)) "FAIL ($rc)" >>"$table"
+			say "lane $n: $stage FAILED (exit $rc) in $((SECONDS - s)) s; the end of $bin/stage-$stage.log:"
+			tail -40 "$bin/stage-$stage.log" | sed "s/^/    $stage: /"
+			failed=1
+		fi
+	done
+	[[ -z $failed ]]
+}
+
+pids=() n=0
+for lane in "$@"; do
+	n=$((n + 1))
+	run_lane "$lane" &
+	pids+=($!)
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+
+echo
+printf '%-24s %4s %8s  %s\n' stage lane seconds status
+sort -t$'\t' -k2,2n -s "$table" | while IFS=$'\t' read -r stage lane secs st; do
+	printf '%-24s %4s %8s  %s\n' "$stage" "$lane" "$secs" "$st"
+done
+printf '%-24s %4s %8s  %s\n' "total (wall clock)" "" $((SECONDS - start)) "$( ((status)) && echo FAIL || echo ok)"
+echo "logs: $bin/stage-*.log"
+exit $status
