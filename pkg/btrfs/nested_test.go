@@ -341,3 +341,45 @@ func TestSnapshotsAndClonesLeaveNestedSubvolumesEmpty(t *testing.T) {
 		}
 	}
 }
+
+// TestInterruptedNestedDeleteIsFinished: a delete that stops after some
+// of the nested subvolumes went (here the third `subvolume delete`
+// fails; a crash there leaves the same state, each delete being atomic)
+// is finished by the retry or by startup recovery, from the marker.
+func TestInterruptedNestedDeleteIsFinished(t *testing.T) {
+	for _, finish := range []string{"retry", "recovery"} {
+		t.Run(finish, func(t *testing.T) {
+			ctx := context.Background()
+			p, runner := openPool(t, QuotaSimple, backend.GiB)
+			v := newVol(t, p, "nests", 64*backend.MiB)
+			dir := p.VolumePath(v.ID)
+			for _, d := range []string{"a", "a/b", "a/b/c", "d"} {
+				btrfsCmd(t, "subvolume", "create", filepath.Join(dir, d))
+			}
+			runner.Arm(exec.Fault{Kind: exec.FaultFail, Nth: 3, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"})
+			err := p.DeleteVolume(ctx, v.ID)
+			runner.Disarm()
+			if err == nil {
+				t.Fatal("the faulted delete succeeded")
+			}
+			if _, err := p.GetVolume(ctx, v.ID); !errors.Is(err, backend.ErrNotFound) {
+				t.Fatalf("a delete past its commit point must hide the volume: %v", err)
+			}
+			switch finish {
+			case "retry":
+				err = p.DeleteVolume(ctx, v.ID)
+			case "recovery":
+				_, err = Open(ctx, Config{PoolPath: p.mountPath, NodeName: "test-node"})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if list := btrfsCmd(t, "subvolume", "list", p.mountPath); strings.Contains(list, v.ID) {
+				t.Fatalf("subvolumes of the deleted volume left:\n%s", list)
+			}
+			if _, err := os.Lstat(filepath.Join(p.base, "meta", v.ID+deletingSuffix)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("delete marker left: %v", err)
+			}
+		})
+	}
+}
