@@ -17,6 +17,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
 )
 
 // The ioctls of linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int).
@@ -206,7 +208,11 @@ func fsIoctl(path string, op uint) error {
 }
 
 func freeze(path string) error {
-	if err := fsIoctl(path, ioctlFIFREEZE); err != nil {
+	err := fsIoctl(path, ioctlFIFREEZE)
+	if errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("freeze filesystem at %s: already frozen (another snapshot of the volume, or an operator): %w", path, backend.ErrBusy)
+	}
+	if err != nil {
 		return fmt.Errorf("freeze filesystem at %s: %w", path, err)
 	}
 	return nil

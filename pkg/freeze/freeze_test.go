@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/csi-thin/csi-thin/internal/testenv"
+	"github.com/csi-thin/csi-thin/pkg/backend"
 )
 
 // ext4Mount makes a small ext4 filesystem on a loop device and mounts it;
@@ -173,6 +174,33 @@ func TestFreezeFailureFreezesNothing(t *testing.T) {
 		t.Fatalf("Frozen with an unfreezable path: err %v, snapshot ran %v; want an error and no snapshot", err, ran)
 	}
 	wantResumes(t, "after a failed freeze", startWriter(filepath.Join(mnt, "f")))
+}
+
+// A second snapshot of a filesystem that is frozen already is told to
+// retry, and does not thaw the first one's freeze.
+func TestFrozenTwiceIsBusy(t *testing.T) {
+	mnt, _ := ext4Mount(t)
+	f, err := New(t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.Frozen(context.Background(), "s-1", []string{mnt}, func(context.Context) error {
+		err := f.Frozen(context.Background(), "s-2", []string{mnt}, func(context.Context) error {
+			t.Error("the second snapshot ran")
+			return nil
+		})
+		if !errors.Is(err, backend.ErrBusy) {
+			t.Errorf("second freeze: %v, want ErrBusy", err)
+		}
+		if !blocked(t, startWriter(filepath.Join(mnt, "f")), 300*time.Millisecond) {
+			t.Error("the refused second freeze thawed the first")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantResumes(t, "after the first snapshot", startWriter(filepath.Join(mnt, "g")))
 }
 
 // TestRecoverAfterKillWhileFrozen kills a process inside the frozen window
