@@ -77,7 +77,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.quotaMode, "btrfs-quota", "auto", "btrfs: size limits by simple quotas (simple), classic qgroups (full), or simple where supported (auto)")
 	fs.BoolVar(&o.lvmZero, "lvm-zero-new-blocks", true, "lvmthin: a pool created by the driver zeroes a new chunk before a partial first write (--zero y, LVM's default); false is faster for small first writes but lets raw block volumes read stale data of deleted volumes, and exhausted metadata then fails all I/O instead of going read-only")
 	fs.StringVar(&o.lvmConfig, "lvm-config", "", "lvmthin: passed as --config to every LVM command (e.g. 'activation{udev_sync=0 udev_rules=0}' where the node has no udev)")
-	fs.BoolVar(&o.snapshotFreeze, "snapshot-freeze", true, "lvmthin: freeze a mounted source filesystem (FIFREEZE) while its snapshot is taken")
+	fs.BoolVar(&o.snapshotFreeze, "snapshot-freeze", false, "lvmthin: also freeze a mounted source filesystem (FIFREEZE) around its snapshot; off because lvcreate's own suspend of the origin freezes it, and on kernel 6.1 that suspend fails (busy) on a filesystem frozen already (docs/consistency.md)")
 	fs.StringVar(&o.freezeStateDir, "freeze-state-dir", "/var/lib/csi-thin/freeze", "lvmthin: where a freeze is recorded until the thaw, so a restart thaws what a killed process left frozen")
 	fs.DurationVar(&o.freezeTimeout, "freeze-timeout", freeze.DefaultTimeout, "lvmthin: longest a filesystem stays frozen; a slower snapshot finishes unfrozen (crash-consistent)")
 	fs.StringVar(&o.cmdPrefix, "command-prefix", "", "prefix for storage commands, space-separated (e.g. 'nsenter -t 1 -m -u -i -n -p --' to run LVM in the host's namespaces)")
