@@ -19,12 +19,14 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/driver"
+	"github.com/csi-thin/csi-thin/pkg/k8s/lifecycle"
 	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
 	"github.com/csi-thin/csi-thin/pkg/k8s/registration"
 	"github.com/csi-thin/csi-thin/pkg/k8s/router"
@@ -33,11 +35,22 @@ import (
 
 // runController serves the CSI Controller service with the router as its
 // backend: every volume operation becomes a resource for a node agent.
-// The sidecars do leader election; this process keeps no state of its own.
+// The CSI service runs in every replica (the sidecars elect theirs); the
+// watch over lost nodes runs in the replica that holds the lease.
 func runController(ctx context.Context, o *options) error {
-	mgr, err := newManager(o, cache.Options{})
+	mgr, err := newManager(o, cache.Options{}, o.lostAfter > 0)
 	if err != nil {
 		return err
+	}
+	if o.lostAfter > 0 {
+		m, err := lifecycle.NewMetrics(metrics.Registry)
+		if err != nil {
+			return fmt.Errorf("lifecycle metrics: %w", err)
+		}
+		if err := mgr.Add(&lifecycle.Detector{Client: mgr.GetClient(), API: mgr.GetAPIReader(),
+			Recorder: mgr.GetEventRecorder("csi-thin-controller"), LostAfter: o.lostAfter, Metrics: m}); err != nil {
+			return err
+		}
 	}
 	r, err := router.New(ctx, mgr.GetClient(), mgr.GetAPIReader(), mgr.GetCache(), router.Config{})
 	if err != nil {
@@ -67,7 +80,7 @@ func runNode(ctx context.Context, o *options) error {
 		return fmt.Errorf("open pool: %w", err)
 	}
 	nodeName := pool.NodeName()
-	mgr, err := newManager(o, cache.Options{ByObject: nodeagent.CacheOptions(nodeName)})
+	mgr, err := newManager(o, cache.Options{ByObject: nodeagent.CacheOptions(nodeName)}, false)
 	if err != nil {
 		return err
 	}
@@ -157,7 +170,10 @@ func runAll(ctx context.Context, mgr ctrl.Manager, servers ...runner) error {
 	return err
 }
 
-func newManager(o *options, cacheOpts cache.Options) (ctrl.Manager, error) {
+// leaderElectionID names the controller replicas' lease.
+const leaderElectionID = "csi-thin-controller.csi-thin.io"
+
+func newManager(o *options, cacheOpts cache.Options, elect bool) (ctrl.Manager, error) {
 	ctrl.SetLogger(klog.NewKlogr())
 	cfg, err := restConfig(o.kubeconfig)
 	if err != nil {
@@ -183,8 +199,20 @@ func newManager(o *options, cacheOpts cache.Options) (ctrl.Manager, error) {
 		Client:                 client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Node{}}}},
 		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress: healthAddr,
-		LeaderElection:         false,
+		LeaderElection:         elect,
+		LeaderElectionID:       leaderElectionID,
+		// In a pod, the lease goes in the pod's namespace (found by
+		// controller-runtime); outside, in "default".
+		LeaderElectionNamespace:       leaderNamespace(o),
+		LeaderElectionReleaseOnCancel: true,
 	})
+}
+
+func leaderNamespace(o *options) string {
+	if o.kubeconfig != "" {
+		return "default"
+	}
+	return ""
 }
 
 // newScheme holds only the types the controller and the node agent read or

@@ -20,6 +20,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/driver"
 	"github.com/csi-thin/csi-thin/pkg/freeze"
+	"github.com/csi-thin/csi-thin/pkg/k8s/lifecycle"
 	"github.com/csi-thin/csi-thin/pkg/node"
 )
 
@@ -54,6 +55,7 @@ type options struct {
 	metricsAddr  string
 	registration string
 	kubeletDir   string
+	lostAfter    time.Duration
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -86,6 +88,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-address", ":9809", "controller/node: address of the Prometheus /metrics endpoint (empty: off)")
 	fs.StringVar(&o.registration, "registration-socket", "", "node: kubelet plugin-registration socket (default: <kubelet-dir>/plugins_registry/csi-thin.io-reg.sock)")
 	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node: the kubelet's root directory")
+	fs.DurationVar(&o.lostAfter, "lost-after", lifecycle.DefaultLostAfter, "controller: a node deleted from the cluster, or whose agent has not reported for this long, is lost: its resources are marked Lost and deleted without waiting for it (0: off; the replicas elect one to judge)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

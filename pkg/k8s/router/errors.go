@@ -4,6 +4,11 @@ import (
 	"errors"
 
 	"google.golang.org/grpc/codes"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
 
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
 )
@@ -57,4 +62,14 @@ func statusError(node, code, message string) error {
 		message = code
 	}
 	return &nodeError{node: node, message: message, sentinel: sentinelFor(parseCode(code))}
+}
+
+// lostError is the answer for a resource whose node the controller judged
+// lost: Unavailable, with the controller's reason.
+func lostError(node string, conds []metav1.Condition) error {
+	msg := "node lost"
+	if c := apimeta.FindStatusCondition(conds, thinv1.ConditionReady); c != nil && c.Message != "" {
+		msg = "node lost: " + c.Message
+	}
+	return &nodeError{node: node, message: msg, sentinel: backend.ErrUnavailable}
 }

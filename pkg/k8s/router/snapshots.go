@@ -57,6 +57,9 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		switch ts.Status.Phase {
 		case thinv1.PhaseReady:
 			return true, nil
+		case thinv1.PhaseLost:
+			nodeErr = lostError(ts.Spec.Node, ts.Status.Conditions)
+			return true, nil
 		case thinv1.PhaseFailed:
 			nodeErr = statusError(ts.Spec.Node, ts.Status.Code, ts.Status.Message)
 			if nodeErr == nil {
@@ -72,6 +75,9 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 				req.ID, phaseOf(ts.Status.Phase), ts.Spec.Node, err)
 		}
 		return nil, err
+	}
+	if nodeErr != nil && ts.Status.Phase == thinv1.PhaseLost {
+		return nil, nodeErr // kept: the node may come back with it
 	}
 	if nodeErr != nil {
 		logger.Info("node failed to create the snapshot; deleting the ThinSnapshot so a retry starts afresh", "node", ts.Spec.Node, "code", ts.Status.Code, "err", nodeErr.Error())
@@ -103,6 +109,9 @@ func snapshotOf(ts *thinv1.ThinSnapshot) *backend.Snapshot {
 func (r *Router) DeleteSnapshot(ctx context.Context, id string) error {
 	if !backend.IsSnapshotID(id) {
 		return nil
+	}
+	if lost := (&thinv1.ThinSnapshot{}); r.getFresh(ctx, id, lost) == nil && lost.Status.Phase == thinv1.PhaseLost {
+		return r.deleteLost(ctx, lost, lost.Spec.Node)
 	}
 	ts := &thinv1.ThinSnapshot{ObjectMeta: metav1.ObjectMeta{Name: id}}
 	return r.deleteAndWait(ctx, ts, id, func() deleteState {

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,6 +18,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/k8s/lifecycle"
 )
 
 // Keys the external-provisioner adds to the parameters with
@@ -74,6 +76,9 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 		switch tv.Status.Phase {
 		case thinv1.PhaseReady:
 			return true, nil
+		case thinv1.PhaseLost:
+			nodeErr = lostError(tv.Spec.Node, tv.Status.Conditions)
+			return true, nil
 		case thinv1.PhaseFailed:
 			nodeErr = statusError(tv.Spec.Node, tv.Status.Code, tv.Status.Message)
 			if nodeErr == nil {
@@ -89,6 +94,9 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 				req.ID, phaseOf(tv.Status.Phase), tv.Spec.Node, err)
 		}
 		return nil, err
+	}
+	if nodeErr != nil && tv.Status.Phase == thinv1.PhaseLost {
+		return nil, nodeErr // kept: the node may come back with it
 	}
 	if nodeErr != nil {
 		logger.Info("node failed to create the volume; deleting the ThinVolume so a retry starts afresh", "node", tv.Spec.Node, "code", tv.Status.Code, "err", nodeErr.Error())
@@ -297,10 +305,48 @@ func (r *Router) DeleteVolume(ctx context.Context, id string) error {
 	if !backend.IsVolumeID(id) {
 		return nil // no such volume can exist
 	}
+	if lost := (&thinv1.ThinVolume{}); r.getFresh(ctx, id, lost) == nil && lost.Status.Phase == thinv1.PhaseLost {
+		return r.deleteLost(ctx, lost, lost.Spec.Node)
+	}
 	tv := &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: id}}
 	return r.deleteAndWait(ctx, tv, id, func() deleteState {
 		return deleteState{tv.Spec.Node, tv.Status.Code, tv.Status.Message, deleteFailed(tv.Status.Conditions)}
 	})
+}
+
+// deleteLost deletes a resource whose node is lost without waiting for
+// the node: the deletion of its PVC or VolumeSnapshot must complete. If
+// the Node still exists the resource stays, terminating, with its
+// finalizer, as the record that its storage is to go: the node's agent,
+// back, removes the storage and then the resource. If the Node is gone
+// from the cluster no agent will ever come, and the finalizer is released
+// now (what the node still holds, should it return, is reported as stray
+// storage, never deleted on a guess).
+func (r *Router) deleteLost(ctx context.Context, obj client.Object, node string) error {
+	logger := klog.FromContext(ctx).WithValues(idKeyOf(obj), obj.GetName(), "node", node)
+	if err := r.client.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", obj.GetName(), err)
+	}
+	n := &corev1.Node{}
+	err := r.api.Get(ctx, client.ObjectKey{Name: node}, n)
+	switch {
+	case apierrors.IsNotFound(err):
+		if err := lifecycle.ReleaseFinalizer(ctx, r.client, nil, obj, "node "+node+" was deleted from the cluster"); err != nil {
+			return err
+		}
+	case err != nil:
+		return fmt.Errorf("get Node %s: %w", node, err)
+	default:
+		logger.Info("node lost: deleted without waiting; its agent removes the storage when it returns")
+	}
+	return nil
+}
+
+func idKeyOf(obj client.Object) string {
+	if _, ok := obj.(*thinv1.ThinSnapshot); ok {
+		return "snapshotID"
+	}
+	return "volumeID"
 }
 
 // deleteFailed: the node agent tried to remove the storage and could not.

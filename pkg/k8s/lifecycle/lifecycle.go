@@ -1,0 +1,280 @@
+// Package lifecycle is the controller's watch over nodes that go away: a
+// node deleted from the cluster, or one whose agent stopped reporting for
+// longer than a grace period. Their ThinVolumes and ThinSnapshots are
+// marked Lost (status, Events on the resource, its PV and PVC, a metric),
+// so that operators see what is unreachable and the router deletes them
+// without waiting for an agent that will not come. It runs in the
+// controller Deployment, in the elected leader only.
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+)
+
+// Defaults for Detector.
+const (
+	// DefaultLostAfter: an agent silent this long is gone (its ThinNode is
+	// refreshed every 20 s; the router stops placing volumes there after
+	// 2 minutes already).
+	DefaultLostAfter = 5 * time.Minute
+	DefaultInterval  = 30 * time.Second
+)
+
+// Detector marks the resources of lost nodes. It is a manager Runnable.
+type Detector struct {
+	// Client reads the csi-thin resources (from the cache) and writes.
+	Client client.Client
+	// API reads Nodes, PVs and PVCs (uncached: read rarely).
+	API       client.Reader
+	Recorder  events.EventRecorder
+	LostAfter time.Duration
+	Interval  time.Duration
+	Now       func() time.Time
+	Metrics   *Metrics
+}
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable: one
+// replica judges, the others wait.
+func (d *Detector) NeedLeaderElection() bool { return true }
+
+// Start implements manager.Runnable.
+func (d *Detector) Start(ctx context.Context) error {
+	interval := d.Interval
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	for {
+		if err := d.Scan(ctx); err != nil && ctx.Err() == nil {
+			klog.ErrorS(err, "scan for lost nodes")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
+}
+
+func (d *Detector) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Detector) lostAfter() time.Duration {
+	if d.LostAfter > 0 {
+		return d.LostAfter
+	}
+	return DefaultLostAfter
+}
+
+// nodeState is what a scan knows of one node.
+type nodeState struct {
+	gone bool   // the Node object does not exist
+	lost bool   // gone, or its agent silent beyond LostAfter
+	why  string // for Events and logs
+}
+
+// Scan looks at every node that holds resources once.
+func (d *Detector) Scan(ctx context.Context) error {
+	var vols thinv1.ThinVolumeList
+	if err := d.Client.List(ctx, &vols); err != nil {
+		return fmt.Errorf("list ThinVolumes: %w", err)
+	}
+	var snaps thinv1.ThinSnapshotList
+	if err := d.Client.List(ctx, &snaps); err != nil {
+		return fmt.Errorf("list ThinSnapshots: %w", err)
+	}
+	states := map[string]*nodeState{}
+	state := func(node string, created time.Time) (*nodeState, error) {
+		if s, ok := states[node]; ok {
+			return s, nil
+		}
+		s, err := d.judge(ctx, node)
+		if err != nil {
+			return nil, err
+		}
+		states[node] = s
+		return s, nil
+	}
+	lostVols, lostSnaps := map[string]int{}, map[string]int{}
+	for i := range vols.Items {
+		tv := &vols.Items[i]
+		s, err := state(tv.Spec.Node, tv.CreationTimestamp.Time)
+		if err != nil {
+			return err
+		}
+		if !s.lost || d.now().Sub(tv.CreationTimestamp.Time) < d.lostAfter() {
+			continue
+		}
+		lostVols[tv.Spec.Node]++
+		if err := d.handle(ctx, tv, tv.Spec.Node, &tv.Status.Phase, &tv.Status.Conditions, tv.Generation, tv.Spec.Name, s); err != nil {
+			return err
+		}
+	}
+	for i := range snaps.Items {
+		ts := &snaps.Items[i]
+		s, err := state(ts.Spec.Node, ts.CreationTimestamp.Time)
+		if err != nil {
+			return err
+		}
+		if !s.lost || d.now().Sub(ts.CreationTimestamp.Time) < d.lostAfter() {
+			continue
+		}
+		lostSnaps[ts.Spec.Node]++
+		if err := d.handle(ctx, ts, ts.Spec.Node, &ts.Status.Phase, &ts.Status.Conditions, ts.Generation, "", s); err != nil {
+			return err
+		}
+	}
+	if d.Metrics != nil {
+		d.Metrics.set(lostVols, lostSnaps)
+	}
+	return nil
+}
+
+// judge decides whether node is lost.
+func (d *Detector) judge(ctx context.Context, node string) (*nodeState, error) {
+	n := &corev1.Node{}
+	if err := d.API.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+		if apierrors.IsNotFound(err) {
+			return &nodeState{gone: true, lost: true, why: "node " + node + " was deleted from the cluster"}, nil
+		}
+		return nil, fmt.Errorf("get Node %s: %w", node, err)
+	}
+	tn := &thinv1.ThinNode{}
+	if err := d.Client.Get(ctx, client.ObjectKey{Name: node}, tn); err != nil {
+		if apierrors.IsNotFound(err) {
+			return &nodeState{lost: true, why: "no csi-thin node agent ever reported on node " + node}, nil
+		}
+		return nil, fmt.Errorf("get ThinNode %s: %w", node, err)
+	}
+	if tn.Status.UpdateTime == nil || d.now().Sub(tn.Status.UpdateTime.Time) > d.lostAfter() {
+		last := "never"
+		if tn.Status.UpdateTime != nil {
+			last = tn.Status.UpdateTime.UTC().Format(time.RFC3339)
+		}
+		return &nodeState{lost: true, why: fmt.Sprintf("the csi-thin node agent on %s has not reported since %s", node, last)}, nil
+	}
+	return &nodeState{}, nil
+}
+
+// handle marks one resource of a lost node Lost, and releases the
+// finalizer of a deleted one whose Node is gone for good (no agent can
+// ever remove the storage, and the PVC's deletion must complete).
+func (d *Detector) handle(ctx context.Context, obj client.Object, node string, phase *thinv1.Phase, conds *[]metav1.Condition, generation int64, pvName string, s *nodeState) error {
+	logger := klog.FromContext(ctx).WithValues(idKey(obj), obj.GetName(), "node", node)
+	if !obj.GetDeletionTimestamp().IsZero() {
+		if !s.gone || !controllerutil.ContainsFinalizer(obj, thinv1.Finalizer) {
+			return nil // the agent, back, finishes the deletion
+		}
+		return ReleaseFinalizer(ctx, d.Client, d.Recorder, obj, s.why)
+	}
+	if *phase == thinv1.PhaseLost || *phase == thinv1.PhaseFailed {
+		return nil
+	}
+	*phase = thinv1.PhaseLost
+	apimeta.SetStatusCondition(conds, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
+		Reason: thinv1.ReasonNodeLost, Message: s.why, ObservedGeneration: generation})
+	if err := d.Client.Status().Update(ctx, obj); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return nil // the next scan sees the new version
+		}
+		return fmt.Errorf("mark %s lost: %w", obj.GetName(), err)
+	}
+	logger.Info("marked lost", "reason", s.why)
+	d.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, thinv1.ReasonNodeLost, "Detect", "%s", s.why)
+	if pvName != "" {
+		d.tellClaim(ctx, obj.GetName(), pvName, s.why)
+	}
+	return nil
+}
+
+// tellClaim puts the verdict where users look: on the PV and its PVC.
+func (d *Detector) tellClaim(ctx context.Context, volumeID, pvName, why string) {
+	pv := &corev1.PersistentVolume{}
+	if err := d.API.Get(ctx, client.ObjectKey{Name: pvName}, pv); err != nil {
+		return
+	}
+	if pv.Spec.CSI == nil || pv.Spec.CSI.VolumeHandle != volumeID {
+		return
+	}
+	msg := fmt.Sprintf("volume %s is unreachable: %s", volumeID, why)
+	d.Recorder.Eventf(pv, nil, corev1.EventTypeWarning, thinv1.ReasonNodeLost, "Detect", "%s", msg)
+	if ref := pv.Spec.ClaimRef; ref != nil {
+		pvc := &corev1.PersistentVolumeClaim{}
+		if err := d.API.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, pvc); err == nil && pvc.UID == ref.UID {
+			d.Recorder.Eventf(pvc, nil, corev1.EventTypeWarning, thinv1.ReasonNodeLost, "Detect", "%s", msg)
+		}
+	}
+}
+
+// ReleaseFinalizer removes the node agent's finalizer from a resource whose
+// node will never remove its storage, with an Event that says why.
+func ReleaseFinalizer(ctx context.Context, c client.Client, rec events.EventRecorder, obj client.Object, why string) error {
+	patch := client.MergeFrom(obj.DeepCopyObject().(client.Object))
+	if !controllerutil.RemoveFinalizer(obj, thinv1.Finalizer) {
+		return nil
+	}
+	if err := c.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("release finalizer of %s: %w", obj.GetName(), err)
+	}
+	klog.FromContext(ctx).Info("finalizer released: the node cannot remove the storage", idKey(obj), obj.GetName(), "reason", why)
+	if rec != nil {
+		rec.Eventf(obj, nil, corev1.EventTypeWarning, "FinalizerReleased", "Delete", "deleted without its node: %s", why)
+	}
+	return nil
+}
+
+func idKey(obj client.Object) string {
+	if _, ok := obj.(*thinv1.ThinSnapshot); ok {
+		return "snapshotID"
+	}
+	return "volumeID"
+}
+
+// Metrics counts the resources on lost nodes.
+type Metrics struct {
+	vols, snaps *prometheus.GaugeVec
+}
+
+// NewMetrics registers the gauges with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		vols: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "csi_thin", Name: "lost_volumes",
+			Help: "ThinVolumes whose node is deleted or whose agent is silent beyond the grace period."}, []string{"node"}),
+		snaps: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "csi_thin", Name: "lost_snapshots",
+			Help: "ThinSnapshots whose node is deleted or whose agent is silent beyond the grace period."}, []string{"node"}),
+	}
+	for _, c := range []prometheus.Collector{m.vols, m.snaps} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) set(vols, snaps map[string]int) {
+	m.vols.Reset()
+	m.snaps.Reset()
+	for n, c := range vols {
+		m.vols.WithLabelValues(n).Set(float64(c))
+	}
+	for n, c := range snaps {
+		m.snaps.WithLabelValues(n).Set(float64(c))
+	}
+}

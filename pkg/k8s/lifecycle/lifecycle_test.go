@@ -1,0 +1,144 @@
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// recorder keeps "Kind/name reason" of every Event.
+type recorder struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (r *recorder) Eventf(regarding, _ runtime.Object, _, reason, _, _ string, _ ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o := regarding.(client.Object)
+	r.events = append(r.events, fmt.Sprintf("%T/%s %s", o, o.GetName(), reason))
+}
+
+func (r *recorder) has(e string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, x := range r.events {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+func scheme(t *testing.T) *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := corev1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := thinv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func thinNode(name string, age time.Duration) *thinv1.ThinNode {
+	t := metav1.NewTime(now.Add(-age))
+	return &thinv1.ThinNode{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: thinv1.ThinNodeStatus{Healthy: true, UpdateTime: &t}}
+}
+
+func volume(name, node string) *thinv1.ThinVolume {
+	return &thinv1.ThinVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: backend.VolumeIDFor(name), Labels: map[string]string{thinv1.LabelNode: node},
+			Finalizers: []string{thinv1.Finalizer}},
+		Spec:   thinv1.ThinVolumeSpec{Node: node, Name: "pv-" + name, RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
+		Status: thinv1.ThinVolumeStatus{Phase: thinv1.PhaseReady},
+	}
+}
+
+// TestScanMarksLostNodes: a live node's volume is untouched; a silent
+// agent's and a deleted node's volumes become Lost with Events on the
+// volume, its PV and its PVC and a metric; a volume being deleted on a
+// deleted node loses its finalizer (no agent will ever remove it), while
+// one on a node that still exists keeps it (its agent finishes the job
+// when it returns).
+func TestScanMarksLostNodes(t *testing.T) {
+	live, silent, deleted := volume("live", "n1"), volume("silent", "n2"), volume("deleted", "n3")
+	dying := volume("dying", "n3")
+	dyingSilent := volume("dying-silent", "n2")
+	ts := metav1.NewTime(now.Add(-time.Minute))
+	dying.DeletionTimestamp, dyingSilent.DeletionTimestamp = &ts, &ts
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "data", UID: "pvc-uid"}}
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: silent.Spec.Name}, Spec: corev1.PersistentVolumeSpec{
+		PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: "csi-thin.io", VolumeHandle: silent.Name}},
+		ClaimRef:               &corev1.ObjectReference{Namespace: "app", Name: "data", UID: "pvc-uid"},
+	}}
+	c := fake.NewClientBuilder().WithScheme(scheme(t)).
+		WithObjects(live, silent, deleted, dying, dyingSilent, pv, pvc,
+			&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}},
+			thinNode("n1", 10*time.Second), thinNode("n2", 6*time.Minute), thinNode("n3", time.Hour)).
+		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}).Build()
+	rec := &recorder{}
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Detector{Client: c, API: c, Recorder: rec, Now: func() time.Time { return now }, Metrics: m}
+	ctx := context.Background()
+	for range 2 { // a second scan changes nothing
+		if err := d.Scan(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(tv *thinv1.ThinVolume) *thinv1.ThinVolume {
+		got := &thinv1.ThinVolume{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(tv), got); err != nil {
+			t.Fatalf("get %s: %v", tv.Name, err)
+		}
+		return got
+	}
+	if got := get(live); got.Status.Phase != thinv1.PhaseReady {
+		t.Errorf("live node's volume: %s", got.Status.Phase)
+	}
+	for _, tv := range []*thinv1.ThinVolume{silent, deleted} {
+		got := get(tv)
+		cond := apimeta.FindStatusCondition(got.Status.Conditions, thinv1.ConditionReady)
+		if got.Status.Phase != thinv1.PhaseLost || cond == nil || cond.Reason != thinv1.ReasonNodeLost {
+			t.Errorf("%s on %s: status %+v", tv.Spec.Name, tv.Spec.Node, got.Status)
+		}
+		if !rec.has("*v1alpha1.ThinVolume/" + tv.Name + " NodeLost") {
+			t.Errorf("no NodeLost event on %s: %v", tv.Spec.Name, rec.events)
+		}
+	}
+	if !rec.has("*v1.PersistentVolume/"+pv.Name+" NodeLost") || !rec.has("*v1.PersistentVolumeClaim/data NodeLost") {
+		t.Errorf("no NodeLost event on the PV and PVC: %v", rec.events)
+	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(dying), &thinv1.ThinVolume{}); !apierrors.IsNotFound(err) {
+		t.Errorf("deleted volume of a deleted node still there: %v", err)
+	}
+	if got := get(dyingSilent); len(got.Finalizers) != 1 {
+		t.Errorf("deleted volume of a silent (existing) node lost its finalizer")
+	}
+	if v := testutil.ToFloat64(m.vols.WithLabelValues("n2")); v != 2 {
+		t.Errorf("lost_volumes{node=n2} = %v, want 2", v)
+	}
+	if v := testutil.ToFloat64(m.vols.WithLabelValues("n1")); v != 0 {
+		t.Errorf("lost_volumes{node=n1} = %v, want 0", v)
+	}
+}
