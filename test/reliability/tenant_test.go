@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -57,7 +58,15 @@ func publishForTenant(t *testing.T, c *csiclient.Client, id string, flags []stri
 	if err != nil {
 		t.Fatalf("publish %s: %v", id, err)
 	}
-	t.Cleanup(func() { a.Detach(context.Background()) })
+	t.Cleanup(func() {
+		// Through the driver if it still serves this client; else by
+		// hand, so that a failed test leaves no mount holding the pool.
+		if a.Detach(context.Background()) != nil {
+			for _, m := range []string{a.TargetPath, a.StagingPath} {
+				syscall.Unmount(m, syscall.MNT_DETACH)
+			}
+		}
+	})
 	if err := os.Chmod(filepath.Join(dir, "pod"), 0o755); err != nil {
 		t.Fatal(err)
 	}
