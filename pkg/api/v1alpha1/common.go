@@ -38,16 +38,6 @@ const (
 	LabelPVCNamespace = "csi-thin.io/pvc-namespace"
 )
 
-// Annotations the controller's orphan collector keeps on the resources.
-const (
-	// AnnotationReclaim records the reclaim policy of the PV (or the
-	// deletion policy of the VolumeSnapshotContent) last seen pointing at
-	// a resource: "Delete" or "Retain". An object whose PV disappeared is
-	// deleted only if its PV said Delete or no PV was ever seen; a
-	// retained one is reported and kept.
-	AnnotationReclaim = "csi-thin.io/reclaim-policy"
-)
-
 // Condition types.
 const (
 	// ConditionReady mirrors Phase with a reason (the gRPC code name) and
