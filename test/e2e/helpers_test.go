@@ -145,11 +145,17 @@ func (c *cluster) eventsFor(name string) string {
 	return b.String()
 }
 
-// runPod runs a busybox pod with the claims mounted at /<claim> and waits
-// for it to succeed; it returns the pod's output.
+// runPod runs a busybox pod on the test node with the claims mounted at
+// /<claim> and waits for it to succeed; it returns the pod's output.
 func (c *cluster) runPod(t *testing.T, name, script string, claims ...string) string {
 	t.Helper()
-	c.startPod(t, name, script, claims...)
+	return c.runPodOn(t, c.node, name, script, claims...)
+}
+
+// runPodOn is runPod on the given node ("": where the scheduler puts it).
+func (c *cluster) runPodOn(t *testing.T, node, name, script string, claims ...string) string {
+	t.Helper()
+	c.startPodOn(t, node, name, script, claims...)
 	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := c.kube.CoreV1().Pods(c.ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -176,6 +182,12 @@ func (c *cluster) runPod(t *testing.T, name, script string, claims ...string) st
 
 func (c *cluster) startPod(t *testing.T, name, script string, claims ...string) {
 	t.Helper()
+	c.startPodOn(t, c.node, name, script, claims...)
+}
+
+// startPodOn creates a busybox pod pinned to node ("": not pinned).
+func (c *cluster) startPodOn(t *testing.T, node, name, script string, claims ...string) {
+	t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.ns},
 		Spec: corev1.PodSpec{
@@ -186,6 +198,9 @@ func (c *cluster) startPod(t *testing.T, name, script string, claims ...string) 
 				Command: []string{"sh", "-c", script},
 			}},
 		},
+	}
+	if node != "" {
+		pod.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node}
 	}
 	for _, cl := range claims {
 		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: cl, VolumeSource: corev1.VolumeSource{

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# run.sh — the csi-thin end-to-end suite on a real single-node Kubernetes
-# cluster (test/cluster): build (cached), cluster up, csi-thin image, the
-# chart from this working tree (btrfs on a loop file), then
+# run.sh — the csi-thin end-to-end suite on a real Kubernetes cluster of
+# E2E_NODES nodes on this machine (test/cluster): build (cached), cluster
+# up, csi-thin image, the chart from this working tree (on every node a
+# btrfs pool on a loop file of its own), then
 #   1. the csi-thin scenarios (go test ./test/e2e, CSI_THIN_E2E=1),
 #   2. the upstream External Storage suite (e2e.test + testdriver.yaml),
 # and a teardown that leaves no cluster, mounts or loop devices behind.
 #
 # Environment:
 #   CI=true               a missing prerequisite fails (else: skip, exit 0)
+#   E2E_NODES             how many nodes (default 2; 1 = the single-node cluster)
 #   E2E_UPSTREAM=0        skip the upstream suite
 #   E2E_UPSTREAM_FOCUS    override the upstream focus regexp
 #   E2E_KEEP=1            leave the cluster running afterwards (debugging)
@@ -19,10 +21,13 @@ cluster=$root/test/cluster
 # env.sh points the Go caches at the cluster build's; csi-thin's own builds
 # (image, tests) keep the caller's, where its dependencies already are.
 go_caches=(GOMODCACHE="$(go env GOMODCACHE 2>/dev/null)" GOCACHE="$(go env GOCACHE 2>/dev/null)")
+# Every node gets its own copy of the driver's state dir (pool file and
+# mount): test/cluster/up.sh mounts it per node.
+state_dir=/var/lib/csi-thin-e2e
+export NODES=${E2E_NODES:-2} K8S_NODE_DIRS=$state_dir
 source "$cluster/env.sh"
 source "$root/hack/versions.env"
 artifacts=${E2E_ARTIFACTS:-$root/_output/e2e}
-state_dir=/var/lib/csi-thin-e2e
 ns=csi-thin
 release=csi-thin
 t0=$SECONDS
@@ -77,8 +82,12 @@ cleanup() {
 		helm uninstall $release -n $ns --wait --timeout 60s >/dev/null 2>&1
 	fi
 	cp -r "$K8S_LOGS" "$artifacts/logs/cluster" 2>/dev/null
+	local down_start=$SECONDS
+	# down.sh also releases node2..'s pools (their mount namespaces, loop
+	# devices and files); node1's is this host's state dir.
 	bash "$cluster/down.sh" >"$artifacts/logs/down.log" 2>&1
-	# The pool: unmount, detach the loop device, remove the file and the
+	log "e2e: down.sh took $((SECONDS - down_start)) s"
+	# node1's pool: unmount, detach the loop device, remove the file and the
 	# shared bind mount of the state dir.
 	umount -R "$state_dir" 2>/dev/null
 	for dev in $(losetup -j "$state_dir/pool.img" -O NAME -n 2>/dev/null); do losetup -d "$dev"; done
@@ -88,23 +97,28 @@ cleanup() {
 	[[ -z $left ]] || log "e2e: WARNING: mounts left: $left"
 	left=$(losetup -j "$state_dir/pool.img" 2>/dev/null || true)
 	[[ -z $left ]] || log "e2e: WARNING: loop devices left: $left"
+	left=$(grep 'LEFT:' "$artifacts/logs/down.log" || true)
+	[[ -z $left ]] || log "e2e: WARNING: down.sh left: $left"
+	left=$(ip netns list | grep -E "^$K8S_NETNS(-node[0-9]+)?( |$)" || true)
+	[[ -z $left ]] || log "e2e: WARNING: netns left: $left"
 	log "e2e: done in $((SECONDS - t0)) s (rc=$rc)"
 }
 trap cleanup EXIT
 
 # ---- cluster
-log "e2e: cluster up"
+log "e2e: cluster up ($NODES nodes)"
+up_start=$SECONDS
 bash "$cluster/up.sh" >"$artifacts/up.log" 2>&1 || { tail -30 "$artifacts/up.log"; exit 1; }
+log "e2e: up.sh took $((SECONDS - up_start)) s"
 export KUBECONFIG=$KUBECONFIG_ADMIN
-# The pool's state dir is mounted into the node pod with Bidirectional
-# propagation, which needs a shared mount on the host (as up.sh does for
-# the kubelet dir; systemd hosts have / shared anyway).
-mkdir -p "$state_dir"
-findmnt -n "$state_dir" >/dev/null || mount --bind "$state_dir" "$state_dir"
-mount --make-rshared "$state_dir"
+nodes=()
+for ((n = 1; n <= NODES; n++)); do nodes+=("$(node_name "$n")"); done
 
 log "e2e: csi-thin image"
-env "${go_caches[@]}" bash "$root/hack/image.sh" >"$artifacts/image.log" 2>&1 || { tail -30 "$artifacts/image.log"; exit 1; }
+env "${go_caches[@]}" IMAGE_OUT="$artifacts/csi-thin-image.tar" bash "$root/hack/image.sh" >"$artifacts/image.log" 2>&1 ||
+	{ tail -30 "$artifacts/image.log"; exit 1; }
+bash "$cluster/import.sh" "$artifacts/csi-thin-image.tar" >>"$artifacts/image.log" 2>&1 || { tail -30 "$artifacts/image.log"; exit 1; }
+rm -f "$artifacts/csi-thin-image.tar"
 
 log "e2e: snapshot CRDs and the chart"
 kubectl apply -f "$K8S_CACHE/crds/snapshot/" >/dev/null
@@ -114,22 +128,26 @@ helm install $release "$root/charts/csi-thin" -n $ns --create-namespace \
 # The node agent creates its ThinNode once its manager runs, which can be
 # after its pod turned Ready: `kubectl wait` fails at once on a resource
 # that does not exist yet, so wait for it to appear first.
-timeout 120 bash -c "until kubectl get thinnode/$NODE_NAME >/dev/null 2>&1; do sleep 1; done" ||
-	{ log "e2e: no ThinNode $NODE_NAME after 120 s"; exit 1; }
-kubectl wait --for=jsonpath='{.status.healthy}'=true thinnode/"$NODE_NAME" --timeout=120s
+for node in "${nodes[@]}"; do
+	timeout 120 bash -c "until kubectl get thinnode/$node >/dev/null 2>&1; do sleep 1; done" ||
+		{ log "e2e: no ThinNode $node after 120 s"; exit 1; }
+	kubectl wait --for=jsonpath='{.status.healthy}'=true thinnode/"$node" --timeout=120s
+done
 kubectl get csidriver,storageclass,volumesnapshotclass
 kubectl get thinnodes -o wide
 
 # ---- 1. csi-thin scenarios
 log "e2e: csi-thin scenarios"
-(cd "$root" && env "${go_caches[@]}" CSI_THIN_E2E=1 E2E_NAMESPACE=$ns E2E_STATE_DIR=$state_dir E2E_NODE=$NODE_NAME \
+(cd "$root" && env "${go_caches[@]}" CSI_THIN_E2E=1 E2E_NAMESPACE=$ns E2E_STATE_DIR=$state_dir E2E_NODE=$NODE_NAME E2E_MNTNS_DIR=$K8S_MNTNS_DIR \
 	GOFLAGS=-mod=mod go test -count=1 -v -timeout 30m ./test/e2e/) 2>&1 | tee "$artifacts/scenarios.log"
 scen_rc=${PIPESTATUS[0]}
 ((scen_rc == 0)) || { log "e2e: csi-thin scenarios failed"; exit 1; }
 
 # ---- 2. upstream External Storage suite
 if [[ ${E2E_UPSTREAM:-1} != 0 ]]; then
-	focus=${E2E_UPSTREAM_FOCUS:-'External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode|capacity|volumes should store data)'}
+	# multiVolume and topology run their multi-node specs when the cluster
+	# has more than one node.
+	focus=${E2E_UPSTREAM_FOCUS:-'External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode|capacity|volumes should store data|multiVolume|topology)'}
 	# Not applicable here: raw block (btrfs pools), other filesystems,
 	# Windows, pre-provisioned objects, group snapshots; and specs that
 	# need the host's PID 1 or a disruptive restart.
