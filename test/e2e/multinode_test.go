@@ -370,6 +370,12 @@ func (m *multiNode) testSourcePlacement(t *testing.T) {
 // snapshot or a CSI mount.
 func (m *multiNode) testNothingLeft(t *testing.T) {
 	ctx := context.Background()
+	if err := m.kube.CoreV1().Pods(m.ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.kube.CoreV1().PersistentVolumeClaims(m.ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		pvs, err := m.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 		if err != nil {
