@@ -9,7 +9,8 @@
 #
 # Environment:
 #   CI=true               a missing prerequisite fails (else: skip, exit 0)
-#   E2E_NODES             how many nodes (default 2; 1 = the single-node cluster)
+#   E2E_NODES             how many nodes (default 1; 2 adds TestMultiNode and the
+#                         upstream multiVolume and topology specs)
 #   E2E_UPSTREAM=0        skip the upstream suite
 #   E2E_UPSTREAM_FOCUS    override the upstream focus regexp
 #   E2E_KEEP=1            leave the cluster running afterwards (debugging)
@@ -24,7 +25,7 @@ go_caches=(GOMODCACHE="$(go env GOMODCACHE 2>/dev/null)" GOCACHE="$(go env GOCAC
 # Every node gets its own copy of the driver's state dir (pool file and
 # mount): test/cluster/up.sh mounts it per node.
 state_dir=/var/lib/csi-thin-e2e
-export NODES=${E2E_NODES:-2} K8S_NODE_DIRS=$state_dir
+export NODES=${E2E_NODES:-1} K8S_NODE_DIRS=$state_dir
 source "$cluster/env.sh"
 source "$root/hack/versions.env"
 artifacts=${E2E_ARTIFACTS:-$root/_output/e2e}
@@ -145,9 +146,11 @@ scen_rc=${PIPESTATUS[0]}
 
 # ---- 2. upstream External Storage suite
 if [[ ${E2E_UPSTREAM:-1} != 0 ]]; then
-	# multiVolume and topology run their multi-node specs when the cluster
-	# has more than one node.
-	focus=${E2E_UPSTREAM_FOCUS:-'External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode|capacity|volumes should store data|multiVolume|topology)'}
+	# On more than one node also multiVolume and topology, for their
+	# multi-node specs.
+	multi=""
+	((NODES == 1)) || multi='|multiVolume|topology'
+	focus=${E2E_UPSTREAM_FOCUS:-"External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode|capacity|volumes should store data$multi)"}
 	# Not applicable here: raw block (btrfs pools), other filesystems,
 	# Windows, pre-provisioned objects, group snapshots; and specs that
 	# need the host's PID 1 or a disruptive restart.
