@@ -48,7 +48,8 @@ func runController(ctx context.Context, o *options) error {
 			return fmt.Errorf("lifecycle metrics: %w", err)
 		}
 		if err := mgr.Add(&lifecycle.Detector{Client: mgr.GetClient(), API: mgr.GetAPIReader(),
-			Recorder: mgr.GetEventRecorder("csi-thin-controller"), LostAfter: o.lostAfter, Metrics: m}); err != nil {
+			Recorder: mgr.GetEventRecorder("csi-thin-controller"), LostAfter: o.lostAfter, Metrics: m,
+			CollectOrphans: o.orphanGrace > 0, OrphanGrace: o.orphanGrace}); err != nil {
 			return err
 		}
 	}

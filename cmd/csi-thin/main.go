@@ -56,6 +56,7 @@ type options struct {
 	registration string
 	kubeletDir   string
 	lostAfter    time.Duration
+	orphanGrace  time.Duration
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -89,6 +90,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.registration, "registration-socket", "", "node: kubelet plugin-registration socket (default: <kubelet-dir>/plugins_registry/csi-thin.io-reg.sock)")
 	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node: the kubelet's root directory")
 	fs.DurationVar(&o.lostAfter, "lost-after", lifecycle.DefaultLostAfter, "controller: a node deleted from the cluster, or whose agent has not reported for this long, is lost: its resources are marked Lost and deleted without waiting for it (0: off; the replicas elect one to judge)")
+	fs.DurationVar(&o.orphanGrace, "orphan-grace", lifecycle.DefaultOrphanGrace, "controller: a ThinVolume that no PV stands for this long after its creation (claim deleted mid-provisioning, provisioner crash) is deleted; one whose Retain PV is gone is only reported (0: off; needs --lost-after > 0)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

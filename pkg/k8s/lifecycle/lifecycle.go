@@ -45,6 +45,12 @@ type Detector struct {
 	Interval  time.Duration
 	Now       func() time.Time
 	Metrics   *Metrics
+	// CollectOrphans turns on the deletion of ThinVolumes that no PV
+	// stands for after OrphanGrace (0: DefaultOrphanGrace).
+	CollectOrphans bool
+	OrphanGrace    time.Duration
+
+	reported map[string]bool // orphans already announced (retained ones)
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: one
@@ -101,7 +107,7 @@ func (d *Detector) Scan(ctx context.Context) error {
 		return fmt.Errorf("list ThinSnapshots: %w", err)
 	}
 	states := map[string]*nodeState{}
-	state := func(node string, created time.Time) (*nodeState, error) {
+	state := func(node string) (*nodeState, error) {
 		if s, ok := states[node]; ok {
 			return s, nil
 		}
@@ -115,7 +121,7 @@ func (d *Detector) Scan(ctx context.Context) error {
 	lostVols, lostSnaps := map[string]int{}, map[string]int{}
 	for i := range vols.Items {
 		tv := &vols.Items[i]
-		s, err := state(tv.Spec.Node, tv.CreationTimestamp.Time)
+		s, err := state(tv.Spec.Node)
 		if err != nil {
 			return err
 		}
@@ -129,7 +135,7 @@ func (d *Detector) Scan(ctx context.Context) error {
 	}
 	for i := range snaps.Items {
 		ts := &snaps.Items[i]
-		s, err := state(ts.Spec.Node, ts.CreationTimestamp.Time)
+		s, err := state(ts.Spec.Node)
 		if err != nil {
 			return err
 		}
@@ -143,6 +149,9 @@ func (d *Detector) Scan(ctx context.Context) error {
 	}
 	if d.Metrics != nil {
 		d.Metrics.set(lostVols, lostSnaps)
+	}
+	if d.CollectOrphans {
+		return d.collectOrphans(ctx, vols.Items, func(node string) bool { return states[node] != nil && states[node].lost })
 	}
 	return nil
 }

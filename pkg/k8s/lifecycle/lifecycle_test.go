@@ -142,3 +142,58 @@ func TestScanMarksLostNodes(t *testing.T) {
 		t.Errorf("lost_volumes{node=n1} = %v, want 0", v)
 	}
 }
+
+// TestOrphansCollected: past the grace period, a volume whose PV never
+// appeared, or whose Delete PV is gone, is deleted with an Event; one whose
+// Retain PV is gone is kept and reported; one with its PV is kept and
+// remembers the PV's policy; a young one is left alone.
+func TestOrphansCollected(t *testing.T) {
+	old := metav1.NewTime(now.Add(-time.Hour))
+	mk := func(name, policy string) *thinv1.ThinVolume {
+		tv := volume(name, "n1")
+		tv.CreationTimestamp = old
+		if policy != "" {
+			tv.Annotations = map[string]string{AnnotationReclaim: policy}
+		}
+		return tv
+	}
+	never, deleted, retained, bound := mk("never", ""), mk("deleted", "Delete"), mk("retained", "Retain"), mk("bound", "")
+	young := volume("young", "n1")
+	young.CreationTimestamp = metav1.NewTime(now.Add(-time.Minute))
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: bound.Spec.Name}, Spec: corev1.PersistentVolumeSpec{
+		PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+		PersistentVolumeSource:        corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: "csi-thin.io", VolumeHandle: bound.Name}},
+	}}
+	c := fake.NewClientBuilder().WithScheme(scheme(t)).
+		WithObjects(never, deleted, retained, bound, young, pv, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, thinNode("n1", time.Second)).
+		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}).Build()
+	rec := &recorder{}
+	d := &Detector{Client: c, API: c, Recorder: rec, Now: func() time.Time { return now }, CollectOrphans: true}
+	ctx := context.Background()
+	if err := d.Scan(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tv := range []*thinv1.ThinVolume{never, deleted} {
+		got := &thinv1.ThinVolume{}
+		// The fake client keeps a deleted object with a finalizer, as the
+		// API server does, until the node agent releases it.
+		if err := c.Get(ctx, client.ObjectKeyFromObject(tv), got); err != nil || got.DeletionTimestamp == nil {
+			t.Errorf("orphan %s not deleted: %v", tv.Spec.Name, err)
+		}
+		if !rec.has("*v1alpha1.ThinVolume/" + tv.Name + " OrphanDeleted") {
+			t.Errorf("no OrphanDeleted event for %s", tv.Spec.Name)
+		}
+	}
+	for _, tv := range []*thinv1.ThinVolume{retained, bound, young} {
+		got := &thinv1.ThinVolume{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(tv), got); err != nil || got.DeletionTimestamp != nil {
+			t.Errorf("%s deleted: %v", tv.Spec.Name, err)
+		}
+		if tv == bound && got.Annotations[AnnotationReclaim] != "Retain" {
+			t.Errorf("bound volume's reclaim policy not recorded: %v", got.Annotations)
+		}
+	}
+	if !rec.has("*v1alpha1.ThinVolume/" + retained.Name + " Orphaned") {
+		t.Errorf("retained orphan not reported: %v", rec.events)
+	}
+}

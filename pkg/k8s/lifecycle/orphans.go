@@ -1,0 +1,94 @@
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+)
+
+// DefaultOrphanGrace is how old a ThinVolume without a PV must be before
+// it is collected: far beyond the provisioner's call timeout and retries,
+// so that a volume whose PV is about to be made is never taken.
+const DefaultOrphanGrace = 15 * time.Minute
+
+// AnnotationReclaim records the reclaim policy of the PV last seen for a
+// ThinVolume. A ThinVolume whose PV disappeared is deleted only if that
+// PV said Delete or no PV was ever seen; a Retain PV's volume is kept (the
+// administrator chose to keep the storage) and only reported.
+const AnnotationReclaim = "csi-thin.io/reclaim-policy"
+
+// collectOrphans deletes the Ready or Failed ThinVolumes older than
+// OrphanGrace that no PV stands for (their PVC was deleted while they
+// were being made, or the provisioner crashed before writing the PV), with
+// an Event; the node agent then removes the storage through the usual
+// finalizer. Volumes made without a name (not by a provisioner) and those
+// of lost nodes are left alone.
+func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume, lost func(node string) bool) error {
+	var pvs corev1.PersistentVolumeList
+	if err := d.API.List(ctx, &pvs); err != nil {
+		return fmt.Errorf("list PVs: %w", err)
+	}
+	byName := map[string]*corev1.PersistentVolume{}
+	for i := range pvs.Items {
+		byName[pvs.Items[i].Name] = &pvs.Items[i]
+	}
+	for i := range vols {
+		tv := &vols[i]
+		if tv.Spec.Name == "" || !tv.DeletionTimestamp.IsZero() || lost(tv.Spec.Node) {
+			continue
+		}
+		logger := klog.FromContext(ctx).WithValues("volumeID", tv.Name, "pv", tv.Spec.Name, "node", tv.Spec.Node)
+		if pv := byName[tv.Spec.Name]; pv != nil && pv.Spec.CSI != nil && pv.Spec.CSI.VolumeHandle == tv.Name {
+			if policy := string(pv.Spec.PersistentVolumeReclaimPolicy); policy != "" && tv.Annotations[AnnotationReclaim] != policy {
+				patch := client.MergeFrom(tv.DeepCopy())
+				if tv.Annotations == nil {
+					tv.Annotations = map[string]string{}
+				}
+				tv.Annotations[AnnotationReclaim] = policy
+				if err := d.Client.Patch(ctx, tv, patch); err != nil && !apierrors.IsNotFound(err) {
+					return fmt.Errorf("record reclaim policy of %s: %w", tv.Name, err)
+				}
+			}
+			continue
+		}
+		if tv.Status.Phase != thinv1.PhaseReady && tv.Status.Phase != thinv1.PhaseFailed {
+			continue
+		}
+		if d.now().Sub(tv.CreationTimestamp.Time) < d.orphanGrace() {
+			continue
+		}
+		if tv.Annotations[AnnotationReclaim] == string(corev1.PersistentVolumeReclaimRetain) {
+			if d.reported == nil {
+				d.reported = map[string]bool{}
+			}
+			if !d.reported[tv.Name] {
+				d.reported[tv.Name] = true
+				logger.Info("PV of a retained volume is gone; the volume is kept")
+				d.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, "Orphaned", "CollectOrphans",
+					"PV %s (reclaim policy Retain) is gone; the volume is kept: delete the ThinVolume to free its storage", tv.Spec.Name)
+			}
+			continue
+		}
+		logger.Info("no PV stands for the volume after the grace period; deleting it", "grace", d.orphanGrace())
+		d.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, "OrphanDeleted", "CollectOrphans",
+			"no PV %s after %s (claim deleted or provisioner interrupted while provisioning): deleted", tv.Spec.Name, d.orphanGrace())
+		if err := d.Client.Delete(ctx, tv); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete orphan %s: %w", tv.Name, err)
+		}
+	}
+	return nil
+}
+
+func (d *Detector) orphanGrace() time.Duration {
+	if d.OrphanGrace > 0 {
+		return d.OrphanGrace
+	}
+	return DefaultOrphanGrace
+}
