@@ -11,6 +11,8 @@
 # lane (the other lanes run on) and its log's tail is printed. At the end:
 # a table of stage, lane, seconds and status (also in bin/test-stages.tsv),
 # and the exit status is 1 if any stage failed or did not run.
+# TEST_SERIAL=1 runs the lanes one after another (a machine too busy for
+# the VM's timeouts when it shares the cores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=bin table=bin/test-stages.tsv
@@ -48,11 +50,15 @@ run_lane() {
 pids=() n=0
 for lane in "$@"; do
 	n=$((n + 1))
-	run_lane "$lane" &
-	pids+=($!)
+	if [[ ${TEST_SERIAL:-0} == 1 ]]; then
+		run_lane "$lane" || failed_lane=1
+	else
+		run_lane "$lane" &
+		pids+=($!)
+	fi
 done
-status=0
-for p in "${pids[@]}"; do wait "$p" || status=1; done
+status=${failed_lane:-0}
+for p in ${pids[@]+"${pids[@]}"}; do wait "$p" || status=1; done
 
 echo
 printf '%-24s %4s %8s  %s\n' stage lane seconds status
