@@ -107,15 +107,21 @@ fuzz: | $(BIN)
 demo: packages-demo build bench-bin
 	$(BIN)/csi-thin-bench demo --driver $(BIN)/csi-thin
 
-.PHONY: bench-bin bench-smoke
+.PHONY: bench-bin bench-smoke bench-nodes
 # Static (CGO_ENABLED=0 above), so the same binary runs in the test VM.
 bench-bin:
 	$(GO) build -trimpath -o $(BIN)/csi-thin-bench ./cmd/csi-thin-bench
 
 # Issue 6: btrfs on this host and LVM thin in the test VM, through the CSI
 # API; writes results/report.md + results/chart.png and prints the table.
-bench: build bench-bin
+bench: build bench-bin bench-nodes
 	bench/run.sh full results
+
+# Many nodes, simulated (docs/performance.md): 1, 20 and 200 node agents
+# and the router against one real kube-apiserver; prints the SCALE: lines.
+# (`make test-unit` runs the 20-node size.)
+bench-nodes:
+	@for n in 1 20 200; do SCALE_NODES=$$n $(GO) test -count=1 -timeout 20m -v -run TestManyNodeAgents ./pkg/k8s/scale/ 2>&1 | grep -E 'SCALE:|^(--- |ok|FAIL)' || exit 1; done
 
 # The same benchmark with tiny sizes and one iteration, so it never rots
 # (output under bin/bench-smoke; CSI_THIN_BENCH_VM=0 skips the VM part).
