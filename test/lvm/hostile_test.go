@@ -5,6 +5,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +48,7 @@ func dropCaches(t *testing.T) {
 
 // TestHostileTenantLVM: an unprivileged uid inside its published volumes
 // (ext4, xfs, raw block) on a dm-thin pool tries to escape: fill its
-// volume, make device nodes (and expects nodev,nosuid where the
+// volume and the pool, make device nodes (and expects nodev,nosuid where the
 // StorageClass asks), and turn a raw block volume holding a crafted
 // filesystem image into a filesystem volume. Each attempt is refused or
 // contained, another tenant's data keeps its checksum, and the driver
@@ -218,5 +219,47 @@ func TestHostileTenantLVM(t *testing.T) {
 			t.Errorf("writing 64 MiB into a 32 MiB volume: %v: %s, want ENOSPC", err, out)
 		}
 		intact("own volume full")
+	})
+
+	t.Run("fill the pool", func(t *testing.T) {
+		capacity, err := b.Capacity(c, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Three volumes, each half the free space (thin volumes promise
+		// more than the pool has): writing them full runs the pool out
+		// of space.
+		size := capacity.AvailableBytes / 2 / backend.MiB * backend.MiB
+		var ids []string
+		var atts []*csiclient.Attachment
+		for _, name := range []string{"big-1", "big-2", "big-3"} {
+			id := create(name, "ext4", size)
+			ids = append(ids, id)
+			atts = append(atts, attach(id))
+		}
+		var out string
+		for _, a := range atts {
+			out, err = asTenant("dd", "if=/dev/zero", "of="+filepath.Join(a.TargetPath, "fill"), "bs=1M",
+				"count="+strconv.FormatInt(size/backend.MiB, 10), "conv=fsync")
+			t.Logf("tenant filling %s: %v: %s", a.VolumeID, err, strings.TrimSpace(out))
+		}
+		if err == nil {
+			t.Errorf("the tenant wrote more than the pool holds: %s", out)
+		}
+		intact("pool full")
+		// The guard holds: no new volume on a full pool.
+		if _, err := cl.CreateVolume(c, "after-full", 8*backend.MiB); status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("CreateVolume on a full pool: %v, want ResourceExhausted", err)
+		}
+		// The operator's way out still works: detach and delete.
+		for i, a := range atts {
+			if err := a.Detach(c); err != nil {
+				t.Fatalf("detach the tenant's volume from a full pool: %v", err)
+			}
+			if err := cl.DeleteVolume(c, ids[i]); err != nil {
+				t.Fatalf("delete the tenant's volume from a full pool: %v", err)
+			}
+		}
+		intact("after the delete")
 	})
 }
