@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -282,4 +285,124 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestChartControllerPodsRestricted: the controller-side pods run with no
+// privilege at all: non-root (one uid and fsGroup for the pod, so the
+// sidecars reach the driver's 0600 socket in the shared emptyDir),
+// RuntimeDefault seccomp, and every container without capabilities,
+// privilege escalation or a writable root filesystem. `make test-e2e`
+// shows they still work.
+func TestChartControllerPodsRestricted(t *testing.T) {
+	objs := render(t, "--set", "snapshotController.install=true")
+	for _, name := range []string{"Deployment/csi-thin-controller", "Deployment/csi-thin-snapshot-controller"} {
+		spec := decode[appsv1.Deployment](t, objs, name).Spec.Template.Spec
+		psc := spec.SecurityContext
+		if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser == 0 ||
+			psc.RunAsGroup == nil || *psc.RunAsGroup == 0 || psc.FSGroup == nil || *psc.FSGroup != *psc.RunAsUser ||
+			psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("%s: pod securityContext %+v, want non-root with fsGroup = runAsUser and RuntimeDefault seccomp", name, psc)
+		}
+		if spec.HostPID || spec.HostNetwork || spec.HostIPC {
+			t.Errorf("%s: shares a host namespace", name)
+		}
+		for _, v := range spec.Volumes {
+			if v.HostPath != nil {
+				t.Errorf("%s: hostPath volume %s", name, v.Name)
+			}
+		}
+		for _, c := range spec.Containers {
+			sc := c.SecurityContext
+			if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+				sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+				sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0 ||
+				sc.Privileged != nil && *sc.Privileged || sc.RunAsUser != nil || sc.RunAsNonRoot != nil && !*sc.RunAsNonRoot {
+				t.Errorf("%s container %s: securityContext %+v", name, c.Name, sc)
+			}
+		}
+	}
+}
+
+// TestChartCommandPrefix: an nsenter prefix gets the node pods the host's
+// PID namespace (without it, nsenter -t 1 enters the pod's own init), and
+// LVM pools share the host's LVM lock dir with or without a prefix, so
+// that the agent's LVM commands and the host's serialise on one set of
+// locks. btrfs pools and no prefix need neither.
+func TestChartCommandPrefix(t *testing.T) {
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	pools := `
+pools:
+  - {name: lvm, nodeSelector: {disk: ssd}, backend: lvmthin}
+  - {name: fs, nodeSelector: {disk: none}, backend: btrfs}
+`
+	if err := os.WriteFile(values, []byte(pools), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		prefix  string
+		hostPID bool
+	}{
+		{"", false},
+		{"nsenter -t 1 -m -u -i -n -p --", true},
+		{"nsenter --target=1 --mount --", true},
+		{"ionice -c3", false},
+	} {
+		objs := render(t, "-f", values, "--set-string", "node.commandPrefix="+tc.prefix)
+		for _, group := range []string{"lvm", "fs"} {
+			spec := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-"+group).Spec.Template.Spec
+			if spec.HostPID != tc.hostPID {
+				t.Errorf("prefix %q, pool %s: hostPID %v, want %v", tc.prefix, group, spec.HostPID, tc.hostPID)
+			}
+			if tc.prefix != "" && !contains(spec.Containers[0].Args, "--command-prefix="+tc.prefix) {
+				t.Errorf("prefix %q not passed: %v", tc.prefix, spec.Containers[0].Args)
+			}
+			lockVolume := ""
+			for _, v := range spec.Volumes {
+				if v.HostPath != nil && v.HostPath.Path == "/run/lock/lvm" {
+					lockVolume = v.Name
+				}
+			}
+			mounted := false
+			for _, m := range spec.Containers[0].VolumeMounts {
+				mounted = mounted || m.Name == lockVolume && m.MountPath == "/run/lock/lvm" && !m.ReadOnly
+			}
+			if want := group == "lvm"; mounted != want || (lockVolume != "") != want {
+				t.Errorf("prefix %q, pool %s: host LVM lock dir mounted %v (volume %q), want %v", tc.prefix, group, mounted, lockVolume, want)
+			}
+		}
+	}
+}
+
+// TestChartNodeScopePolicy: the policy that keeps each node agent to its
+// own node's objects is rendered, bound with Deny, and matches the node
+// agent's service account on every csi-thin resource and status
+// subresource it may write. TestNodeAgentScopedToItsNode proves on the
+// cluster that it denies and allows what it should.
+func TestChartNodeScopePolicy(t *testing.T) {
+	objs := render(t)
+	p := decode[admissionregistrationv1.ValidatingAdmissionPolicy](t, objs, "ValidatingAdmissionPolicy/csi-thin-node-own-node")
+	b := decode[admissionregistrationv1.ValidatingAdmissionPolicyBinding](t, objs, "ValidatingAdmissionPolicyBinding/csi-thin-node-own-node")
+	if b.Spec.PolicyName != p.Name || !slices.Equal(b.Spec.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) {
+		t.Errorf("binding %+v does not deny with policy %s", b.Spec, p.Name)
+	}
+	if p.Spec.FailurePolicy == nil || *p.Spec.FailurePolicy != admissionregistrationv1.Fail {
+		t.Errorf("failurePolicy %v, want Fail", p.Spec.FailurePolicy)
+	}
+	if len(p.Spec.MatchConditions) != 1 || !strings.Contains(p.Spec.MatchConditions[0].Expression, `"system:serviceaccount:csi-thin:csi-thin-node"`) {
+		t.Errorf("match conditions %+v, want the node agent's service account", p.Spec.MatchConditions)
+	}
+	covered := map[string]bool{}
+	for _, r := range p.Spec.MatchConstraints.ResourceRules {
+		if !slices.Contains(r.APIGroups, "csi-thin.io") || !slices.Contains(r.Operations, admissionregistrationv1.Create) || !slices.Contains(r.Operations, admissionregistrationv1.Update) {
+			continue
+		}
+		for _, res := range r.Resources {
+			covered[res] = true
+		}
+	}
+	for _, res := range []string{"thinvolumes", "thinvolumes/status", "thinsnapshots", "thinsnapshots/status", "thinnodes", "thinnodes/status"} {
+		if !covered[res] {
+			t.Errorf("policy does not cover create and update of %s", res)
+		}
+	}
 }

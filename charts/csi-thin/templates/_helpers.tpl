@@ -25,3 +25,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "csi-thin.pluginDir" -}}
 {{ .Values.node.kubeletDir }}/plugins/{{ include "csi-thin.driverName" . }}
 {{- end -}}
+
+{{/*
+The controller-side pods (controller, snapshot-controller) need no
+privilege: they talk to the API server and, within the pod, over the CSI
+socket in an emptyDir. One non-root uid for every container of a pod, so
+that the sidecars can reach the 0600 socket the driver creates, and
+fsGroup so that the emptyDir is writable by that uid.
+*/}}
+{{- define "csi-thin.restrictedPodSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.controller.runAsUser }}
+runAsGroup: {{ .Values.controller.runAsUser }}
+fsGroup: {{ .Values.controller.runAsUser }}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "csi-thin.restrictedContainerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities: {drop: [ALL]}
+{{- end -}}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
@@ -160,4 +161,81 @@ func TestNodeAgentIsLeastPrivilege(t *testing.T) {
 		}
 	}
 	t.Logf("rbac (%s): node agent bound to %v, %d rules, all within the allow-list", source, nodeRoles, rules)
+}
+
+// TestNodeAgentWritesAreNodeScoped: RBAC cannot limit a node agent to its
+// own node's objects, so every csi-thin resource the node role may write
+// must be covered, for create and update, by the chart's own-node
+// ValidatingAdmissionPolicy, bound with Deny, for the node agent's
+// service account. A write verb added to the role without the policy
+// fails here; TestNodeAgentScopedToItsNode (test/e2e) proves on a real
+// cluster that the policy denies another node's objects.
+func TestNodeAgentWritesAreNodeScoped(t *testing.T) {
+	docs, source := render(t)
+	var role rbacv1.ClusterRole
+	var policy admissionregistrationv1.ValidatingAdmissionPolicy
+	var binding admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	for _, d := range docs {
+		var o object
+		if err := yaml.Unmarshal(d, &o); err != nil {
+			t.Fatalf("%s: %v", source, err)
+		}
+		var err error
+		switch {
+		case o.Kind == "ClusterRole" && o.Metadata.Name == "csi-thin-node":
+			err = yaml.Unmarshal(d, &role)
+		case o.Kind == "ValidatingAdmissionPolicy" && o.Metadata.Name == "csi-thin-node-own-node":
+			err = yaml.Unmarshal(d, &policy)
+		case o.Kind == "ValidatingAdmissionPolicyBinding" && o.Metadata.Name == "csi-thin-node-own-node":
+			err = yaml.Unmarshal(d, &binding)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if role.Name == "" || policy.Name == "" || binding.Name == "" {
+		t.Fatalf("%s: node role %q, own-node policy %q, binding %q: want all three", source, role.Name, policy.Name, binding.Name)
+	}
+	if binding.Spec.PolicyName != policy.Name || len(binding.Spec.ValidationActions) != 1 || binding.Spec.ValidationActions[0] != admissionregistrationv1.Deny {
+		t.Errorf("binding %+v does not deny with %s", binding.Spec, policy.Name)
+	}
+	if len(policy.Spec.MatchConditions) != 1 || !strings.Contains(policy.Spec.MatchConditions[0].Expression, `"system:serviceaccount:csi-thin:csi-thin-node"`) {
+		t.Errorf("policy matches %+v, want the node agent's service account", policy.Spec.MatchConditions)
+	}
+	covered := map[string]map[admissionregistrationv1.OperationType]bool{}
+	for _, r := range policy.Spec.MatchConstraints.ResourceRules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				key := g + "/" + res
+				if covered[key] == nil {
+					covered[key] = map[admissionregistrationv1.OperationType]bool{}
+				}
+				for _, op := range r.Operations {
+					covered[key][op] = true
+				}
+			}
+		}
+	}
+	writes := 0
+	for _, r := range role.Rules {
+		for _, g := range r.APIGroups {
+			if g != "csi-thin.io" {
+				continue
+			}
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					op := map[string]admissionregistrationv1.OperationType{"create": admissionregistrationv1.Create,
+						"update": admissionregistrationv1.Update, "patch": admissionregistrationv1.Update, "delete": admissionregistrationv1.Delete}[v]
+					if op == "" {
+						continue
+					}
+					writes++
+					if !covered[g+"/"+res][op] {
+						t.Errorf("the node role may %s %s/%s, which the own-node policy does not check", v, g, res)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("rbac (%s): %d csi-thin write grants of the node agent, all checked by %s", source, writes, policy.Name)
 }
