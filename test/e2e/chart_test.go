@@ -332,8 +332,18 @@ func TestChartCommandPrefix(t *testing.T) {
 	values := filepath.Join(t.TempDir(), "values.yaml")
 	pools := `
 pools:
-  - {name: lvm, nodeSelector: {disk: ssd}, backend: lvmthin}
-  - {name: fs, nodeSelector: {disk: none}, backend: btrfs}
+  - name: lvm
+    nodeSelector: {disk: ssd}
+    backend: lvmthin
+    lvmthin: {vg: vg0, thinPool: tp, devices: [], metadataFullPercent: 80, zeroNewBlocks: true, lvmConfig: ""}
+    overprovisionRatio: 5
+    dataFullPercent: 95
+  - name: fs
+    nodeSelector: {disk: none}
+    backend: btrfs
+    btrfs: {poolPath: /var/lib/csi-thin/btrfs, quota: auto}
+    overprovisionRatio: 5
+    dataFullPercent: 95
 `
 	if err := os.WriteFile(values, []byte(pools), 0o600); err != nil {
 		t.Fatal(err)
