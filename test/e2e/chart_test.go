@@ -205,7 +205,7 @@ pools:
 	objs := render(t, "-f", values)
 	for name, want := range map[string][]string{
 		"ssd": {"--backend=lvmthin", "--vg=vg0", "--thin-pool=tp", "--devices=/dev/sdb,/dev/sdc", "--metadata-full-percent=70", "--overprovision-ratio=3",
-			"--lvm-zero-new-blocks=false", "--lvm-config=activation{udev_sync=0}"},
+			"--lvm-zero-new-blocks=false", "--lvm-config=activation{udev_sync=0}", "--freeze-state-dir=/var/lib/csi-thin/freeze/ssd"},
 		"small": {"--backend=btrfs", "--btrfs-quota=simple", "--loop-file=/var/lib/csi-thin/pool.img", "--loop-size=5Gi"},
 	} {
 		ds := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-"+name)
