@@ -3,6 +3,7 @@ package node
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -34,6 +35,20 @@ var (
 		"logbufs":   regexp.MustCompile(`^[0-9]{1,2}$`),
 	}
 )
+
+// tenantSafe returns flags with nosuid and nodev added when missing. Every
+// filesystem volume is mounted so: a volume belongs to a tenant, whose
+// device nodes and setuid files must not work on the node (dev and suid
+// are not on the allow-list, so a StorageClass cannot turn them back on).
+func tenantSafe(flags []string) []string {
+	out := slices.Clone(flags)
+	for _, f := range []string{"nosuid", "nodev"} {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
 
 // checkMountFlags validates StorageClass mountOptions / capability flags.
 func checkMountFlags(flags []string) error {

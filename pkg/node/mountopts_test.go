@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -66,6 +67,24 @@ func TestCheckPath(t *testing.T) {
 	for _, p := range []string{"/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/pv/mount", "/tmp/x/"} {
 		if err := checkPath(p); err != nil {
 			t.Errorf("path %q refused: %v", p, err)
+		}
+	}
+}
+
+func TestTenantSafeAddsNosuidNodev(t *testing.T) {
+	for _, tc := range []struct {
+		in, want []string
+	}{
+		{nil, []string{"nosuid", "nodev"}},
+		{[]string{"noatime"}, []string{"noatime", "nosuid", "nodev"}},
+		{[]string{"nodev", "ro", "nosuid"}, []string{"nodev", "ro", "nosuid"}},
+	} {
+		in := slices.Clone(tc.in)
+		if got := tenantSafe(tc.in); !slices.Equal(got, tc.want) {
+			t.Errorf("tenantSafe(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		if !slices.Equal(in, tc.in) {
+			t.Errorf("tenantSafe modified its argument %q", tc.in)
 		}
 	}
 }

@@ -57,7 +57,11 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if mounted {
 		// finishBind passes on only the per-mount flags it knows by name,
 		// so the capability's flags need no allow-list check here.
-		if err := s.finishBind(id, target, append(opts, vc.GetMount().GetMountFlags()...)); err != nil {
+		flags := vc.GetMount().GetMountFlags()
+		if vc.GetMount() != nil {
+			flags = tenantSafe(flags)
+		}
+		if err := s.finishBind(id, target, append(opts, flags...)); err != nil {
 			return nil, err
 		}
 		return &csi.NodePublishVolumeResponse{}, nil
@@ -106,7 +110,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		if err := checkMountFlags(flags); err != nil {
 			return nil, rpcerr.Status(err)
 		}
-		opts = append(opts, withoutDiscardFlags(flags)...)
+		opts = append(opts, withoutDiscardFlags(tenantSafe(flags))...)
 		source = staging
 		if err := os.MkdirAll(target, 0o750); err != nil {
 			return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)

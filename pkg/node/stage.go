@@ -43,6 +43,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := checkMountFlags(flags); err != nil {
 		return nil, rpcerr.Status(err)
 	}
+	flags = tenantSafe(flags)
 	target, err := s.backend.Target(ctx, id)
 	if err != nil {
 		return nil, rpcerr.Status(err)

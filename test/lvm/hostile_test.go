@@ -126,7 +126,7 @@ func TestHostileTenantLVM(t *testing.T) {
 			if fs == "xfs" {
 				size = 320 * backend.MiB // mkfs.xfs's minimum
 			}
-			a := attach(create("dev-"+fs, fs, size), "nodev", "nosuid")
+			a := attach(create("dev-"+fs, fs, size)) // no mount options
 			// No CAP_MKNOD: the kernel refuses a device node.
 			if out, err := asTenant("mknod", filepath.Join(a.TargetPath, "disk"), "b", "7", "0"); err == nil || !strings.Contains(out, "Operation not permitted") {
 				t.Errorf("%s: mknod by an unprivileged tenant: %v: %s, want EPERM", fs, err, out)
@@ -136,9 +136,8 @@ func TestHostileTenantLVM(t *testing.T) {
 			if out, err := asTenant("touch", filepath.Join(a.TargetPath, "mine")); err != nil {
 				t.Fatalf("%s: the tenant cannot write its own volume: %v: %s", fs, err, out)
 			}
-			// A setuid file of its own is allowed, but the mount the
-			// StorageClass asked to be nosuid,nodev is, at the target the
-			// pod sees.
+			// A setuid file of its own is allowed, but the target the
+			// pod sees is nosuid,nodev without the StorageClass asking.
 			mis, err := mountutils.ParseMountInfo("/proc/self/mountinfo")
 			if err != nil {
 				t.Fatal(err)

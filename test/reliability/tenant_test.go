@@ -131,9 +131,9 @@ func TestHostileTenantBtrfs(t *testing.T) {
 	vol, err := child.CreateVolume(ctx, "tenant", 256*backend.MiB)
 	harness.Must(t, "create tenant", err)
 	id := vol.GetVolumeId()
-	// The StorageClass of a multi-tenant cluster: nosuid,nodev (see
-	// docs/reliability.md, "Hostile tenant").
-	att, mnt := publishForTenant(t, child.Client, id, []string{"nosuid", "nodev"})
+	// No mount options: the node mounts every filesystem volume
+	// nosuid,nodev by itself (docs/reliability.md, "Hostile tenant").
+	att, mnt := publishForTenant(t, child.Client, id, nil)
 
 	t.Run("plain writes", func(t *testing.T) {
 		out, err := tenantWrite(filepath.Join(mnt, "plain"), 512)
@@ -206,7 +206,7 @@ func TestHostileTenantBtrfs(t *testing.T) {
 		// its tenant writes until the pool is full.
 		big, err := child.CreateVolume(ctx, "filler", 3*backend.GiB)
 		harness.Must(t, "create filler", err)
-		fa, fmnt := publishForTenant(t, child.Client, big.GetVolumeId(), []string{"nosuid", "nodev"})
+		fa, fmnt := publishForTenant(t, child.Client, big.GetVolumeId(), nil)
 		out, err := tenantWrite(filepath.Join(fmnt, "fill"), 3*1024)
 		refusedOrContained(t, "3 GiB into a 2 GiB pool", out, err)
 		// The pool is full: new volumes are refused with a precise code,
