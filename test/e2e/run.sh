@@ -47,6 +47,10 @@ modprobe loop 2>/dev/null || true
 grep -qw btrfs /proc/filesystems || skip "the kernel has no btrfs"
 [[ -e /dev/loop-control ]] || skip "no loop device support (/dev/loop-control)"
 "$root/hack/ensure-packages.sh" demo >&2 || skip "btrfs-progs missing and not installable"
+# One cluster per machine: a second run (another checkout, a colleague)
+# waits for the first instead of failing on its running cluster.
+exec 7>/var/lock/csi-thin-e2e.lock
+flock -n 7 || { log "e2e: another e2e run holds /var/lock/csi-thin-e2e.lock: waiting"; flock 7; }
 for f in "$K8S_RUN"/pids/*.pid; do
 	if [[ -e $f ]] && kill -0 "$(cat "$f")" 2>/dev/null; then
 		skip "a test cluster is already running ($f): run test/cluster/down.sh first"
