@@ -37,6 +37,7 @@ func TestCluster(t *testing.T) {
 		{"NodeAgentRestartDuringCreates", testRestartMidCreate},
 		{"CloneLatency", testCloneLatency},
 		{"NodeFailureReachesTheClaim", testNodeFailure},
+		{"VolumeConditionReachesThePod", testVolumeCondition},
 		{"NothingLeftAfterDelete", testNothingLeft},
 	}
 	for _, s := range steps {
