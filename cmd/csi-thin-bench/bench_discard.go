@@ -8,7 +8,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/datagen"
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // discardPhase is measurement 5: write data, delete it, and see how much
@@ -121,7 +121,7 @@ func (b *bench) trim(ctx context.Context, volumeMount string) error {
 	if err != nil || done {
 		return err
 	}
-	if _, err := (&exec.Host{Timeout: 10 * time.Minute}).Run(ctx, "fstrim", volumeMount); err != nil {
+	if _, err := (&command.Host{Timeout: 10 * time.Minute}).Run(ctx, "fstrim", volumeMount); err != nil {
 		return fmt.Errorf("fstrim volume: %w", err)
 	}
 	return nil

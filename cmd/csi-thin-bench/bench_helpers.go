@@ -12,7 +12,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/datagen"
 	"github.com/csi-thin/csi-thin/internal/csiclient"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // source is a published volume holding dataBytes of random data in one
@@ -71,7 +71,7 @@ func (b *bench) drop(ctx context.Context, src *source) error {
 // copy of the files (no reflinks, holes kept), then a filesystem sync so
 // the copy is as durable as a committed snapshot.
 func copyTree(ctx context.Context, from, to string) error {
-	run := &exec.Host{Timeout: time.Hour}
+	run := &command.Host{Timeout: time.Hour}
 	if _, err := run.Run(ctx, "cp", "-a", "--reflink=never", "--sparse=always", from+"/.", to+"/"); err != nil {
 		return fmt.Errorf("copy: %w", err)
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/datagen"
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/pools"
 	"github.com/csi-thin/csi-thin/internal/csiclient"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 type demoFlags struct {
@@ -299,7 +299,7 @@ func (d *demo) attach(ctx context.Context, id, name string) (*attachment, error)
 // copyFile is the copy-based drivers' way: cp without reflinks (a real
 // copy of every byte), then fsync so the copy is as durable as a clone.
 func copyFile(ctx context.Context, src, dst string) error {
-	if _, err := (&exec.Host{Timeout: time.Hour}).Run(ctx, "cp", "--reflink=never", "--sparse=auto", src, dst); err != nil {
+	if _, err := (&command.Host{Timeout: time.Hour}).Run(ctx, "cp", "--reflink=never", "--sparse=auto", src, dst); err != nil {
 		return fmt.Errorf("copy: %w", err)
 	}
 	f, err := os.OpenFile(dst, os.O_WRONLY, 0)

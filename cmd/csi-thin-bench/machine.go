@@ -12,7 +12,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // inEmulatedVM: test/vm/run.sh sets CSI_THIN_VM=1 in its QEMU guest, which
@@ -28,7 +28,7 @@ func describeMachine(ctx context.Context, backend, workDir string) results.Machi
 	}
 	m.Virtualization = virtualization(ctx)
 	m.Storage = storageOf(workDir)
-	run := &exec.Host{}
+	run := &command.Host{}
 	tools := map[string][]string{"go-runtime": nil}
 	if backend == "btrfs" {
 		tools["btrfs-progs"] = []string{"btrfs", "--version"}
@@ -86,7 +86,7 @@ func virtualization(ctx context.Context) string {
 	if inEmulatedVM() {
 		return "QEMU guest under TCG software emulation (test/vm)"
 	}
-	run := &exec.Host{}
+	run := &command.Host{}
 	var parts []string
 	// Exit status 1 with "none" means no such layer.
 	if res, err := run.Run(ctx, "systemd-detect-virt", "--vm"); err == nil {

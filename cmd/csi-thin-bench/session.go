@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -160,7 +160,7 @@ func preflight(tools []string) error {
 		return errors.New("must run as root: the driver attaches loop devices and mounts volumes")
 	}
 	for _, t := range tools {
-		if _, err := osexec.LookPath(t); err != nil {
+		if _, err := exec.LookPath(t); err != nil {
 			return fmt.Errorf("%s not found on PATH (install btrfs-progs / util-linux / lvm2)", t)
 		}
 	}

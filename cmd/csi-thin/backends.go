@@ -6,12 +6,12 @@ import (
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // openLocal opens (bootstrapping if configured) this node's pool.
 func openLocal(ctx context.Context, o *options) (backend.Local, error) {
-	runner := &exec.Host{Prefix: o.commandPrefix()}
+	runner := &command.Host{Prefix: o.commandPrefix()}
 	var loopSize int64
 	if o.loopFile != "" {
 		n, err := o.loopSizeBytes()

@@ -5,12 +5,12 @@ import (
 	"strings"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
 )
 
 // openLVMThin opens (or bootstraps from devices or a loop file) the thin pool.
-func openLVMThin(ctx context.Context, o *options, runner exec.Runner, loopSize int64) (backend.Local, error) {
+func openLVMThin(ctx context.Context, o *options, runner command.Runner, loopSize int64) (backend.Local, error) {
 	var devices []string
 	for _, d := range strings.Split(o.devices, ",") {
 		if d = strings.TrimSpace(d); d != "" {

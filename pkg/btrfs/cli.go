@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // cli is the one place that runs the btrfs tool. Each method builds an
@@ -15,7 +15,7 @@ import (
 // subcommand, so paths are made absolute and validated by the caller
 // instead) and returns typed results.
 type cli struct {
-	run exec.Runner
+	run command.Runner
 }
 
 func (c cli) btrfs(ctx context.Context, args ...string) ([]byte, error) {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // FuzzToolOutput feeds arbitrary bytes to every parser of btrfs output,
@@ -42,7 +42,7 @@ func FuzzToolOutput(f *testing.F) {
 				}
 			}
 		}
-		fake := &exec.Fake{}
+		fake := &command.Fake{}
 		fake.On("btrfs", string(out), 0, "")
 		c := cli{run: fake}
 		answer := strings.TrimSpace(string(out))

@@ -6,7 +6,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 func TestParseQgroups(t *testing.T) {
@@ -59,7 +59,7 @@ func TestParseUsage(t *testing.T) {
 // TestCommandLines pins the exact argument lists: no shell, paths as
 // single arguments, sizes in bytes.
 func TestCommandLines(t *testing.T) {
-	f := &exec.Fake{}
+	f := &command.Fake{}
 	f.On("btrfs", "", 0, "")
 	f.On("btrfs property get", "ro=true\n", 0, "")
 	c := cli{run: f}
@@ -126,7 +126,7 @@ func TestParseSubvolumeList(t *testing.T) {
 }
 
 func TestBadToolOutputIsAnError(t *testing.T) {
-	f := &exec.Fake{}
+	f := &command.Fake{}
 	f.On("btrfs property get", "ro=maybe\n", 0, "")
 	f.On("btrfs subvolume create", "", 1, "ERROR: cannot create subvolume: No space left on device")
 	c := cli{run: f}
@@ -135,7 +135,7 @@ func TestBadToolOutputIsAnError(t *testing.T) {
 		t.Error("garbage property accepted")
 	}
 	err := c.createSubvolume(ctx, "/p")
-	if err == nil || exec.StderrOf(err) == "" {
+	if err == nil || command.StderrOf(err) == "" {
 		t.Fatalf("failure lost its stderr: %v", err)
 	}
 }

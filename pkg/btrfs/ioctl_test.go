@@ -3,7 +3,7 @@ package btrfs
 import (
 	"context"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -45,7 +45,7 @@ func TestSubvolumeIDOfMatchesTheTool(t *testing.T) {
 		if err != nil {
 			t.Fatalf("subvolumeIDOf(%s): %v", sv, err)
 		}
-		out, err := osexec.Command("btrfs", "inspect-internal", "rootid", sv).Output()
+		out, err := exec.Command("btrfs", "inspect-internal", "rootid", sv).Output()
 		if err != nil {
 			t.Fatal(err)
 		}

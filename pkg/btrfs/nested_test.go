@@ -6,7 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,17 +16,17 @@ import (
 
 	"github.com/csi-thin/csi-thin/internal/testenv"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // openPool opens a real loop-file pool in the given quota mode, its
 // commands run through a FaultRunner the test may arm.
-func openPool(t *testing.T, mode QuotaMode, size int64) (*Pool, *exec.FaultRunner) {
+func openPool(t *testing.T, mode QuotaMode, size int64) (*Pool, *command.FaultRunner) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommands(t, "btrfs", "mkfs.btrfs", "losetup", "mount", "blkid")
 	dir := t.TempDir()
-	rec := &exec.FaultRunner{Next: &exec.Host{}}
+	rec := &command.FaultRunner{Next: &command.Host{}}
 	p, err := Open(context.Background(), Config{
 		PoolPath: filepath.Join(dir, "mnt"), LoopFile: filepath.Join(dir, "pool.img"),
 		LoopSizeBytes: size, NodeName: "test-node", Runner: rec, QuotaMode: mode,
@@ -47,7 +47,7 @@ func openPool(t *testing.T, mode QuotaMode, size int64) (*Pool, *exec.FaultRunne
 
 func btrfsCmd(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := osexec.Command("btrfs", args...).CombinedOutput()
+	out, err := exec.Command("btrfs", args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("btrfs %v: %v: %s", args, err, out)
 	}
@@ -248,8 +248,8 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	runner.Arm(
-		exec.Fault{Kind: exec.FaultFail, Nth: 1, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"},
-		exec.Fault{Kind: exec.FaultFail, Nth: 1, Match: "btrfs qgroup create", Stderr: "ERROR: injected"},
+		command.Fault{Kind: command.FaultFail, Nth: 1, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"},
+		command.Fault{Kind: command.FaultFail, Nth: 1, Match: "btrfs qgroup create", Stderr: "ERROR: injected"},
 	)
 	again, err := Open(ctx, Config{PoolPath: p.mountPath, NodeName: "test-node", Runner: runner})
 	runner.Disarm()
@@ -356,7 +356,7 @@ func TestInterruptedNestedDeleteIsFinished(t *testing.T) {
 			for _, d := range []string{"a", "a/b", "a/b/c", "d"} {
 				btrfsCmd(t, "subvolume", "create", filepath.Join(dir, d))
 			}
-			runner.Arm(exec.Fault{Kind: exec.FaultFail, Nth: 3, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"})
+			runner.Arm(command.Fault{Kind: command.FaultFail, Nth: 3, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"})
 			err := p.DeleteVolume(ctx, v.ID)
 			runner.Disarm()
 			if err == nil {

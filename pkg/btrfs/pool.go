@@ -15,7 +15,7 @@ import (
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // Defaults for a pool whose config leaves them unset.
@@ -44,7 +44,7 @@ type Config struct {
 	// pool is physically used, so it never fills up silently.
 	FullPercent float64
 	QuotaMode   QuotaMode
-	Runner      exec.Runner
+	Runner      command.Runner
 }
 
 // Pool is a btrfs filesystem holding volumes as subvolumes. Its state is
@@ -86,7 +86,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, errors.New("btrfs pool: pool path is required")
 	}
 	if cfg.Runner == nil {
-		cfg.Runner = &exec.Host{}
+		cfg.Runner = &command.Host{}
 	}
 	if cfg.Overprovision <= 0 {
 		cfg.Overprovision = DefaultOverprovision
@@ -248,7 +248,7 @@ func (p *Pool) attachLoop(ctx context.Context, file string) (string, error) {
 func (p *Pool) blkidType(ctx context.Context, dev string) (string, error) {
 	res, err := p.cfg.Runner.Run(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE", dev)
 	if err != nil {
-		if exec.ExitCodeOf(err) == 2 { // blkid: nothing found
+		if command.ExitCodeOf(err) == 2 { // blkid: nothing found
 			return "", nil
 		}
 		return "", fmt.Errorf("probe %s: %w", dev, err)

@@ -11,16 +11,16 @@ import (
 
 	"github.com/csi-thin/csi-thin/internal/testenv"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // openRecorded opens a real loop-file pool whose commands are recorded.
-func openRecorded(t *testing.T) (*Pool, *exec.FaultRunner) {
+func openRecorded(t *testing.T) (*Pool, *command.FaultRunner) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommands(t, "btrfs", "mkfs.btrfs", "losetup", "mount")
 	dir := t.TempDir()
-	rec := &exec.FaultRunner{Next: &exec.Host{}}
+	rec := &command.FaultRunner{Next: &command.Host{}}
 	p, err := Open(context.Background(), Config{
 		PoolPath: filepath.Join(dir, "mnt"), LoopFile: filepath.Join(dir, "pool.img"),
 		LoopSizeBytes: 512 * backend.MiB, NodeName: "test-node", Runner: rec,

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 func TestArgv(t *testing.T) {
@@ -49,7 +49,7 @@ func TestArgv(t *testing.T) {
 // TestConfigOptionFollowsCommand: --config goes right after the LVM
 // command name, where every LVM command accepts it.
 func TestConfigOptionFollowsCommand(t *testing.T) {
-	f := &exec.Fake{}
+	f := &command.Fake{}
 	f.On("lvm lvremove", "", 0, "")
 	l := newLVM(f, "activation{udev_sync=0}")
 	if _, err := l.run(context.Background(), removeArgs("vg", "v-1")...); err != nil {

@@ -9,17 +9,17 @@ import (
 	"testing"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
-// Backend flows on exec.Fake, scripted with the captured reports: the
+// Backend flows on command.Fake, scripted with the captured reports: the
 // exact LVM commands each call runs, and the ones it must not run.
 
 const lvsPrefix = "lvm lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,lv_tags,data_percent,metadata_percent,lv_health_status,segtype,lv_when_full,discards,chunk_size,lv_time,vg_extent_size"
 
-func fakeBackend(t *testing.T, vgReport string) (*Backend, *exec.Fake) {
+func fakeBackend(t *testing.T, vgReport string) (*Backend, *command.Fake) {
 	t.Helper()
-	f := &exec.Fake{}
+	f := &command.Fake{}
 	f.On(lvsPrefix+" vgcap", vgReport, 0, "")
 	cfg, err := Config{VG: "vgcap", ThinPool: "pool", NodeName: "n1", Runner: f}.withDefaults()
 	if err != nil {
@@ -30,7 +30,7 @@ func fakeBackend(t *testing.T, vgReport string) (*Backend, *exec.Fake) {
 
 // mutations are the commands that change something: all but the reports
 // (lvs, and the pool's status from the kernel).
-func mutations(f *exec.Fake) []string {
+func mutations(f *command.Fake) []string {
 	var out []string
 	for _, l := range f.Lines() {
 		if !strings.HasPrefix(l, "lvm lvs ") && !strings.HasPrefix(l, "dmsetup status ") {
@@ -348,7 +348,7 @@ func TestHalfMadeHiddenAndRemovedAtStart(t *testing.T) {
 }
 
 func TestNewBootstrapsBlankDevice(t *testing.T) {
-	f := &exec.Fake{}
+	f := &command.Fake{}
 	f.On("lvm lvs", "", 5, "  Volume group \"vgcap\" not found\n  Cannot process volume group vgcap")
 	f.On("lvm vgs", "", 5, `  Volume group "vgcap" not found`)
 	f.On("lvm pvs", "", 5, `  Failed to find physical volume "/dev/vdb".`)
@@ -376,7 +376,7 @@ func TestNewBootstrapsBlankDevice(t *testing.T) {
 }
 
 func TestNewRefusesDeviceWithSignature(t *testing.T) {
-	f := &exec.Fake{}
+	f := &command.Fake{}
 	f.On("lvm lvs", "", 5, `  Volume group "vgcap" not found`)
 	f.On("lvm pvs", "", 5, `  Failed to find physical volume "/dev/vdb".`)
 	f.On("blkid", "DEVNAME=/dev/vdb\nUUID=1234\nTYPE=ext4\n", 0, "")

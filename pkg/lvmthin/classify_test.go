@@ -8,10 +8,10 @@ import (
 	"testing"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
-// fixtureError rebuilds the exec.Error a captured failing command gave.
+// fixtureError rebuilds the command.Error a captured failing command gave.
 func fixtureError(t *testing.T, name string) error {
 	t.Helper()
 	code, err := strconv.Atoi(strings.TrimSpace(string(readFixture(t, name+".exit"))))
@@ -19,7 +19,7 @@ func fixtureError(t *testing.T, name string) error {
 		t.Fatal(err)
 	}
 	stderr := strings.TrimSpace(string(readFixture(t, name+".stderr")))
-	return &exec.Error{Cmd: []string{"lvm", name}, ExitCode: code, Stderr: stderr, Err: fmt.Errorf("exit status %d", code)}
+	return &command.Error{Cmd: []string{"lvm", name}, ExitCode: code, Stderr: stderr, Err: fmt.Errorf("exit status %d", code)}
 }
 
 func TestClassifyCapturedErrors(t *testing.T) {
@@ -44,10 +44,10 @@ func TestClassifyCapturedErrors(t *testing.T) {
 			raw := fixtureError(t, tc.fixture)
 			got := classify(raw)
 			if !errors.Is(got, tc.want) {
-				t.Fatalf("classify(%q) = %v, want %v", exec.StderrOf(raw), got, tc.want)
+				t.Fatalf("classify(%q) = %v, want %v", command.StderrOf(raw), got, tc.want)
 			}
 			// The command and stderr stay in the message.
-			if !strings.Contains(got.Error(), exec.StderrOf(raw)) || !strings.Contains(got.Error(), "lvm "+tc.fixture) {
+			if !strings.Contains(got.Error(), command.StderrOf(raw)) || !strings.Contains(got.Error(), "lvm "+tc.fixture) {
 				t.Errorf("message %q lost the command or stderr", got)
 			}
 		})
@@ -55,18 +55,18 @@ func TestClassifyCapturedErrors(t *testing.T) {
 }
 
 func TestClassifyLeavesOthersAlone(t *testing.T) {
-	timeout := &exec.Error{Cmd: []string{"lvm", "lvs"}, ExitCode: -1, Err: errors.New("context deadline exceeded")}
+	timeout := &command.Error{Cmd: []string{"lvm", "lvs"}, ExitCode: -1, Err: errors.New("context deadline exceeded")}
 	if got := classify(timeout); got != timeout {
 		t.Errorf("a timeout was reclassified: %v", got)
 	}
-	odd := &exec.Error{Cmd: []string{"lvm", "lvs"}, ExitCode: 5, Stderr: "something new", Err: errors.New("exit status 5")}
+	odd := &command.Error{Cmd: []string{"lvm", "lvs"}, ExitCode: 5, Stderr: "something new", Err: errors.New("exit status 5")}
 	if got := classify(odd); got != odd {
 		t.Errorf("an unknown failure was reclassified: %v", got)
 	}
 }
 
 func TestLockContentionIsRetried(t *testing.T) {
-	f := &exec.Fake{}
+	f := &command.Fake{}
 	f.On("lvm lvchange", "", 5, "  Can't get lock for vgcap")
 	l := newLVM(f, "")
 	l.retryDelay = 0

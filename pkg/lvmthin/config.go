@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // Config says which pool to serve and how to bootstrap it.
@@ -64,7 +64,7 @@ type Config struct {
 	ListMaxAge time.Duration
 
 	// Runner runs lvm, dmsetup, losetup and blkid (default: on this host).
-	Runner exec.Runner
+	Runner command.Runner
 	// LVMConfig is passed as `--config` to every LVM command, e.g.
 	// "activation{udev_sync=0 udev_rules=0}" on a node without udev.
 	LVMConfig string
@@ -116,7 +116,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.LoopSizeBytes = defaultLoopFileBytes
 	}
 	if c.Runner == nil {
-		c.Runner = &exec.Host{}
+		c.Runner = &command.Host{}
 	}
 	return c, c.validate()
 }

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // lvm is the one place that runs LVM. Callers pass argument lists built by
@@ -18,7 +18,7 @@ import (
 // It also runs the one device-mapper read the backend needs (dmsetup
 // status of the pool), so that every command of the pool goes through it.
 type lvm struct {
-	runner exec.Runner
+	runner command.Runner
 	// config is passed as --config to every command (e.g. the udev
 	// settings a node without udev needs); empty uses lvm.conf alone.
 	config string
@@ -29,7 +29,7 @@ type lvm struct {
 	retryDelay  time.Duration
 }
 
-func newLVM(runner exec.Runner, config string) *lvm {
+func newLVM(runner command.Runner, config string) *lvm {
 	return &lvm{runner: runner, config: config, lockRetries: 3, retryDelay: 500 * time.Millisecond}
 }
 
@@ -41,7 +41,7 @@ func (l *lvm) run(ctx context.Context, args ...string) ([]byte, error) {
 		if err == nil {
 			return res.Stdout, nil
 		}
-		if attempt < l.lockRetries && lockContention.MatchString(exec.StderrOf(err)) && ctx.Err() == nil {
+		if attempt < l.lockRetries && lockContention.MatchString(command.StderrOf(err)) && ctx.Err() == nil {
 			select {
 			case <-time.After(l.retryDelay * time.Duration(attempt+1)):
 				continue
@@ -84,7 +84,7 @@ func (l *lvm) thinPoolStatus(ctx context.Context, vg, pool string) (ThinPoolStat
 func (l *lvm) vg(ctx context.Context, name string) (*VG, error) {
 	out, err := l.run(ctx, vgsArgs(name)...)
 	if err != nil {
-		if vgNotFound.MatchString(exec.StderrOf(err)) {
+		if vgNotFound.MatchString(command.StderrOf(err)) {
 			return nil, fmt.Errorf("volume group %s: %w", name, backend.ErrNotFound)
 		}
 		return nil, err
@@ -142,7 +142,7 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	var ee *exec.Error
+	var ee *command.Error
 	if !errors.As(err, &ee) || ee.ExitCode <= 0 {
 		// Did not start, or killed by the deadline: nothing to classify.
 		return err

@@ -12,7 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // Pool bootstrap. Every step first looks at what exists and reuses it, so
@@ -50,12 +50,12 @@ func (b *Backend) ensurePool(ctx context.Context) ([]LV, error) {
 
 	all, err := b.lvm.lvs(ctx, b.cfg.VG)
 	switch {
-	case err != nil && vgNotFound.MatchString(exec.StderrOf(err)) && bootstrap:
+	case err != nil && vgNotFound.MatchString(command.StderrOf(err)) && bootstrap:
 		if err := b.createVG(ctx, devices); err != nil {
 			return nil, err
 		}
 		all = nil
-	case err != nil && vgNotFound.MatchString(exec.StderrOf(err)):
+	case err != nil && vgNotFound.MatchString(command.StderrOf(err)):
 		return nil, fmt.Errorf("volume group %s does not exist and no devices are configured to create it: %w", b.cfg.VG, backend.ErrUnavailable)
 	case err != nil:
 		return nil, fmt.Errorf("volume group %s: %w", b.cfg.VG, err)
@@ -147,7 +147,7 @@ func (b *Backend) requireBlank(ctx context.Context, dev string) error {
 		sig := strings.Join(strings.Fields(string(res.Stdout)), " ")
 		return fmt.Errorf("device %s carries a signature (%s); refusing to overwrite it: %w", dev, sig, backend.ErrPrecondition)
 	}
-	if exec.ExitCodeOf(err) == 2 { // blkid: nothing detected
+	if command.ExitCodeOf(err) == 2 { // blkid: nothing detected
 		return nil
 	}
 	return fmt.Errorf("probe device %s for signatures: %w", dev, err)

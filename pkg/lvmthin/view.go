@@ -8,7 +8,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // The kept view. Every create, snapshot, expand and delete decides from
@@ -80,7 +80,7 @@ func (b *Backend) change(ctx context.Context, op func(*poolState) error) error {
 		return err
 	}
 	b.forget()
-	var ee *exec.Error
+	var ee *command.Error
 	if !kept || !errors.As(err, &ee) || ctx.Err() != nil ||
 		!(errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNotFound)) {
 		return err
@@ -100,7 +100,7 @@ func (b *Backend) change(ctx context.Context, op func(*poolState) error) error {
 // is missing, the pool is too full): it changed nothing, so the kept list
 // stays true.
 func refusal(err error) bool {
-	var ee *exec.Error
+	var ee *command.Error
 	if errors.As(err, &ee) {
 		return false
 	}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // A healthy 1 GiB pool of 64 KiB chunks, as dmsetup printed it in the
@@ -64,7 +64,7 @@ func TestDMName(t *testing.T) {
 
 // warmBackend is fakeBackend with a healthy pool status scripted, after
 // one call that lists the VG and keeps the result.
-func warmBackend(t *testing.T) (*Backend, *exec.Fake) {
+func warmBackend(t *testing.T) (*Backend, *command.Fake) {
 	t.Helper()
 	b, f := fakeBackend(t, string(readFixture(t, "lvs-vg.json")))
 	f.On(dmStatus, poolStatusRW, 0, "")
@@ -180,29 +180,29 @@ func TestKeptViewFallsBackToLvs(t *testing.T) {
 	lvsVG := lvsPrefix + " vgcap"
 	for _, tc := range []struct {
 		name    string
-		prepare func(*Backend, *exec.Fake)
+		prepare func(*Backend, *command.Fake)
 		wantErr error
 		want    []string
 	}{
-		{name: "list older than ListMaxAge", prepare: func(b *Backend, _ *exec.Fake) { b.keptAt = time.Now().Add(-time.Hour) },
+		{name: "list older than ListMaxAge", prepare: func(b *Backend, _ *command.Fake) { b.keptAt = time.Now().Add(-time.Hour) },
 			want: []string{lvsVG, "lvm lvcreate"}},
-		{name: "pool out of data space", prepare: func(_ *Backend, f *exec.Fake) {
+		{name: "pool out of data space", prepare: func(_ *Backend, f *command.Fake) {
 			f.On(dmStatus, "0 2097152 thin-pool 9 300/1024 16384/16384 - out_of_data_space discard_passdown error_if_no_space - 256", 0, "")
 		}, want: []string{dmStatus, lvsVG, "lvm lvcreate"}},
-		{name: "pool needs a check", prepare: func(_ *Backend, f *exec.Fake) {
+		{name: "pool needs a check", prepare: func(_ *Backend, f *command.Fake) {
 			f.On(dmStatus, "0 2097152 thin-pool 3 110/1024 768/16384 - rw discard_passdown error_if_no_space needs_check 256", 0, "")
 		}, want: []string{dmStatus, lvsVG, "lvm lvcreate"}},
-		{name: "no thin-pool device", prepare: func(_ *Backend, f *exec.Fake) {
+		{name: "no thin-pool device", prepare: func(_ *Backend, f *command.Fake) {
 			f.On(dmStatus, "", 1, "Device does not exist.")
 		}, want: []string{dmStatus, lvsVG, "lvm lvcreate"}},
-		{name: "fill levels are fresh: the guard refuses without an lvs", prepare: func(_ *Backend, f *exec.Fake) {
+		{name: "fill levels are fresh: the guard refuses without an lvs", prepare: func(_ *Backend, f *command.Fake) {
 			f.On(dmStatus, "0 2097152 thin-pool 9 110/1024 15000/16384 - rw discard_passdown error_if_no_space - 256", 0, "")
 		}, wantErr: backend.ErrNoSpace, want: []string{dmStatus}},
-		{name: "metadata fill is fresh too", prepare: func(_ *Backend, f *exec.Fake) {
+		{name: "metadata fill is fresh too", prepare: func(_ *Backend, f *command.Fake) {
 			f.On(dmStatus, "0 2097152 thin-pool 9 900/1024 768/16384 - rw discard_passdown error_if_no_space - 256", 0, "")
 		}, wantErr: backend.ErrNoSpace, want: []string{dmStatus}},
 		{name: "an LV made behind the driver's back: lvcreate says it exists, a fresh lvs shows it is not ours",
-			prepare: func(_ *Backend, f *exec.Fake) {
+			prepare: func(_ *Backend, f *command.Fake) {
 				report := strings.ReplaceAll(string(readFixture(t, "lvs-vg.json")), `"foreign"`, `"`+backend.VolumeIDFor("x")+`"`)
 				f.On(lvsVG, report, 0, "")
 				f.On("lvm lvcreate", "", 5, strings.TrimSpace(string(readFixture(t, "lvcreate-exists.stderr"))))

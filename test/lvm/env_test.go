@@ -11,7 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,7 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
 )
 
@@ -35,7 +35,7 @@ const (
 
 var (
 	missingPrereq string // why the suite cannot run here, or ""
-	runner        = &exec.Host{Timeout: 5 * time.Minute}
+	runner        = &command.Host{Timeout: 5 * time.Minute}
 
 	sharedOnce    sync.Once
 	sharedCfg     lvmthin.Config
@@ -83,15 +83,15 @@ func checkPrereqs() string {
 		return "not root"
 	}
 	for _, tool := range []string{"lvm", "dmsetup", "losetup", "blkid", "mkfs.ext4", "mkfs.xfs", "resize2fs", "thin_check", "mount"} {
-		if _, err := osexec.LookPath(tool); err != nil {
+		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Sprintf("%s is not installed", tool)
 		}
 	}
-	out, err := osexec.Command("dmsetup", "targets").CombinedOutput()
+	out, err := exec.Command("dmsetup", "targets").CombinedOutput()
 	if err != nil || !bytes.Contains(out, []byte("thin-pool")) {
 		// The module may just not be loaded yet.
-		_ = osexec.Command("modprobe", "dm-thin-pool").Run()
-		out, err = osexec.Command("dmsetup", "targets").CombinedOutput()
+		_ = exec.Command("modprobe", "dm-thin-pool").Run()
+		out, err = exec.Command("dmsetup", "targets").CombinedOutput()
 	}
 	if err != nil || !bytes.Contains(out, []byte("thin-pool")) {
 		return "the kernel has no dm-thin-pool target (run the suite in the VM: test/vm/run-lvm-suite.sh)"

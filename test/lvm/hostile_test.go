@@ -3,7 +3,7 @@ package lvm
 import (
 	"context"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -26,7 +26,7 @@ const tenantUID = "1000"
 // supplementary groups (no shell), and returns its output and error.
 func asTenant(argv ...string) (string, error) {
 	args := append([]string{"--reuid=" + tenantUID, "--regid=" + tenantUID, "--clear-groups", "--"}, argv...)
-	out, err := osexec.Command("setpriv", args...).CombinedOutput()
+	out, err := exec.Command("setpriv", args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -54,7 +54,7 @@ func dropCaches(t *testing.T) {
 // contained, another tenant's data keeps its checksum, and the driver
 // keeps serving.
 func TestHostileTenantLVM(t *testing.T) {
-	if _, err := osexec.LookPath("setpriv"); err != nil {
+	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Skip("setpriv not available")
 	}
 	b := loopPool(t, "csithin_hostile", 448*backend.MiB, nil) // room for mkfs.xfs's 300 MiB minimum

@@ -6,7 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"regexp"
 	"testing"
 	"time"
@@ -53,7 +53,7 @@ func startSanity() {
 			}
 			c, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 			defer cancel()
-			cmd := osexec.CommandContext(c, exe, "-test.run", "^TestSanityChild$", "-test.v", "-ginkgo.no-color")
+			cmd := exec.CommandContext(c, exe, "-test.run", "^TestSanityChild$", "-test.v", "-ginkgo.no-color")
 			cmd.Env = append(os.Environ(), sanityChildEnv+"="+access)
 			cmd.Stdout, cmd.Stderr = &r.out, &r.out
 			start := time.Now()

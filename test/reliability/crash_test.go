@@ -14,7 +14,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -49,7 +49,7 @@ type world struct {
 	srcID, snapID string
 }
 
-func (w *world) start(t *testing.T, faults []exec.Fault, crashReply string) *harness.Child {
+func (w *world) start(t *testing.T, faults []command.Fault, crashReply string) *harness.Child {
 	return harness.Start(t, harness.Options{Dir: w.dir, Config: w.config, Faults: faults, CrashReply: crashReply, Verbosity: 2})
 }
 
@@ -221,10 +221,10 @@ func newWorld(t *testing.T, pool *btrfs.Pool) *world {
 func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {
 	var s crashStats
 	n := 0
-	point := func(faults []exec.Fault, crashReply string) (crashed bool) {
+	point := func(faults []command.Fault, crashReply string) (crashed bool) {
 		n++
 		name := fmt.Sprintf("%s-%d", op.name, n)
-		label := exec.FormatFaults(faults) + crashReply
+		label := command.FormatFaults(faults) + crashReply
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if op.setup != nil {
@@ -256,10 +256,10 @@ func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {
 		return crashed
 	}
 	for k := 1; ; k++ {
-		if !point([]exec.Fault{{Kind: exec.FaultCrashBefore, Nth: k}}, "") {
+		if !point([]command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, "") {
 			break // the call runs fewer than k commands: every step is covered
 		}
-		if !point([]exec.Fault{{Kind: exec.FaultCrashAfter, Nth: k}}, "") {
+		if !point([]command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, "") {
 			t.Fatalf("%s: crash-before@%d fired but crash-after@%d did not", op.name, k, k)
 		}
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // hostileIDs are volume and snapshot IDs an attacker with access to the
@@ -33,7 +33,7 @@ var hostileIDs = []string{
 // pool must be untouched.
 func TestHostileInputStaysInsideThePool(t *testing.T) {
 	base := btrfstest.NewPool(t, backend.GiB, btrfs.Config{})
-	recorder := &exec.FaultRunner{Next: &exec.Host{}}
+	recorder := &command.FaultRunner{Next: &command.Host{}}
 	pool, err := btrfs.Open(context.Background(), btrfs.Config{PoolPath: base.MountPath(), NodeName: base.NodeName(), Runner: recorder})
 	if err != nil {
 		t.Fatal(err)

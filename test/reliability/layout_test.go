@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // poolState is everything a crash could leave behind, read from the
@@ -39,7 +39,7 @@ type poolState struct {
 	QgroupLimits map[string]int64
 }
 
-var host = &exec.Host{}
+var host = &command.Host{}
 
 func inspectPool(t testing.TB, pool *btrfs.Pool) poolState {
 	t.Helper()

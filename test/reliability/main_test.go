@@ -14,7 +14,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -31,7 +31,7 @@ type childConfig struct {
 	NodeName string `json:"nodeName"`
 }
 
-func openBtrfsChild(ctx context.Context, config string, runner exec.Runner) (backend.Local, error) {
+func openBtrfsChild(ctx context.Context, config string, runner command.Runner) (backend.Local, error) {
 	var c childConfig
 	if err := json.Unmarshal([]byte(config), &c); err != nil {
 		return nil, fmt.Errorf("child config %q: %w", config, err)

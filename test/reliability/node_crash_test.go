@@ -14,7 +14,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -166,7 +166,7 @@ func TestNodeCrashAtEveryStep(t *testing.T) {
 		points, kills, restarts, time.Since(start).Round(time.Millisecond))
 }
 
-func (nc *nodeCrash) start(t *testing.T, mountFaults []exec.Fault, crashReply string) *harness.Child {
+func (nc *nodeCrash) start(t *testing.T, mountFaults []command.Fault, crashReply string) *harness.Child {
 	t.Helper()
 	return harness.Start(t, harness.Options{Dir: nc.dir, Config: nc.config, MountFaults: mountFaults, CrashReply: crashReply, Verbosity: 4})
 }
@@ -187,9 +187,9 @@ func (nc *nodeCrash) newVolume(t *testing.T, c *csiclient.Client, name string) *
 // run goes through every crash point of op and returns the points, the
 // SIGKILLs and the driver starts.
 func (nc *nodeCrash) run(t *testing.T, op nodeOp) (points, kills, restarts int) {
-	point := func(mountFaults []exec.Fault, crashReply string) (crashed bool) {
+	point := func(mountFaults []command.Fault, crashReply string) (crashed bool) {
 		nc.n++
-		label := op.name + " " + exec.FormatFaults(mountFaults) + crashReply
+		label := op.name + " " + command.FormatFaults(mountFaults) + crashReply
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		c := nc.start(t, nil, "")
@@ -229,10 +229,10 @@ func (nc *nodeCrash) run(t *testing.T, op nodeOp) (points, kills, restarts int) 
 		return crashed
 	}
 	for k := 1; ; k++ {
-		if !point([]exec.Fault{{Kind: exec.FaultCrashBefore, Nth: k}}, "") {
+		if !point([]command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, "") {
 			break // the call runs fewer than k mount commands: every step is covered
 		}
-		if !point([]exec.Fault{{Kind: exec.FaultCrashAfter, Nth: k}}, "") {
+		if !point([]command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, "") {
 			t.Fatalf("%s: crash-before@%d fired but crash-after@%d did not", op.name, k, k)
 		}
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -19,7 +19,7 @@ import (
 // that leaves for startup recovery.
 type interruption struct {
 	op    string // a crashOps() entry
-	fault exec.Fault
+	fault command.Fault
 	// What the crash leaves, checked before recovery runs, so that a
 	// change in how a call is built cannot quietly empty the test.
 	staged, marker, writable bool
@@ -49,12 +49,12 @@ var interruptions = []interruption{
 	{op: "expand", fault: after("btrfs qgroup limit")}, // record still at the old size
 }
 
-func before(cmd string) exec.Fault {
-	return exec.Fault{Kind: exec.FaultCrashBefore, Nth: 1, Match: cmd}
+func before(cmd string) command.Fault {
+	return command.Fault{Kind: command.FaultCrashBefore, Nth: 1, Match: cmd}
 }
 
-func after(cmd string) exec.Fault {
-	return exec.Fault{Kind: exec.FaultCrashAfter, Nth: 1, Match: cmd}
+func after(cmd string) command.Fault {
+	return command.Fault{Kind: command.FaultCrashAfter, Nth: 1, Match: cmd}
 }
 
 // recoveryCrash runs the points of TestCrashDuringRecovery.
@@ -92,15 +92,15 @@ func TestCrashDuringRecovery(t *testing.T) {
 
 	start := time.Now()
 	for k := 1; ; k++ {
-		if !r.point(t, []exec.Fault{{Kind: exec.FaultCrashBefore, Nth: k}}, false) {
+		if !r.point(t, []command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, false) {
 			break // recovery runs fewer than k commands: every step is covered
 		}
-		if !r.point(t, []exec.Fault{{Kind: exec.FaultCrashAfter, Nth: k}}, false) {
+		if !r.point(t, []command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, false) {
 			t.Fatalf("recovery: crash-before@%d fired but crash-after@%d did not", k, k)
 		}
 	}
 	before := r.kills
-	r.point(t, []exec.Fault{after("btrfs subvolume delete"), after("btrfs property set")}, true)
+	r.point(t, []command.Fault{after("btrfs subvolume delete"), after("btrfs property set")}, true)
 	want := 0
 	for _, in := range interruptions {
 		want += in.mutating
@@ -120,11 +120,11 @@ func TestCrashDuringRecovery(t *testing.T) {
 // point makes the half-made state, starts drivers whose recovery meets
 // the faults (once, or until one finishes if relentless), then restarts
 // cleanly, checks and retries. It reports whether recovery was killed.
-func (r *recoveryCrash) point(t *testing.T, faults []exec.Fault, relentless bool) bool {
+func (r *recoveryCrash) point(t *testing.T, faults []command.Fault, relentless bool) bool {
 	t.Helper()
 	w := r.w
 	r.n++
-	label := "recovery " + exec.FormatFaults(faults)
+	label := "recovery " + command.FormatFaults(faults)
 	if relentless {
 		label += " (every restart)"
 	}
@@ -184,7 +184,7 @@ func (r *recoveryCrash) interrupt(t *testing.T, label string) []string {
 	c.Stop(t)
 	opts := make([]harness.Options, len(interruptions))
 	for i, in := range interruptions {
-		opts[i] = harness.Options{Dir: r.dirs[i], Config: w.config, Faults: []exec.Fault{in.fault}, Verbosity: 2}
+		opts[i] = harness.Options{Dir: r.dirs[i], Config: w.config, Faults: []command.Fault{in.fault}, Verbosity: 2}
 	}
 	children := harness.StartAll(t, opts)
 	r.restarts += len(children)
@@ -193,7 +193,7 @@ func (r *recoveryCrash) interrupt(t *testing.T, label string) []string {
 	for i, in := range interruptions {
 		err := r.ops[in.op].call(ctx, w, children[i].Client, names[i])
 		if err == nil || !children[i].WaitKilled(t) {
-			t.Fatalf("[%s] %s at %s did not crash (err %v)\n%s", label, in.op, exec.FormatFaults([]exec.Fault{in.fault}), err, children[i].LogTail())
+			t.Fatalf("[%s] %s at %s did not crash (err %v)\n%s", label, in.op, command.FormatFaults([]command.Fault{in.fault}), err, children[i].LogTail())
 		}
 		r.interrupts++
 	}

@@ -3,7 +3,7 @@ package reliability
 import (
 	"context"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -20,7 +20,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -32,7 +32,7 @@ const tenantUID = 1000
 // error is the command's failure.
 func asTenant(argv ...string) (string, error) {
 	args := append([]string{"--reuid=" + strconv.Itoa(tenantUID), "--regid=" + strconv.Itoa(tenantUID), "--clear-groups"}, argv...)
-	out, err := osexec.Command("setpriv", args...).CombinedOutput()
+	out, err := exec.Command("setpriv", args...).CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
 
@@ -177,7 +177,7 @@ func TestHostileTenantBtrfs(t *testing.T) {
 		// One planted by someone privileged (a root init container) must
 		// be unusable through the published mount.
 		planted := filepath.Join(volumeDir(pool, id), "null")
-		if out, err := osexec.Command("mknod", "-m", "666", planted, "c", "1", "3").CombinedOutput(); err != nil {
+		if out, err := exec.Command("mknod", "-m", "666", planted, "c", "1", "3").CombinedOutput(); err != nil {
 			t.Fatalf("plant a device node: %v: %s", err, out)
 		}
 		if out, err := asTenant("dd", "if=/dev/zero", "of="+filepath.Join(mnt, "null"), "bs=1", "count=1", "status=none"); err == nil {
@@ -186,7 +186,7 @@ func TestHostileTenantBtrfs(t *testing.T) {
 		os.Remove(planted)
 	})
 	t.Run("setuid binaries", func(t *testing.T) {
-		id, err := osexec.LookPath("id")
+		id, err := exec.LookPath("id")
 		if err != nil {
 			t.Skip("no id(1)")
 		}
@@ -284,16 +284,16 @@ func TestOneBrokenObjectDoesNotTakeThePoolDown(t *testing.T) {
 	harness.Must(t, "create broken", err)
 	c.Stop(t)
 	// A delete cut off after its commit point...
-	c = harness.Start(t, harness.Options{Dir: dir, Config: cfg, Faults: []exec.Fault{{Kind: exec.FaultCrashBefore, Nth: 1, Match: "btrfs subvolume delete"}}})
+	c = harness.Start(t, harness.Options{Dir: dir, Config: cfg, Faults: []command.Fault{{Kind: command.FaultCrashBefore, Nth: 1, Match: "btrfs subvolume delete"}}})
 	if err := c.DeleteVolume(ctx, broken.GetVolumeId()); err == nil || !c.WaitKilled(t) {
 		t.Fatalf("the delete was not cut off: %v", err)
 	}
 	// ...whose subvolume recovery cannot remove.
 	brokenDir := volumeDir(pool, broken.GetVolumeId())
-	if out, err := osexec.Command("chattr", "+i", brokenDir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("chattr", "+i", brokenDir).CombinedOutput(); err != nil {
 		t.Fatalf("chattr +i: %v: %s", err, out)
 	}
-	defer osexec.Command("chattr", "-i", brokenDir).Run()
+	defer exec.Command("chattr", "-i", brokenDir).Run()
 
 	c = harness.Start(t, harness.Options{Dir: dir, Config: cfg})
 	if _, err := c.Controller.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: keep.GetVolumeId()}); err != nil {
@@ -317,7 +317,7 @@ func TestOneBrokenObjectDoesNotTakeThePoolDown(t *testing.T) {
 		t.Error("the driver's log does not report the broken object")
 	}
 	// The operator clears the flag; the CO's next retry finishes.
-	if out, err := osexec.Command("chattr", "-i", brokenDir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("chattr", "-i", brokenDir).CombinedOutput(); err != nil {
 		t.Fatalf("chattr -i: %v: %s", err, out)
 	}
 	harness.Must(t, "retried delete", c.DeleteVolume(ctx, broken.GetVolumeId()))

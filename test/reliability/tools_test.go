@@ -16,7 +16,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // hangDeadline is the CSI call deadline in the hang cases: the sidecars'
@@ -35,7 +35,7 @@ type toolStats struct {
 // behind, and succeed when retried once the tool behaves again.
 func TestToolFailuresAtEveryStep(t *testing.T) {
 	base := btrfstest.NewPool(t, backend.GiB, btrfs.Config{})
-	faults := &exec.FaultRunner{Next: &exec.Host{}}
+	faults := &command.FaultRunner{Next: &command.Host{}}
 	pool, err := btrfs.Open(context.Background(), btrfs.Config{PoolPath: base.MountPath(), NodeName: base.NodeName(), Runner: faults})
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func TestToolFailuresAtEveryStep(t *testing.T) {
 
 	var total toolStats
 	start := time.Now()
-	for _, kind := range []exec.FaultKind{exec.FaultFail, exec.FaultGarbage, exec.FaultHang} {
+	for _, kind := range []command.FaultKind{command.FaultFail, command.FaultGarbage, command.FaultHang} {
 		for _, op := range crashOps() {
 			n := 0
 			for k := 1; ; k++ {
@@ -59,10 +59,10 @@ func TestToolFailuresAtEveryStep(t *testing.T) {
 					faults.Disarm()
 					op.setup(t, w, c, name)
 				}
-				fault := exec.Fault{Kind: kind, Nth: k, Stderr: "ERROR: injected failure", Stdout: "garbage\x00{]"}
+				fault := command.Fault{Kind: kind, Nth: k, Stderr: "ERROR: injected failure", Stdout: "garbage\x00{]"}
 				faults.Arm(fault)
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				if kind == exec.FaultHang {
+				if kind == command.FaultHang {
 					ctx, cancel = context.WithTimeout(context.Background(), hangDeadline)
 				}
 				callStart := time.Now()
@@ -79,14 +79,14 @@ func TestToolFailuresAtEveryStep(t *testing.T) {
 					break // fewer than k commands: every step was covered
 				}
 				total.cases++
-				label := fmt.Sprintf("%s %s %s", op.name, kind, exec.FormatFaults([]exec.Fault{fault}))
+				label := fmt.Sprintf("%s %s %s", op.name, kind, command.FormatFaults([]command.Fault{fault}))
 				if err == nil {
 					total.tolerated++
 				} else {
 					total.failedClearly++
 					checkToolError(t, label, kind, err, elapsed, backend.VolumeIDFor(name), backend.SnapshotIDFor(name))
 				}
-				if kind == exec.FaultHang {
+				if kind == command.FaultHang {
 					waitNoHungTool(t, label)
 				}
 				for try := 1; try <= 2; try++ {
@@ -111,12 +111,12 @@ func TestToolFailuresAtEveryStep(t *testing.T) {
 
 // checkToolError insists on an error a person can act on: the right code,
 // the object it is about, and what went wrong.
-func checkToolError(t *testing.T, label string, kind exec.FaultKind, err error, elapsed time.Duration, ids ...string) {
+func checkToolError(t *testing.T, label string, kind command.FaultKind, err error, elapsed time.Duration, ids ...string) {
 	t.Helper()
 	st, _ := status.FromError(err)
 	msg := st.Message()
 	switch kind {
-	case exec.FaultHang:
+	case command.FaultHang:
 		if st.Code() != codes.DeadlineExceeded {
 			t.Errorf("[%s] code %s, want DeadlineExceeded: %s", label, st.Code(), msg)
 		}
@@ -124,11 +124,11 @@ func checkToolError(t *testing.T, label string, kind exec.FaultKind, err error, 
 			t.Errorf("[%s] returned after %s, deadline was %s", label, elapsed, hangDeadline)
 		}
 		return // the client's own deadline message; the server logs the rest
-	case exec.FaultFail:
+	case command.FaultFail:
 		if !strings.Contains(msg, "injected failure") || !strings.Contains(msg, "btrfs ") {
 			t.Errorf("[%s] message lacks the command and its stderr: %q", label, msg)
 		}
-	case exec.FaultGarbage:
+	case command.FaultGarbage:
 		if !strings.Contains(msg, "unexpected output") && !strings.Contains(msg, "parse") {
 			t.Errorf("[%s] message does not say the output was not understood: %q", label, msg)
 		}
@@ -166,7 +166,7 @@ func hungTools() []string {
 	matches, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, m := range matches {
 		b, err := os.ReadFile(m)
-		if err == nil && string(b) == "sleep\x00"+exec.HangSeconds+"\x00" {
+		if err == nil && string(b) == "sleep\x00"+command.HangSeconds+"\x00" {
 			out = append(out, filepath.Base(filepath.Dir(m)))
 		}
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/internal/testenv"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // Require checks what a loop-backed btrfs pool needs.
@@ -38,7 +38,7 @@ func NewPool(t testing.TB, size int64, cfg btrfs.Config) *btrfs.Pool {
 		cfg.NodeName = "test-node"
 	}
 	if cfg.Runner == nil {
-		cfg.Runner = &exec.Host{}
+		cfg.Runner = &command.Host{}
 	}
 	pool, err := btrfs.Open(context.Background(), cfg)
 	if err != nil {

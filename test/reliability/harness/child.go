@@ -20,9 +20,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/driver"
-	"github.com/csi-thin/csi-thin/pkg/exec"
 	"github.com/csi-thin/csi-thin/pkg/node"
 )
 
@@ -31,7 +31,7 @@ const (
 	envServe      = "CSI_THIN_RELIABILITY_SERVE"  // "1": this process is a driver child
 	envConfig     = "CSI_THIN_RELIABILITY_CONFIG" // backend config, opaque to the harness
 	envEndpoint   = "CSI_THIN_RELIABILITY_ENDPOINT"
-	envFaults     = "CSI_THIN_FAULTS"      // exec.ParseFaults syntax; armed when the mutating call arrives
+	envFaults     = "CSI_THIN_FAULTS"      // command.ParseFaults syntax; armed when the mutating call arrives
 	envCrashReply = "CSI_THIN_CRASH_REPLY" // a Controller or Node method name: die after it succeeded, before replying
 	// envRecoveryFaults are armed while the pool is opened, so they count
 	// only the commands of startup recovery.
@@ -44,7 +44,7 @@ const (
 
 // OpenFunc opens the backend of a child from its config, running every
 // storage command through runner.
-type OpenFunc func(ctx context.Context, config string, runner exec.Runner) (backend.Local, error)
+type OpenFunc func(ctx context.Context, config string, runner command.Runner) (backend.Local, error)
 
 // MaybeServe turns this process into a driver child when the environment
 // asks for one; it then never returns. Call it first thing in TestMain.
@@ -70,10 +70,10 @@ func serve(open OpenFunc) error {
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
-	var lists [3][]exec.Fault
+	var lists [3][]command.Fault
 	var err error
 	for i, env := range []string{envFaults, envRecoveryFaults, envMountFaults} {
-		if lists[i], err = exec.ParseFaults(os.Getenv(env)); err != nil {
+		if lists[i], err = command.ParseFaults(os.Getenv(env)); err != nil {
 			return fmt.Errorf("%s: %w", env, err)
 		}
 	}
@@ -88,7 +88,7 @@ func serve(open OpenFunc) error {
 	// crash case, and probes must not consume the fault. Recovery faults
 	// are armed for the opening of the pool only, which is where startup
 	// recovery runs, and disarmed before the first call can arrive.
-	runner := &exec.FaultRunner{Next: &exec.Host{}, Crash: die}
+	runner := &command.FaultRunner{Next: &command.Host{}, Crash: die}
 	runner.Arm(recoveryFaults...)
 	pool, err := open(ctx, os.Getenv(envConfig), runner)
 	runner.Disarm()
@@ -133,9 +133,9 @@ func die() {
 // successful call of crashMethod, before the reply leaves: the storage is
 // complete but the caller never learns it, and retries.
 type faultSet struct {
-	runner      *exec.FaultRunner
-	faults      []exec.Fault
-	mountFaults []exec.Fault
+	runner      *command.FaultRunner
+	faults      []command.Fault
+	mountFaults []command.Fault
 	standIns    bool
 	crashMethod string
 }

@@ -5,18 +5,18 @@ import (
 	"fmt"
 	"io"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // The Node service mounts through k8s.io/mount-utils, which runs mount(8)
-// and umount(8) itself rather than through exec.Runner, and one of its
+// and umount(8) itself rather than through command.Runner, and one of its
 // bind mounts is two mount(8) calls (bind, then remount with the options).
 // Its FormatAndMount and ResizeFs likewise run blkid, fsck, mkfs.<type>,
 // resize2fs and xfs_growfs themselves. To crash between any two of these,
@@ -63,7 +63,7 @@ func setupMountTool(dir string) ([]string, error) {
 	}
 	env := []string{envMountDir + "=" + dir, "PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}
 	for _, tool := range standInTools {
-		real, err := osexec.LookPath(tool)
+		real, err := exec.LookPath(tool)
 		if err != nil {
 			continue
 		}
@@ -81,13 +81,13 @@ func setupMountTool(dir string) ([]string, error) {
 
 // armMountTool runs in the driver child when a mutating call arrives: the
 // stand-ins count from the next call on.
-func armMountTool(faults []exec.Fault) error {
+func armMountTool(faults []command.Fault) error {
 	dir := os.Getenv(envMountDir)
 	if err := os.WriteFile(filepath.Join(dir, "calls"), nil, 0o600); err != nil {
 		return fmt.Errorf("reset mount call count: %w", err)
 	}
 	tmp := filepath.Join(dir, "faults.tmp")
-	if err := os.WriteFile(tmp, []byte(exec.FormatFaults(faults)), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(command.FormatFaults(faults)), 0o600); err != nil {
 		return fmt.Errorf("arm mount faults: %w", err)
 	}
 	return os.Rename(tmp, filepath.Join(dir, "faults"))
@@ -133,16 +133,16 @@ func runMountTool(dir, tool string, args []string) int {
 		return mountFailure
 	}
 	switch fault.Kind {
-	case exec.FaultCrashBefore:
+	case command.FaultCrashBefore:
 		killDriver()
 		return mountFailure
-	case exec.FaultCrashAfter:
-		cmd := osexec.Command(real, args...)
+	case command.FaultCrashAfter:
+		cmd := exec.Command(real, args...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 		err := cmd.Run()
 		killDriver()
 		if err != nil {
-			var ee *osexec.ExitError
+			var ee *exec.ExitError
 			if errors.As(err, &ee) {
 				return ee.ExitCode()
 			}
@@ -157,34 +157,34 @@ func runMountTool(dir, tool string, args []string) int {
 // countMountCall appends line to the calls since arming, under a lock,
 // and returns the fault it triggers. Unarmed (no faults file), nothing is
 // counted.
-func countMountCall(dir, line string) (exec.Fault, bool, error) {
+func countMountCall(dir, line string) (command.Fault, bool, error) {
 	spec, err := os.ReadFile(filepath.Join(dir, "faults"))
 	if errors.Is(err, os.ErrNotExist) {
-		return exec.Fault{}, false, nil
+		return command.Fault{}, false, nil
 	}
 	if err != nil {
-		return exec.Fault{}, false, err
+		return command.Fault{}, false, err
 	}
-	faults, err := exec.ParseFaults(string(spec))
+	faults, err := command.ParseFaults(string(spec))
 	if err != nil {
-		return exec.Fault{}, false, err
+		return command.Fault{}, false, err
 	}
 	f, err := os.OpenFile(filepath.Join(dir, "calls"), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
-		return exec.Fault{}, false, err
+		return command.Fault{}, false, err
 	}
 	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		return exec.Fault{}, false, fmt.Errorf("lock call count: %w", err)
+		return command.Fault{}, false, fmt.Errorf("lock call count: %w", err)
 	}
 	b, err := io.ReadAll(f)
 	if err != nil {
-		return exec.Fault{}, false, err
+		return command.Fault{}, false, err
 	}
 	if _, err := f.WriteString(line + "\n"); err != nil {
-		return exec.Fault{}, false, err
+		return command.Fault{}, false, err
 	}
-	fault, hit := exec.Triggered(faults, append(lines(b), line))
+	fault, hit := command.Triggered(faults, append(lines(b), line))
 	return fault, hit, nil
 }
 

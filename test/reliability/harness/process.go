@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/csi-thin/csi-thin/internal/csiclient"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // Options start one driver child.
@@ -26,16 +26,16 @@ type Options struct {
 	Config string
 	// Faults hit storage commands; they are armed when a mutating
 	// Controller or Node call arrives.
-	Faults []exec.Fault
+	Faults []command.Fault
 	// RecoveryFaults hit the storage commands of startup recovery: they
 	// are armed while the pool is opened and disarmed before the child
 	// serves. Use StartMayCrash with them.
-	RecoveryFaults []exec.Fault
+	RecoveryFaults []command.Fault
 	// MountFaults hit the calls of mount(8), umount(8) and the filesystem
 	// tools mount-utils runs (blkid, fsck, mkfs.*, resize2fs, xfs_growfs;
 	// crash kinds only, counted apart from Faults);
 	// they are armed like Faults. See mountwrap.go.
-	MountFaults []exec.Fault
+	MountFaults []command.Fault
 	// RecordTools installs the tool stand-ins without faults, so that
 	// MountCalls tells what a call ran.
 	RecordTools bool
@@ -49,7 +49,7 @@ type Options struct {
 // Child is a running driver process and a CSI client connected to it.
 type Child struct {
 	*csiclient.Client
-	cmd     *osexec.Cmd
+	cmd     *exec.Cmd
 	logPath string
 	done    chan struct{}
 	waitErr error
@@ -122,18 +122,18 @@ func launch(o Options) (*Child, bool, error) {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== child start faults=%q recoveryFaults=%q mountFaults=%q crashReply=%q\n",
-		exec.FormatFaults(o.Faults), exec.FormatFaults(o.RecoveryFaults), exec.FormatFaults(o.MountFaults), o.CrashReply)
+		command.FormatFaults(o.Faults), command.FormatFaults(o.RecoveryFaults), command.FormatFaults(o.MountFaults), o.CrashReply)
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, false, fmt.Errorf("remove old socket: %w", err)
 	}
-	cmd := osexec.Command(os.Args[0], fmt.Sprintf("-v=%d", o.Verbosity))
+	cmd := exec.Command(os.Args[0], fmt.Sprintf("-v=%d", o.Verbosity))
 	cmd.Env = append(os.Environ(),
 		envServe+"=1",
 		envConfig+"="+o.Config,
 		envEndpoint+"=unix://"+sock,
-		envFaults+"="+exec.FormatFaults(o.Faults),
-		envRecoveryFaults+"="+exec.FormatFaults(o.RecoveryFaults),
-		envMountFaults+"="+exec.FormatFaults(o.MountFaults),
+		envFaults+"="+command.FormatFaults(o.Faults),
+		envRecoveryFaults+"="+command.FormatFaults(o.RecoveryFaults),
+		envMountFaults+"="+command.FormatFaults(o.MountFaults),
 		envCrashReply+"="+o.CrashReply,
 		// A -race build sleeps 1 s at exit by default; children exit often.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
@@ -229,7 +229,7 @@ func (c *Child) WaitKilled(t testing.TB) bool {
 
 // killed reports whether the ended child died of SIGKILL.
 func (c *Child) killed() bool {
-	var ee *osexec.ExitError
+	var ee *exec.ExitError
 	if errors.As(c.waitErr, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
 			return true

@@ -18,7 +18,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/internal/csiclient"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -58,7 +58,7 @@ func halfMade(lv lvRow) bool {
 	return false
 }
 
-func (w *world) start(t *testing.T, faults []exec.Fault, crashReply string) *harness.Child {
+func (w *world) start(t *testing.T, faults []command.Fault, crashReply string) *harness.Child {
 	return harness.Start(t, harness.Options{Dir: w.dir, Config: w.config, Faults: faults, CrashReply: crashReply, Verbosity: 2})
 }
 
@@ -256,10 +256,10 @@ func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 	n := 0
 	clean := w.start(t, nil, "")
 	defer func() { clean.Stop(t) }()
-	point := func(faults []exec.Fault, crashReply string) bool {
+	point := func(faults []command.Fault, crashReply string) bool {
 		n++
 		name := fmt.Sprintf("%s-%d", op.name, n)
-		label := exec.FormatFaults(faults) + crashReply
+		label := command.FormatFaults(faults) + crashReply
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if op.setup != nil {
@@ -289,10 +289,10 @@ func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 		return crashed
 	}
 	for k := 1; ; k++ {
-		if !point([]exec.Fault{{Kind: exec.FaultCrashBefore, Nth: k}}, "") {
+		if !point([]command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, "") {
 			break
 		}
-		point([]exec.Fault{{Kind: exec.FaultCrashAfter, Nth: k}}, "")
+		point([]command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, "")
 	}
 	if !point(nil, op.method) {
 		t.Fatalf("%s: the crash before the reply did not fire", op.name)

@@ -16,14 +16,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/csi-thin/csi-thin/internal/testenv"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 
 // openChild opens the test's pool in a driver child; the VG and its loop
 // device outlive each child, as they outlive a driver restart on a node.
-func openChild(ctx context.Context, config string, runner exec.Runner) (backend.Local, error) {
+func openChild(ctx context.Context, config string, runner command.Runner) (backend.Local, error) {
 	var cfg lvmthin.Config
 	if err := json.Unmarshal([]byte(config), &cfg); err != nil {
 		return nil, fmt.Errorf("child config %q: %w", config, err)
@@ -48,10 +48,10 @@ func requireDMThin(t *testing.T) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommands(t, "lvm", "dmsetup", "losetup", "blkid")
-	out, _ := osexec.Command("dmsetup", "targets").CombinedOutput()
+	out, _ := exec.Command("dmsetup", "targets").CombinedOutput()
 	if !bytes.Contains(out, []byte("thin-pool")) {
-		osexec.Command("modprobe", "dm-thin-pool").Run()
-		out, _ = osexec.Command("dmsetup", "targets").CombinedOutput()
+		exec.Command("modprobe", "dm-thin-pool").Run()
+		out, _ = exec.Command("dmsetup", "targets").CombinedOutput()
 	}
 	if !bytes.Contains(out, []byte("thin-pool")) {
 		testenv.Missing(t, "the kernel has no dm-thin-pool target (run this package in test/vm: see the package doc)")
@@ -99,7 +99,7 @@ func newPool(t *testing.T, vg string, size int64, mutate func(*lvmthin.Config)) 
 	return b, cfg
 }
 
-var host = &exec.Host{Timeout: 2 * time.Minute}
+var host = &command.Host{Timeout: 2 * time.Minute}
 
 // lvm runs one LVM command the way the driver does (same --config).
 func lvm(t *testing.T, args ...string) []byte {

@@ -21,7 +21,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/internal/csiclient"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -79,21 +79,21 @@ func nodeExpand(ctx context.Context, v *nodeVol, c *csiclient.Client) error {
 }
 
 // nodePoint is one crash point: a SIGKILL before or after one command of
-// the call (an LVM command through exec.FaultRunner, or a tool that
+// the call (an LVM command through command.FaultRunner, or a tool that
 // mount-utils runs itself, through the harness's stand-in), or after the
 // call succeeded, before the reply.
 type nodePoint struct {
 	label, method string // method: the call, for the crash before its reply
-	faults, tools []exec.Fault
+	faults, tools []command.Fault
 	reply         bool
 }
 
-func lvmCrash(kind exec.FaultKind, cmd string) nodePoint {
-	return nodePoint{label: string(kind) + " lvm " + cmd, faults: []exec.Fault{{Kind: kind, Nth: 1, Match: "lvm " + cmd}}}
+func lvmCrash(kind command.FaultKind, cmd string) nodePoint {
+	return nodePoint{label: string(kind) + " lvm " + cmd, faults: []command.Fault{{Kind: kind, Nth: 1, Match: "lvm " + cmd}}}
 }
 
-func toolCrash(kind exec.FaultKind, tool string, nth int) nodePoint {
-	return nodePoint{label: fmt.Sprintf("%s %s #%d", kind, tool, nth), tools: []exec.Fault{{Kind: kind, Nth: nth, Match: tool}}}
+func toolCrash(kind command.FaultKind, tool string, nth int) nodePoint {
+	return nodePoint{label: fmt.Sprintf("%s %s #%d", kind, tool, nth), tools: []command.Fault{{Kind: kind, Nth: nth, Match: tool}}}
 }
 
 var replyCrash = nodePoint{label: "before the reply", reply: true}
@@ -151,7 +151,7 @@ func nodeOps() []nodeOp {
 	ext4 := func(n *nodeCrash) *nodeVol { return n.ext4 }
 	xfs := func(n *nodeCrash) *nodeVol { return n.xfs }
 	block := func(n *nodeCrash) *nodeVol { return n.block }
-	before, after := exec.FaultCrashBefore, exec.FaultCrashAfter
+	before, after := command.FaultCrashBefore, command.FaultCrashAfter
 	return []nodeOp{
 		// A first stage of a fresh LV after a reboot: activate, blkid
 		// (blank), mkfs, mount.

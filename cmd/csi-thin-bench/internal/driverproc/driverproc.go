@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,7 +38,7 @@ type Options struct {
 // Process is a running driver with a client connected to it.
 type Process struct {
 	Client *csiclient.Client
-	cmd    *osexec.Cmd
+	cmd    *exec.Cmd
 	log    *os.File
 	done   chan error
 }
@@ -50,7 +50,7 @@ func Start(ctx context.Context, o Options) (*Process, error) {
 		return nil, fmt.Errorf("driver log: %w", err)
 	}
 	args := append([]string{"--endpoint=unix://" + o.Socket}, o.Args...)
-	cmd := osexec.Command(o.Binary, args...)
+	cmd := exec.Command(o.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C in the terminal reaches only us, so
 	// the driver is still there to delete volumes and unmount during
@@ -159,7 +159,7 @@ func (p *Process) Stop(ctx context.Context) error {
 	select {
 	case err := <-p.done:
 		p.done <- err
-		var exit *osexec.ExitError
+		var exit *exec.ExitError
 		if errors.As(err, &exit) && exit.Sys().(syscall.WaitStatus).Signaled() {
 			return nil // stopped by our signal before it installed a handler
 		}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/mounts"
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // BtrfsLoop is the driver's embedded default pool: a sparse file that the
@@ -25,12 +25,12 @@ import (
 type BtrfsLoop struct {
 	dir, file, mnt string
 	size           int64
-	run            exec.Runner
+	run            command.Runner
 }
 
 // NewBtrfsLoop plans a pool of sizeBytes in dir; the driver creates it.
 func NewBtrfsLoop(dir string, sizeBytes int64) *BtrfsLoop {
-	return &BtrfsLoop{dir: dir, file: filepath.Join(dir, "pool.img"), mnt: filepath.Join(dir, "pool"), size: sizeBytes, run: &exec.Host{}}
+	return &BtrfsLoop{dir: dir, file: filepath.Join(dir, "pool.img"), mnt: filepath.Join(dir, "pool"), size: sizeBytes, run: &command.Host{}}
 }
 
 func (b *BtrfsLoop) Kind() string { return "btrfs" }
@@ -206,7 +206,7 @@ func (b *BtrfsLoop) Teardown(ctx context.Context) error {
 }
 
 // detachLoops detaches every loop device backed by file.
-func detachLoops(ctx context.Context, run exec.Runner, file string) error {
+func detachLoops(ctx context.Context, run command.Runner, file string) error {
 	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/mounts"
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
-	"github.com/csi-thin/csi-thin/pkg/exec"
+	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
 )
 
@@ -21,13 +21,13 @@ import (
 // (--devices); in the test VM that is its scratch virtio disk.
 type LVMDevice struct {
 	dir, device, vg, pool string
-	run                   exec.Runner
+	run                   command.Runner
 }
 
 // NewLVMDevice plans a pool on device (which must be blank: the driver
 // refuses a disk with a signature) with mounts under dir.
 func NewLVMDevice(dir, device, vg, pool string) *LVMDevice {
-	return &LVMDevice{dir: dir, device: device, vg: vg, pool: pool, run: &exec.Host{}}
+	return &LVMDevice{dir: dir, device: device, vg: vg, pool: pool, run: &command.Host{}}
 }
 
 func (l *LVMDevice) Kind() string { return "lvmthin" }

@@ -1,8 +1,8 @@
-// Package exec runs external storage tools (btrfs, lvm, mkfs) with argument
+// Package command runs external storage tools (btrfs, lvm, mkfs) with argument
 // lists — never through a shell — under a context deadline, and reports
 // their output and exit status. It never parses what a tool prints: the
 // backends do that into typed results.
-package exec
+package command
 
 import (
 	"bytes"
@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	osexec "os/exec"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -91,7 +91,7 @@ func (h *Host) Run(ctx context.Context, name string, args ...string) (Result, er
 	defer cancel()
 
 	argv := append(append(append([]string{}, h.Prefix...), name), args...)
-	cmd := osexec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), h.Env...)
 	// Kill the whole process (not just wait for pipes) when the deadline
 	// passes, so a hung tool cannot outlive its RPC.
@@ -108,7 +108,7 @@ func (h *Host) Run(ctx context.Context, name string, args ...string) (Result, er
 		return res, nil
 	}
 	res.ExitCode = -1
-	var exitErr *osexec.ExitError
+	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) && ctx.Err() == nil {
 		res.ExitCode = exitErr.ExitCode()
 	}
