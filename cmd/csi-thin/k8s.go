@@ -31,6 +31,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/k8s/registration"
 	"github.com/csi-thin/csi-thin/pkg/k8s/router"
 	"github.com/csi-thin/csi-thin/pkg/node"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // runController serves the CSI Controller service with the router as its
@@ -111,12 +112,12 @@ func runNode(ctx context.Context, o *options) error {
 	}
 	regSocket := o.registration
 	if regSocket == "" {
-		regSocket = filepath.Join(o.kubeletDir, "plugins_registry", driver.Name+"-reg.sock")
+		regSocket = filepath.Join(o.kubeletDir, "plugins_registry", wellknown.DriverName+"-reg.sock")
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	reg := &registration.Server{
-		DriverName: driver.Name,
+		DriverName: wellknown.DriverName,
 		Endpoint:   csiSocket, // the pod mounts the kubelet dir at the host's path
 		Socket:     regSocket,
 		// Exit so that the pod restarts and the kubelet sees a new socket.

@@ -20,10 +20,8 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/keylock"
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
-
-// TopologyKey is the topology segment key naming a node.
-const TopologyKey = "topology.csi-thin.io/node"
 
 // Kubernetes metadata the external-provisioner adds with
 // --extra-create-metadata; recorded with the volume, not validated.
@@ -165,7 +163,7 @@ func (s *Server) placement(ctx context.Context, src backend.Source, topo *csi.To
 func nodesOf(topos []*csi.Topology) []string {
 	var out []string
 	for _, t := range topos {
-		if n := t.GetSegments()[TopologyKey]; n != "" {
+		if n := t.GetSegments()[wellknown.TopologyKey]; n != "" {
 			out = append(out, n)
 		}
 	}
@@ -266,7 +264,7 @@ func csiVolume(v *backend.Volume, src *csi.VolumeContentSource) *csi.Volume {
 		ContentSource: src,
 	}
 	if v.Node != "" {
-		out.AccessibleTopology = []*csi.Topology{{Segments: map[string]string{TopologyKey: v.Node}}}
+		out.AccessibleTopology = []*csi.Topology{{Segments: map[string]string{wellknown.TopologyKey: v.Node}}}
 	}
 	if src == nil {
 		out.ContentSource = contentSource(v.Source)
@@ -417,7 +415,7 @@ func (s *Server) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 			return nil, err
 		}
 	}
-	node := req.GetAccessibleTopology().GetSegments()[TopologyKey]
+	node := req.GetAccessibleTopology().GetSegments()[wellknown.TopologyKey]
 	c, err := s.backend.Capacity(ctx, node)
 	if err != nil {
 		return nil, rpcerr.Status(err)

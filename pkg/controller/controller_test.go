@@ -12,6 +12,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/backend/fake"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 func mountCap(mode csi.VolumeCapability_AccessMode_Mode) []*csi.VolumeCapability {
@@ -24,7 +25,7 @@ func mountCap(mode csi.VolumeCapability_AccessMode_Mode) []*csi.VolumeCapability
 var rwo = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
 
 func nodeTopo(n string) []*csi.Topology {
-	return []*csi.Topology{{Segments: map[string]string{TopologyKey: n}}}
+	return []*csi.Topology{{Segments: map[string]string{wellknown.TopologyKey: n}}}
 }
 
 func TestCreateVolumeValidation(t *testing.T) {
@@ -62,7 +63,7 @@ func TestCreateVolumeReportsTopologyAndSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := resp.GetVolume()
-	if v.GetAccessibleTopology()[0].GetSegments()[TopologyKey] != "n1" || v.GetVolumeId() != backend.VolumeIDFor("src") {
+	if v.GetAccessibleTopology()[0].GetSegments()[wellknown.TopologyKey] != "n1" || v.GetVolumeId() != backend.VolumeIDFor("src") {
 		t.Fatalf("volume %+v", v)
 	}
 	clone, err := s.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: rwo,

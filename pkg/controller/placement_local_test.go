@@ -11,6 +11,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/backend/fake"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // countingLocal counts source lookups on a local pool.
@@ -53,7 +54,7 @@ func TestLocalCloneAndRestoreDoNotLookUpTheSource(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if got := resp.GetVolume().GetAccessibleTopology()[0].GetSegments()[TopologyKey]; got != "n1" {
+		if got := resp.GetVolume().GetAccessibleTopology()[0].GetSegments()[wellknown.TopologyKey]; got != "n1" {
 			t.Errorf("%s placed on %q, want n1", name, got)
 		}
 	}

@@ -20,9 +20,6 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/unixsock"
 )
 
-// Name is the CSI driver name.
-const Name = "csi-thin.io"
-
 // Version is set at build time with -ldflags.
 var Version = "dev"
 

@@ -8,6 +8,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // HealthFunc reports whether the storage behind this process is usable.
@@ -28,7 +29,7 @@ func NewIdentity(health HealthFunc, controller bool) *Identity {
 
 // GetPluginInfo implements csi.IdentityServer.
 func (i *Identity) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
-	return &csi.GetPluginInfoResponse{Name: Name, VendorVersion: Version}, nil
+	return &csi.GetPluginInfoResponse{Name: wellknown.DriverName, VendorVersion: Version}, nil
 }
 
 // GetPluginCapabilities implements csi.IdentityServer.

@@ -20,6 +20,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/keylock"
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // DefaultFsType is what a block-backed volume is formatted with when
@@ -75,7 +76,7 @@ func (s *Server) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.Nod
 	return &csi.NodeGetInfoResponse{
 		NodeId:             s.nodeID,
 		MaxVolumesPerNode:  s.maxVolumes,
-		AccessibleTopology: &csi.Topology{Segments: map[string]string{controller.TopologyKey: s.backend.NodeName()}},
+		AccessibleTopology: &csi.Topology{Segments: map[string]string{wellknown.TopologyKey: s.backend.NodeName()}},
 	}, nil
 }
 

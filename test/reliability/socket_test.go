@@ -16,6 +16,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/driver"
 	"github.com/csi-thin/csi-thin/pkg/k8s/registration"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // TestSocketIsPrivateFromBirth starts each of the driver's sockets (the
@@ -41,7 +42,7 @@ func TestSocketIsPrivateFromBirth(t *testing.T) {
 			return d.Run(ctx)
 		}},
 		{"kubelet registration", func(ctx context.Context, sock string) error {
-			r := &registration.Server{DriverName: driver.Name, Endpoint: "/var/lib/kubelet/plugins/csi-thin.io/csi.sock", Socket: sock}
+			r := &registration.Server{DriverName: wellknown.DriverName, Endpoint: "/var/lib/kubelet/plugins/csi-thin.io/csi.sock", Socket: sock}
 			return r.Run(ctx)
 		}},
 	}

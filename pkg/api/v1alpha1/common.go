@@ -21,23 +21,6 @@ const (
 	PhaseLost Phase = "Lost"
 )
 
-// Finalizer is held by the node agent on every ThinVolume and ThinSnapshot
-// until the storage behind it is gone from the node, so that deleting the
-// resource never orphans a subvolume or LV.
-const Finalizer = "csi-thin.io/node-cleanup"
-
-// Labels the controller puts on the resources it creates.
-const (
-	// LabelNode selects the resources of one node; the node agent's cache
-	// watches only its own.
-	LabelNode = "csi-thin.io/node"
-	// LabelPVCName and LabelPVCNamespace record the claim a volume was made
-	// for (from the provisioner's --extra-create-metadata), so that
-	// `kubectl get thinvolumes -l` finds it.
-	LabelPVCName      = "csi-thin.io/pvc-name"
-	LabelPVCNamespace = "csi-thin.io/pvc-namespace"
-)
-
 // Condition types.
 const (
 	// ConditionReady mirrors Phase with a reason (the gRPC code name) and

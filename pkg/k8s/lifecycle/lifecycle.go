@@ -23,6 +23,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // Defaults for Detector.
@@ -188,7 +190,7 @@ func (d *Detector) judge(ctx context.Context, node string) (*nodeState, error) {
 func (d *Detector) handle(ctx context.Context, obj client.Object, node string, phase *thinv1.Phase, conds *[]metav1.Condition, generation int64, pvName string, s *nodeState) error {
 	logger := klog.FromContext(ctx).WithValues(idKey(obj), obj.GetName(), "node", node)
 	if !obj.GetDeletionTimestamp().IsZero() {
-		if !s.gone || !controllerutil.ContainsFinalizer(obj, thinv1.Finalizer) {
+		if !s.gone || !controllerutil.ContainsFinalizer(obj, wellknown.FinalizerNodeCleanup) {
 			return nil // the agent, back, finishes the deletion
 		}
 		return ReleaseFinalizer(ctx, d.Client, d.Recorder, obj, s.why)
@@ -236,7 +238,7 @@ func (d *Detector) tellClaim(ctx context.Context, volumeID, pvName, why string) 
 // node will never remove its storage, with an Event that says why.
 func ReleaseFinalizer(ctx context.Context, c client.Client, rec events.EventRecorder, obj client.Object, why string) error {
 	patch := client.MergeFrom(obj.DeepCopyObject().(client.Object))
-	if !controllerutil.RemoveFinalizer(obj, thinv1.Finalizer) {
+	if !controllerutil.RemoveFinalizer(obj, wellknown.FinalizerNodeCleanup) {
 		return nil
 	}
 	if err := c.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {

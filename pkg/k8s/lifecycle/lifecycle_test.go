@@ -19,6 +19,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -65,8 +66,8 @@ func thinNode(name string, age time.Duration) *thinv1.ThinNode {
 
 func volume(name, node string) *thinv1.ThinVolume {
 	return &thinv1.ThinVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: backend.VolumeIDFor(name), Labels: map[string]string{thinv1.LabelNode: node},
-			Finalizers: []string{thinv1.Finalizer}},
+		ObjectMeta: metav1.ObjectMeta{Name: backend.VolumeIDFor(name), Labels: map[string]string{wellknown.LabelNode: node},
+			Finalizers: []string{wellknown.FinalizerNodeCleanup}},
 		Spec:   thinv1.ThinVolumeSpec{Node: node, Name: "pv-" + name, RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
 		Status: thinv1.ThinVolumeStatus{Phase: thinv1.PhaseReady},
 	}
@@ -153,7 +154,7 @@ func TestOrphansCollected(t *testing.T) {
 		tv := volume(name, "n1")
 		tv.CreationTimestamp = old
 		if policy != "" {
-			tv.Annotations = map[string]string{AnnotationReclaim: policy}
+			tv.Annotations = map[string]string{wellknown.AnnotationReclaimPolicy: policy}
 		}
 		return tv
 	}
@@ -189,7 +190,7 @@ func TestOrphansCollected(t *testing.T) {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(tv), got); err != nil || got.DeletionTimestamp != nil {
 			t.Errorf("%s deleted: %v", tv.Spec.Name, err)
 		}
-		if tv == bound && got.Annotations[AnnotationReclaim] != "Retain" {
+		if tv == bound && got.Annotations[wellknown.AnnotationReclaimPolicy] != "Retain" {
 			t.Errorf("bound volume's reclaim policy not recorded: %v", got.Annotations)
 		}
 	}

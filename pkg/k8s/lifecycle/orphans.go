@@ -11,18 +11,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // DefaultOrphanGrace is how old a ThinVolume without a PV must be before
 // it is collected: far beyond the provisioner's call timeout and retries,
 // so that a volume whose PV is about to be made is never taken.
 const DefaultOrphanGrace = 15 * time.Minute
-
-// AnnotationReclaim records the reclaim policy of the PV last seen for a
-// ThinVolume. A ThinVolume whose PV disappeared is deleted only if that
-// PV said Delete or no PV was ever seen; a Retain PV's volume is kept (the
-// administrator chose to keep the storage) and only reported.
-const AnnotationReclaim = "csi-thin.io/reclaim-policy"
 
 // collectOrphans deletes the Ready or Failed ThinVolumes older than
 // OrphanGrace that no PV stands for (their PVC was deleted while they
@@ -46,12 +42,12 @@ func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume,
 		}
 		logger := klog.FromContext(ctx).WithValues("volumeID", tv.Name, "pv", tv.Spec.Name, "node", tv.Spec.Node)
 		if pv := byName[tv.Spec.Name]; pv != nil && pv.Spec.CSI != nil && pv.Spec.CSI.VolumeHandle == tv.Name {
-			if policy := string(pv.Spec.PersistentVolumeReclaimPolicy); policy != "" && tv.Annotations[AnnotationReclaim] != policy {
+			if policy := string(pv.Spec.PersistentVolumeReclaimPolicy); policy != "" && tv.Annotations[wellknown.AnnotationReclaimPolicy] != policy {
 				patch := client.MergeFrom(tv.DeepCopy())
 				if tv.Annotations == nil {
 					tv.Annotations = map[string]string{}
 				}
-				tv.Annotations[AnnotationReclaim] = policy
+				tv.Annotations[wellknown.AnnotationReclaimPolicy] = policy
 				if err := d.Client.Patch(ctx, tv, patch); err != nil && !apierrors.IsNotFound(err) {
 					return fmt.Errorf("record reclaim policy of %s: %w", tv.Name, err)
 				}
@@ -64,7 +60,7 @@ func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume,
 		if d.now().Sub(tv.CreationTimestamp.Time) < d.orphanGrace() {
 			continue
 		}
-		if tv.Annotations[AnnotationReclaim] == string(corev1.PersistentVolumeReclaimRetain) {
+		if tv.Annotations[wellknown.AnnotationReclaimPolicy] == string(corev1.PersistentVolumeReclaimRetain) {
 			if d.reported == nil {
 				d.reported = map[string]bool{}
 			}

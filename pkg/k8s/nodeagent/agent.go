@@ -15,6 +15,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // CacheOptions makes the agent's cache hold only its own node's
@@ -23,7 +24,7 @@ import (
 // receives nothing of the other nodes' (memory and traffic stay flat as the
 // cluster grows, and it needs no data of theirs).
 func CacheOptions(node string) map[client.Object]cache.ByObject {
-	mine := labels.SelectorFromSet(labels.Set{thinv1.LabelNode: node})
+	mine := labels.SelectorFromSet(labels.Set{wellknown.LabelNode: node})
 	return map[client.Object]cache.ByObject{
 		&thinv1.ThinVolume{}:   {Label: mine},
 		&thinv1.ThinSnapshot{}: {Label: mine},
@@ -90,7 +91,7 @@ func (l *Labeler) Start(ctx context.Context) error {
 
 // LabelOnce labels this node's unlabeled resources and returns how many.
 func (l *Labeler) LabelOnce(ctx context.Context) (int, error) {
-	req, err := labels.NewRequirement(thinv1.LabelNode, selection.DoesNotExist, nil)
+	req, err := labels.NewRequirement(wellknown.LabelNode, selection.DoesNotExist, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -121,7 +122,7 @@ func (l *Labeler) LabelOnce(ctx context.Context) (int, error) {
 		if lb == nil {
 			lb = map[string]string{}
 		}
-		lb[thinv1.LabelNode] = l.Node
+		lb[wellknown.LabelNode] = l.Node
 		obj.SetLabels(lb)
 		if err := l.Client.Patch(ctx, obj, patch); err != nil {
 			return n, fmt.Errorf("label %s: %w", obj.GetName(), client.IgnoreNotFound(err))

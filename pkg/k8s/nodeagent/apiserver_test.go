@@ -23,6 +23,7 @@ import (
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/backend/fake"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // seen records the names an agent's informers delivered.
@@ -117,14 +118,14 @@ func TestAgentReceivesOnlyItsNode(t *testing.T) {
 		tv := newVolume(backend.VolumeIDFor(name), node, backend.GiB)
 		tv.Generation = 0
 		if labeled {
-			tv.Labels = map[string]string{thinv1.LabelNode: node}
+			tv.Labels = map[string]string{wellknown.LabelNode: node}
 		}
 		return tv
 	}
 	want := map[string]map[string]bool{"n1": {}, "n2": {}}
 	objs := []client.Object{vol("a1", "n1", true), vol("a2", "n1", true), vol("b1", "n2", true), vol("legacy", "n1", false)}
 	snap := &thinv1.ThinSnapshot{
-		ObjectMeta: metav1.ObjectMeta{Name: backend.SnapshotIDFor("sb1"), Labels: map[string]string{thinv1.LabelNode: "n2"}},
+		ObjectMeta: metav1.ObjectMeta{Name: backend.SnapshotIDFor("sb1"), Labels: map[string]string{wellknown.LabelNode: "n2"}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: "n2", SourceVolumeID: backend.VolumeIDFor("b1")},
 	}
 	for _, o := range objs {
@@ -176,7 +177,7 @@ func TestAgentReceivesOnlyItsNode(t *testing.T) {
 		}
 	}
 	legacy := backend.VolumeIDFor("legacy")
-	if tv := objs[3].(*thinv1.ThinVolume); tv.Labels[thinv1.LabelNode] != "n1" {
+	if tv := objs[3].(*thinv1.ThinVolume); tv.Labels[wellknown.LabelNode] != "n1" {
 		t.Errorf("unlabeled resource not labeled: %v", tv.Labels)
 	}
 	for node, names := range want {

@@ -23,6 +23,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // fakePool is an in-memory backend.Local whose next errors a test scripts.
@@ -235,7 +236,7 @@ func TestVolumeCreate(t *testing.T) {
 	if tv.Status.Phase != thinv1.PhaseReady || tv.Status.SizeBytes != backend.GiB+backend.MiB || tv.Status.Code != "OK" {
 		t.Errorf("status %+v", tv.Status)
 	}
-	if len(tv.Finalizers) != 1 || tv.Finalizers[0] != thinv1.Finalizer {
+	if len(tv.Finalizers) != 1 || tv.Finalizers[0] != wellknown.FinalizerNodeCleanup {
 		t.Errorf("finalizers %v", tv.Finalizers)
 	}
 	if c := apimeta.FindStatusCondition(tv.Status.Conditions, thinv1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
@@ -416,7 +417,7 @@ func TestStaleCacheDoesNotCreateTwice(t *testing.T) {
 func TestLostVolumeRecovers(t *testing.T) {
 	lost := func(name string) *thinv1.ThinVolume {
 		tv := newVolume(name, "n1", backend.GiB)
-		tv.Finalizers = []string{thinv1.Finalizer}
+		tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
 		tv.Status.Phase = thinv1.PhaseLost
 		return tv
 	}
@@ -445,7 +446,7 @@ func TestLostVolumeRecovers(t *testing.T) {
 // the ThinNode's status, and stays in the pool.
 func TestStraysReported(t *testing.T) {
 	known := newVolume(vol1, "n1", backend.GiB)
-	known.Labels = map[string]string{thinv1.LabelNode: "n1"}
+	known.Labels = map[string]string{wellknown.LabelNode: "n1"}
 	e := newEnv(t, known)
 	stray := backend.VolumeIDFor("stray")
 	e.pool.vols[vol1] = &backend.Volume{ID: vol1, SizeBytes: backend.GiB}

@@ -19,6 +19,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // SnapshotReconciler makes the ThinSnapshots of this node real.
@@ -53,7 +54,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if !ts.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.delete(ctx, ts)
 	}
-	if controllerutil.AddFinalizer(ts, thinv1.Finalizer) {
+	if controllerutil.AddFinalizer(ts, wellknown.FinalizerNodeCleanup) {
 		if err := r.Client.Update(ctx, ts); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
@@ -130,7 +131,7 @@ func (r *SnapshotReconciler) recover(ctx context.Context, ts *thinv1.ThinSnapsho
 }
 
 func (r *SnapshotReconciler) delete(ctx context.Context, ts *thinv1.ThinSnapshot) error {
-	if !controllerutil.ContainsFinalizer(ts, thinv1.Finalizer) {
+	if !controllerutil.ContainsFinalizer(ts, wellknown.FinalizerNodeCleanup) {
 		return nil
 	}
 	logger := klog.FromContext(ctx)
@@ -144,7 +145,7 @@ func (r *SnapshotReconciler) delete(ctx context.Context, ts *thinv1.ThinSnapshot
 		}
 		return err
 	}
-	controllerutil.RemoveFinalizer(ts, thinv1.Finalizer)
+	controllerutil.RemoveFinalizer(ts, wellknown.FinalizerNodeCleanup)
 	if err := r.Client.Update(ctx, ts); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("remove finalizer: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // DefaultStatusInterval is how often the ThinNode is refreshed without a
@@ -125,14 +126,14 @@ func Strays(ctx context.Context, c client.Reader, pool backend.Local) ([]string,
 	node := pool.NodeName()
 	known := map[string]bool{}
 	var vols thinv1.ThinVolumeList
-	if err := c.List(ctx, &vols, client.MatchingLabels{thinv1.LabelNode: node}); err != nil {
+	if err := c.List(ctx, &vols, client.MatchingLabels{wellknown.LabelNode: node}); err != nil {
 		return nil, fmt.Errorf("list ThinVolumes: %w", err)
 	}
 	for _, tv := range vols.Items {
 		known[tv.Name] = true
 	}
 	var snaps thinv1.ThinSnapshotList
-	if err := c.List(ctx, &snaps, client.MatchingLabels{thinv1.LabelNode: node}); err != nil {
+	if err := c.List(ctx, &snaps, client.MatchingLabels{wellknown.LabelNode: node}); err != nil {
 		return nil, fmt.Errorf("list ThinSnapshots: %w", err)
 	}
 	for _, ts := range snaps.Items {
@@ -180,7 +181,7 @@ func (s *NodeStatus) Update(ctx context.Context) error {
 	tn := &thinv1.ThinNode{}
 	err := s.Client.Get(ctx, client.ObjectKey{Name: name}, tn)
 	if apierrors.IsNotFound(err) {
-		tn = &thinv1.ThinNode{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{thinv1.LabelNode: name}}}
+		tn = &thinv1.ThinNode{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{wellknown.LabelNode: name}}}
 		if ref, ok := s.nodeOwner(ctx, name); ok {
 			tn.OwnerReferences = []metav1.OwnerReference{ref}
 		}

@@ -20,6 +20,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // expandRetry is how soon a failed expansion is tried again: the resizer
@@ -76,7 +77,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if !tv.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.delete(ctx, tv)
 	}
-	if controllerutil.AddFinalizer(tv, thinv1.Finalizer) {
+	if controllerutil.AddFinalizer(tv, wellknown.FinalizerNodeCleanup) {
 		// Before any storage exists: the resource can never vanish without
 		// the node hearing of it.
 		if err := r.Client.Update(ctx, tv); err != nil {
@@ -235,7 +236,7 @@ func (r *VolumeReconciler) expand(ctx context.Context, tv *thinv1.ThinVolume) (c
 }
 
 func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) error {
-	if !controllerutil.ContainsFinalizer(tv, thinv1.Finalizer) {
+	if !controllerutil.ContainsFinalizer(tv, wellknown.FinalizerNodeCleanup) {
 		return nil
 	}
 	logger := klog.FromContext(ctx)
@@ -249,7 +250,7 @@ func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) er
 		}
 		return err // requeued with backoff
 	}
-	controllerutil.RemoveFinalizer(tv, thinv1.Finalizer)
+	controllerutil.RemoveFinalizer(tv, wellknown.FinalizerNodeCleanup)
 	if err := r.Client.Update(ctx, tv); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("remove finalizer: %w", err)
 	}

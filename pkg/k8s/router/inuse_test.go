@@ -20,6 +20,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend/fake"
 	"github.com/csi-thin/csi-thin/pkg/controller"
 	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // TestDeleteOfMountedVolumeInClusterMode: in cluster mode the node agent
@@ -30,7 +31,7 @@ import (
 func TestDeleteOfMountedVolumeInClusterMode(t *testing.T) {
 	const mountPath = "/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pv-a/mount"
 	tv := readyVolume(volA, "n1", backend.GiB)
-	tv.Finalizers = []string{thinv1.Finalizer}
+	tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
 	h := newHarness(t, tv)
 	pool := fake.New("n1", 10*backend.GiB)
 	if _, err := pool.CreateVolume(h.ctx, backend.VolumeRequest{ID: volA, RequiredBytes: backend.GiB}); err != nil {

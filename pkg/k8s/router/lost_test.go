@@ -17,6 +17,7 @@ import (
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // TestDeleteLostDoesNotWait: deleting a volume or snapshot of a lost node
@@ -34,14 +35,14 @@ func TestDeleteLostDoesNotWait(t *testing.T) {
 	}
 	lostVol := func(id, node string) *thinv1.ThinVolume {
 		return &thinv1.ThinVolume{
-			ObjectMeta: metav1.ObjectMeta{Name: id, Finalizers: []string{thinv1.Finalizer}},
+			ObjectMeta: metav1.ObjectMeta{Name: id, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
 			Spec:       thinv1.ThinVolumeSpec{Node: node, RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
 			Status:     thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost},
 		}
 	}
 	gone, away := lostVol(volA, "gone"), lostVol(volB, "away")
 	snap := &thinv1.ThinSnapshot{
-		ObjectMeta: metav1.ObjectMeta{Name: snapA, Finalizers: []string{thinv1.Finalizer}},
+		ObjectMeta: metav1.ObjectMeta{Name: snapA, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: "gone", SourceVolumeID: volA},
 		Status:     thinv1.ThinSnapshotStatus{Phase: thinv1.PhaseLost},
 	}

@@ -20,6 +20,7 @@ import (
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 var (
@@ -124,7 +125,7 @@ func thinNode(name string, avail int64, healthy bool, age time.Duration) *thinv1
 
 func readyVolume(id, node string, size int64) *thinv1.ThinVolume {
 	return &thinv1.ThinVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{thinv1.LabelNode: node}},
+		ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{wellknown.LabelNode: node}},
 		Spec:       thinv1.ThinVolumeSpec{Node: node, RequiredBytes: size, AccessType: thinv1.AccessMount, FsType: "ext4"},
 		Status:     thinv1.ThinVolumeStatus{Phase: thinv1.PhaseReady, SizeBytes: size},
 	}
@@ -264,7 +265,7 @@ func TestCreateVolumeRecordsRequest(t *testing.T) {
 	if len(tv.Spec.Parameters) != 1 || tv.Spec.Parameters["discard"] != "true" {
 		t.Errorf("parameters %v: provisioner metadata must become labels, not parameters", tv.Spec.Parameters)
 	}
-	if tv.Labels[thinv1.LabelPVCName] != "data" || tv.Labels[thinv1.LabelPVCNamespace] != "team-a" || tv.Labels[thinv1.LabelNode] != "n1" {
+	if tv.Labels[wellknown.LabelPVCName] != "data" || tv.Labels[wellknown.LabelPVCNamespace] != "team-a" || tv.Labels[wellknown.LabelNode] != "n1" {
 		t.Errorf("labels %v", tv.Labels)
 	}
 }
@@ -286,7 +287,7 @@ func TestCreateVolumeTimesOutWithReason(t *testing.T) {
 
 func TestCreateVolumeWhileOldAttemptIsDeleted(t *testing.T) {
 	tv := readyVolume(volA, "n1", backend.GiB)
-	tv.Finalizers = []string{thinv1.Finalizer}
+	tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
 	h := newHarness(t, tv)
 	if err := h.c.Delete(h.ctx, tv); err != nil {
 		t.Fatal(err)
@@ -300,7 +301,7 @@ func TestCreateVolumeWhileOldAttemptIsDeleted(t *testing.T) {
 func TestDeleteVolume(t *testing.T) {
 	t.Run("waits for the node to release the finalizer", func(t *testing.T) {
 		tv := readyVolume(volA, "n1", backend.GiB)
-		tv.Finalizers = []string{thinv1.Finalizer}
+		tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
 		h := newHarness(t, tv)
 		released := make(chan struct{})
 		go func() {
@@ -329,7 +330,7 @@ func TestDeleteVolume(t *testing.T) {
 	})
 	t.Run("node failure is returned with its code", func(t *testing.T) {
 		tv := readyVolume(volA, "n1", backend.GiB)
-		tv.Finalizers = []string{thinv1.Finalizer}
+		tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
 		h := newHarness(t, tv)
 		go h.answer(&thinv1.ThinVolume{}, volA, func(o client.Object) {
 			v := o.(*thinv1.ThinVolume)

@@ -13,6 +13,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // CreateSnapshot creates (or finds) the ThinSnapshot named req.ID on the
@@ -27,7 +28,7 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		return nil, err
 	}
 	ts := &thinv1.ThinSnapshot{
-		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{thinv1.LabelNode: node}},
+		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze},
 	}
 	if err := r.client.Create(ctx, ts); err != nil {

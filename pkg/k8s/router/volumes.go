@@ -19,6 +19,7 @@ import (
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/k8s/lifecycle"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // Keys the external-provisioner adds to the parameters with
@@ -202,14 +203,14 @@ func (r *Router) getFresh(ctx context.Context, name string, obj client.Object) e
 }
 
 func volumeFor(req backend.VolumeRequest, node string) *thinv1.ThinVolume {
-	labels := map[string]string{thinv1.LabelNode: node}
+	labels := map[string]string{wellknown.LabelNode: node}
 	params := map[string]string{}
 	for k, v := range req.Parameters {
 		if !strings.HasPrefix(k, metadataPrefix) {
 			params[k] = v
 		}
 	}
-	for param, label := range map[string]string{paramPVCName: thinv1.LabelPVCName, paramPVCNamespace: thinv1.LabelPVCNamespace} {
+	for param, label := range map[string]string{paramPVCName: wellknown.LabelPVCName, paramPVCNamespace: wellknown.LabelPVCNamespace} {
 		if v := req.Parameters[param]; v != "" && len(validation.IsValidLabelValue(v)) == 0 {
 			labels[label] = v
 		}
