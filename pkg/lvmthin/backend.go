@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"k8s.io/klog/v2"
 
@@ -23,12 +22,9 @@ type Backend struct {
 	// command, but check-then-act sequences (look up, check space, create,
 	// untag) must not interleave. Reports run without it.
 	mu sync.Mutex
-	// kept is the pool's state from the last lvs, updated with every
-	// change made since, keptPool the pool as that lvs reported it, and
-	// keptAt its time (view.go). All three are guarded by mu.
-	kept     *poolState
-	keptPool *LV
-	keptAt   time.Time
+	// cache is the pool's state from the last lvs, updated with every
+	// change made since (cache.go). Guarded by mu.
+	cache lvCache
 	// extentSize is the VG's allocation unit: sizes are rounded to it.
 	extentSize int64
 	loopDevice string
@@ -73,7 +69,7 @@ func (b *Backend) poolPath() string { return lvPath(b.cfg.VG, b.cfg.ThinPool) }
 // report start-up already has: a create was interrupted between lvcreate
 // and its last step. The CO retries the create, which then starts clean.
 // Only LVs that carry our ownership tag and live in our pool are touched.
-// What is left is kept as the first view of the pool (view.go).
+// What is left is the first content of the LV cache (cache.go).
 func (b *Backend) removeHalfMade(ctx context.Context, all []LV) error {
 	st, err := b.stateOf(all)
 	if err != nil {
@@ -92,7 +88,6 @@ func (b *Backend) removeHalfMade(ctx context.Context, all []LV) error {
 		}
 		st.drop(lv.Name)
 	}
-	pool := *st.pool
-	b.kept, b.keptPool, b.keptAt = st, &pool, time.Now()
+	b.cache.store(st)
 	return nil
 }

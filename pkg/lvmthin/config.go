@@ -58,8 +58,8 @@ type Config struct {
 	DeviceWait time.Duration
 
 	// ListMaxAge is how long creates, snapshots, expansions and deletes
-	// trust the LV list kept from the last lvs before listing again
-	// (default 30 s; view.go). The pool's fill levels are read fresh for
+	// trust the LV cache filled by the last lvs before listing again
+	// (default 30 s; cache.go). The pool's fill levels are read fresh for
 	// every call regardless.
 	ListMaxAge time.Duration
 

@@ -16,7 +16,7 @@ import (
 //
 // or "<start> <len> thin-pool Fail" for a pool in Fail mode. It costs a
 // tenth of an lvs (one ioctl, no LVM metadata read), which is why a
-// create reads the pool's fill levels from it (see poolView).
+// create reads the pool's fill levels from it (see stateForChange in cache.go).
 //
 // The backend, the benchmark and the reliability tests all read it
 // through ParseThinPoolStatus.

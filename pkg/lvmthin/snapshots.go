@@ -12,7 +12,7 @@ import (
 
 // CreateSnapshot implements backend.Backend: a read-only thin snapshot of
 // the volume, O(1) in data size, made by one atomic lvcreate after a look
-// at the pool's state (view.go); the result is not read back.
+// at the pool's state (cache.go); the result is not read back.
 func (b *Backend) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
 	if !backend.IsSnapshotID(req.ID) {
 		return nil, fmt.Errorf("snapshot ID %q: %w", req.ID, backend.ErrInvalid)
@@ -83,7 +83,7 @@ func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend
 		if _, err := b.lvm.run(ctx, delTagArgs(b.cfg.VG, req.ID, tagCreating)...); err != nil {
 			return nil, fmt.Errorf("finish snapshot %s: %w", req.ID, err)
 		}
-		b.forget() // rare: list again rather than edit the entry's tags
+		b.cache.invalidate() // rare: list again rather than edit the entry's tags
 	}
 	return b.snapshotFrom(existing, m), nil
 }

@@ -17,8 +17,8 @@ import (
 // the requested size.
 //
 // LVM commands: one lvcreate after a look at the pool's state (existence,
-// source, admission: the kept LV list and a dmsetup status, or an lvs;
-// view.go); a copy larger than its source adds one lvextend. The returned volume is
+// source, admission: the LV cache and a dmsetup status, or an lvs;
+// cache.go); a copy larger than its source adds one lvextend. The returned volume is
 // built from what was written, not read back.
 //
 // Crash safety: a create that is one lvcreate is atomic (the LV appears
@@ -100,7 +100,7 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 	// What finishVolume still has to do: grow from curSize, and drop the
 	// legacy creating tag of an LV half made by an earlier version.
 	curSize, created, creatingTag := int64(0), m.CreatedAt, false
-	var made *LV // the entry for the kept list, for an LV made here
+	var made *LV // the cache's entry for an LV made here
 	if existing != nil {
 		curSize, creatingTag = existing.Size, m.CreatingTag
 		klog.InfoS("completing half-made volume", "volumeID", req.ID, "fromBytes", curSize, "toBytes", size)
@@ -143,7 +143,7 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 	} else {
 		// Completing a half-made LV is rare: list again next time
 		// rather than rebuild its entry by hand.
-		b.forget()
+		b.cache.invalidate()
 	}
 	klog.InfoS("thin volume created", "volumeID", req.ID, "name", req.Name, "sizeBytes", size,
 		"sourceKind", req.Source.Kind, "sourceID", req.Source.ID, "accessType", access)

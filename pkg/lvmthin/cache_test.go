@@ -81,10 +81,10 @@ func warmBackend(t *testing.T) (*Backend, *command.Fake) {
 	return b, f
 }
 
-// TestKeptViewSavesTheLvs: after one lvs, each change runs the pool's
-// status and its own LVM command only, and the kept list follows the
+// TestLVCacheSavesTheLvs: after one lvs, each change runs the pool's
+// status and its own LVM command only, and the cache follows the
 // changes it made (a create is found again, a delete is gone).
-func TestKeptViewSavesTheLvs(t *testing.T) {
+func TestLVCacheSavesTheLvs(t *testing.T) {
 	b, f := warmBackend(t)
 	c := context.Background()
 	newID, cloneID, snapID := backend.VolumeIDFor("new"), backend.VolumeIDFor("clone"), backend.SnapshotIDFor("snap")
@@ -97,7 +97,7 @@ func TestKeptViewSavesTheLvs(t *testing.T) {
 			_, err := b.CreateVolume(c, backend.VolumeRequest{ID: newID, RequiredBytes: 100 << 20})
 			return err
 		}, []string{dmStatus, "lvm lvcreate --type thin --virtualsize 104857600b --thinpool pool --name " + newID}},
-		{"create again: answered from the kept list", func() error {
+		{"create again: answered from the cache", func() error {
 			v, err := b.CreateVolume(c, backend.VolumeRequest{ID: newID, RequiredBytes: 100 << 20})
 			if err == nil && v.SizeBytes != 100<<20 {
 				t.Errorf("size %d", v.SizeBytes)
@@ -163,15 +163,15 @@ func TestKeptViewSavesTheLvs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := b.kept.provisioned-fresh.provisioned, int64(100<<20+100<<20); got != want {
-		t.Errorf("kept list provisions %d bytes more than the fixture, want %d (new volume and snapshot)", got, want)
+	if got, want := b.cache.state.provisioned-fresh.provisioned, int64(100<<20+100<<20); got != want {
+		t.Errorf("cache provisions %d bytes more than the fixture, want %d (new volume and snapshot)", got, want)
 	}
 }
 
-// TestKeptViewFallsBackToLvs: the kept list is not used when it is old,
+// TestLVCacheFallsBackToLvs: the cache is not used when it is old,
 // when the kernel's view of the pool is unusable, and it is replaced by a
 // fresh lvs when LVM contradicts it.
-func TestKeptViewFallsBackToLvs(t *testing.T) {
+func TestLVCacheFallsBackToLvs(t *testing.T) {
 	c := context.Background()
 	create := func(b *Backend, name string) error {
 		_, err := b.CreateVolume(c, backend.VolumeRequest{ID: backend.VolumeIDFor(name), RequiredBytes: 100 << 20})
@@ -184,7 +184,7 @@ func TestKeptViewFallsBackToLvs(t *testing.T) {
 		wantErr error
 		want    []string
 	}{
-		{name: "list older than ListMaxAge", prepare: func(b *Backend, _ *command.Fake) { b.keptAt = time.Now().Add(-time.Hour) },
+		{name: "list older than ListMaxAge", prepare: func(b *Backend, _ *command.Fake) { b.cache.listedAt = time.Now().Add(-time.Hour) },
 			want: []string{lvsVG, "lvm lvcreate"}},
 		{name: "pool out of data space", prepare: func(_ *Backend, f *command.Fake) {
 			f.On(dmStatus, "0 2097152 thin-pool 9 300/1024 16384/16384 - out_of_data_space discard_passdown error_if_no_space - 256", 0, "")
