@@ -143,7 +143,7 @@ func (s *Server) placement(ctx context.Context, src backend.Source, topo *csi.To
 	}
 	requisite := nodesOf(topo.GetRequisite())
 	if sourceNode != "" {
-		if len(requisite) > 0 && !contains(requisite, sourceNode) {
+		if len(requisite) > 0 && !slices.Contains(requisite, sourceNode) {
 			return "", status.Errorf(codes.FailedPrecondition,
 				"the source of this clone/restore lives on node %q, but the volume must be placed on %v: "+
 					"thin snapshots cannot cross nodes; use a StorageClass with volumeBindingMode: Immediate "+
@@ -168,15 +168,6 @@ func nodesOf(topos []*csi.Topology) []string {
 		}
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func sourceOf(cs *csi.VolumeContentSource) (backend.Source, error) {

@@ -3,6 +3,7 @@ package lvmthin
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -58,12 +59,7 @@ type LV struct {
 
 // HasTag reports whether the LV carries tag exactly.
 func (lv *LV) HasTag(tag string) bool {
-	for _, t := range lv.Tags {
-		if t == tag {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(lv.Tags, tag)
 }
 
 type rawLV struct {

@@ -90,7 +90,7 @@ func stageOptions(fsType string, flags []string) []string {
 	if discard {
 		opts = append(opts, "discard")
 	}
-	if fsType == "xfs" && !contains(opts, "nouuid") {
+	if fsType == "xfs" && !slices.Contains(opts, "nouuid") {
 		// Clones and restores carry their source's XFS UUID; without
 		// nouuid the second of them refuses to mount on the same node.
 		opts = append(opts, "nouuid")
@@ -109,13 +109,4 @@ func formatOptions(fsType string) []string {
 		return []string{"-K"}
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -142,7 +142,7 @@ func TestChartRendersDriver(t *testing.T) {
 	}
 	for _, want := range []string{"--enable-capacity", "--capacity-ownerref-level=2", "--extra-create-metadata",
 		"--feature-gates=Topology=true", "--leader-election", "--timeout=120s", "--strict-topology"} {
-		if !contains(args["csi-provisioner"], want) {
+		if !slices.Contains(args["csi-provisioner"], want) {
 			t.Errorf("provisioner lacks %s: %v", want, args["csi-provisioner"])
 		}
 	}
@@ -167,12 +167,12 @@ func TestChartRendersDriver(t *testing.T) {
 	}
 	for _, want := range []string{"--mode=node", "--backend=btrfs", "--pool-path=/var/lib/csi-thin/btrfs",
 		"--endpoint=unix:///var/lib/kubelet/plugins/csi-thin.io/csi.sock"} {
-		if !contains(node.Args, want) {
+		if !slices.Contains(node.Args, want) {
 			t.Errorf("node args lack %s: %v", want, node.Args)
 		}
 	}
 	lvm := decode[storagev1.StorageClass](t, objs, "StorageClass/csi-thin-lvm")
-	if lvm.Parameters["csi.storage.k8s.io/fstype"] != "ext4" || !contains(lvm.MountOptions, "discard") || !*lvm.AllowVolumeExpansion {
+	if lvm.Parameters["csi.storage.k8s.io/fstype"] != "ext4" || !slices.Contains(lvm.MountOptions, "discard") || !*lvm.AllowVolumeExpansion {
 		t.Errorf("lvm StorageClass %+v", lvm)
 	}
 	if _, ok := objs["VolumeSnapshotClass/csi-thin"]; !ok {
@@ -211,7 +211,7 @@ pools:
 		ds := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-"+name)
 		args := ds.Spec.Template.Spec.Containers[0].Args
 		for _, w := range want {
-			if !contains(args, w) {
+			if !slices.Contains(args, w) {
 				t.Errorf("%s: args lack %s: %v", name, w, args)
 			}
 		}
@@ -276,15 +276,6 @@ func TestVersionsPinnedOnce(t *testing.T) {
 			t.Errorf("values.yaml lacks %q", k)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestChartControllerPodsRestricted: the controller-side pods run with no
@@ -363,7 +354,7 @@ pools:
 			if spec.HostPID != tc.hostPID {
 				t.Errorf("prefix %q, pool %s: hostPID %v, want %v", tc.prefix, group, spec.HostPID, tc.hostPID)
 			}
-			if tc.prefix != "" && !contains(spec.Containers[0].Args, "--command-prefix="+tc.prefix) {
+			if tc.prefix != "" && !slices.Contains(spec.Containers[0].Args, "--command-prefix="+tc.prefix) {
 				t.Errorf("prefix %q not passed: %v", tc.prefix, spec.Containers[0].Args)
 			}
 			lockVolume := ""

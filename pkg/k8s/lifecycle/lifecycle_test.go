@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -40,12 +41,7 @@ func (r *recorder) Eventf(regarding, _ runtime.Object, _, reason, _, _ string, _
 func (r *recorder) has(e string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, x := range r.events {
-		if x == e {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(r.events, e)
 }
 
 func scheme(t *testing.T) *runtime.Scheme {
