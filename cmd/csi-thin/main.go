@@ -155,10 +155,15 @@ func runLocal(ctx context.Context, o *options) error {
 
 // localDriverConfig wires the three CSI services to one local pool.
 func localDriverConfig(endpoint string, pool backend.Local, maxVolumes int64) driver.Config {
-	return driver.Config{
+	ctrl := controller.New(pool)
+	cfg := driver.Config{
 		Endpoint:   endpoint,
 		Identity:   driver.NewIdentity(pool.Health, true),
-		Controller: controller.New(pool),
+		Controller: ctrl,
 		Node:       node.New(pool, node.Options{MaxVolumes: maxVolumes}),
 	}
+	if groups := ctrl.Groups(); groups != nil {
+		cfg.GroupController = groups
+	}
+	return cfg
 }

@@ -101,6 +101,11 @@ type SnapshotRequest struct {
 	// SkipFreeze: take the snapshot without freezing the source's mounted
 	// filesystem (VolumeSnapshotClass parameter freeze: "false").
 	SkipFreeze bool
+	// GroupID and GroupSize: the snapshot is a member of that group
+	// snapshot of GroupSize members (groupsnapshot.go); empty for a
+	// snapshot of its own.
+	GroupID   string
+	GroupSize int
 }
 
 // Snapshot is a read-only thin snapshot of a volume.
@@ -112,6 +117,9 @@ type Snapshot struct {
 	Node           string    `json:"node"`
 	CreatedAt      time.Time `json:"createdAt"`
 	ReadyToUse     bool      `json:"readyToUse"`
+	// GroupID and GroupSize are set on the members of a group snapshot.
+	GroupID   string `json:"groupID,omitempty"`
+	GroupSize int    `json:"groupSize,omitempty"`
 }
 
 // Capacity is what a pool can still hand out.

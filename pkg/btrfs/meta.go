@@ -11,11 +11,13 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
 
-// record is the JSON kept for each volume or snapshot. Exactly one of
-// Volume and Snapshot is set.
+// record is the JSON kept for each volume, snapshot or group snapshot.
+// Exactly one of Volume, Snapshot and Group is set.
 type record struct {
 	Volume   *backend.Volume   `json:"volume,omitempty"`
 	Snapshot *backend.Snapshot `json:"snapshot,omitempty"`
+	// Group is a group snapshot's record (groupsnapshot.go).
+	Group *groupRecord `json:"group,omitempty"`
 	// SubvolumeID names the qgroup (0/<id>) charged for the object.
 	SubvolumeID uint64 `json:"subvolumeID"`
 	// Qgroup is the level-1 qgroup holding a volume's limit, its own

@@ -25,6 +25,9 @@ import (
 func (p *Pool) recover(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.recoverGroups(ctx); err != nil {
+		return err
+	}
 	staged, err := os.ReadDir(filepath.Join(p.base, "staging"))
 	if err != nil {
 		return err

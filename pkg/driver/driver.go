@@ -30,6 +30,9 @@ type Config struct {
 	Identity   csi.IdentityServer
 	Controller csi.ControllerServer // nil: no controller service
 	Node       csi.NodeServer       // nil: no node service
+	// GroupController serves VolumeGroupSnapshot; nil: not offered. An
+	// *Identity then advertises it.
+	GroupController csi.GroupControllerServer
 }
 
 // Driver is a running (or ready) CSI gRPC server.
@@ -67,6 +70,12 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.Node != nil {
 		csi.RegisterNodeServer(server, cfg.Node)
+	}
+	if cfg.GroupController != nil {
+		csi.RegisterGroupControllerServer(server, cfg.GroupController)
+		if i, ok := cfg.Identity.(*Identity); ok {
+			i.groupController = true
+		}
 	}
 	return &Driver{cfg: cfg, server: server, lis: lis}, nil
 }

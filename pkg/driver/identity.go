@@ -19,6 +19,8 @@ type Identity struct {
 	csi.UnimplementedIdentityServer
 	health     HealthFunc
 	controller bool
+	// groupController: the GroupController service is served (set by New).
+	groupController bool
 }
 
 // NewIdentity returns the identity service; controller says whether the
@@ -40,6 +42,9 @@ func (i *Identity) GetPluginCapabilities(context.Context, *csi.GetPluginCapabili
 	}
 	if i.controller {
 		caps = append(caps, &csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_CONTROLLER_SERVICE}}})
+	}
+	if i.groupController {
+		caps = append(caps, &csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE}}})
 	}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }

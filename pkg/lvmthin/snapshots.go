@@ -64,7 +64,7 @@ func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend
 		// (access.go) even after the source is gone.
 		access, _ := st.accessOf(src)
 		tags, err := encodeTags(objectMeta{Kind: kindSnapshot, Name: req.Name, Source: want, AccessType: access,
-			FsType: lvMeta(src).FsType, CreatedAt: created})
+			FsType: lvMeta(src).FsType, CreatedAt: created, Group: req.GroupID, GroupSize: req.GroupSize})
 		if err != nil {
 			return nil, err
 		}
@@ -75,7 +75,7 @@ func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend
 		st.put(b.madeLV(req.ID, src.Size, tags, created, false, false))
 		klog.InfoS("thin snapshot created", "snapshotID", req.ID, "volumeID", req.SourceVolumeID, "name", req.Name)
 		return &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SizeBytes: src.Size,
-			Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true}, nil
+			Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true, GroupID: req.GroupID, GroupSize: req.GroupSize}, nil
 	}
 	if m.CreatingTag {
 		// Not made by this version (snapshots are one step), but harmless
@@ -134,5 +134,6 @@ func (b *Backend) snapshotFrom(lv *LV, m objectMeta) *backend.Snapshot {
 	return &backend.Snapshot{
 		ID: lv.Name, Name: m.Name, SourceVolumeID: m.Source.ID, SizeBytes: lv.Size,
 		Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true,
+		GroupID: m.Group, GroupSize: m.GroupSize,
 	}
 }

@@ -40,6 +40,9 @@ const (
 	// size is still FROM is half made (see lvMeta); any later size means
 	// the lvextend, which is atomic, ran.
 	keyGrow = "grow"
+	// keyGroup ("GROUPID:SIZE") marks a member of a group snapshot of
+	// SIZE members (backend.SequentialGroups).
+	keyGroup = "group"
 
 	kindVolume   = "volume"
 	kindSnapshot = "snapshot"
@@ -69,6 +72,8 @@ type objectMeta struct {
 	FsType      string
 	CreatedAt   time.Time
 	Parameters  map[string]string
+	Group       string
+	GroupSize   int
 }
 
 // growth is the keyGrow tag: a copy made at From bytes and extended to
@@ -106,6 +111,12 @@ func encodeTags(m objectMeta) ([]string, error) {
 	}
 	if !m.CreatedAt.IsZero() {
 		tags = append(tags, tag(keyCreated, strconv.FormatInt(m.CreatedAt.UnixNano(), 10)))
+	}
+	if m.Group != "" {
+		if !backend.IsGroupSnapshotID(m.Group) || m.GroupSize < 1 {
+			return nil, fmt.Errorf("group %q of %d: %w", m.Group, m.GroupSize, backend.ErrInvalid)
+		}
+		tags = append(tags, tag(keyGroup, m.Group+":"+strconv.Itoa(m.GroupSize)))
 	}
 	if len(m.Parameters) > 0 {
 		js, err := json.Marshal(m.Parameters) // map keys are sorted: stable
@@ -178,6 +189,11 @@ func decodeTags(tags []string) objectMeta {
 			g, gerr := strconv.ParseInt(to, 10, 64)
 			if ferr == nil && gerr == nil {
 				m.Grow = growth{From: f, To: g}
+			}
+		case keyGroup:
+			id, size, _ := strings.Cut(value, ":")
+			if n, err := strconv.Atoi(size); err == nil && backend.IsGroupSnapshotID(id) {
+				m.Group, m.GroupSize = id, n
 			}
 		case keyParams:
 			if b, err := tagEncoding.DecodeString(value); err == nil {

@@ -31,12 +31,17 @@ type Options struct {
 func Run(t *testing.T, pool backend.Local, opts Options) {
 	dir := t.TempDir()
 	endpoint := "unix://" + filepath.Join(dir, "csi.sock")
-	d, err := driver.New(driver.Config{
+	ctrl := controller.New(pool)
+	dcfg := driver.Config{
 		Endpoint:   endpoint,
 		Identity:   driver.NewIdentity(pool.Health, true),
-		Controller: controller.New(pool),
+		Controller: ctrl,
 		Node:       node.New(pool, node.Options{MaxVolumes: 1000}),
-	})
+	}
+	if groups := ctrl.Groups(); groups != nil {
+		dcfg.GroupController = groups
+	}
+	d, err := driver.New(dcfg)
 	if err != nil {
 		t.Fatalf("start driver: %v", err)
 	}

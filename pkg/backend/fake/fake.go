@@ -25,6 +25,8 @@ type Backend struct {
 	mounts map[string]string
 	// Creates counts volumes really created (not idempotent replays).
 	Creates int
+	// snapshotErr fails new snapshots of a volume (FailSnapshotsOf).
+	snapshotErr map[string]error
 }
 
 var _ backend.Local = (*Backend)(nil)
@@ -188,7 +190,11 @@ func (b *Backend) CreateSnapshot(_ context.Context, req backend.SnapshotRequest)
 	if !ok {
 		return nil, fmt.Errorf("volume %q: %w", req.SourceVolumeID, backend.ErrNotFound)
 	}
-	s := &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: v.ID, SizeBytes: v.SizeBytes, Node: b.Node, CreatedAt: time.Now(), ReadyToUse: true}
+	if err := b.snapshotErr[v.ID]; err != nil {
+		return nil, fmt.Errorf("snapshot of %s: %w", v.ID, err)
+	}
+	s := &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: v.ID, SizeBytes: v.SizeBytes, Node: b.Node, CreatedAt: time.Now(), ReadyToUse: true,
+		GroupID: req.GroupID, GroupSize: req.GroupSize}
 	b.snapshots[req.ID] = s
 	c := *s
 	return &c, nil
