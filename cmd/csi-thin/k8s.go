@@ -102,10 +102,11 @@ func runNode(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	nodeServer := node.New(pool, node.Options{MaxVolumes: o.maxVolumes})
 	d, err := driver.New(driver.Config{
 		Endpoint: o.endpoint,
 		Identity: driver.NewIdentity(health, false),
-		Node:     node.New(pool, node.Options{MaxVolumes: o.maxVolumes}),
+		Node:     nodeServer,
 	})
 	if err != nil {
 		return err
@@ -124,7 +125,8 @@ func runNode(ctx context.Context, o *options) error {
 		Failed: func(err error) { cancel(err) },
 	}
 	klog.InfoS("node agent starting", "node", nodeName, "backend", pool.Kind(), "endpoint", o.endpoint, "registration", regSocket)
-	err = runAll(ctx, mgr, d, reg)
+	trimmer := newTrimmer(o, pool, nodeServer, nodeagent.TrimEvents(mgr.GetClient(), mgr.GetEventRecorder("csi-thin-node"), nodeName))
+	err = runAll(ctx, mgr, d, reg, trimmer)
 	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
 	}

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 
@@ -49,6 +50,7 @@ type options struct {
 	snapshotFreeze bool
 	freezeStateDir string
 	freezeTimeout  time.Duration
+	trimInterval   time.Duration
 
 	kubeconfig   string
 	healthAddr   string
@@ -83,6 +85,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.snapshotFreeze, "snapshot-freeze", false, "lvmthin: also freeze a mounted source filesystem (FIFREEZE) around its snapshot; off because lvcreate's own suspend of the origin freezes it, and on kernel 6.1 that suspend fails (busy) on a filesystem frozen already (docs/consistency.md)")
 	fs.StringVar(&o.freezeStateDir, "freeze-state-dir", "/var/lib/csi-thin/freeze", "lvmthin: where a freeze is recorded until the thaw, so a restart thaws what a killed process left frozen")
 	fs.DurationVar(&o.freezeTimeout, "freeze-timeout", freeze.DefaultTimeout, "lvmthin: longest a filesystem stays frozen; a slower snapshot finishes unfrozen (crash-consistent)")
+	fs.DurationVar(&o.trimInterval, "trim-interval", 0, "trim (FITRIM) the filesystems that do not discard online every interval, one at a time, plus up to 10% jitter: a btrfs pool mounted without discard, LVM thin volumes staged with mount option nodiscard (0: off; docs/consistency.md)")
 	fs.StringVar(&o.cmdPrefix, "command-prefix", "", "prefix for storage commands, space-separated (e.g. 'nsenter -t 1 -m -u -i -n -p --' to run LVM in the host's namespaces)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "controller/node: kubeconfig (default: in-cluster)")
 	fs.StringVar(&o.healthAddr, "health-address", ":9808", "controller/node: address of the /healthz endpoint (empty: off)")
@@ -146,21 +149,26 @@ func runLocal(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	d, err := driver.New(localDriverConfig(o.endpoint, pool, o.maxVolumes))
+	nodeServer := node.New(pool, node.Options{MaxVolumes: o.maxVolumes})
+	d, err := driver.New(localDriverConfig(o.endpoint, pool, nodeServer))
 	if err != nil {
 		return err
 	}
-	return d.Run(ctx)
+	trimmer := newTrimmer(o, pool, nodeServer, nil)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.Run(ctx) })
+	g.Go(func() error { return trimmer.Run(ctx) })
+	return g.Wait()
 }
 
 // localDriverConfig wires the three CSI services to one local pool.
-func localDriverConfig(endpoint string, pool backend.Local, maxVolumes int64) driver.Config {
+func localDriverConfig(endpoint string, pool backend.Local, nodeServer *node.Server) driver.Config {
 	ctrl := controller.New(pool)
 	cfg := driver.Config{
 		Endpoint:   endpoint,
 		Identity:   driver.NewIdentity(pool.Health, true),
 		Controller: ctrl,
-		Node:       node.New(pool, node.Options{MaxVolumes: maxVolumes}),
+		Node:       nodeServer,
 	}
 	if groups := ctrl.Groups(); groups != nil {
 		cfg.GroupController = groups

@@ -58,3 +58,16 @@ func (l *Locks) Len() int {
 	defer l.mu.Unlock()
 	return len(l.slots)
 }
+
+// TryLock takes key if it is free and returns its unlock func; ok is
+// false, and nothing is held, when someone holds or waits for it.
+func (l *Locks) TryLock(key string) (unlock func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, held := l.slots[key]; held {
+		return nil, false
+	}
+	s := &slot{ch: make(chan struct{}, 1), refs: 1}
+	l.slots[key] = s
+	return func() { s.ch <- struct{}{}; l.release(key, s) }, true
+}
