@@ -63,7 +63,7 @@ func runController(ctx context.Context, o *options) error {
 	}
 	d, err := driver.New(driver.Config{
 		Endpoint:   o.endpoint,
-		Identity:   driver.NewIdentity(r.Health, true),
+		Identity:   driver.NewIdentity(r.Health, driver.WithController),
 		Controller: controller.New(r),
 	})
 	if err != nil {
@@ -105,7 +105,7 @@ func runNode(ctx context.Context, o *options) error {
 	nodeServer := node.New(pool, node.Options{MaxVolumes: o.maxVolumes})
 	d, err := driver.New(driver.Config{
 		Endpoint: o.endpoint,
-		Identity: driver.NewIdentity(health, false),
+		Identity: driver.NewIdentity(health, driver.WithoutController),
 		Node:     nodeServer,
 	})
 	if err != nil {

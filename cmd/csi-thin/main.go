@@ -166,7 +166,7 @@ func localDriverConfig(endpoint string, pool backend.Local, nodeServer *node.Ser
 	ctrl := controller.New(pool)
 	cfg := driver.Config{
 		Endpoint:   endpoint,
-		Identity:   driver.NewIdentity(pool.Health, true),
+		Identity:   driver.NewIdentity(pool.Health, driver.WithController),
 		Controller: ctrl,
 		Node:       nodeServer,
 	}

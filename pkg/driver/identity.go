@@ -23,10 +23,18 @@ type Identity struct {
 	groupController bool
 }
 
-// NewIdentity returns the identity service; controller says whether the
-// process advertises the Controller service.
-func NewIdentity(health HealthFunc, controller bool) *Identity {
-	return &Identity{health: health, controller: controller}
+// ControllerService says whether a process serves, and so advertises, the
+// CSI Controller service.
+type ControllerService bool
+
+const (
+	WithController    ControllerService = true
+	WithoutController ControllerService = false
+)
+
+// NewIdentity returns the identity service.
+func NewIdentity(health HealthFunc, controller ControllerService) *Identity {
+	return &Identity{health: health, controller: bool(controller)}
 }
 
 // GetPluginInfo implements csi.IdentityServer.

@@ -142,14 +142,18 @@ func (st *poolState) drop(name string) {
 	}
 }
 
+// lvMode is how lvcreate left a new LV: writeable or read-only, active
+// or not.
+type lvMode struct{ writeable, active bool }
+
 // madeLV is the entry for an LV just created by lvcreate: what an lvs
 // would report of it, as far as any decision reads it.
-func (b *Backend) madeLV(name string, size int64, tags []string, created time.Time, writeable, active bool) *LV {
+func (b *Backend) madeLV(name string, size int64, tags []string, created time.Time, mode lvMode) *LV {
 	attr := LVAttr{Type: 'V', Permission: 'r', State: '-', TargetType: 't', Health: '-'}
-	if writeable {
+	if mode.writeable {
 		attr.Permission = 'w'
 	}
-	if active {
+	if mode.active {
 		attr.State = 'a'
 	}
 	return &LV{Name: name, VG: b.cfg.VG, Attr: attr, Size: size, Pool: b.cfg.ThinPool, Tags: tags,

@@ -56,7 +56,7 @@ func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend
 		if err != nil {
 			return nil, err
 		}
-		if err := b.admit(st, 0, 0); err != nil {
+		if err := b.guard(st); err != nil {
 			return nil, fmt.Errorf("snapshot %s of volume %s: %w", req.ID, req.SourceVolumeID, err)
 		}
 		created := now()
@@ -72,7 +72,7 @@ func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend
 			return nil, fmt.Errorf("snapshot %s of volume %s: %w", req.ID, req.SourceVolumeID, err)
 		}
 		// Read-only and skipped on activation (createSnapshotArgs).
-		st.put(b.madeLV(req.ID, src.Size, tags, created, false, false))
+		st.put(b.madeLV(req.ID, src.Size, tags, created, lvMode{writeable: false, active: false}))
 		klog.InfoS("thin snapshot created", "snapshotID", req.ID, "volumeID", req.SourceVolumeID, "name", req.Name)
 		return &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SizeBytes: src.Size,
 			Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true, GroupID: req.GroupID, GroupSize: req.GroupSize}, nil

@@ -129,15 +129,24 @@ func (b *Backend) capacity(st *poolState) backend.Capacity {
 	return c
 }
 
-// admit checks that the pool may take a volume of newSize bytes that adds
-// growBytes of virtual size (both 0 for a snapshot, which only consumes
-// space as its origin diverges, and is refused only by the guards).
-func (b *Backend) admit(st *poolState, newSize, growBytes int64) error {
+// guard refuses any new object while the pool has a problem or is past a
+// fullness threshold. A snapshot, which adds no virtual size and only
+// consumes space as its origin diverges, is refused by nothing else.
+func (b *Backend) guard(st *poolState) error {
 	if p := b.poolProblem(st.pool); p != "" {
 		return fmt.Errorf("%s: %w", p, backend.ErrNoSpace)
 	}
 	if f := b.fullness(st.pool); f != "" {
 		return fmt.Errorf("%s: %w", f, backend.ErrNoSpace)
+	}
+	return nil
+}
+
+// admit checks that the pool may take a volume of newSize bytes that adds
+// growBytes of virtual size.
+func (b *Backend) admit(st *poolState, newSize, growBytes int64) error {
+	if err := b.guard(st); err != nil {
+		return err
 	}
 	c := b.capacity(st)
 	if newSize > c.MaximumVolumeBytes {

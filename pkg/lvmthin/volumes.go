@@ -133,7 +133,7 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 		}
 		// A new thin LV is activated by lvcreate; a copy is not
 		// (--activate n): the node activates it when it stages it.
-		made = b.madeLV(req.ID, size, tags, created, true, src == nil)
+		made = b.madeLV(req.ID, size, tags, created, lvMode{writeable: true, active: src == nil})
 	}
 	if err := b.finishVolume(ctx, req.ID, curSize, size, creatingTag); err != nil {
 		return nil, err

@@ -27,7 +27,7 @@ func serveCSI(t *testing.T, b backend.Local) *csiclient.Client {
 	endpoint := "unix://" + filepath.Join(t.TempDir(), "csi.sock")
 	d, err := driver.New(driver.Config{
 		Endpoint:   endpoint,
-		Identity:   driver.NewIdentity(b.Health, true),
+		Identity:   driver.NewIdentity(b.Health, driver.WithController),
 		Controller: controller.New(b),
 		Node:       node.New(b, node.Options{}),
 	})

@@ -20,7 +20,7 @@ func serve(t testing.TB, pool backend.Local) *csiclient.Client {
 	endpoint := "unix://" + filepath.Join(t.TempDir(), "csi.sock")
 	d, err := driver.New(driver.Config{
 		Endpoint:   endpoint,
-		Identity:   driver.NewIdentity(pool.Health, true),
+		Identity:   driver.NewIdentity(pool.Health, driver.WithController),
 		Controller: controller.New(pool),
 		Node:       node.New(pool, node.Options{}),
 	})

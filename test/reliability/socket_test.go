@@ -35,7 +35,7 @@ func TestSocketIsPrivateFromBirth(t *testing.T) {
 		serve func(ctx context.Context, sock string) error
 	}{
 		{"CSI endpoint", func(ctx context.Context, sock string) error {
-			d, err := driver.New(driver.Config{Endpoint: "unix://" + sock, Identity: driver.NewIdentity(pool.Health, true), Controller: controller.New(pool)})
+			d, err := driver.New(driver.Config{Endpoint: "unix://" + sock, Identity: driver.NewIdentity(pool.Health, driver.WithController), Controller: controller.New(pool)})
 			if err != nil {
 				return err
 			}

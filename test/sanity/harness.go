@@ -34,7 +34,7 @@ func Run(t *testing.T, pool backend.Local, opts Options) {
 	ctrl := controller.New(pool)
 	dcfg := driver.Config{
 		Endpoint:   endpoint,
-		Identity:   driver.NewIdentity(pool.Health, true),
+		Identity:   driver.NewIdentity(pool.Health, driver.WithController),
 		Controller: ctrl,
 		Node:       node.New(pool, node.Options{MaxVolumes: 1000}),
 	}

@@ -110,7 +110,7 @@ func serve(open OpenFunc) error {
 	}
 	d, err := driver.New(driver.Config{
 		Endpoint:   os.Getenv(envEndpoint),
-		Identity:   driver.NewIdentity(pool.Health, true),
+		Identity:   driver.NewIdentity(pool.Health, driver.WithController),
 		Controller: ctrl,
 		Node:       nodeSrv,
 	})
