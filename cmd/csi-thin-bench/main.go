@@ -3,7 +3,7 @@
 //
 //	csi-thin-bench demo   one volume, 1 GiB of data, snapshot, restore,
 //	                      clone and a full copy for comparison; a table
-//	csi-thin-bench run    the benchmark of issue 6: latencies, space,
+//	csi-thin-bench run    the benchmark: latencies, space,
 //	                      discard, throughput, scaling; raw JSON
 //	csi-thin-bench report merges runs into Markdown + PNG + a table
 //

@@ -110,8 +110,9 @@ func growingClone(report string) string {
 var createdTag = regexp.MustCompile(`csi-thin\.io/created=[0-9]+`)
 
 // TestCommandSequences is the exact list of commands, reports included,
-// that each mutating call runs: every LVM command costs ~0.45 s under
-// emulation, so one more is a regression this test must catch.
+// that each mutating call runs: an LVM command costs about as much as the
+// change it makes (docs/performance.md), so one more is a regression this
+// test must catch.
 func TestCommandSequences(t *testing.T) {
 	const (
 		lvsVG   = lvsPrefix + " vgcap"

@@ -24,7 +24,7 @@ import (
 //   - when a change fails in or after an LVM command (a refusal decided
 //     from the state itself, such as "too full", changes nothing);
 //   - when the pool was not healthy at the last lvs or is not healthy
-//     now (an lvs then names the problem, as before);
+//     now (an lvs then names the problem);
 //   - after any rare path (completing a half-made LV), where rebuilding
 //     the entry by hand is not worth the risk.
 // Changes made behind the driver's back (an admin's lvremove of one of

@@ -34,8 +34,8 @@ const (
 // ensurePool makes VG/ThinPool exist and be active, and returns every LV
 // of the VG from the last lvs it ran. On the usual start (VG and pool
 // exist) that lvs is the only LVM command: it carries the pool's state,
-// the VG's extent size and the LVs start-up recovery looks at, which
-// used to take a vgs, an lvs of the pool and an lvs of the VG.
+// the VG's extent size and the LVs start-up recovery looks at, so no vgs
+// or second lvs is needed.
 func (b *Backend) ensurePool(ctx context.Context) ([]LV, error) {
 	devices := b.cfg.Devices
 	if b.cfg.LoopFile != "" {

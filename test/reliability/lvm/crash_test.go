@@ -65,7 +65,7 @@ func (w *world) start(t *testing.T, faults []command.Fault, crashReply string) *
 // device activates an LV unless it is active (snapshots are created with
 // activation skip, clones inactive) and returns its device node. An LV
 // stays active across driver restarts, so each is activated once, not at
-// every checksum: an lvchange costs ~0.4 s under emulation.
+// every checksum: an lvchange is slow, as every LVM command is.
 func (w *world) device(t *testing.T, lv string) string {
 	dev := "/dev/" + w.vg + "/" + lv
 	if fi, err := os.Stat(dev); err == nil && fi.Mode()&os.ModeDevice != 0 {

@@ -7,7 +7,7 @@ import (
 	"github.com/csi-thin/csi-thin/cmd/csi-thin-bench/internal/results"
 )
 
-// Goals of issue 6.
+// Goals of the benchmark (docs/performance.md).
 const (
 	goalConstantRatio = 1.2      // latency at the largest size ÷ at 0
 	goalSpeedup       = 100.0    // full copy ÷ clone at the largest size
@@ -76,7 +76,7 @@ type goalResult struct {
 	detail  string
 }
 
-// evaluate checks every goal of issue 6 on one run.
+// evaluate checks every goal on one run.
 func evaluate(r *results.Run) []goalResult {
 	var out []goalResult
 	add := func(name string, v verdict, format string, args ...any) {
