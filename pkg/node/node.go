@@ -6,15 +6,12 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	mount "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/controller"
@@ -31,8 +28,7 @@ const DefaultFsType = "ext4"
 type Server struct {
 	csi.UnimplementedNodeServer
 	backend    backend.Local
-	mounter    *mount.SafeFormatAndMount
-	resizer    *mount.ResizeFs
+	mounter    Mounter
 	nodeID     string
 	maxVolumes int64
 	// locks serialise stage/unstage/expand per volume and publish/unpublish
@@ -46,21 +42,22 @@ type Options struct {
 	NodeID string
 	// MaxVolumes is reported to the scheduler; 0 means no limit.
 	MaxVolumes int64
-	// Mounter overrides the host mounter (tests).
-	Mounter *mount.SafeFormatAndMount
+	// Mounter replaces the host's mount table and filesystem tools
+	// (tests); nil is NewMounter(nil, nil).
+	Mounter Mounter
 }
 
 // New returns a node service over a local pool.
 func New(b backend.Local, opts Options) *Server {
 	m := opts.Mounter
 	if m == nil {
-		m = &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}
+		m = NewMounter(nil, nil)
 	}
 	id := opts.NodeID
 	if id == "" {
 		id = b.NodeName()
 	}
-	return &Server{backend: b, mounter: m, resizer: mount.NewResizeFs(m.Exec), nodeID: id, maxVolumes: opts.MaxVolumes, locks: keylock.New()}
+	return &Server{backend: b, mounter: m, nodeID: id, maxVolumes: opts.MaxVolumes, locks: keylock.New()}
 }
 
 func (s *Server) lock(ctx context.Context, key string) (func(), error) {
@@ -130,17 +127,4 @@ func (s *Server) NodeGetStorageHealth(ctx context.Context, _ *csi.NodeGetStorage
 	return &csi.NodeGetStorageHealthResponse{BackendHealth: []*csi.NodeGetStorageHealthResponse_StorageBackendHealth{{
 		Status: csi.StorageHealthErrorType_STORAGE_UNREACHABLE, Reason: "PoolUnhealthy", Message: h.Message,
 	}}}, nil
-}
-
-// isMountPoint answers from the mount table, not from device numbers: a
-// btrfs subvolume has its own st_dev, so the cheap check would lie.
-func (s *Server) isMountPoint(path string) (bool, error) {
-	notMnt, err := mount.IsNotMountPoint(s.mounter, path)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return !notMnt, nil
 }

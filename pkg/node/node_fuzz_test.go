@@ -88,7 +88,7 @@ func FuzzNodePaths(f *testing.F) {
 			t.Fatal(err)
 		}
 		fm := mount.NewFakeMounter(nil)
-		s := New(pool, Options{Mounter: &mount.SafeFormatAndMount{Interface: fm, Exec: utilexec.New()}})
+		s := New(pool, Options{Mounter: NewMounter(fm, utilexec.New())})
 		ctx := context.Background()
 		rooted := root + "/" + suffix
 		vc := &csi.VolumeCapability{

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
-	mount "k8s.io/mount-utils"
 
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
 )
@@ -50,7 +49,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		opts = append(opts, "ro")
 	}
 
-	mounted, err := s.isMountPoint(target)
+	mounted, err := s.mounter.IsMountPoint(target)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "check target %s: %v", target, err)
 	}
@@ -67,60 +66,78 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
 
-	var source string
+	singleWriter := vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
 	if vc.GetBlock() != nil {
-		t, err := s.backend.Target(ctx, id)
-		if err != nil {
-			return nil, rpcerr.Status(err)
-		}
-		if !t.IsDevice {
-			return nil, status.Errorf(codes.InvalidArgument, "volume %s is not a block device", id)
-		}
-		source = t.Path
-		if vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-			if err := checkDeviceSingleWriter(id, source, target); err != nil {
-				return nil, err
-			}
-		}
-		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
-			return nil, status.Errorf(codes.Internal, "create target dir: %v", err)
-		}
-		f, err := os.OpenFile(target, os.O_CREATE, 0o640)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "create block target %s: %v", target, err)
-		}
-		f.Close()
+		err = s.publishBlock(ctx, id, target, singleWriter, opts)
 	} else {
-		if err := checkPath(staging); err != nil {
-			return nil, err
-		}
-		staged, err := s.isMountPoint(staging)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "check staging path %s: %v", staging, err)
-		}
-		if !staged {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", id, staging)
-		}
-		if vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-			if err := s.checkSingleWriter(id, staging, target); err != nil {
-				return nil, err
-			}
-		}
-		flags := vc.GetMount().GetMountFlags()
-		if err := checkMountFlags(flags); err != nil {
-			return nil, rpcerr.Status(err)
-		}
-		opts = append(opts, withoutDiscardFlags(tenantSafe(flags))...)
-		source = staging
-		if err := os.MkdirAll(target, 0o750); err != nil {
-			return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
-		}
+		err = s.publishFilesystem(id, staging, target, singleWriter, vc.GetMount().GetMountFlags(), opts)
 	}
-	if err := s.mounter.Mount(source, target, "", opts); err != nil {
-		return nil, status.Errorf(codes.Internal, "bind-mount %s at %s: %v", source, target, err)
+	if err != nil {
+		return nil, err
 	}
 	klog.InfoS("volume published", "volumeID", id, "targetPath", target, "readOnly", readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// publishBlock bind-mounts the volume's device node onto a file at target.
+func (s *Server) publishBlock(ctx context.Context, id, target string, singleWriter bool, opts []string) error {
+	t, err := s.backend.Target(ctx, id)
+	if err != nil {
+		return rpcerr.Status(err)
+	}
+	if !t.IsDevice {
+		return status.Errorf(codes.InvalidArgument, "volume %s is not a block device", id)
+	}
+	if singleWriter {
+		if err := s.checkDeviceSingleWriter(id, t.Path, target); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		return status.Errorf(codes.Internal, "create target dir: %v", err)
+	}
+	f, err := os.OpenFile(target, os.O_CREATE, 0o640)
+	if err != nil {
+		return status.Errorf(codes.Internal, "create block target %s: %v", target, err)
+	}
+	f.Close()
+	return s.bindMount(t.Path, target, opts)
+}
+
+// publishFilesystem bind-mounts the filesystem staged at staging onto the
+// directory target, with the capability's per-mount flags.
+func (s *Server) publishFilesystem(id, staging, target string, singleWriter bool, flags, opts []string) error {
+	if err := checkPath(staging); err != nil {
+		return err
+	}
+	staged, err := s.mounter.IsMountPoint(staging)
+	if err != nil {
+		return status.Errorf(codes.Internal, "check staging path %s: %v", staging, err)
+	}
+	if !staged {
+		return status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", id, staging)
+	}
+	if singleWriter {
+		if err := s.checkSingleWriter(id, staging, target); err != nil {
+			return err
+		}
+	}
+	if err := checkMountFlags(flags); err != nil {
+		return rpcerr.Status(err)
+	}
+	if err := os.MkdirAll(target, 0o750); err != nil {
+		return status.Errorf(codes.Internal, "create target %s: %v", target, err)
+	}
+	return s.bindMount(staging, target, append(opts, withoutDiscardFlags(tenantSafe(flags))...))
+}
+
+// bindMount bind-mounts source at target; mount-utils applies the
+// per-mount flags of opts by a second, remount step (see finishBind).
+func (s *Server) bindMount(source, target string, opts []string) error {
+	if err := s.mounter.Mount(source, target, "", opts); err != nil {
+		return status.Errorf(codes.Internal, "bind-mount %s at %s: %v", source, target, err)
+	}
+	return nil
 }
 
 // publishKey is the lock key serialising the publishes of one volume; it
@@ -134,7 +151,7 @@ func publishKey(id string) string { return "publish:" + id }
 // mounted anywhere but target. The mount table is the record of where a
 // volume is published, so the answer survives a restart of the driver.
 func (s *Server) checkSingleWriter(id, source, target string) error {
-	refs, err := s.mounter.GetMountRefs(source)
+	refs, err := s.mounter.MountRefs(source)
 	if err != nil {
 		return status.Errorf(codes.Internal, "find mounts of %s: %v", source, err)
 	}
@@ -150,7 +167,7 @@ func (s *Server) checkSingleWriter(id, source, target string) error {
 // node bind-mounted onto another file is a publish too. Such a mount shows
 // in mountinfo as devtmpfs with the node's path below /dev as its root
 // (mount-utils' GetMountRefs misses it where "/" is listed after /dev).
-func checkDeviceSingleWriter(id, device, target string) error {
+func (s *Server) checkDeviceSingleWriter(id, device, target string) error {
 	real, err := filepath.EvalSymlinks(device)
 	if err != nil {
 		return status.Errorf(codes.Internal, "resolve %s: %v", device, err)
@@ -159,7 +176,7 @@ func checkDeviceSingleWriter(id, device, target string) error {
 	if !ok {
 		return nil
 	}
-	mis, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	mis, err := s.mounter.MountInfo()
 	if err != nil {
 		return status.Errorf(codes.Internal, "read mount table: %v", err)
 	}
@@ -210,7 +227,7 @@ func (s *Server) cleanup(ctx context.Context, id, path, lockKey, what string) er
 		return err
 	}
 	defer unlock()
-	if err := mount.CleanupMountPoint(path, s.mounter, true); err != nil {
+	if err := s.mounter.Cleanup(path); err != nil {
 		return status.Errorf(codes.Internal, "unmount %s: %v", path, err)
 	}
 	klog.V(2).InfoS("volume unmounted", "volumeID", id, "path", path)

@@ -2,7 +2,6 @@ package node
 
 import (
 	"path/filepath"
-	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,7 +21,7 @@ var perMountFlags = map[string]bool{"ro": true, "nosuid": true, "nodev": true, "
 // It only adds what was asked for and never unmounts, so a pod already
 // using the mount keeps it.
 func (s *Server) finishBind(id, target string, opts []string) error {
-	mps, err := s.mounter.List()
+	mps, err := s.mounter.MountPoints()
 	if err != nil {
 		return status.Errorf(codes.Internal, "read mount table for %s: %v", target, err)
 	}
@@ -62,8 +61,8 @@ func (s *Server) finishBind(id, target string, opts []string) error {
 	}
 	klog.InfoS("completing a bind mount that was interrupted before its options were applied", "volumeID", id, "path", target, "missing", missing)
 	remount = append(remount, missing...)
-	if out, err := s.mounter.Exec.Command("mount", "-o", strings.Join(remount, ","), target).CombinedOutput(); err != nil {
-		return status.Errorf(codes.Internal, "remount %s with %v: %v: %s", target, missing, err, strings.TrimSpace(string(out)))
+	if err := s.mounter.Remount(target, remount); err != nil {
+		return status.Errorf(codes.Internal, "remount %s with %v: %v", target, missing, err)
 	}
 	return nil
 }

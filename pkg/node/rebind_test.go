@@ -74,7 +74,7 @@ func TestFinishBind(t *testing.T) {
 			t.Cleanup(func() { m.Unmount(dst) })
 
 			ex := &countingExec{Interface: utilexec.New()}
-			s := New(fake.New("n1", 1<<30), Options{Mounter: &mount.SafeFormatAndMount{Interface: m, Exec: ex}})
+			s := New(fake.New("n1", 1<<30), Options{Mounter: NewMounter(m, ex)})
 			if err := s.finishBind("v-1", dst, tc.opts); err != nil {
 				t.Fatal(err)
 			}

@@ -51,10 +51,11 @@ func TestDeviceSingleWriter(t *testing.T) {
 	}
 	t.Cleanup(func() { m.Unmount(first) })
 
-	if err := checkDeviceSingleWriter("v", dev, first); err != nil {
+	s := New(fake.New("n1", 1<<30), Options{})
+	if err := s.checkDeviceSingleWriter("v", dev, first); err != nil {
 		t.Fatalf("the target it is published at: %v", err)
 	}
-	if err := checkDeviceSingleWriter("v", dev, second); status.Code(err) != codes.FailedPrecondition {
+	if err := s.checkDeviceSingleWriter("v", dev, second); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("a second target: want FailedPrecondition, got %v", err)
 	}
 }
@@ -112,7 +113,7 @@ func TestConcurrentSingleWriterPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &gatedMounter{Interface: real, targets: map[string]bool{targets[0]: true, targets[1]: true}, all: make(chan struct{})}
-	s := New(b, Options{Mounter: &mount.SafeFormatAndMount{Interface: g, Exec: utilexec.New()}})
+	s := New(b, Options{Mounter: NewMounter(g, utilexec.New())})
 	vc := &csi.VolumeCapability{
 		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER},
@@ -135,7 +136,7 @@ func TestConcurrentSingleWriterPublish(t *testing.T) {
 			ok++
 		case codes.FailedPrecondition:
 			refused++
-			if mounted, _ := s.isMountPoint(targets[i]); mounted {
+			if mounted, _ := s.mounter.IsMountPoint(targets[i]); mounted {
 				t.Errorf("refused publish left %s mounted", targets[i])
 			}
 		default:

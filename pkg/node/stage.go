@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -48,7 +49,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, rpcerr.Status(err)
 	}
-	mounted, err := s.isMountPoint(staging)
+	mounted, err := s.mounter.IsMountPoint(staging)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "check staging path %s: %v", staging, err)
 	}
@@ -79,7 +80,7 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		fsType = DefaultFsType
 	}
 	opts := stageOptions(fsType, flags)
-	if err := s.mounter.FormatAndMountSensitiveWithFormatOptions(target.Path, staging, fsType, opts, nil, formatOptions(fsType)); err != nil {
+	if err := s.mounter.FormatAndMount(target.Path, staging, fsType, opts, formatOptions(fsType)); err != nil {
 		return nil, status.Errorf(codes.Internal, "format and mount volume %s (%s) at %s: %v", id, fsType, staging, err)
 	}
 	klog.InfoS("volume staged", "volumeID", id, "stagingPath", staging, "fsType", fsType, "options", opts)
@@ -138,19 +139,19 @@ func checkPath(p string) error {
 	if len(p) > maxPathBytes {
 		return status.Errorf(codes.InvalidArgument, "path of %d bytes is longer than PATH_MAX", len(p))
 	}
-	if !filepath.IsAbs(p) || filepath.Clean(p) != p && filepath.Clean(p)+"/" != p || containsNUL(p) {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p && filepath.Clean(p)+"/" != p || strings.ContainsRune(p, 0) {
 		return status.Errorf(codes.InvalidArgument, "path %q must be absolute and clean", p)
 	}
 	return nil
 }
 
-func containsNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return true
-		}
+// checkVolumePath refuses, without touching it, a volume path that is not
+// absolute and clean: no volume can be there, so CSI's answer is NotFound.
+func checkVolumePath(p string) error {
+	if err := checkPath(p); err != nil {
+		return status.Errorf(codes.NotFound, "volume path %.256q: %s", p, status.Convert(err).Message())
 	}
-	return false
+	return nil
 }
 
 // deviceSize returns the size of a block device.

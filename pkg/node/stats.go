@@ -86,7 +86,7 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 func (s *Server) statsCondition(ctx context.Context, id, path string) (backend.Condition, error) {
 	vol, err := s.backend.GetVolume(ctx, id)
 	if errors.Is(err, backend.ErrNotFound) && backend.IsVolumeID(id) {
-		if mounted, merr := s.isMountPoint(path); merr == nil && mounted {
+		if mounted, merr := s.mounter.IsMountPoint(path); merr == nil && mounted {
 			return backend.Condition{Abnormal: true, Reason: backend.ReasonMissing,
 				Message: fmt.Sprintf("volume is mounted at %s but the pool no longer has it", path)}, nil
 		}
@@ -98,60 +98,4 @@ func (s *Server) statsCondition(ctx context.Context, id, path string) (backend.C
 		klog.V(2).InfoS("volume condition abnormal", "volumeID", id, "reason", vol.Condition.Reason, "message", vol.Condition.Message)
 	}
 	return vol.Condition, nil
-}
-
-// NodeExpandVolume implements csi.NodeServer: the backend has grown the
-// device already (ControllerExpandVolume); here the filesystem follows.
-func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	id, path := req.GetVolumeId(), req.GetVolumePath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume id is required")
-	}
-	if path == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume path is required")
-	}
-	unlock, err := s.lock(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	vol, err := s.backend.GetVolume(ctx, id)
-	if err != nil {
-		return nil, rpcerr.Status(err)
-	}
-	for _, p := range []string{path, req.GetStagingTargetPath()} {
-		if err := checkVolumePath(p); p != "" && err != nil {
-			return nil, err
-		}
-	}
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return nil, status.Errorf(codes.NotFound, "volume path %s does not exist", path)
-	}
-	if limit := req.GetCapacityRange().GetLimitBytes(); limit > 0 && vol.SizeBytes > limit {
-		return nil, status.Errorf(codes.OutOfRange, "volume is %d bytes, above the limit %d", vol.SizeBytes, limit)
-	}
-	target, err := s.backend.Target(ctx, id)
-	if err != nil {
-		return nil, rpcerr.Status(err)
-	}
-	if target.IsDevice && vol.AccessType == backend.AccessMount && req.GetVolumeCapability().GetBlock() == nil {
-		mountPath := req.GetStagingTargetPath()
-		if mountPath == "" {
-			mountPath = path
-		}
-		if _, err := s.resizer.Resize(target.Path, mountPath); err != nil {
-			return nil, status.Errorf(codes.Internal, "grow filesystem of %s at %s: %v", id, mountPath, err)
-		}
-		klog.InfoS("filesystem expanded", "volumeID", id, "sizeBytes", vol.SizeBytes)
-	}
-	return &csi.NodeExpandVolumeResponse{CapacityBytes: vol.SizeBytes}, nil
-}
-
-// checkVolumePath refuses, without touching it, a volume path that is not
-// absolute and clean: no volume can be there, so CSI's answer is NotFound.
-func checkVolumePath(p string) error {
-	if err := checkPath(p); err != nil {
-		return status.Errorf(codes.NotFound, "volume path %.256q: %s", p, status.Convert(err).Message())
-	}
-	return nil
 }

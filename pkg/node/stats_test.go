@@ -76,7 +76,7 @@ func TestNodeGetVolumeStatsCondition(t *testing.T) {
 			if tc.mounted {
 				mps = append(mps, mount.MountPoint{Device: "/dev/x", Path: path, Type: "ext4"})
 			}
-			s := New(pool, Options{Mounter: &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(mps), Exec: utilexec.New()}})
+			s := New(pool, Options{Mounter: NewMounter(mount.NewFakeMounter(mps), utilexec.New())})
 
 			resp, err := s.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: path})
 			if status.Code(err) != tc.wantCode {
@@ -102,7 +102,7 @@ func TestNodeGetVolumeStatsCondition(t *testing.T) {
 // The kubelet reads the condition only from a node that advertises
 // VOLUME_CONDITION (wire value 4, named in CSI up to 1.12).
 func TestNodeCapabilitiesVolumeCondition(t *testing.T) {
-	s := New(fake.New("n1", 1<<30), Options{Mounter: &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: utilexec.New()}})
+	s := New(fake.New("n1", 1<<30), Options{Mounter: NewMounter(mount.NewFakeMounter(nil), utilexec.New())})
 	resp, err := s.NodeGetCapabilities(context.Background(), &csi.NodeGetCapabilitiesRequest{})
 	if err != nil {
 		t.Fatal(err)
