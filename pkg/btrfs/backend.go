@@ -355,6 +355,13 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 		if err := p.scheduleReap(volumeQgroup(marked.SubvolumeID)); err != nil {
 			return err
 		}
+		// A received volume's limit is on the qgroup it was received
+		// into (stream.go), which the record names.
+		if marked.Qgroup != "" && marked.Qgroup != volumeQgroup(marked.SubvolumeID) {
+			if err := p.scheduleReap(marked.Qgroup); err != nil {
+				return err
+			}
+		}
 	}
 	if marked != nil && marked.SubvolumeID != 0 {
 		// Before the marker goes, so that a crash here leaves recovery the

@@ -53,6 +53,7 @@ type Config struct {
 //	<pool>/csi-thin/volumes/<id>     subvolume of a volume
 //	<pool>/csi-thin/snapshots/<id>   read-only subvolume of a snapshot
 //	<pool>/csi-thin/staging/<id>     half-made objects (purged at start)
+//	<pool>/csi-thin/receiving/<id>/  a stream being received (stream.go; purged at start)
 //	<pool>/csi-thin/meta/<id>.json   the record; written last on create
 //	<pool>/csi-thin/meta/<id>.json.deleting  a delete in progress
 //	<pool>/csi-thin/reap/1_<n>       a deleted volume's qgroup to destroy
@@ -116,7 +117,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if p.quota, err = p.ensureQuota(ctx, cfg.QuotaMode); err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: %w", path, err)
 	}
-	for _, d := range []string{"volumes", "snapshots", "staging", "meta", "reap"} {
+	for _, d := range []string{"volumes", "snapshots", "staging", "receiving", "meta", "reap"} {
 		if err := os.MkdirAll(filepath.Join(p.base, d), 0o700); err != nil {
 			return nil, fmt.Errorf("btrfs pool layout: %w", err)
 		}

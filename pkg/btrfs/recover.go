@@ -45,6 +45,9 @@ func (p *Pool) recover(ctx context.Context) error {
 			p.needsAttention(id, err)
 		}
 	}
+	if err := p.recoverReceiving(ctx); err != nil {
+		return err
+	}
 	metas, err := os.ReadDir(filepath.Join(p.base, "meta"))
 	if err != nil {
 		return err
