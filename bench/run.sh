@@ -25,7 +25,8 @@ case $mode in
          # report states the counts. The 4 GiB source stays: the speedup
          # goal is stated at 4 GiB (its fill and copy cost ~6 min here).
          vm_flags=(--sizes 0,1Gi,4Gi --runs 10 --copy-runs 1 --throughput-n 8 --concurrency 1,8
-                   --scale 0,20 --scale-runs 5 --discard-size 128Mi --clone-write 64Mi)
+                   --scale 0,20 --scale-runs 5 --discard-size 128Mi --clone-write 64Mi
+                   --freeze-runs 20)
          vm_disk=20G ;;
   smoke) out=${2:-$repo/bin/bench-smoke}
          host_flags=(--smoke) vm_flags=(--smoke) vm_disk=4G ;;

@@ -31,6 +31,8 @@ type benchConfig struct {
 	concurrency, scale            []int
 	discardBytes, cloneWriteBytes int64
 	smallVolumeBytes              int64
+	freezeRuns                    int
+	freezeDirtyBytes              int64
 	phases                        map[string]bool
 	smoke                         bool
 	driverFlags                   []string
@@ -38,7 +40,7 @@ type benchConfig struct {
 	note                          string
 }
 
-const allPhases = "latency,space,discard,throughput,scaling"
+const allPhases = "latency,space,discard,throughput,scaling,freeze"
 
 func parseBenchFlags(args []string) (*benchConfig, error) {
 	c := &benchConfig{}
@@ -59,6 +61,8 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 	scale := fs.String("scale", "0,100,500", "existing volumes+snapshots in the pool for the scaling phase")
 	discard := fs.String("discard-size", "1Gi", "data written then deleted in the discard phase")
 	cloneWrite := fs.String("clone-write", "64Mi", "data overwritten in a clone in the space phase")
+	fs.IntVar(&c.freezeRuns, "freeze-runs", 50, "freezes per load in the freeze phase")
+	freezeDirty := fs.String("freeze-dirty", "16Mi", "freeze phase: unsynced data written before each freeze of the dirty load")
 	phases := fs.String("phases", allPhases, "phases to run")
 	fs.StringVar(&c.note, "note", "", "a caveat to record in the report (e.g. what the disk really is)")
 	driverFlags := fs.String("driver-flags", "", "extra flags for the driver, space-separated (e.g. -v=4 to log every command's duration)")
@@ -73,7 +77,8 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		smoke := map[string]string{"pool-size": "3Gi", "runs": "1", "copy-runs": "1", "sizes": "0,4Mi",
-			"throughput-n": "4", "concurrency": "1,4", "scale": "0,4", "discard-size": "8Mi", "clone-write": "1Mi"}
+			"throughput-n": "4", "concurrency": "1,4", "scale": "0,4", "discard-size": "8Mi", "clone-write": "1Mi",
+			"freeze-runs": "3", "freeze-dirty": "1Mi"}
 		for name, v := range smoke {
 			if !set[name] {
 				fs.Set(name, v)
@@ -87,6 +92,8 @@ func parseBenchFlags(args []string) (*benchConfig, error) {
 	c.discardBytes, err = parseQuantity("discard-size", *discard)
 	errs = append(errs, err)
 	c.cloneWriteBytes, err = parseQuantity("clone-write", *cloneWrite)
+	errs = append(errs, err)
+	c.freezeDirtyBytes, err = parseQuantity("freeze-dirty", *freezeDirty)
 	errs = append(errs, err)
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := parseQuantity("sizes", strings.TrimSpace(s))
@@ -171,6 +178,9 @@ func runBench(ctx context.Context, args []string) (err error) {
 	default:
 		return fmt.Errorf("--backend %q: btrfs or lvmthin", cfg.backend)
 	}
+	if cfg.phases["freeze"] {
+		sc.tools = append(sc.tools, "losetup", "mkfs.ext4")
+	}
 	s, err := startSession(ctx, sc)
 	if err != nil {
 		return err
@@ -189,6 +199,7 @@ func runBench(ctx context.Context, args []string) (err error) {
 		Config: results.Config{
 			Runs: cfg.runs, CopyRuns: cfg.copyRuns, ScaleRuns: cfg.scaleRuns, SizesBytes: cfg.sizes, ThroughputN: cfg.throughputN,
 			Concurrency: cfg.concurrency, ScaleCounts: cfg.scale, DiscardBytes: cfg.discardBytes, Smoke: cfg.smoke,
+			FreezeRuns: cfg.freezeRuns,
 		},
 	}}
 	b.run.Memory.Services = "controller+node (--mode=local, one process)"
@@ -230,6 +241,7 @@ func (b *bench) phases(ctx context.Context) error {
 		{"discard", b.discardPhase},
 		{"throughput", b.throughputPhase},
 		{"scaling", b.scalingPhase},
+		{"freeze", b.freezePhase},
 	}
 	for _, st := range steps {
 		if !b.cfg.phases[st.name] && !(st.name == "latency" && b.cfg.phases["space"]) {

@@ -124,6 +124,18 @@ func writeRunDetails(b *strings.Builder, r *results.Run) {
 				fmtMs(s.Clone.P50), fmtMs(s.Clone.P95), fmtMs(s.Bare.P50), fmtMs(s.Bare.P95), fmtRatio(div(s.Clone.P50, s.Bare.P50)))
 		}
 	}
+	if len(r.Freeze) > 0 {
+		p("\n### 8. Frozen window\n\n")
+		p("How long `pkg/freeze` (what `--snapshot-freeze` wraps around a block snapshot) holds a filesystem frozen, from before `FIFREEZE` (which first writes out the dirty data) to after `FITHAW`, with an empty snapshot step: the cost of freezing itself, which a snapshot's own time adds to while the tenant's writes wait. %d freezes per load, 50 ms apart, on %s.\n\n", r.Config.FreezeRuns, r.Freeze[0].Filesystem)
+		p("| load | window p50 | p95 | p99 | max | the writer's append+fdatasync p50 / p99 / max |\n|---|---|---|---|---|---|\n")
+		for _, f := range r.Freeze {
+			w := "–"
+			if f.WriterOps != nil {
+				w = fmt.Sprintf("%s / %s / %s (%d ops)", fmtMs(f.WriterOps.P50), fmtMs(f.WriterOps.P99), fmtMs(f.WriterOps.Max), f.WriterOps.N)
+			}
+			p("| %s | %s | %s | %s | %s | %s |\n", f.Load, fmtMs(f.Window.P50), fmtMs(f.Window.P95), fmtMs(f.Window.P99), fmtMs(f.Window.Max), w)
+		}
+	}
 	if len(r.Notes) > 0 {
 		p("\nNotes from the run:\n\n")
 		for _, n := range r.Notes {

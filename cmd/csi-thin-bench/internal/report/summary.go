@@ -138,6 +138,13 @@ func summaryRows(runs []*results.Run) []row {
 		}
 		return orDash(strings.Join(parts, "; "))
 	})
+	add("frozen window (FIFREEZE→FITHAW) p50 / p99 by load, pkg/freeze on ext4", "reported", func(r *results.Run) string {
+		var parts []string
+		for _, f := range r.Freeze {
+			parts = append(parts, fmt.Sprintf("%s: %s / %s", f.Load, fmtMs(f.Window.P50), fmtMs(f.Window.P99)))
+		}
+		return orDash(strings.Join(parts, "; "))
+	})
 	add("run time", "< 20 min", func(r *results.Run) string {
 		return fmt.Sprintf("%.1f min", r.Seconds/60)
 	})

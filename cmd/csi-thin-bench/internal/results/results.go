@@ -30,6 +30,7 @@ type Run struct {
 	Throughput []Throughput  `json:"throughput"`
 	Memory     Memory        `json:"memory"`
 	Scaling    []Scaling     `json:"scaling"`
+	Freeze     []Freeze      `json:"freeze,omitempty"`
 	// Notes are caveats the run found (e.g. a phase skipped and why).
 	Notes []string `json:"notes,omitempty"`
 }
@@ -56,6 +57,7 @@ type Config struct {
 	ScaleCounts  []int   `json:"scaleCounts"`
 	DiscardBytes int64   `json:"discardBytes"`
 	Smoke        bool    `json:"smoke"`
+	FreezeRuns   int     `json:"freezeRuns,omitempty"`
 }
 
 // SizeLatency is measurement 1-3 at one source data size. All latencies
@@ -160,4 +162,18 @@ type Scaling struct {
 	// Bare is the bare backend command at the same population: whether a
 	// slowdown is ours or the storage's.
 	Bare stats.Summary `json:"bare"`
+}
+
+// Freeze is measurement 8 in one load: the window pkg/freeze holds a
+// filesystem frozen (FIFREEZE to FITHAW, the flush of dirty data
+// included), around an empty snapshot step.
+type Freeze struct {
+	// Load is what ran on the filesystem, e.g. "idle".
+	Load string `json:"load"`
+	// Filesystem says what was frozen (e.g. "ext4 on a loop device").
+	Filesystem string        `json:"filesystem"`
+	Window     stats.Summary `json:"window"`
+	// WriterOps is the writer's write+fdatasync latency over the whole
+	// load, when a writer ran: its longest op is what a freeze stalls.
+	WriterOps *stats.Summary `json:"writerOps,omitempty"`
 }

@@ -13,6 +13,7 @@ type Summary struct {
 	N    int     `json:"n"`
 	P50  float64 `json:"p50Ms"`
 	P95  float64 `json:"p95Ms"`
+	P99  float64 `json:"p99Ms"`
 	Min  float64 `json:"minMs"`
 	Max  float64 `json:"maxMs"`
 	Mean float64 `json:"meanMs"`
@@ -33,7 +34,7 @@ func Summarize(samples []time.Duration) Summary {
 	}
 	sort.Float64s(ms)
 	return Summary{
-		N: len(ms), P50: rank(ms, 50), P95: rank(ms, 95),
+		N: len(ms), P50: rank(ms, 50), P95: rank(ms, 95), P99: rank(ms, 99),
 		Min: ms[0], Max: ms[len(ms)-1], Mean: sum / float64(len(ms)),
 	}
 }

@@ -11,7 +11,7 @@ func TestNearestRank(t *testing.T) {
 		s = append(s, time.Duration(i)*time.Millisecond)
 	}
 	got := Summarize(s)
-	want := Summary{N: 20, P50: 10, P95: 19, Min: 1, Max: 20, Mean: 10.5}
+	want := Summary{N: 20, P50: 10, P95: 19, P99: 20, Min: 1, Max: 20, Mean: 10.5}
 	if got != want {
 		t.Errorf("Summarize = %+v, want %+v", got, want)
 	}
