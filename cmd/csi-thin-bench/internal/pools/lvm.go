@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -36,8 +37,12 @@ func (l *LVMDevice) Describe() string {
 	return fmt.Sprintf("LVM thin pool %s/%s built by the driver on the blank disk %s", l.vg, l.pool, l.device)
 }
 
+// DriverArgs puts the freeze markers in the work dir: the default below
+// /var/lib is read-only in the test VM, and the driver will not start
+// without its freeze state dir.
 func (l *LVMDevice) DriverArgs() []string {
-	return []string{"--backend=lvmthin", "--vg=" + l.vg, "--thin-pool=" + l.pool, "--devices=" + l.device}
+	return []string{"--backend=lvmthin", "--vg=" + l.vg, "--thin-pool=" + l.pool, "--devices=" + l.device,
+		"--freeze-state-dir=" + filepath.Join(l.dir, "freeze")}
 }
 
 // Usage reads the thin pool's mapped data and metadata blocks from
