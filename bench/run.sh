@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark of issue 6 on both backends, then one report:
 #   - btrfs on this host (a fresh sparse loop-file pool);
+#   - the btrfs volume stream against the bare tool (two loop-file pools);
 #   - LVM thin inside the QEMU VM of test/vm (this host's kernel has no
 #     device-mapper; the VM's kernel has dm-thin but runs under software
 #     emulation, so the VM part uses smaller sizes and counts);
@@ -46,6 +47,18 @@ if "$bench" run --backend btrfs --driver "$driver" --out "$raw/btrfs.json" "${ho
   inputs+=("$raw/btrfs.json")
 else
   echo "bench: the btrfs run failed" >&2; status=1
+fi
+
+echo "bench: btrfs volume stream on this host ($mode)"
+# pkg/btrfs's stream against the bare `btrfs send | btrfs receive`
+# (cmd/csi-thin-bench/bench_stream.go); its table goes to stream.md.
+stream_flags=()
+[ "$mode" = smoke ] && stream_flags=(--smoke)
+if "$bench" stream --out "$raw/stream.json" "${stream_flags[@]}" > "$raw/stream.log" 2> "$raw/stream.err"; then
+  sed 's/^STREAM: //' "$raw/stream.log" > "$out/stream.md"
+  cat "$raw/stream.log"
+else
+  echo "bench: the stream run failed; log in $raw/stream.err" >&2; tail -5 "$raw/stream.err" >&2; status=1
 fi
 
 if [ "${CSI_THIN_BENCH_VM:-1}" != 0 ]; then

@@ -6,6 +6,8 @@
 //	csi-thin-bench run    the benchmark: latencies, space,
 //	                      discard, throughput, scaling; raw JSON
 //	csi-thin-bench report merges runs into Markdown + PNG + a table
+//	csi-thin-bench stream the btrfs volume stream against the bare
+//	                      btrfs send | btrfs receive (bench_stream.go)
 //
 // It needs root (loop devices, mounts) and cleans up everything it made,
 // including after Ctrl-C.
@@ -22,7 +24,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: csi-thin-bench demo|run|report [flags]   (csi-thin-bench <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: csi-thin-bench demo|run|report|stream [flags]   (csi-thin-bench <cmd> -h for flags)")
 }
 
 func main() {
@@ -40,6 +42,8 @@ func main() {
 		err = runBench(ctx, os.Args[2:])
 	case "report":
 		err = runReport(os.Args[2:])
+	case "stream":
+		err = runStreamBench(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
