@@ -107,10 +107,10 @@ type GroupSnapshotter interface {
 // after another, through the backend's own CreateSnapshot: each member is
 // as consistent as a single snapshot of that backend, but the members are
 // not one instant (a write to one member between two members' snapshots
-// may be in one and not the other). Members carry their group's ID
-// (SnapshotRequest.GroupID), which is all the state a group has: Get and
-// Delete find members by it after a restart, and a group is whole when it
-// has GroupSize members.
+// may be in one and not the other). Members carry
+// their group's ID (SnapshotRequest.GroupID), which is all the state a
+// group has: Get and Delete find members by it after a restart, and a
+// group is whole when it has GroupSize members.
 type SequentialGroups struct {
 	Backend Backend
 }
@@ -133,32 +133,48 @@ func (g SequentialGroups) CreateGroupSnapshot(ctx context.Context, req GroupSnap
 			return nil, fmt.Errorf("group snapshot %s has a member of volume %s of a group of %d: %w", req.ID, s.SourceVolumeID, s.GroupSize, ErrExists)
 		}
 	}
+	if len(existing) == len(sources) {
+		return groupOf(req.ID, req.Name, existing), nil
+	}
+	if len(existing) > 0 {
+		// Made by an attempt cut short: of another instant, so redone.
+		if err := g.DeleteGroupSnapshot(ctx, req.ID); err != nil {
+			return nil, fmt.Errorf("group snapshot %s: remove the members of an unfinished attempt: %w", req.ID, err)
+		}
+	}
 	// Every source must exist before anything is made.
 	for _, id := range sources {
 		if _, err := g.Backend.GetVolume(ctx, id); err != nil {
 			return nil, fmt.Errorf("group snapshot %s: source: %w", req.ID, err)
 		}
 	}
-	out := &GroupSnapshot{ID: req.ID, Name: req.Name, ReadyToUse: true}
+	var made []*Snapshot
 	for _, src := range sources {
 		snap, err := g.Backend.CreateSnapshot(ctx, SnapshotRequest{
 			ID: MemberSnapshotID(req.ID, src), Name: req.Name, SourceVolumeID: src, SkipFreeze: req.SkipFreeze,
 			GroupID: req.ID, GroupSize: len(sources),
 		})
 		if err != nil {
+			err = fmt.Errorf("group snapshot %s: member of %s: %w", req.ID, src, err)
 			// Nothing half-made: the members already made go too.
 			if derr := g.DeleteGroupSnapshot(context.WithoutCancel(ctx), req.ID); derr != nil {
-				return nil, errors.Join(fmt.Errorf("group snapshot %s: member of %s: %w", req.ID, src, err),
-					fmt.Errorf("remove the members made (a retry or delete finishes it): %w", derr))
+				return nil, errors.Join(err, fmt.Errorf("remove the members made (a retry or delete finishes it): %w", derr))
 			}
-			return nil, fmt.Errorf("group snapshot %s: member of %s: %w", req.ID, src, err)
+			return nil, err
 		}
-		out.Snapshots = append(out.Snapshots, snap)
-		if snap.CreatedAt.After(out.CreatedAt) {
-			out.CreatedAt = snap.CreatedAt
+		made = append(made, snap)
+	}
+	return groupOf(req.ID, req.Name, made), nil
+}
+
+func groupOf(id, name string, members []*Snapshot) *GroupSnapshot {
+	out := &GroupSnapshot{ID: id, Name: name, Snapshots: members, ReadyToUse: len(members) > 0 && len(members) == members[0].GroupSize}
+	for _, s := range members {
+		if s.CreatedAt.After(out.CreatedAt) {
+			out.CreatedAt = s.CreatedAt
 		}
 	}
-	return out, nil
+	return out
 }
 
 // DeleteGroupSnapshot implements GroupSnapshotter.
@@ -190,13 +206,7 @@ func (g SequentialGroups) GetGroupSnapshot(ctx context.Context, id string) (*Gro
 	if len(members) == 0 {
 		return nil, fmt.Errorf("group snapshot %s: %w", id, ErrNotFound)
 	}
-	out := &GroupSnapshot{ID: id, Name: members[0].Name, Snapshots: members, ReadyToUse: len(members) == members[0].GroupSize}
-	for _, s := range members {
-		if s.CreatedAt.After(out.CreatedAt) {
-			out.CreatedAt = s.CreatedAt
-		}
-	}
-	return out, nil
+	return groupOf(id, members[0].Name, members), nil
 }
 
 func (g SequentialGroups) members(ctx context.Context, id string) ([]*Snapshot, error) {

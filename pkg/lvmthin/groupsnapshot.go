@@ -7,11 +7,15 @@ import (
 )
 
 // Group snapshots on LVM thin are one thin snapshot per member, one
-// lvcreate after another (backend.SequentialGroups): each member is
-// consistent on its own (lvcreate suspends its origin, which freezes the
-// filesystem on it), but the members are not one instant. lvcreate makes
-// one snapshot per call and LVM has no call that suspends several origins
-// for one metadata commit; see docs/consistency.md. Each member carries
+// lvcreate after another (backend.SequentialGroups): each member is a
+// clean snapshot of its own instant (lvcreate suspends its origin, which
+// freezes the filesystem on it), but the members are NOT one instant.
+// LVM makes one snapshot per lvcreate, and neither way to hold several
+// origins still across the lvcreates works on the kernels this is tested
+// on: FIFREEZE makes lvcreate's own suspend fail busy, and with the
+// origins dm-suspended beforehand lvcreate refuses the next member (the
+// pool reads as past its threshold) and a pool left with queued messages
+// cannot be suspended again. See docs/consistency.md. Each member carries
 // the group's ID and size in a tag (keyGroup), the group's only state.
 
 var _ backend.GroupSnapshotter = (*Backend)(nil)
