@@ -32,7 +32,7 @@ func lastSeq(t *testing.T, path string) uint64 {
 
 // TestGroupSnapshotMembersCleanExt4: two mounted ext4 volumes under a
 // writer that appends sequence number n to A, fsyncs, then appends n to B
-// and fsyncs. Each group snapshot's members are restored: both
+// and fsyncs. The group snapshot's members are restored: both
 // filesystems must be clean (lvcreate's suspend froze each; no journal to
 // replay, e2fsck finds nothing), each must hold every record fsynced
 // before the group was asked for, and the writer goes on afterwards. The
@@ -86,17 +86,24 @@ func TestGroupSnapshotMembersCleanExt4(t *testing.T) {
 				}
 			}
 			written.Store(n)
-			time.Sleep(5 * time.Millisecond) // leave the (emulated) CPU to LVM
+			time.Sleep(50 * time.Millisecond) // leave the (emulated) CPU to LVM
 		}
 	}()
 	var stopOnce sync.Once
 	halt := func() { stopOnce.Do(func() { close(stop); wg.Wait() }) }
 	t.Cleanup(halt)
 
-	const rounds = 3
-	for i := range rounds {
+	// One group: under emulation each takes minutes (two lvcreates, two
+	// restores, e2fsck and mounts).
+	for deadline := time.Now().Add(time.Minute); written.Load() < 10 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := range 1 {
 		c := ctx(t)
 		before := written.Load()
+		if before == 0 {
+			t.Fatal("the writer wrote nothing in a minute")
+		}
 		name := fmt.Sprintf("%s/group-%d", t.Name(), i)
 		gid := backend.GroupSnapshotIDFor(name)
 		g, err := b.CreateGroupSnapshot(c, backend.GroupSnapshotRequest{ID: gid, Name: name, SourceVolumeIDs: []string{bb, a}})
