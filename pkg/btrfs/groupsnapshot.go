@@ -114,6 +114,11 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 	} else if pct := usedPercent(st); pct >= p.cfg.FullPercent {
 		return nil, fmt.Errorf("pool is %.1f%% full (limit %.0f%%): %w", pct, p.cfg.FullPercent, backend.ErrNoSpace)
 	}
+	// A delete of this name's earlier group cut short after its commit
+	// point: finished first, or recovery would finish it on the new group.
+	if err := p.deleteGroup(ctx, req.ID); err != nil {
+		return nil, err
+	}
 	// Leftovers of an attempt cut short in this process.
 	if err := p.discardGroup(ctx, req.ID, sources); err != nil {
 		return nil, err

@@ -279,6 +279,27 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 			}
 		}},
 	} {
+		if tc.name == "delete committed" {
+			// Without a restart, a create of the same name finishes the
+			// delete first, so that recovery cannot later take the new
+			// group's members for the old one's.
+			g := create()
+			if err := p.markDeleting(gid); err != nil {
+				t.Fatal(err)
+			}
+			if again := create(); len(again.Snapshots) != 2 {
+				t.Fatalf("recreated: %+v", again)
+			}
+			if err := p.recover(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := p.GetGroupSnapshot(ctx, gid); err != nil || len(got.Snapshots) != 2 || !got.ReadyToUse {
+				t.Fatalf("group recreated over a committed delete, after recovery: %+v, %v (was %+v)", got, err, g)
+			}
+			if err := p.DeleteGroupSnapshot(ctx, gid); err != nil {
+				t.Fatal(err)
+			}
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			tc.crash(create())
 			if err := p.recover(ctx); err != nil {
