@@ -26,8 +26,8 @@ func (p *Pool) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*ba
 	if req.FsType != "" && req.FsType != FsTypeBtrfs {
 		return nil, fmt.Errorf("fsType %q: %w (a btrfs pool serves btrfs subvolumes)", req.FsType, backend.ErrUnsupported)
 	}
-	if req.Node != "" && req.Node != p.cfg.NodeName {
-		return nil, fmt.Errorf("volume requested on node %q, this pool is on %q: %w", req.Node, p.cfg.NodeName, backend.ErrPrecondition)
+	if err := backend.CheckPlacement(req, p.cfg.NodeName); err != nil {
+		return nil, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -115,9 +115,12 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	return &csi.CreateVolumeResponse{Volume: csiVolume(vol, req.GetVolumeContentSource())}, nil
 }
 
-// placement picks the node for a new volume. A clone or restore must live
-// where its source lives (thin snapshots cannot cross nodes); otherwise the
-// CO's preferred topology wins.
+// placement decides the node of a new volume, for every mode: a clone or
+// restore lives where its source lives (thin snapshots cannot cross
+// nodes); otherwise the CO's preferred topology wins. The backend is held
+// to the answer (backend.VolumeRequest.Node): a local pool refuses another
+// node (backend.CheckPlacement), the router only checks a copy's node
+// against its source and fills in a node the CO left open.
 func (s *Server) placement(ctx context.Context, src backend.Source, topo *csi.TopologyRequirement) (string, error) {
 	sourceNode := ""
 	local, isLocal := s.backend.(backend.Local)

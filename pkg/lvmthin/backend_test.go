@@ -447,3 +447,21 @@ func TestConditionNamesThePoolState(t *testing.T) {
 		t.Errorf("healthy pool: condition %+v", c)
 	}
 }
+
+// TestCreateOnAnotherNodeIsRefused: a volume or copy asked for another
+// node is ErrPrecondition before any LVM command (backend.CheckPlacement);
+// the real pool is held to it by test/lvm TestContract.
+func TestCreateOnAnotherNodeIsRefused(t *testing.T) {
+	b, f := fakeBackend(t, string(readFixture(t, "lvs-vg.json")))
+	for _, req := range []backend.VolumeRequest{
+		{ID: backend.VolumeIDFor("elsewhere"), RequiredBytes: 100 << 20, Node: "n2"},
+		{ID: backend.VolumeIDFor("elsewhere"), Node: "n2", Source: backend.Source{Kind: backend.SourceVolume, ID: fixtureVol}},
+	} {
+		if _, err := b.CreateVolume(context.Background(), req); !errors.Is(err, backend.ErrPrecondition) {
+			t.Errorf("create %+v: err = %v, want ErrPrecondition", req, err)
+		}
+	}
+	if len(f.Lines()) != 0 {
+		t.Errorf("commands run for a refused create: %q", f.Lines())
+	}
+}

@@ -46,6 +46,9 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	if err := checkSource(req.Source); err != nil {
 		return nil, err
 	}
+	if err := backend.CheckPlacement(req, b.cfg.NodeName); err != nil {
+		return nil, err
+	}
 
 	var vol *backend.Volume
 	err := b.change(ctx, func(st *poolState) error {

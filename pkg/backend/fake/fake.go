@@ -80,8 +80,8 @@ func (b *Backend) CreateVolume(_ context.Context, req backend.VolumeRequest) (*b
 	if !backend.IsVolumeID(req.ID) {
 		return nil, fmt.Errorf("id %q: %w", req.ID, backend.ErrInvalid)
 	}
-	if req.Node != "" && req.Node != b.Node {
-		return nil, fmt.Errorf("node %q: %w", req.Node, backend.ErrPrecondition)
+	if err := backend.CheckPlacement(req, b.Node); err != nil {
+		return nil, err
 	}
 	var minimum int64
 	switch req.Source.Kind {

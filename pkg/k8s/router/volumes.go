@@ -115,8 +115,11 @@ func phaseOf(p thinv1.Phase) thinv1.Phase {
 	return p
 }
 
-// placeVolume picks the node: a clone or restore lives with its source;
-// otherwise the node the CO chose (topology), or the pool with most room.
+// placeVolume returns the node the controller decided (req.Node; see
+// controller placement). For a clone or restore it checks that node
+// against the source's, read fresh (a source failed or being deleted is
+// ErrNotFound). Only when the controller left the node open (no source,
+// no topology) does it choose: the healthy pool with most room.
 func (r *Router) placeVolume(ctx context.Context, req backend.VolumeRequest) (string, error) {
 	if req.Source.Kind != backend.SourceNone {
 		srcNode, err := r.sourceNode(ctx, req.Source)
