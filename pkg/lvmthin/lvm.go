@@ -52,12 +52,17 @@ func (l *lvm) run(ctx context.Context, args ...string) ([]byte, error) {
 	}
 }
 
-func (l *lvm) argv(args []string) []string {
-	if l.config == "" || len(args) == 0 {
+func (l *lvm) argv(args []string) []string { return ConfigArgs(l.config, args) }
+
+// ConfigArgs places --config config right after the LVM command (args[0],
+// e.g. "lvcreate"), where every LVM command takes it; an empty config
+// adds nothing.
+func ConfigArgs(config string, args []string) []string {
+	if config == "" || len(args) == 0 {
 		return args
 	}
 	out := make([]string, 0, len(args)+2)
-	out = append(out, args[0], "--config", l.config)
+	out = append(out, args[0], "--config", config)
 	return append(out, args[1:]...)
 }
 

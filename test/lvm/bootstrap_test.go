@@ -8,6 +8,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
+	"github.com/csi-thin/csi-thin/pkg/lvmthin/lvmtest"
 )
 
 // TestBootstrapReusesLoopPool: a second start on the same loop file reuses
@@ -55,12 +56,12 @@ func TestBootstrapRefusesSignature(t *testing.T) {
 	t.Cleanup(func() { run(t, "losetup", "--detach", dev) })
 	formatExt4(t, dev)
 
-	_, err := lvmthin.New(context.Background(), lvmthin.Config{VG: "csithin_sig", Devices: []string{dev}, LVMConfig: lvmConfig()})
+	_, err := lvmthin.New(context.Background(), lvmthin.Config{VG: "csithin_sig", Devices: []string{dev}, LVMConfig: lvmtest.Config()})
 	wantErr(t, err, backend.ErrPrecondition, "bootstrap on a device with ext4")
 	if out := run(t, "blkid", "--probe", "--output", "export", dev); !strings.Contains(out, "TYPE=ext4") {
 		t.Fatalf("the ext4 signature is gone: %s", out)
 	}
 
-	_, err = lvmthin.New(context.Background(), lvmthin.Config{VG: "csithin_absent", LVMConfig: lvmConfig()})
+	_, err = lvmthin.New(context.Background(), lvmthin.Config{VG: "csithin_absent", LVMConfig: lvmtest.Config()})
 	wantErr(t, err, backend.ErrUnavailable, "start on a missing VG without devices")
 }

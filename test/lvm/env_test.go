@@ -23,6 +23,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
+	"github.com/csi-thin/csi-thin/pkg/lvmthin/lvmtest"
 )
 
 const (
@@ -111,22 +112,13 @@ func requireLVM(t *testing.T) {
 	t.Skipf("skipping: %s", missingPrereq)
 }
 
-// lvmConfig turns udev off when udev is not running (the VM, containers):
-// LVM would otherwise wait for udev events that never come.
-func lvmConfig() string {
-	if _, err := os.Stat("/run/udev/control"); err == nil {
-		return ""
-	}
-	return "devices{obtain_device_list_from_udev=0} activation{udev_sync=0 udev_rules=0 verify_udev_operations=0 monitoring=0}"
-}
-
 // shared returns the pool most tests share: on CSI_THIN_TEST_DEVICE (the
 // VM's blank disk) or on a sparse loop file.
 func shared(t *testing.T) *lvmthin.Backend {
 	t.Helper()
 	requireLVM(t)
 	sharedOnce.Do(func() {
-		cfg := lvmthin.Config{VG: sharedVG, ThinPool: sharedPool, NodeName: "it-node", LVMConfig: lvmConfig()}
+		cfg := lvmthin.Config{VG: sharedVG, ThinPool: sharedPool, NodeName: "it-node", LVMConfig: lvmtest.Config()}
 		if dev := os.Getenv("CSI_THIN_TEST_DEVICE"); dev != "" {
 			cfg.Devices = []string{dev}
 		} else {
@@ -156,7 +148,7 @@ func loopPool(t *testing.T, vg string, size int64, mutate func(*lvmthin.Config))
 	dir := loopDir(t)
 	cfg := lvmthin.Config{
 		VG: vg, ThinPool: "pool", NodeName: "it-node", LoopFile: filepath.Join(dir, vg+".img"),
-		LoopSizeBytes: size, LVMConfig: lvmConfig(),
+		LoopSizeBytes: size, LVMConfig: lvmtest.Config(),
 	}
 	if mutate != nil {
 		mutate(&cfg)
@@ -206,11 +198,7 @@ func run(t *testing.T, name string, args ...string) string {
 // lvm runs an LVM command with the same --config as the backends.
 func lvm(t *testing.T, args ...string) string {
 	t.Helper()
-	argv := []string{args[0]}
-	if c := lvmConfig(); c != "" {
-		argv = append(argv, "--config", c)
-	}
-	return run(t, "lvm", append(argv, args[1:]...)...)
+	return run(t, "lvm", lvmtest.Args(args...)...)
 }
 
 func wantErr(t *testing.T, err, sentinel error, what string) {

@@ -25,6 +25,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/command"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
+	"github.com/csi-thin/csi-thin/pkg/lvmthin/lvmtest"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -58,14 +59,6 @@ func requireDMThin(t *testing.T) {
 	}
 }
 
-// lvmConfig turns udev off where udev is not running (the VM).
-func lvmConfig() string {
-	if _, err := os.Stat("/run/udev/control"); err == nil {
-		return ""
-	}
-	return "devices{obtain_device_list_from_udev=0} activation{udev_sync=0 udev_rules=0 verify_udev_operations=0 monitoring=0}"
-}
-
 // newPool makes a loop-file pool in its own VG for one test (on tmpfs in
 // the VM, where the work dir is slow 9p) and tears it down after.
 func newPool(t *testing.T, vg string, size int64, mutate func(*lvmthin.Config)) (*lvmthin.Backend, lvmthin.Config) {
@@ -81,7 +74,7 @@ func newPool(t *testing.T, vg string, size int64, mutate func(*lvmthin.Config)) 
 		dir = d
 	}
 	cfg := lvmthin.Config{VG: vg, ThinPool: "pool", NodeName: "rel-node", LoopFile: filepath.Join(dir, vg+".img"),
-		LoopSizeBytes: size, LVMConfig: lvmConfig()}
+		LoopSizeBytes: size, LVMConfig: lvmtest.Config()}
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -104,11 +97,7 @@ var host = &command.Host{Timeout: 2 * time.Minute}
 // lvm runs one LVM command the way the driver does (same --config).
 func lvm(t *testing.T, args ...string) []byte {
 	t.Helper()
-	argv := args
-	if c := lvmConfig(); c != "" {
-		argv = append([]string{args[0], "--config", c}, args[1:]...)
-	}
-	res, err := host.Run(context.Background(), "lvm", argv...)
+	res, err := host.Run(context.Background(), "lvm", lvmtest.Args(args...)...)
 	if err != nil {
 		t.Fatalf("lvm %v: %v", args, err)
 	}

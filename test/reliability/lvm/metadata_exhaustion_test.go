@@ -22,6 +22,7 @@ import (
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/lvmthin"
+	"github.com/csi-thin/csi-thin/pkg/lvmthin/lvmtest"
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
@@ -74,7 +75,7 @@ func newMetadataPool(t *testing.T, vg string) *mdPool {
 	// extra PV can only be wiped once its VG is gone.
 	t.Cleanup(func() {
 		if p.extraDev != "" {
-			host.Run(context.Background(), "lvm", lvmArgs("pvremove", "--yes", p.extraDev)...)
+			host.Run(context.Background(), "lvm", lvmtest.Args("pvremove", "--yes", p.extraDev)...)
 			host.Run(context.Background(), "losetup", "--detach", p.extraDev)
 		}
 	})
@@ -89,7 +90,7 @@ func newMetadataPool(t *testing.T, vg string) *mdPool {
 	// zeroing pool writes 64 KiB per 4 KiB first write, ~7 GiB to run 2 MiB
 	// of metadata out; docs/lvm-metadata.md has that run's figures).
 	p.cfg = lvmthin.Config{VG: vg, ThinPool: "pool", NodeName: "rel-node", LoopFile: file,
-		MetadataSizeBytes: mdMetadata, LVMConfig: lvmConfig(), SkipZeroing: true}
+		MetadataSizeBytes: mdMetadata, LVMConfig: lvmtest.Config(), SkipZeroing: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b, err := lvmthin.New(ctx, p.cfg)
@@ -123,14 +124,6 @@ func attachSparse(t *testing.T, file string, size int64) string {
 		t.Fatalf("attach %s: %v", file, err)
 	}
 	return strings.TrimSpace(string(res.Stdout))
-}
-
-// lvmArgs adds the test's --config after the LVM command name.
-func lvmArgs(args ...string) []string {
-	if c := lvmConfig(); c != "" {
-		return append([]string{args[0], "--config", c}, args[1:]...)
-	}
-	return args
 }
 
 // thinPoolStatus is the kernel's view of the pool (`dmsetup status` of
