@@ -28,8 +28,10 @@ func TestRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.DeleteSnapshot(ctx(t), snap) })
+	// A copy keeps its source's access type: the restore of a raw block
+	// volume's snapshot is raw block too.
 	r1, err := b.CreateVolume(c, backend.VolumeRequest{ID: restore, Name: "pvc/restore", FsType: "xfs",
-		Source: backend.Source{Kind: backend.SourceSnapshot, ID: snap}})
+		AccessType: backend.AccessBlock, Source: backend.Source{Kind: backend.SourceSnapshot, ID: snap}})
 	if err != nil {
 		t.Fatal(err)
 	}
