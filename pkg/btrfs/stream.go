@@ -267,13 +267,16 @@ func (p *Pool) ReceiveSnapshot(ctx context.Context, id, name string, r io.Reader
 	if err != nil {
 		return nil, err
 	}
-	// One receive per ID, and one per sent name: both land in snapshots/.
-	for _, key := range []string{p.receivingDir(id), p.snapshotPath(hdr.SnapshotID)} {
-		if _, busy := inflight.LoadOrStore(key, true); busy {
-			return nil, fmt.Errorf("receive snapshot %s: %s is being received already: %w", id, filepath.Base(key), backend.ErrBusy)
-		}
-		defer inflight.Delete(key)
+	if _, busy := inflight.LoadOrStore(p.receivingDir(id), true); busy {
+		return nil, fmt.Errorf("receive snapshot %s: being received already: %w", id, backend.ErrBusy)
 	}
+	defer inflight.Delete(p.receivingDir(id))
+	// Snapshot receives land in snapshots/ one at a time: what appears
+	// there without a record during one is then its own (a snapshot that
+	// CreateSnapshot makes has its record before it is in place).
+	lock, _ := snapshotReceives.LoadOrStore(p.base, &sync.Mutex{})
+	lock.(*sync.Mutex).Lock()
+	defer lock.(*sync.Mutex).Unlock()
 	before, err := p.startSnapshotReceive(ctx, id, hdr)
 	if err != nil {
 		return nil, fmt.Errorf("receive snapshot %s: %w", id, err)
@@ -403,9 +406,13 @@ func (p *Pool) openStream(ctx context.Context, r io.Reader) (volstream.Header, *
 	return hdr, sr, nil
 }
 
-// inflight holds the receiving/<id> directories in use: a second receive
-// of the same ID must not remove the first one's scratch.
+// inflight holds the receiving/<id> paths in use: a second receive of
+// the same ID must not remove the first one's scratch.
 var inflight sync.Map
+
+// snapshotReceives holds a mutex per pool that serialises snapshot
+// receives (ReceiveSnapshot).
+var snapshotReceives sync.Map
 
 func (p *Pool) receivingDir(id string) string { return filepath.Join(p.base, "receiving", id) }
 
