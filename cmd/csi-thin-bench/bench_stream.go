@@ -123,6 +123,7 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 	}
 	for i := range runs {
 		id := backend.VolumeIDFor(fmt.Sprintf("full-%d", i))
+		quiesce(ctx, src, dst)
 		st, secs, err := transfer(ctx, src, dst, s1.ID, "", id)
 		if err != nil {
 			return err
@@ -135,6 +136,7 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 		if err := dst.DeleteVolume(ctx, id); err != nil {
 			return err
 		}
+		quiesce(ctx, src, dst)
 		n, secs, err := bareTransfer(ctx, filepath.Join(snapDir, s1.ID), "", bareDir)
 		if err != nil {
 			return err
@@ -161,6 +163,7 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 	}
 	for i := range runs {
 		id := backend.VolumeIDFor(fmt.Sprintf("inc-%d", i))
+		quiesce(ctx, src, dst)
 		st, secs, err := transfer(ctx, src, dst, s2.ID, s1.ID, id)
 		if err != nil {
 			return err
@@ -170,6 +173,7 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 		if err := dst.DeleteVolume(ctx, id); err != nil {
 			return err
 		}
+		quiesce(ctx, src, dst)
 		n, secs, err := bareTransfer(ctx, filepath.Join(snapDir, s2.ID), filepath.Join(snapDir, s1.ID), bareDir)
 		if err != nil {
 			return err
@@ -181,6 +185,19 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 		}
 	}
 	return nil
+}
+
+// quiesce lets the previous run's deletes and background clean-ups finish
+// (commit, cleaner) so that neither contender pays for the other's.
+func quiesce(ctx context.Context, pools ...*btrfs.Pool) {
+	for _, p := range pools {
+		p.Settle()
+		for _, args := range [][]string{{"filesystem", "sync", p.MountPath()}, {"subvolume", "sync", p.MountPath()}, {"filesystem", "sync", p.MountPath()}} {
+			if out, err := osexec.CommandContext(ctx, "btrfs", args...).CombinedOutput(); err != nil {
+				klog.ErrorS(err, "quiesce", "output", string(out))
+			}
+		}
+	}
 }
 
 // transfer runs SendSnapshot into ReceiveVolume through a pipe, timed.
