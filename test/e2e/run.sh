@@ -13,6 +13,8 @@
 #                         upstream multiVolume and topology specs)
 #   E2E_UPSTREAM=0        skip the upstream suite
 #   E2E_SCENARIOS         run only the TestCluster steps matching this regexp
+#   E2E_RUN               go test -run regexp for the scenarios (overrides E2E_SCENARIOS),
+#                         e.g. TestMultiNode
 #   E2E_UPSTREAM_FOCUS    override the upstream focus regexp
 #   E2E_KEEP=1            leave the cluster running afterwards (debugging)
 #   E2E_ARTIFACTS         where logs go (default _output/e2e)
@@ -145,7 +147,7 @@ kubectl get thinnodes -o wide
 # ---- 1. csi-thin scenarios
 log "e2e: csi-thin scenarios"
 (cd "$root" && env "${go_caches[@]}" CSI_THIN_E2E=1 E2E_NAMESPACE=$ns E2E_STATE_DIR=$state_dir E2E_NODE=$NODE_NAME E2E_MNTNS_DIR=$K8S_MNTNS_DIR \
-	GOFLAGS=-mod=mod go test -count=1 -v -timeout 30m ${E2E_SCENARIOS:+-run "TestCluster/($E2E_SCENARIOS)"} ./test/e2e/) 2>&1 | tee "$artifacts/scenarios.log"
+	GOFLAGS=-mod=mod go test -count=1 -v -timeout 30m ${E2E_SCENARIOS:+-run "TestCluster/($E2E_SCENARIOS)"} ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/) 2>&1 | tee "$artifacts/scenarios.log"
 scen_rc=${PIPESTATUS[0]}
 ((scen_rc == 0)) || { log "e2e: csi-thin scenarios failed"; exit 1; }
 
