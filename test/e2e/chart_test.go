@@ -151,6 +151,17 @@ func TestChartRendersDriver(t *testing.T) {
 			t.Errorf("controller lacks container %s", c)
 		}
 	}
+	// Every client of the Kubernetes API that a burst of claims or
+	// snapshots goes through runs above its default 5 requests/s.
+	snapc := decode[appsv1.Deployment](t, render(t, "--set", "snapshotController.install=true"), "Deployment/csi-thin-snapshot-controller")
+	args["snapshot-controller"] = snapc.Spec.Template.Spec.Containers[0].Args
+	for _, c := range []string{"csi-provisioner", "csi-resizer", "csi-snapshotter", "snapshot-controller"} {
+		for _, want := range []string{"--kube-api-qps=50", "--kube-api-burst=100"} {
+			if !slices.Contains(args[c], want) {
+				t.Errorf("%s lacks %s: %v", c, want, args[c])
+			}
+		}
+	}
 	ds := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-default")
 	node := ds.Spec.Template.Spec.Containers[0]
 	if node.SecurityContext == nil || !*node.SecurityContext.Privileged {
