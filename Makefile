@@ -16,7 +16,7 @@ GOTAGS    := grpcnotrace
 export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lint test cluster-build test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e demo bench clean
+.PHONY: all build lint test cluster-build test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes demo bench clean
 
 all: build
 
@@ -44,7 +44,7 @@ test-btrfs: | $(BIN)
 # out-of-space and metadata tests, in one VM boot (~9.5 min, see
 # test-reliability-lvm). test/README.md says what runs where.
 test:
-	hack/test-stages.sh 'packages-host lint test-unit test-btrfs test-reliability bench-smoke test-e2e' \
+	hack/test-stages.sh 'packages-host lint test-unit test-btrfs test-reliability bench-smoke test-e2e test-e2e-nodes' \
 	  'test-lvm test-reliability-lvm' 'cluster-build'
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
@@ -59,6 +59,12 @@ test-lvm:
 # External Storage suite; then teardown.
 test-e2e:
 	bash test/e2e/run.sh
+
+# Two nodes (each its own network and mount namespace, kubelet, containerd
+# and btrfs pool; test/cluster) and the placement scenarios across them
+# (TestMultiNode), ~6 min.
+test-e2e-nodes:
+	E2E_NODES=2 E2E_UPSTREAM=0 E2E_RUN=TestMultiNode E2E_ARTIFACTS=$(CURDIR)/_output/e2e-nodes bash test/e2e/run.sh
 
 # Chart lint/render tests only (helm from the cluster cache).
 test-chart:
