@@ -67,10 +67,6 @@ func removeArgs(vg, lv string) []string {
 	return []string{"lvremove", "--yes", lvPath(vg, lv)}
 }
 
-func delTagArgs(vg, lv, tag string) []string {
-	return []string{"lvchange", "--deltag", tag, lvPath(vg, lv)}
-}
-
 // activateArgs activates an LV even when it carries the skip flag.
 func activateArgs(vg, lv string) []string {
 	return []string{"lvchange", "--activate", "y", "--ignoreactivationskip", lvPath(vg, lv)}

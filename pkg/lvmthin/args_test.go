@@ -9,7 +9,7 @@ import (
 )
 
 func TestArgv(t *testing.T) {
-	tags := []string{"csi-thin.io/owned", "csi-thin.io/creating"}
+	tags := []string{"csi-thin.io/owned", "csi-thin.io/kind=volume"}
 	for _, tc := range []struct {
 		name string
 		got  []string
@@ -21,14 +21,13 @@ func TestArgv(t *testing.T) {
 			"vgs --reportformat json --units b --nosuffix -o vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_free_count,vg_attr,vg_tags vg"},
 		{"pvs", pvsArgs("/dev/vda"), "pvs --reportformat json --units b --nosuffix -o pv_name,vg_name,pv_size /dev/vda"},
 		{"thin volume", createThinArgs("vg", "pool", "v-1", 1<<30, tags),
-			"lvcreate --type thin --virtualsize 1073741824b --thinpool pool --name v-1 --addtag csi-thin.io/owned --addtag csi-thin.io/creating vg"},
+			"lvcreate --type thin --virtualsize 1073741824b --thinpool pool --name v-1 --addtag csi-thin.io/owned --addtag csi-thin.io/kind=volume vg"},
 		{"snapshot", createSnapshotArgs("vg", "v-1", "s-1", tags[:1]),
 			"lvcreate --snapshot --name s-1 --permission r --setactivationskip y --addtag csi-thin.io/owned vg/v-1"},
 		{"clone", createWritableSnapshotArgs("vg", "s-1", "v-2", tags[:1]),
 			"lvcreate --snapshot --name v-2 --permission rw --setactivationskip n --activate n --addtag csi-thin.io/owned vg/s-1"},
 		{"extend", extendArgs("vg", "v-1", 2<<30), "lvextend --size 2147483648b vg/v-1"},
 		{"remove", removeArgs("vg", "v-1"), "lvremove --yes vg/v-1"},
-		{"deltag", delTagArgs("vg", "v-1", tagCreating), "lvchange --deltag csi-thin.io/creating vg/v-1"},
 		{"activate", activateArgs("vg", "v-1"), "lvchange --activate y --ignoreactivationskip vg/v-1"},
 		{"pool", createPoolArgs("vg", "pool", 4<<30, 16<<20, 64<<10, false, tags[:1]),
 			"lvcreate --type thin-pool --size 4294967296b --poolmetadatasize 16777216b --chunksize 65536b --zero n --discards passdown --name pool --addtag csi-thin.io/owned vg"},

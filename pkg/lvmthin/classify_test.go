@@ -70,7 +70,7 @@ func TestLockContentionIsRetried(t *testing.T) {
 	f.On("lvm lvchange", "", 5, "  Can't get lock for vgcap")
 	l := newLVM(f, "")
 	l.retryDelay = 0
-	_, err := l.run(t.Context(), delTagArgs("vgcap", "v-1", tagCreating)...)
+	_, err := l.run(t.Context(), activateArgs("vgcap", "v-1")...)
 	if err == nil {
 		t.Fatal("no error")
 	}

@@ -64,7 +64,7 @@ func TestParseLVs(t *testing.T) {
 		t.Errorf("snapshot = %+v", snap)
 	}
 	clone := lvByName(t, lvs, fixtureClone)
-	if cm := decodeTags(clone.Tags); !cm.Creating || clone.Attr.SkipActivation || !clone.Attr.Writeable() || clone.Origin != fixtureSnap {
+	if cm := lvMeta(&clone); !cm.Creating || clone.Attr.SkipActivation || !clone.Attr.Writeable() || clone.Origin != fixtureSnap {
 		t.Errorf("half-made clone = %+v", clone)
 	}
 	if foreign := lvByName(t, lvs, "foreign"); decodeTags(foreign.Tags).Owned {

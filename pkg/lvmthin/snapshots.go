@@ -77,14 +77,6 @@ func (b *Backend) createSnapshot(ctx context.Context, st *poolState, req backend
 		return &backend.Snapshot{ID: req.ID, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SizeBytes: src.Size,
 			Node: b.cfg.NodeName, CreatedAt: created, ReadyToUse: true, GroupID: req.GroupID, GroupSize: req.GroupSize}, nil
 	}
-	if m.CreatingTag {
-		// Not made by this version (snapshots are one step), but harmless
-		// to complete: the snapshot itself is whole.
-		if _, err := b.lvm.run(ctx, delTagArgs(b.cfg.VG, req.ID, tagCreating)...); err != nil {
-			return nil, fmt.Errorf("finish snapshot %s: %w", req.ID, err)
-		}
-		b.cache.invalidate() // rare: list again rather than edit the entry's tags
-	}
 	return b.snapshotFrom(existing, m), nil
 }
 

@@ -21,11 +21,6 @@ const (
 	// tagOwned marks every LV this driver made; nothing without it is
 	// ever changed or removed.
 	tagOwned = tagPrefix + "owned"
-	// tagCreating marked a half-made LV in earlier versions, which set it
-	// on the lvcreate of a copy grown past its source and removed it as
-	// the last step. It is no longer written (keyGrow replaced it and
-	// saves that step), but an LV carrying it is still half made.
-	tagCreating = tagPrefix + "creating"
 
 	keyKind    = "kind"
 	keyName    = "name"
@@ -60,20 +55,19 @@ func tag(key, value string) string { return tagPrefix + key + "=" + value }
 // objectMeta is what the tags of one LV say.
 type objectMeta struct {
 	Owned bool
-	// Creating: the LV is half made, by the legacy tag (CreatingTag) or
-	// by a grow that has not happened (set by lvMeta, which sees sizes).
-	Creating    bool
-	CreatingTag bool
-	Grow        growth
-	Kind        string
-	Name        string
-	Source      backend.Source
-	AccessType  backend.AccessType
-	FsType      string
-	CreatedAt   time.Time
-	Parameters  map[string]string
-	Group       string
-	GroupSize   int
+	// Creating: the LV is half made, its grow has not happened (set by
+	// lvMeta, which sees sizes).
+	Creating   bool
+	Grow       growth
+	Kind       string
+	Name       string
+	Source     backend.Source
+	AccessType backend.AccessType
+	FsType     string
+	CreatedAt  time.Time
+	Parameters map[string]string
+	Group      string
+	GroupSize  int
 }
 
 // growth is the keyGrow tag: a copy made at From bytes and extended to
@@ -84,8 +78,7 @@ type growth struct{ From, To int64 }
 func (g growth) pending(size int64) bool { return g.To > g.From && size == g.From }
 
 // encodeTags turns metadata into the tags a new LV is created with.
-// Creating and CreatingTag are not written: a half-made LV is one whose
-// grow is pending.
+// Creating is not written: a half-made LV is one whose grow is pending.
 func encodeTags(m objectMeta) ([]string, error) {
 	tags := []string{tagOwned, tag(keyKind, m.Kind)}
 	if m.Grow != (growth{}) {
@@ -148,12 +141,8 @@ func lvMeta(lv *LV) objectMeta {
 func decodeTags(tags []string) objectMeta {
 	var m objectMeta
 	for _, t := range tags {
-		switch t {
-		case tagOwned:
+		if t == tagOwned {
 			m.Owned = true
-			continue
-		case tagCreating:
-			m.Creating, m.CreatingTag = true, true
 			continue
 		}
 		rest, ok := strings.CutPrefix(t, tagPrefix)

@@ -47,8 +47,8 @@ func TestDecodeIgnoresBrokenValues(t *testing.T) {
 	}
 }
 
-// TestHalfMade: an LV is half made while it carries the legacy creating
-// tag, or while its size is still the FROM of its grow tag.
+// TestHalfMade: an LV is half made while its size is still the FROM of
+// its grow tag.
 func TestHalfMade(t *testing.T) {
 	grow := tag(keyGrow, "67108864:134217728")
 	for _, tc := range []struct {
@@ -61,7 +61,6 @@ func TestHalfMade(t *testing.T) {
 		{"grow pending", []string{tagOwned, grow}, 64 << 20, true},
 		{"grown", []string{tagOwned, grow}, 128 << 20, false},
 		{"grown, then expanded", []string{tagOwned, grow}, 1 << 30, false},
-		{"legacy creating tag", []string{tagOwned, tagCreating}, 64 << 20, true},
 		{"garbled grow tag: whole, never removed on a guess", []string{tagOwned, tag(keyGrow, "64M:128M")}, 64 << 20, false},
 		{"grow tag that does not grow", []string{tagOwned, tag(keyGrow, "67108864:67108864")}, 64 << 20, false},
 	} {

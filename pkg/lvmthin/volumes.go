@@ -100,12 +100,11 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 		st.drop(req.ID)
 		existing = nil
 	}
-	// What finishVolume still has to do: grow from curSize, and drop the
-	// legacy creating tag of an LV half made by an earlier version.
-	curSize, created, creatingTag := int64(0), m.CreatedAt, false
+	// What finishVolume still has to do: grow from curSize.
+	curSize, created := int64(0), m.CreatedAt
 	var made *LV // the cache's entry for an LV made here
 	if existing != nil {
-		curSize, creatingTag = existing.Size, m.CreatingTag
+		curSize = existing.Size
 		klog.InfoS("completing half-made volume", "volumeID", req.ID, "fromBytes", curSize, "toBytes", size)
 	} else {
 		if err := b.admit(st, size, size); err != nil {
@@ -138,7 +137,7 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 		// (--activate n): the node activates it when it stages it.
 		made = b.madeLV(req.ID, size, tags, created, lvMode{writeable: true, active: src == nil})
 	}
-	if err := b.finishVolume(ctx, req.ID, curSize, size, creatingTag); err != nil {
+	if err := b.finishVolume(ctx, req.ID, curSize, size); err != nil {
 		return nil, err
 	}
 	if made != nil {
@@ -162,9 +161,7 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 // resumable reports whether a half-made LV can be completed into the
 // requested volume: same source and access type, and a size that the
 // remaining steps reach. A pending grow completes only by an lvextend,
-// so it needs a size above the LV's; an LV with the legacy creating tag
-// completes by dropping the tag, so its size may already be the one
-// asked for.
+// so it needs a size above the LV's.
 func resumable(lv *LV, m objectMeta, src backend.Source, access backend.AccessType, size int64) bool {
 	had := m.AccessType
 	if had == "" {
@@ -173,9 +170,6 @@ func resumable(lv *LV, m objectMeta, src backend.Source, access backend.AccessTy
 	if m.Source != src || had != access {
 		return false
 	}
-	if m.CreatingTag {
-		return lv.Size <= size
-	}
 	return lv.Size < size
 }
 
@@ -183,19 +177,13 @@ func resumable(lv *LV, m objectMeta, src backend.Source, access backend.AccessTy
 // nanoseconds, no monotonic clock), so that repeated reads compare equal.
 func now() time.Time { return time.Unix(0, time.Now().UnixNano()).UTC() }
 
-// finishVolume grows a new clone or restore from curSize to its size
-// (the step that completes it), and drops the creating tag of an LV half
-// made by an earlier version. Each step is skipped when done, so a retry
-// can run it again.
-func (b *Backend) finishVolume(ctx context.Context, id string, curSize, size int64, creatingTag bool) error {
+// finishVolume grows a new clone or restore from curSize to its size,
+// the step that completes it; it is skipped when done, so a retry can run
+// it again.
+func (b *Backend) finishVolume(ctx context.Context, id string, curSize, size int64) error {
 	if curSize < size {
 		if _, err := b.lvm.run(ctx, extendArgs(b.cfg.VG, id, size)...); err != nil {
 			return fmt.Errorf("grow volume %s to %d bytes: %w", id, size, err)
-		}
-	}
-	if creatingTag {
-		if _, err := b.lvm.run(ctx, delTagArgs(b.cfg.VG, id, tagCreating)...); err != nil {
-			return fmt.Errorf("finish volume %s: %w", id, err)
 		}
 	}
 	return nil

@@ -26,11 +26,10 @@ const (
 	volBytes  = 64 * backend.MiB
 	dataBytes = 4 << 20
 	tagOwned  = "csi-thin.io/owned"
-	// A half-made LV carries the creating tag (earlier versions) or a grow
-	// tag FROM:TO while its size is still FROM (the lvextend that
-	// completes it has not run): see pkg/lvmthin/tags.go.
-	tagCreating = "csi-thin.io/creating"
-	tagGrow     = "csi-thin.io/grow="
+	// A half-made LV carries a grow tag FROM:TO while its size is still
+	// FROM (the lvextend that completes it has not run): see
+	// pkg/lvmthin/tags.go.
+	tagGrow = "csi-thin.io/grow="
 )
 
 type world struct {
@@ -46,9 +45,6 @@ type world struct {
 // driver applies, read independently from the raw tags.
 func halfMade(lv lvRow) bool {
 	for _, tg := range strings.Split(lv.Tags, ",") {
-		if tg == tagCreating {
-			return true
-		}
 		if g, ok := strings.CutPrefix(tg, tagGrow); ok {
 			if from, _, ok := strings.Cut(g, ":"); ok && from == lv.Size {
 				return true
