@@ -25,10 +25,10 @@ fi
 set +e
 if [ $native = 1 ]; then
   echo "run-lvm-suite: this kernel has dm-thin: running natively"
-  (cd "$bin" && ./lvm.test -test.v -test.timeout 20m -test.parallel 4 "$@") 2>&1 | tee "$log"
+  (cd "$bin" && ./lvm.test -test.v -test.timeout 45m -test.parallel 4 "$@") 2>&1 | tee "$log"
 else
   echo "run-lvm-suite: no dm-thin in this kernel: running in the test VM"
-  "$repo/test/vm/run.sh" "$bin/lvm.test" -test.v -test.timeout 20m -test.parallel 4 "$@" 2>&1 | tee "$log"
+  "$repo/test/vm/run.sh" --timeout 3000 "$bin/lvm.test" -test.v -test.timeout 45m -test.parallel 4 "$@" 2>&1 | tee "$log"
 fi
 status=${PIPESTATUS[0]}
 set -e
