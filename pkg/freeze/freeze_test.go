@@ -184,6 +184,7 @@ func TestFrozenTwiceIsBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var held <-chan error
 	err = f.Frozen(context.Background(), "s-1", []string{mnt}, func(context.Context) error {
 		err := f.Frozen(context.Background(), "s-2", []string{mnt}, func(context.Context) error {
 			t.Error("the second snapshot ran")
@@ -192,7 +193,8 @@ func TestFrozenTwiceIsBusy(t *testing.T) {
 		if !errors.Is(err, backend.ErrBusy) {
 			t.Errorf("second freeze: %v, want ErrBusy", err)
 		}
-		if !blocked(t, startWriter(filepath.Join(mnt, "f")), 300*time.Millisecond) {
+		held = startWriter(filepath.Join(mnt, "f"))
+		if !blocked(t, held, 300*time.Millisecond) {
 			t.Error("the refused second freeze thawed the first")
 		}
 		return nil
@@ -200,6 +202,9 @@ func TestFrozenTwiceIsBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The held writer finishes too, before the cleanup unmounts (an open
+	// file would make the unmount busy).
+	wantResumes(t, "the writer held by the first freeze", held)
 	wantResumes(t, "after the first snapshot", startWriter(filepath.Join(mnt, "g")))
 }
 
