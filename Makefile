@@ -16,7 +16,7 @@ GOTAGS    := grpcnotrace
 export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lint test cluster-build test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes demo bench clean
+.PHONY: all build lint test cluster-build s3-build test-s3 test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes demo bench clean
 
 all: build
 
@@ -29,7 +29,7 @@ lint:
 
 # Unit tests: fast, no root needed (command runners faked).
 test-unit:
-	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/ -e /pkg/btrfs$$)
+	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/ -e /pkg/btrfs$$ -e /pkg/export$$ -e /internal/s3test$$)
 
 # Real btrfs on loop devices: backend integration and csi-sanity.
 test-btrfs: | $(BIN)
@@ -45,7 +45,7 @@ test-btrfs: | $(BIN)
 # test-reliability-lvm). test/README.md says what runs where.
 test:
 	hack/test-stages.sh 'packages-host lint test-unit test-btrfs test-reliability bench-smoke test-e2e test-e2e-nodes' \
-	  'test-lvm test-reliability-lvm' 'cluster-build'
+	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build test-s3'
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
 cluster-build:
@@ -53,6 +53,15 @@ cluster-build:
 
 test-lvm:
 	test/vm/run-lvm-suite.sh
+
+# SeaweedFS's `weed`, the real S3 server of the export tests, once per
+# version into /var/cache/csi-thin/seaweedfs (test/s3/build.sh).
+s3-build:
+	bash test/s3/build.sh
+
+# Snapshot exports (pkg/export) against that S3 server, on loopback.
+test-s3: | $(BIN)
+	$(GO) test -count=1 -v -parallel 4 -timeout 15m ./pkg/export/ ./internal/s3test/ 2>&1 | tee $(BIN)/test-s3.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|skipping|missing' ; exit $${PIPESTATUS[0]}
 
 # A real single-node cluster (built once, cached outside the clone), the
 # chart installed from this tree, the csi-thin scenarios and the upstream
