@@ -2,11 +2,9 @@ package lvm
 
 import (
 	"math"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/node"
 	"github.com/csi-thin/csi-thin/pkg/trim"
 )
@@ -19,31 +17,9 @@ import (
 func TestScheduledTrimReturnsSpace(t *testing.T) {
 	b := shared(t)
 	c := ctx(t)
-	id := volID(t, "trim")
-	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: id, RequiredBytes: 512 * backend.MiB}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), id) })
-	dev := target(t, b, id)
-	formatExt4(t, dev)
-	dir := mount(t, dev, "ext4", "nodiscard")
-	run(t, "sync")
-	base := poolPercent(t, sharedVG, sharedPool)
-
-	writePattern(t, dataFile(dir), dataBytes, 5)
-	run(t, "sync")
-	full := poolPercent(t, sharedVG, sharedPool)
-	capacity, err := b.Capacity(c, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	expected := float64(dataBytes) / float64(capacity.TotalBytes) * 100
-	if full-base < 0.9*expected {
-		t.Fatalf("writing %d MiB raised pool data from %.2f%% to %.2f%%, want about +%.2f%%", dataBytes>>20, base, full, expected)
-	}
-	if err := os.Remove(dataFile(dir)); err != nil {
-		t.Fatal(err)
-	}
+	v := writeThenDelete(t, "trim", "nodiscard", 5)
+	id, dev, dir := v.id, v.dev, v.dir
+	base, full, expected := v.base, v.full, v.expected
 	run(t, "sync")
 	time.Sleep(2 * time.Second)
 	run(t, "sync")
