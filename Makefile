@@ -70,10 +70,11 @@ test-e2e:
 	bash test/e2e/run.sh
 
 # Two nodes (each its own network and mount namespace, kubelet, containerd
-# and btrfs pool; test/cluster) and the placement scenarios across them
-# (TestMultiNode), ~6 min.
+# and btrfs pool; test/cluster): the placement scenarios across them
+# (TestMultiNode) and the upstream suite with its multiVolume and topology
+# specs, ~11 min.
 test-e2e-nodes:
-	E2E_NODES=2 E2E_UPSTREAM=0 E2E_RUN=TestMultiNode E2E_ARTIFACTS=$(CURDIR)/_output/e2e-nodes bash test/e2e/run.sh
+	E2E_NODES=2 E2E_RUN=TestMultiNode E2E_ARTIFACTS=$(CURDIR)/_output/e2e-nodes bash test/e2e/run.sh
 
 # Chart lint/render tests only (helm from the cluster cache).
 test-chart:
