@@ -16,7 +16,7 @@ GOTAGS    := grpcnotrace
 export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lint test cluster-build s3-build test-s3 test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes demo bench clean
+.PHONY: all build lint test cluster-build s3-build test-s3 test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes bench-cluster demo bench clean
 
 all: build
 
@@ -75,6 +75,16 @@ test-e2e:
 # specs, ~11 min.
 test-e2e-nodes:
 	E2E_NODES=2 E2E_RUN=TestMultiNode E2E_ARTIFACTS=$(CURDIR)/_output/e2e-nodes bash test/e2e/run.sh
+
+# The cluster benchmark (test/e2e TestBurstBench; docs/performance.md):
+# BURST claims at once, as many clones at once, sequential empty vs clone
+# latency, where a create's time goes (the driver's stage histograms) and
+# the delete of everything; results in bin/bench-cluster.txt.
+BURST ?= 50
+bench-cluster:
+	mkdir -p $(BIN)
+	E2E_UPSTREAM=0 E2E_RUN=TestBurstBench E2E_BENCH_BURST=$(BURST) E2E_BENCH_OUT=$(abspath $(BIN))/bench-cluster.txt \
+	  E2E_ARTIFACTS=$(CURDIR)/_output/bench-cluster bash test/e2e/run.sh
 
 # Chart lint/render tests only (helm from the cluster cache).
 test-chart:

@@ -90,6 +90,15 @@ func fromSnapshot(name string) pvcOpt {
 
 func (c *cluster) createPVC(t *testing.T, name, class, size string, opts ...pvcOpt) *corev1.PersistentVolumeClaim {
 	t.Helper()
+	p, err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Create(context.Background(), c.claim(name, class, size, opts...), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create PVC %s: %v", name, err)
+	}
+	return p
+}
+
+// claim is the PVC createPVC creates.
+func (c *cluster) claim(name, class, size string, opts ...pvcOpt) *corev1.PersistentVolumeClaim {
 	p := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.ns},
 		Spec: corev1.PersistentVolumeClaimSpec{
@@ -100,10 +109,6 @@ func (c *cluster) createPVC(t *testing.T, name, class, size string, opts ...pvcO
 	}
 	for _, o := range opts {
 		o(p)
-	}
-	p, err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Create(context.Background(), p, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create PVC %s: %v", name, err)
 	}
 	return p
 }

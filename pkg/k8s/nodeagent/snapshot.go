@@ -55,9 +55,11 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, r.delete(ctx, ts)
 	}
 	if controllerutil.AddFinalizer(ts, wellknown.FinalizerNodeCleanup) {
+		start := time.Now()
 		if err := r.Client.Update(ctx, ts); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
+		observeStage("create_snapshot", stageFinalizer, start)
 	}
 	if ts.Status.Phase == thinv1.PhaseLost {
 		return ctrl.Result{}, ignoreConflict(r.recover(ctx, ts))
@@ -66,15 +68,18 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, nil
 	}
 	if r.APIReader != nil {
+		start := time.Now()
 		if err := r.APIReader.Get(ctx, req.NamespacedName, ts); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
+		observeStage("create_snapshot", stageRecheck, start)
 		if !ts.DeletionTimestamp.IsZero() || ts.Status.Phase == thinv1.PhaseReady || ts.Status.Phase == thinv1.PhaseFailed {
 			return ctrl.Result{}, nil // the cache was behind
 		}
 	}
 	start := time.Now()
 	s, err := r.Pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: ts.Name, Name: ts.Spec.Name, SourceVolumeID: ts.Spec.SourceVolumeID, SkipFreeze: ts.Spec.SkipFreeze})
+	observeStage("create_snapshot", stageBackend, start)
 	ts.Status.ObservedGeneration = ts.Generation
 	ts.Status.OperationStatus = operation(err)
 	setReady(&ts.Status.Conditions, ts.Generation, err, thinv1.ReasonCreated)
@@ -97,9 +102,11 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			r.Changed()
 		}
 	}
+	written := time.Now()
 	if err := r.Client.Status().Update(ctx, ts); err != nil {
 		return ctrl.Result{}, ignoreConflict(fmt.Errorf("write status: %w", err))
 	}
+	observeStage("create_snapshot", stageStatus, written)
 	return ctrl.Result{}, nil
 }
 

@@ -80,9 +80,11 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if controllerutil.AddFinalizer(tv, wellknown.FinalizerNodeCleanup) {
 		// Before any storage exists: the resource can never vanish without
 		// the node hearing of it.
+		start := time.Now()
 		if err := r.Client.Update(ctx, tv); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
+		observeStage("create_volume", stageFinalizer, start)
 	}
 	switch {
 	case tv.Status.Phase == thinv1.PhaseFailed:
@@ -110,9 +112,11 @@ func (r *VolumeReconciler) stillPending(ctx context.Context, tv *thinv1.ThinVolu
 	if r.APIReader == nil {
 		return true, nil
 	}
+	start := time.Now()
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(tv), tv); err != nil {
 		return false, client.IgnoreNotFound(err)
 	}
+	observeStage("create_volume", stageRecheck, start)
 	return tv.DeletionTimestamp.IsZero() && tv.Status.Phase != thinv1.PhaseReady && tv.Status.Phase != thinv1.PhaseFailed, nil
 }
 
@@ -147,6 +151,7 @@ func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) er
 	logger := klog.FromContext(ctx)
 	start := time.Now()
 	v, err := r.Pool.CreateVolume(ctx, requestOf(tv))
+	observeStage("create_volume", stageBackend, start)
 	tv.Status.ObservedGeneration = tv.Generation
 	tv.Status.OperationStatus = operation(err)
 	setReady(&tv.Status.Conditions, tv.Generation, err, thinv1.ReasonCreated)
@@ -166,9 +171,11 @@ func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) er
 		r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Created", "CreateVolume", "created %d bytes on %s", v.SizeBytes, tv.Spec.Node)
 		r.changed()
 	}
+	written := time.Now()
 	if uerr := r.Client.Status().Update(ctx, tv); uerr != nil {
 		return fmt.Errorf("write status: %w", uerr)
 	}
+	observeStage("create_volume", stageStatus, written)
 	return nil
 }
 

@@ -23,15 +23,19 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		return nil, fmt.Errorf("snapshot ID %q: %w", req.ID, backend.ErrInvalid)
 	}
 	logger := klog.FromContext(ctx).WithValues("snapshotID", req.ID, "volumeID", req.SourceVolumeID)
+	stages := startStages("create_snapshot")
 	node, err := r.sourceNode(ctx, backend.Source{Kind: backend.SourceVolume, ID: req.SourceVolumeID})
 	if err != nil {
 		return nil, err
 	}
+	stages.done(stagePlace)
 	ts := &thinv1.ThinSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze},
 	}
-	if err := r.client.Create(ctx, ts); err != nil {
+	err = r.client.Create(ctx, ts)
+	stages.done(stageSubmit)
+	if err != nil {
 		if !apierrors.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("create ThinSnapshot %s: %w", req.ID, err)
 		}
@@ -85,6 +89,7 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		r.deleteQuietly(ctx, ts)
 		return nil, nodeErr
 	}
+	stages.done(stageNode)
 	logger.Info("snapshot ready", "node", ts.Spec.Node, "sizeBytes", ts.Status.SizeBytes)
 	return snapshotOf(ts), nil
 }

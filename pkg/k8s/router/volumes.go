@@ -41,13 +41,17 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 		return nil, fmt.Errorf("volume ID %q: %w", req.ID, backend.ErrInvalid)
 	}
 	logger := klog.FromContext(ctx).WithValues("volumeID", req.ID)
+	stages := startStages("create_volume")
 	node, err := r.placeVolume(ctx, req)
 	if err != nil {
 		return nil, err
 	}
+	stages.done(stagePlace)
 	want := volumeFor(req, node)
 	tv := want.DeepCopy()
-	if err := r.client.Create(ctx, tv); err != nil {
+	err = r.client.Create(ctx, tv)
+	stages.done(stageSubmit)
+	if err != nil {
 		if !apierrors.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("create ThinVolume %s: %w", req.ID, err)
 		}
@@ -104,6 +108,7 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 		r.deleteQuietly(ctx, tv)
 		return nil, nodeErr
 	}
+	stages.done(stageNode)
 	logger.Info("volume ready", "node", tv.Spec.Node, "sizeBytes", tv.Status.SizeBytes)
 	return volumeOf(tv), nil
 }
