@@ -218,6 +218,9 @@ func (c *cluster) scrapeDriver(t *testing.T) map[string]*dto.MetricFamily {
 	}
 	all := map[string]*dto.MetricFamily{}
 	for _, p := range pods.Items {
+		if !servesMetrics(&p) {
+			continue // the snapshot-controller
+		}
 		raw, err := c.kube.CoreV1().RESTClient().Get().Namespace(c.driver).Resource("pods").
 			Name(p.Name + ":9809").SubResource("proxy").Suffix("metrics").DoRaw(ctx)
 		if err != nil {
@@ -237,6 +240,17 @@ func (c *cluster) scrapeDriver(t *testing.T) map[string]*dto.MetricFamily {
 		}
 	}
 	return all
+}
+
+// servesMetrics: the pod runs the csi-thin binary, whose /metrics is the
+// container port named metrics (9809).
+func servesMetrics(p *corev1.Pod) bool {
+	for _, c := range p.Spec.Containers {
+		if slices.ContainsFunc(c.Ports, func(port corev1.ContainerPort) bool { return port.Name == "metrics" && port.ContainerPort == 9809 }) {
+			return true
+		}
+	}
+	return false
 }
 
 // quantileDelta is the q-quantile of the observations a histogram got
