@@ -19,7 +19,8 @@ import (
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
+	toolscache "k8s.io/client-go/tools/cache"
 )
 
 // TestBurstBench is the cluster benchmark of `make bench-cluster`: it
@@ -50,7 +51,8 @@ func TestBurstBench(t *testing.T) {
 	for i := range names {
 		names[i] = fmt.Sprintf("burst-%d", i)
 	}
-	elapsed, lat := c.burst(t, names, nil)
+	clock := c.startBoundClock(t)
+	elapsed, lat := c.burst(t, clock, names, nil)
 	r.add("burst: %d claims created at once: all Bound in %s = %.1f claims/s (PVC -> Bound p50 %s, max %s)",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), pct(lat, 50), pct(lat, 100))
 
@@ -58,15 +60,15 @@ func TestBurstBench(t *testing.T) {
 	for i := range clones {
 		clones[i] = fmt.Sprintf("burst-clone-%d", i)
 	}
-	elapsed, lat = c.burst(t, clones, func(i int) pvcOpt { return fromPVC(names[i]) })
+	elapsed, lat = c.burst(t, clock, clones, func(i int) pvcOpt { return fromPVC(names[i]) })
 	r.add("burst: %d clones created at once: all Bound in %s = %.1f clones/s (PVC -> Bound p50 %s, max %s)",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), pct(lat, 50), pct(lat, 100))
 
-	empty := c.sequential(t, "seq-empty", 10, nil)
+	empty := c.sequential(t, clock, "seq-empty", 10, nil)
 	c.createPVC(t, "seq-source", classImmediate, "2Gi")
 	c.waitBound(t, "seq-source", 2*time.Minute)
 	c.runPod(t, "seq-fill", "dd if=/dev/urandom of=/seq-source/data bs=1M count=1024 conv=fsync 2>&1 | tail -1", "seq-source")
-	cloned := c.sequential(t, "seq-clone", 10, fromPVC("seq-source"))
+	cloned := c.sequential(t, clock, "seq-clone", 10, fromPVC("seq-source"))
 	r.add("sequential: PVC -> Bound p50 %s empty, %s as a clone of a source with 1 GiB written (%.2fx)",
 		pct(empty, 50), pct(cloned, 50), float64(pct(cloned, 50))/float64(pct(empty, 50)))
 
@@ -101,17 +103,75 @@ func TestBurstBench(t *testing.T) {
 	r.write(t)
 }
 
+// boundClock notes when each claim of the namespace is first seen Bound,
+// from an informer (a bare watch may end early; the informer re-watches).
+type boundClock struct {
+	mu      sync.Mutex
+	bound   map[string]time.Time
+	changed chan struct{}
+	stop    context.CancelFunc
+}
+
+func (c *cluster) startBoundClock(t *testing.T) *boundClock {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &boundClock{bound: map[string]time.Time{}, changed: make(chan struct{}, 1), stop: cancel}
+	factory := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithNamespace(c.ns))
+	inf := factory.Core().V1().PersistentVolumeClaims().Informer()
+	note := func(obj any) {
+		pvc, ok := obj.(*corev1.PersistentVolumeClaim)
+		if !ok || pvc.Status.Phase != corev1.ClaimBound {
+			return
+		}
+		b.mu.Lock()
+		if _, seen := b.bound[pvc.Name]; !seen {
+			b.bound[pvc.Name] = time.Now()
+		}
+		b.mu.Unlock()
+		select {
+		case b.changed <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: note, UpdateFunc: func(_, obj any) { note(obj) },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	t.Cleanup(cancel)
+	return b
+}
+
+// wait returns when every named claim has been seen Bound, with the times.
+func (b *boundClock) wait(ctx context.Context, names []string) (map[string]time.Time, error) {
+	for {
+		b.mu.Lock()
+		got := map[string]time.Time{}
+		for _, n := range names {
+			if at, ok := b.bound[n]; ok {
+				got[n] = at
+			}
+		}
+		b.mu.Unlock()
+		if len(got) == len(names) {
+			return got, nil
+		}
+		select {
+		case <-b.changed:
+		case <-ctx.Done():
+			return got, fmt.Errorf("%d of %d claims Bound: %w", len(got), len(names), ctx.Err())
+		}
+	}
+}
+
 // burst creates the claims at once (opt(i) may make claim i a clone) and
 // returns the time until the last is Bound and each one's PVC -> Bound.
-func (c *cluster) burst(t *testing.T, names []string, opt func(int) pvcOpt) (time.Duration, []time.Duration) {
+func (c *cluster) burst(t *testing.T, clock *boundClock, names []string, opt func(int) pvcOpt) (time.Duration, []time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	w, err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Watch(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatalf("watch claims: %v", err)
-	}
-	defer w.Stop()
 	created := make([]time.Time, len(names))
 	failed := make([]error, len(names))
 	start := time.Now()
@@ -126,44 +186,20 @@ func (c *cluster) burst(t *testing.T, names []string, opt func(int) pvcOpt) (tim
 			_, failed[i] = c.kube.CoreV1().PersistentVolumeClaims(c.ns).Create(ctx, c.claim(name, classImmediate, "64Mi", opts...), metav1.CreateOptions{})
 		})
 	}
-	go func() {
-		wg.Wait()
-		if err := errors.Join(failed...); err != nil {
-			cancel() // ends the wait below
-		}
-	}()
-	bound := map[string]time.Time{}
-	want := map[string]int{}
-	for i, name := range names {
-		want[name] = i
-	}
-	for len(bound) < len(names) {
-		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				t.Fatalf("claim watch closed with %d of %d Bound", len(bound), len(names))
-			}
-			pvc, isPVC := ev.Object.(*corev1.PersistentVolumeClaim)
-			if !isPVC || ev.Type == watch.Deleted {
-				continue
-			}
-			if _, ours := want[pvc.Name]; ours && pvc.Status.Phase == corev1.ClaimBound {
-				if _, seen := bound[pvc.Name]; !seen {
-					bound[pvc.Name] = time.Now()
-				}
-			}
-		case <-ctx.Done():
-			wg.Wait()
-			t.Fatalf("%d of %d claims Bound (creates: %v)", len(bound), len(names), errors.Join(failed...))
-		}
-	}
 	wg.Wait()
+	if err := errors.Join(failed...); err != nil {
+		t.Fatalf("create claims: %v", err)
+	}
+	bound, err := clock.wait(ctx, names)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var last time.Time
 	lat := make([]time.Duration, 0, len(names))
-	for name, at := range bound {
-		lat = append(lat, at.Sub(created[want[name]]))
-		if at.After(last) {
-			last = at
+	for i, name := range names {
+		lat = append(lat, bound[name].Sub(created[i]))
+		if bound[name].After(last) {
+			last = bound[name]
 		}
 	}
 	return last.Sub(start), lat
@@ -171,40 +207,26 @@ func (c *cluster) burst(t *testing.T, names []string, opt func(int) pvcOpt) (tim
 
 // sequential creates n claims one after another, each after the previous
 // is Bound, and returns each one's PVC -> Bound.
-func (c *cluster) sequential(t *testing.T, prefix string, n int, opt pvcOpt) []time.Duration {
+func (c *cluster) sequential(t *testing.T, clock *boundClock, prefix string, n int, opt pvcOpt) []time.Duration {
 	t.Helper()
 	var lat []time.Duration
 	for i := range n {
 		name := fmt.Sprintf("%s-%d", prefix, i)
-		start := time.Now()
+		var opts []pvcOpt
 		if opt != nil {
-			c.createPVC(t, name, classImmediate, "2Gi", opt)
-		} else {
-			c.createPVC(t, name, classImmediate, "2Gi")
+			opts = append(opts, opt)
 		}
-		c.waitBoundFast(t, name)
-		lat = append(lat, time.Since(start))
+		start := time.Now()
+		c.createPVC(t, name, classImmediate, "2Gi", opts...)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		bound, err := clock.wait(ctx, []string{name})
+		cancel()
+		if err != nil {
+			t.Fatalf("claim %s: %v: %s", name, err, c.eventsFor(name))
+		}
+		lat = append(lat, bound[name].Sub(start))
 	}
 	return lat
-}
-
-// waitBoundFast waits for Bound on a watch: waitBound's poll interval
-// would dominate a latency measured in tens of milliseconds.
-func (c *cluster) waitBoundFast(t *testing.T, name string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	w, err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
-	if err != nil {
-		t.Fatalf("watch claim %s: %v", name, err)
-	}
-	defer w.Stop()
-	for ev := range w.ResultChan() {
-		if pvc, ok := ev.Object.(*corev1.PersistentVolumeClaim); ok && pvc.Status.Phase == corev1.ClaimBound {
-			return
-		}
-	}
-	t.Fatalf("claim %s not Bound after 2 min: %s", name, c.eventsFor(name))
 }
 
 // scrapeDriver reads the /metrics of every csi-thin pod (controller and
