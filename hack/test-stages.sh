@@ -10,7 +10,8 @@
 # Each stage's output goes to bin/stage-STAGE.log; a failed stage ends its
 # lane (the other lanes run on) and its log's tail is printed. At the end:
 # a table of stage, lane, seconds and status (also in bin/test-stages.tsv),
-# and the exit status is 1 if any stage failed or did not run.
+# and the exit status is 1 if any stage failed or did not run; after the
+# table, the failing tests of each failed stage.
 # TEST_SERIAL=1 runs the lanes one after another (a machine too busy for
 # the VM's timeouts when it shares the cores).
 set -uo pipefail
@@ -67,4 +68,17 @@ sort -t$'\t' -k2,2n -s "$table" | while IFS=$'\t' read -r stage lane secs st; do
 done
 printf '%-24s %4s %8s  %s\n' "total (wall clock)" "" $((SECONDS - start)) "$( ((status)) && echo FAIL || echo ok)"
 echo "logs: $bin/stage-*.log"
+# Last, where a CI page that shows only the end of the output still has
+# it: why each failed stage failed (its failing tests with the lines
+# before them, else the end of its log).
+while IFS=$'\t' read -r stage lane secs st; do
+	[[ $st == FAIL* ]] || continue
+	log=$bin/stage-$stage.log
+	echo "why $stage failed ($log):"
+	if grep -q -- '--- FAIL' "$log"; then
+		grep -B6 -- '--- FAIL' "$log" | grep -v -- '^--$' | tail -24
+	else
+		tail -12 "$log"
+	fi | cut -c1-300 | sed 's/^/    /'
+done <"$table"
 exit $status
