@@ -32,6 +32,13 @@ func CacheOptions(node string) map[client.Object]cache.ByObject {
 	}
 }
 
+// reconcileWorkers is how many ThinVolumes (and, separately, ThinSnapshots)
+// the agent works on at once. The pool serialises its own mutations; what
+// overlaps is each create's API round trips (finalizer, re-read, status),
+// which with one worker made a burst of claims wait in line for every
+// other claim's round trips.
+const reconcileWorkers = 4
+
 // Setup adds the node agent to mgr (whose cache was built with
 // CacheOptions): the ThinVolume and ThinSnapshot reconcilers, the ThinNode
 // status writer and the labeler of unlabeled resources. It returns the

@@ -398,11 +398,15 @@ func TestNodeStatus(t *testing.T) {
 }
 
 // TestStaleCacheDoesNotCreateTwice: right after the agent wrote Ready, its
-// cache may still hold the Pending version; the API server's answer wins.
+// cache may still hold the Pending version (the one with the finalizer it
+// wrote just before); the API server's answer wins. (A version older than
+// the finalizer cannot be acted on: the finalizer write would conflict.)
 func TestStaleCacheDoesNotCreateTwice(t *testing.T) {
 	e := newEnv(t, newVolume(vol1, "n1", backend.GiB))
 	e.reconcileVolume(vol1) // Ready in e.c
-	stale := newEnv(t, newVolume(vol1, "n1", backend.GiB))
+	pending := newVolume(vol1, "n1", backend.GiB)
+	pending.Finalizers = []string{wellknown.FinalizerNodeCleanup}
+	stale := newEnv(t, pending)
 	stale.vr.APIReader = e.c // the "API server" knows it is Ready
 	stale.vr.Pool = e.pool
 	stale.reconcileVolume(vol1)

@@ -15,6 +15,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
@@ -36,6 +37,7 @@ type SnapshotReconciler struct {
 func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("thinsnapshot").
+		WithOptions(controller.Options{MaxConcurrentReconciles: reconcileWorkers}).
 		For(&thinv1.ThinSnapshot{}, builder.WithPredicates(onNode(r.Pool.NodeName()))).
 		Complete(r)
 }
@@ -54,12 +56,14 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if !ts.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.delete(ctx, ts)
 	}
+	fresh := false // as in VolumeReconciler.Reconcile
 	if controllerutil.AddFinalizer(ts, wellknown.FinalizerNodeCleanup) {
 		start := time.Now()
 		if err := r.Client.Update(ctx, ts); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
 		observeStage("create_snapshot", stageFinalizer, start)
+		fresh = true
 	}
 	if ts.Status.Phase == thinv1.PhaseLost {
 		return ctrl.Result{}, ignoreConflict(r.recover(ctx, ts))
@@ -67,7 +71,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if ts.Status.Phase == thinv1.PhaseReady || ts.Status.Phase == thinv1.PhaseFailed {
 		return ctrl.Result{}, nil
 	}
-	if r.APIReader != nil {
+	if r.APIReader != nil && !fresh {
 		start := time.Now()
 		if err := r.APIReader.Get(ctx, req.NamespacedName, ts); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)

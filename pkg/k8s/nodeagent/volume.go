@@ -15,6 +15,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
@@ -45,6 +46,7 @@ type VolumeReconciler struct {
 func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("thinvolume").
+		WithOptions(controller.Options{MaxConcurrentReconciles: reconcileWorkers}).
 		For(&thinv1.ThinVolume{}, builder.WithPredicates(onNode(r.Pool.NodeName()))).
 		Complete(r)
 }
@@ -77,6 +79,9 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if !tv.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.delete(ctx, tv)
 	}
+	// fresh: tv is the API server's current version (the finalizer write
+	// returned it), so the re-read before a create is not needed.
+	fresh := false
 	if controllerutil.AddFinalizer(tv, wellknown.FinalizerNodeCleanup) {
 		// Before any storage exists: the resource can never vanish without
 		// the node hearing of it.
@@ -85,6 +90,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
 		observeStage("create_volume", stageFinalizer, start)
+		fresh = true
 	}
 	switch {
 	case tv.Status.Phase == thinv1.PhaseFailed:
@@ -92,8 +98,10 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	case tv.Status.Phase == thinv1.PhaseLost:
 		return ctrl.Result{}, ignoreConflict(r.recover(ctx, tv))
 	case tv.Status.Phase != thinv1.PhaseReady:
-		if fresh, err := r.stillPending(ctx, tv); err != nil || !fresh {
-			return ctrl.Result{}, err
+		if !fresh {
+			if pending, err := r.stillPending(ctx, tv); err != nil || !pending {
+				return ctrl.Result{}, err
+			}
 		}
 		return ctrl.Result{}, ignoreConflict(r.create(ctx, tv))
 	case tv.Spec.RequiredBytes > tv.Status.SizeBytes:
