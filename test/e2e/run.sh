@@ -153,11 +153,16 @@ scen_rc=${PIPESTATUS[0]}
 
 # ---- 2. upstream External Storage suite
 if [[ ${E2E_UPSTREAM:-1} != 0 ]]; then
-	# On more than one node also multiVolume and topology, for their
-	# multi-node specs.
-	multi=""
-	((NODES == 1)) || multi='|multiVolume|topology'
-	focus=${E2E_UPSTREAM_FOCUS:-"External.Storage.*csi-thin.io.*(provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode|capacity|volumes should store data$multi)"}
+	# One node: the single-volume specs. More than one: the specs about
+	# several nodes (multiVolume, topology) only. The single-volume specs
+	# let the scheduler place their pods freely, and a pod of a restore or
+	# clone put on another node than its source fails by design (a thin
+	# snapshot lives with its source: FailedPrecondition, docs/kubernetes.md),
+	# so on two nodes they would fail about every other run; they run on
+	# one node in test-e2e.
+	specs='provisioning|snapshottable|[Cc]lone|volume-expand|volumeMode|capacity|volumes should store data'
+	((NODES == 1)) || specs='multiVolume|topology'
+	focus=${E2E_UPSTREAM_FOCUS:-"External.Storage.*csi-thin.io.*($specs)"}
 	# Not applicable here: raw block (btrfs pools), other filesystems,
 	# Windows, pre-provisioned objects, group snapshots; and specs that
 	# need the host's PID 1 or a disruptive restart.
