@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -61,15 +62,17 @@ func runController(ctx context.Context, o *options) error {
 	if err := mgr.AddHealthzCheck("router", healthCheck(r.Health)); err != nil {
 		return err
 	}
+	synced := new(atomic.Bool)
 	d, err := driver.New(driver.Config{
 		Endpoint:   o.endpoint,
 		Identity:   driver.NewIdentity(r.Health, driver.WithController),
 		Controller: controller.New(r),
+		Ready:      synced.Load,
 	})
 	if err != nil {
 		return err
 	}
-	return runAll(ctx, mgr, d)
+	return runAll(ctx, mgr, d, synced)
 }
 
 // runNode serves the CSI Node service on the kubelet's plugin socket over
@@ -103,10 +106,12 @@ func runNode(ctx context.Context, o *options) error {
 		return err
 	}
 	nodeServer := node.New(pool, node.Options{MaxVolumes: o.maxVolumes})
+	synced := new(atomic.Bool)
 	d, err := driver.New(driver.Config{
 		Endpoint: o.endpoint,
 		Identity: driver.NewIdentity(health, driver.WithoutController),
 		Node:     nodeServer,
+		Ready:    synced.Load,
 	})
 	if err != nil {
 		return err
@@ -126,7 +131,7 @@ func runNode(ctx context.Context, o *options) error {
 	}
 	klog.InfoS("node agent starting", "node", nodeName, "backend", pool.Kind(), "endpoint", o.endpoint, "registration", regSocket)
 	trimmer := newTrimmer(o, pool, nodeServer, nodeagent.TrimEvents(mgr.GetClient(), mgr.GetEventRecorder("csi-thin-node"), nodeName))
-	err = runAll(ctx, mgr, d, reg, trimmer)
+	err = runAll(ctx, mgr, d, synced, reg, trimmer)
 	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
 	}
@@ -151,18 +156,25 @@ func tuneGC() {
 // runner is anything that serves until its context ends.
 type runner interface{ Run(context.Context) error }
 
-// runAll runs the manager and the servers until ctx ends or one of them
-// fails, which stops the others. The CSI servers start once the caches
-// have synced, so that no call is answered from an empty cache.
-func runAll(ctx context.Context, mgr ctrl.Manager, servers ...runner) error {
+// runAll runs the manager, the CSI server and the other servers until ctx
+// ends or one of them fails, which stops the others. The CSI socket is
+// served at once: a sidecar that connected to a socket nobody accepted on
+// gave up and restarted ("Lost connection to CSI driver"). Until the
+// caches have synced, synced is false, which the CSI server's Ready gate
+// and Probe answer (no call is answered from an empty cache); the other
+// servers (the kubelet registration, the trimmer) start after the sync.
+func runAll(ctx context.Context, mgr ctrl.Manager, csiServer runner, synced *atomic.Bool, afterSync ...runner) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return mgr.Start(ctx) })
+	g.Go(func() error { return csiServer.Run(ctx) })
 	g.Go(func() error {
 		if !mgr.GetCache().WaitForCacheSync(ctx) {
 			return ctx.Err()
 		}
+		synced.Store(true)
+		klog.InfoS("caches synced: serving")
 		sg, sctx := errgroup.WithContext(ctx)
-		for _, s := range servers {
+		for _, s := range afterSync {
 			sg.Go(func() error { return s.Run(sctx) })
 		}
 		return sg.Wait()

@@ -33,6 +33,11 @@ type Config struct {
 	// GroupController serves VolumeGroupSnapshot; nil: not offered. An
 	// *Identity then advertises it.
 	GroupController csi.GroupControllerServer
+	// Ready, when set, gates every call but the Identity service's: until
+	// it returns true they fail Unavailable (the CO retries). The socket
+	// can then be served from the start, so that a sidecar that connects
+	// early waits on Probe instead of on a socket nobody accepts on.
+	Ready func() bool
 }
 
 // Driver is a running (or ready) CSI gRPC server.
@@ -63,7 +68,11 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	server := grpc.NewServer(grpc.ChainUnaryInterceptor(recoverPanics, logCalls))
+	interceptors := []grpc.UnaryServerInterceptor{recoverPanics, logCalls}
+	if cfg.Ready != nil {
+		interceptors = append(interceptors, untilReady(cfg.Ready))
+	}
+	server := grpc.NewServer(grpc.ChainUnaryInterceptor(interceptors...))
 	csi.RegisterIdentityServer(server, cfg.Identity)
 	if cfg.Controller != nil {
 		csi.RegisterControllerServer(server, cfg.Controller)

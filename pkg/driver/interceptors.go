@@ -81,3 +81,21 @@ func recoverPanics(ctx context.Context, req any, info *grpc.UnaryServerInfo, han
 	}()
 	return handler(ctx, req)
 }
+
+// untilReady fails the calls that read or change volumes with Unavailable
+// while ready() is false. What a sidecar asks as it starts (the Identity
+// service, capabilities, NodeGetInfo) is answered at once: the sidecars
+// exit when those fail.
+func untilReady(ready func() bool) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if !answeredWhileStarting(info.FullMethod) && !ready() {
+			return nil, status.Errorf(codes.Unavailable, "%s: the driver is starting (caches not synced yet); retry", info.FullMethod)
+		}
+		return handler(ctx, req)
+	}
+}
+
+func answeredWhileStarting(method string) bool {
+	return strings.HasPrefix(method, "/csi.v1.Identity/") || strings.HasSuffix(method, "GetCapabilities") ||
+		method == "/csi.v1.Node/NodeGetInfo"
+}

@@ -143,6 +143,15 @@ for node in "${nodes[@]}"; do
 done
 kubectl get csidriver,storageclass,volumesnapshotclass
 kubectl get thinnodes -o wide
+# A first install comes up clean: no container of the release restarted
+# (a sidecar that lost its connection to a driver still starting would).
+restarted=$(kubectl -n $ns get pods -o jsonpath='{range .items[*]}{range .status.containerStatuses[?(@.restartCount>0)]}{.name}({.restartCount}) {end}{end}')
+if [[ -n $restarted ]]; then
+	kubectl -n $ns get pods -o wide
+	for p in $(kubectl -n $ns get pods -o name); do kubectl -n $ns logs "$p" --all-containers --previous --tail=20 2>/dev/null; done
+	log "e2e: FAIL: containers restarted during the install: $restarted"
+	exit 1
+fi
 
 # ---- 1. csi-thin scenarios
 log "e2e: csi-thin scenarios"
