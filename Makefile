@@ -71,8 +71,8 @@ test-e2e:
 
 # Two nodes (each its own network and mount namespace, kubelet, containerd
 # and btrfs pool; test/cluster): the placement scenarios across them
-# (TestMultiNode) and the upstream suite with its multiVolume and topology
-# specs, ~11 min.
+# (TestMultiNode) and the upstream suite's multi-node specs (multiVolume,
+# topology), ~4 min.
 test-e2e-nodes:
 	E2E_NODES=2 E2E_RUN=TestMultiNode E2E_ARTIFACTS=$(CURDIR)/_output/e2e-nodes bash test/e2e/run.sh
 
