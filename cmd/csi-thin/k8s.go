@@ -261,8 +261,9 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	}
 	cfg.UserAgent = "csi-thin/" + driver.Version
 	// The controller waits on many resources at once during bursts of
-	// CreateVolume; the defaults (5 qps) would throttle them.
-	cfg.QPS, cfg.Burst = 50, 100
+	// CreateVolume, and each node agent writes three times per create;
+	// the defaults (5 qps) would throttle them (make bench-cluster).
+	cfg.QPS, cfg.Burst = 100, 200
 	return cfg, nil
 }
 

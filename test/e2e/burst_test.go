@@ -64,11 +64,11 @@ func TestBurstBench(t *testing.T) {
 	r.add("burst: %d clones created at once: all Bound in %s = %.1f clones/s (PVC -> Bound p50 %s, max %s)",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), pct(lat, 50), pct(lat, 100))
 
-	empty := c.sequential(t, clock, "seq-empty", 10, nil)
+	empty := c.sequential(t, clock, "seq-empty", 20, nil)
 	c.createPVC(t, "seq-source", classImmediate, "2Gi")
 	c.waitBound(t, "seq-source", 2*time.Minute)
 	c.runPod(t, "seq-fill", "dd if=/dev/urandom of=/seq-source/data bs=1M count=1024 conv=fsync 2>&1 | tail -1", "seq-source")
-	cloned := c.sequential(t, clock, "seq-clone", 10, fromPVC("seq-source"))
+	cloned := c.sequential(t, clock, "seq-clone", 20, fromPVC("seq-source"))
 	r.add("sequential: PVC -> Bound p50 %s empty, %s as a clone of a source with 1 GiB written (%.2fx)",
 		pct(empty, 50), pct(cloned, 50), float64(pct(cloned, 50))/float64(pct(empty, 50)))
 

@@ -156,7 +156,7 @@ func TestChartRendersDriver(t *testing.T) {
 	snapc := decode[appsv1.Deployment](t, render(t, "--set", "snapshotController.install=true"), "Deployment/csi-thin-snapshot-controller")
 	args["snapshot-controller"] = snapc.Spec.Template.Spec.Containers[0].Args
 	for _, c := range []string{"csi-provisioner", "csi-resizer", "csi-snapshotter", "snapshot-controller"} {
-		for _, want := range []string{"--kube-api-qps=50", "--kube-api-burst=100"} {
+		for _, want := range []string{"--kube-api-qps=100", "--kube-api-burst=200"} {
 			if !slices.Contains(args[c], want) {
 				t.Errorf("%s lacks %s: %v", c, want, args[c])
 			}
