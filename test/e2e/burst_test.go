@@ -64,11 +64,14 @@ func TestBurstBench(t *testing.T) {
 	r.add("burst: %d clones created at once: all Bound in %s = %.1f clones/s (PVC -> Bound p50 %s, max %s)",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), pct(lat, 50), pct(lat, 100))
 
-	empty := c.sequential(t, clock, "seq-empty", 20, nil)
-	c.createPVC(t, "seq-source", classImmediate, "2Gi")
+	// Room for 1 GiB of data; 41 claims of this size and the bursts' fit
+	// the e2e pool's 64 GiB at an overprovision ratio of 1.
+	const seqSize = "1088Mi"
+	empty := c.sequential(t, clock, "seq-empty", 20, seqSize, nil)
+	c.createPVC(t, "seq-source", classImmediate, seqSize)
 	c.waitBound(t, "seq-source", 2*time.Minute)
 	c.runPod(t, "seq-fill", "dd if=/dev/urandom of=/seq-source/data bs=1M count=1024 conv=fsync 2>&1 | tail -1", "seq-source")
-	cloned := c.sequential(t, clock, "seq-clone", 20, fromPVC("seq-source"))
+	cloned := c.sequential(t, clock, "seq-clone", 20, seqSize, fromPVC("seq-source"))
 	r.add("sequential: PVC -> Bound p50 %s empty, %s as a clone of a source with 1 GiB written (%.2fx)",
 		pct(empty, 50), pct(cloned, 50), float64(pct(cloned, 50))/float64(pct(empty, 50)))
 
@@ -207,7 +210,7 @@ func (c *cluster) burst(t *testing.T, clock *boundClock, names []string, opt fun
 
 // sequential creates n claims one after another, each after the previous
 // is Bound, and returns each one's PVC -> Bound.
-func (c *cluster) sequential(t *testing.T, clock *boundClock, prefix string, n int, opt pvcOpt) []time.Duration {
+func (c *cluster) sequential(t *testing.T, clock *boundClock, prefix string, n int, size string, opt pvcOpt) []time.Duration {
 	t.Helper()
 	var lat []time.Duration
 	for i := range n {
@@ -217,7 +220,7 @@ func (c *cluster) sequential(t *testing.T, clock *boundClock, prefix string, n i
 			opts = append(opts, opt)
 		}
 		start := time.Now()
-		c.createPVC(t, name, classImmediate, "2Gi", opts...)
+		c.createPVC(t, name, classImmediate, size, opts...)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		bound, err := clock.wait(ctx, []string{name})
 		cancel()
