@@ -112,10 +112,16 @@ func sizePanel(runs []*results.Run) (*plot.Plot, error) {
 			series{backendLabel(r) + " full copy (cp)", cp, col, []vg.Length{vg.Points(6), vg.Points(3)}},
 		)
 	}
-	if hi > 0 {
-		// Two empty decades on top hold the legend clear of the lines.
-		p.Y.Min, p.Y.Max = lo/2, hi*100
+	if hi == 0 {
+		// A log scale cannot draw an empty axis (gonum/plot panics).
+		p.Title.Text += " (no latency in these runs)"
+		p.Y.Label.Text = "ms"
+		p.Y.Scale, p.Y.Tick.Marker = plot.LinearScale{}, plainTicks{}
+		p.Y.Min, p.Y.Max = 0, 1
+		return p, nil
 	}
+	// Two empty decades on top hold the legend clear of the lines.
+	p.Y.Min, p.Y.Max = lo/2, hi*100
 	return p, addSeries(p, all)
 }
 

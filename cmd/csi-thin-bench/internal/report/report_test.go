@@ -80,3 +80,20 @@ func TestReportsRender(t *testing.T) {
 		t.Errorf("chart not written: %v", err)
 	}
 }
+
+// A run of phases without latency (e.g. --phases freeze) still gets its
+// report and a chart whose latency panel says it has no data.
+func TestReportWithoutLatency(t *testing.T) {
+	run := sampleRun()
+	run.Latency, run.Scaling = nil, nil
+	path := filepath.Join(t.TempDir(), "chart.png")
+	if err := Chart([]*results.Run{run}, path); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() < 1000 {
+		t.Errorf("chart not written: %v", err)
+	}
+	if text := Text([]*results.Run{run}); text == "" {
+		t.Error("no summary")
+	}
+}
