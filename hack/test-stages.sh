@@ -68,15 +68,31 @@ sort -t$'\t' -k2,2n -s "$table" | while IFS=$'\t' read -r stage lane secs st; do
 done
 printf '%-24s %4s %8s  %s\n' "total (wall clock)" "" $((SECONDS - start)) "$( ((status)) && echo FAIL || echo ok)"
 echo "logs: $bin/stage-*.log"
+# failed_messages prints what the failing tests of a `go test -v` log said
+# (file.go:line: ... lines): go test -v marks whose output follows with
+# "=== RUN/NAME/CONT <test>" and "--- FAIL: <test>" lines.
+failed_messages() {
+	awk '
+		FNR == NR { if ($1 == "---" && $2 == "FAIL:") failed[$3] = 1; next }
+		$1 == "===" { current = $3; next }
+		$1 == "---" { current = $3; next }
+		/^ +[A-Za-z0-9_]+\.go:[0-9]+: / && (current in failed) { print current ": " $0 }
+	' "$1" "$1" | sed 's/:  */: /'
+}
+
 # Last, where a CI page that shows only the end of the output still has
 # it: why each failed stage failed (its failing tests with the lines
 # before them, else the end of its log).
 while IFS=$'\t' read -r stage lane secs st; do
 	[[ $st == FAIL* ]] || continue
 	log=$bin/stage-$stage.log
+	# A stage that filters its output keeps the whole go test log as
+	# bin/<stage>.log: the failure messages are there.
+	[[ -s $bin/$stage.log ]] && log=$bin/$stage.log
 	echo "why $stage failed ($log):"
 	if grep -q -- '--- FAIL' "$log"; then
-		grep -B6 -- '--- FAIL' "$log" | grep -v -- '^--$' | tail -24
+		grep -- '--- FAIL' "$log" | head -8
+		failed_messages "$log" | tail -14
 	else
 		tail -12 "$log"
 	fi | cut -c1-300 | sed 's/^/    /'

@@ -122,6 +122,24 @@ func moduleRoot() (string, error) {
 	}
 }
 
+// ErrExited is Start's error when weed exited before its S3 API was ready
+// (e.g. a port it was given was taken in the meantime).
+var ErrExited = errors.New("weed exited")
+
+// resetDir empties dir for another start.
+func resetDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ForTest starts a server for one test, stopped (and its data removed) at
 // the test's end, with Bucket created. Without the binary it skips the
 // test, or fails it when CI=true.
@@ -152,6 +170,16 @@ func forTest(t testing.TB, tls bool) *Server {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s, err := Start(ctx, weed, dir, tls)
+	// The ports were free when chosen, but until weed binds them any
+	// other process on the machine may take one (an outgoing connection
+	// gets its local port from the same range): weed then exits. New
+	// ports, a new start.
+	for attempt := 2; errors.Is(err, ErrExited) && attempt <= 3; attempt++ {
+		t.Logf("SeaweedFS start %d: %v; again on other ports", attempt-1, err)
+		if err = resetDir(dir); err == nil {
+			s, err = Start(ctx, weed, dir, tls)
+		}
+	}
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatalf("start SeaweedFS: %v", err)
@@ -284,7 +312,7 @@ func (s *Server) createBucket(ctx context.Context) error {
 	for {
 		select {
 		case <-s.done:
-			return fmt.Errorf("weed exited (%v) before its S3 API was ready; last error: %v", s.cmd.ProcessState, last)
+			return fmt.Errorf("%w (%v) before its S3 API was ready; last error: %v", ErrExited, s.cmd.ProcessState, last)
 		default:
 		}
 		// Generous: the first bucket waits for the filer to settle

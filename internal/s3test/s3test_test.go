@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 )
@@ -112,4 +113,20 @@ func decodeAddr(s string) (string, error) {
 	}
 	// Little-endian on the architectures this runs on.
 	return fmt.Sprintf("%d.%d.%d.%d:%d", ip&0xff, ip>>8&0xff, ip>>16&0xff, ip>>24, port), nil
+}
+
+// A weed that dies before its S3 API answers (as it does when a port it
+// was given was taken meanwhile) is ErrExited, the error ForTest starts
+// over on, and not a wait for the whole deadline.
+func TestStartReportsEarlyExit(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := Start(ctx, "/bin/false", dir, false)
+	if !errors.Is(err, ErrExited) {
+		t.Fatalf("Start with a weed that exits at once = %v, want ErrExited", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Start waited for its deadline")
+	}
 }
