@@ -33,7 +33,7 @@ test-unit:
 
 # Real btrfs on loop devices: backend integration and csi-sanity.
 test-btrfs: | $(BIN)
-	$(GO) test -count=1 -v ./pkg/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|Ran [0-9]+ of|Passed \|' ; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -v ./pkg/btrfs/ ./test/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|Ran [0-9]+ of|Passed \|' ; exit $${PIPESTATUS[0]}
 
 # Everything, in three lanes side by side (hack/test-stages.sh; each
 # stage's log in bin/stage-NAME.log, a time table at the end): the host's

@@ -1,3 +1,8 @@
+// Package btrfs_test holds the integration tests of the btrfs backend
+// (pkg/btrfs) on real btrfs filesystems on loop devices, through the
+// package's exported API, as test/lvm does for the LVM thin backend. They
+// need root, btrfs-progs and a kernel with btrfs (make test-btrfs). In CI
+// (CI=true) a missing prerequisite fails; elsewhere it skips.
 package btrfs_test
 
 import (
