@@ -63,11 +63,13 @@ func runController(ctx context.Context, o *options) error {
 		return err
 	}
 	synced := new(atomic.Bool)
+	ctrlServer := controller.New(r)
 	d, err := driver.New(driver.Config{
-		Endpoint:   o.endpoint,
-		Identity:   driver.NewIdentity(r.Health, driver.WithController),
-		Controller: controller.New(r),
-		Ready:      synced.Load,
+		Endpoint:        o.endpoint,
+		Identity:        driver.NewIdentity(r.Health, driver.WithController),
+		Controller:      ctrlServer,
+		GroupController: ctrlServer.Groups(),
+		Ready:           synced.Load,
 	})
 	if err != nil {
 		return err

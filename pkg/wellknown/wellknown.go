@@ -24,6 +24,8 @@ const (
 	// `kubectl get thinvolumes -l` finds it.
 	LabelPVCName      = "csi-thin.io/pvc-name"
 	LabelPVCNamespace = "csi-thin.io/pvc-namespace"
+	// LabelGroup selects the member ThinSnapshots of a group snapshot.
+	LabelGroup = "csi-thin.io/group-snapshot"
 )
 
 // AnnotationReclaimPolicy records the reclaim policy of the PV last seen

@@ -38,6 +38,7 @@ func TestCluster(t *testing.T) {
 		{"CloneLatency", testCloneLatency},
 		{"NodeFailureReachesTheClaim", testNodeFailure},
 		{"VolumeConditionReachesThePod", testVolumeCondition},
+		{"GroupSnapshotOneInstant", testGroupSnapshot},
 		{"NothingLeftAfterDelete", testNothingLeft},
 	}
 	for _, s := range steps {
@@ -376,10 +377,11 @@ func testNothingLeft(t *testing.T, c *cluster) {
 		if err != nil {
 			return false, nil
 		}
-		return len(pvs.Items) == 0 && c.countThin(t, thinVolumeGVR) == 0 && c.countThin(t, thinSnapGVR) == 0, nil
+		return len(pvs.Items) == 0 && c.countThin(t, thinVolumeGVR) == 0 && c.countThin(t, thinSnapGVR) == 0 && c.countThin(t, thinGroupGVR) == 0, nil
 	})
 	if err != nil {
-		t.Fatalf("PVs or csi-thin resources left: %d ThinVolumes, %d ThinSnapshots", c.countThin(t, thinVolumeGVR), c.countThin(t, thinSnapGVR))
+		t.Fatalf("PVs or csi-thin resources left: %d ThinVolumes, %d ThinSnapshots, %d ThinGroupSnapshots",
+			c.countThin(t, thinVolumeGVR), c.countThin(t, thinSnapGVR), c.countThin(t, thinGroupGVR))
 	}
 	subvols := host(t, "btrfs", "subvolume", "list", c.poolDir)
 	var left []string

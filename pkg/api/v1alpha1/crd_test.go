@@ -41,6 +41,7 @@ func TestCRDsMatchTypes(t *testing.T) {
 		{"thinvolumes", "ThinVolume", ThinVolume{}},
 		{"thinsnapshots", "ThinSnapshot", ThinSnapshot{}},
 		{"thinnodes", "ThinNode", ThinNode{}},
+		{"thingroupsnapshots", "ThinGroupSnapshot", ThinGroupSnapshot{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.kind, func(t *testing.T) {

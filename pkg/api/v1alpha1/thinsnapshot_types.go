@@ -21,6 +21,13 @@ type ThinSnapshotSpec struct {
 	// filesystem (VolumeSnapshotClass parameter freeze: "false").
 	// +optional
 	SkipFreeze bool `json:"skipFreeze,omitempty"`
+	// GroupID names the ThinGroupSnapshot this snapshot is a member of.
+	// The node took the member with its group, at the group's instant;
+	// for a member the node only looks the snapshot up and never takes
+	// one on its own.
+	// +kubebuilder:validation:Pattern=`^g-[0-9a-f]{32}$`
+	// +optional
+	GroupID string `json:"groupID,omitempty"`
 }
 
 // ThinSnapshotStatus is what the node agent reports.

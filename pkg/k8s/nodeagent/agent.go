@@ -26,9 +26,10 @@ import (
 func CacheOptions(node string) map[client.Object]cache.ByObject {
 	mine := labels.SelectorFromSet(labels.Set{wellknown.LabelNode: node})
 	return map[client.Object]cache.ByObject{
-		&thinv1.ThinVolume{}:   {Label: mine},
-		&thinv1.ThinSnapshot{}: {Label: mine},
-		&thinv1.ThinNode{}:     {Field: fields.OneTermEqualSelector("metadata.name", node)},
+		&thinv1.ThinVolume{}:        {Label: mine},
+		&thinv1.ThinSnapshot{}:      {Label: mine},
+		&thinv1.ThinGroupSnapshot{}: {Label: mine},
+		&thinv1.ThinNode{}:          {Field: fields.OneTermEqualSelector("metadata.name", node)},
 	}
 }
 
@@ -58,6 +59,11 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 	}
 	if err := (&SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("snapshot reconciler: %w", err)
+	}
+	if groups, ok := pool.(backend.GroupSnapshotter); ok {
+		if err := (&GroupSnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Groups: groups, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+			return nil, fmt.Errorf("group snapshot reconciler: %w", err)
+		}
 	}
 	return status, nil
 }

@@ -135,6 +135,11 @@ func (p *fakePool) DeleteSnapshot(_ context.Context, id string) error {
 	return nil
 }
 func (p *fakePool) GetSnapshot(_ context.Context, id string) (*backend.Snapshot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s, ok := p.snaps[id]; ok {
+		return s, nil
+	}
 	return nil, backend.ErrNotFound
 }
 func (p *fakePool) ListSnapshots(context.Context) ([]*backend.Snapshot, error) {
@@ -177,7 +182,7 @@ func newEnv(t *testing.T, objs ...client.Object) *env {
 	}
 	e := &env{t: t, ctx: context.Background(), pool: newFakePool("n1"), rec: events.NewFakeRecorder(100)}
 	e.c = fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).
-		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}).Build()
+		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinGroupSnapshot{}, &thinv1.ThinNode{}).Build()
 	changed := func() { e.changes++ }
 	e.vr = &VolumeReconciler{Client: e.c, APIReader: e.c, Pool: e.pool, Recorder: e.rec, Changed: changed}
 	e.sr = &SnapshotReconciler{Client: e.c, APIReader: e.c, Pool: e.pool, Recorder: e.rec, Changed: changed}

@@ -82,7 +82,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 	start := time.Now()
-	s, err := r.Pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: ts.Name, Name: ts.Spec.Name, SourceVolumeID: ts.Spec.SourceVolumeID, SkipFreeze: ts.Spec.SkipFreeze})
+	s, err := r.take(ctx, ts)
 	observeStage("create_snapshot", stageBackend, start)
 	ts.Status.ObservedGeneration = ts.Generation
 	ts.Status.OperationStatus = operation(err)
@@ -112,6 +112,26 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	observeStage("create_snapshot", stageStatus, written)
 	return ctrl.Result{}, nil
+}
+
+// take takes the snapshot, or for a member of a group snapshot finds the
+// member its group took: a member taken alone would not be of the
+// group's instant.
+func (r *SnapshotReconciler) take(ctx context.Context, ts *thinv1.ThinSnapshot) (*backend.Snapshot, error) {
+	if ts.Spec.GroupID == "" {
+		return r.Pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: ts.Name, Name: ts.Spec.Name, SourceVolumeID: ts.Spec.SourceVolumeID, SkipFreeze: ts.Spec.SkipFreeze})
+	}
+	s, err := r.Pool.GetSnapshot(ctx, ts.Name)
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil, fmt.Errorf("member %s of group snapshot %s is not on node %s (the group was deleted or never taken): %w", ts.Name, ts.Spec.GroupID, ts.Spec.Node, backend.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.SourceVolumeID != ts.Spec.SourceVolumeID {
+		return nil, fmt.Errorf("member %s of group snapshot %s copies volume %s, not %s: %w", ts.Name, ts.Spec.GroupID, s.SourceVolumeID, ts.Spec.SourceVolumeID, backend.ErrExists)
+	}
+	return s, nil
 }
 
 // recover: as VolumeReconciler.recover.

@@ -60,6 +60,8 @@ func onNode(node string) predicate.Predicate {
 			return o.Spec.Node == node
 		case *thinv1.ThinSnapshot:
 			return o.Spec.Node == node
+		case *thinv1.ThinGroupSnapshot:
+			return o.Spec.Node == node
 		}
 		return false
 	})

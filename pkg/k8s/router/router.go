@@ -60,8 +60,9 @@ var _ backend.Backend = (*Router)(nil)
 
 // New returns a Router. c should read from the informer cache that
 // informers belong to; api reads from the API server directly. New
-// registers event handlers on the ThinVolume, ThinSnapshot and ThinNode
-// informers, so the cache must serve those types.
+// registers event handlers on the ThinVolume, ThinSnapshot,
+// ThinGroupSnapshot and ThinNode informers, so the cache must serve those
+// types.
 func New(ctx context.Context, c client.Client, api client.Reader, informers cache.Informers, cfg Config) (*Router, error) {
 	if cfg.StaleAfter == 0 {
 		cfg.StaleAfter = DefaultStaleAfter
@@ -73,7 +74,7 @@ func New(ctx context.Context, c client.Client, api client.Reader, informers cach
 		cfg.Now = time.Now
 	}
 	r := &Router{client: c, api: api, cfg: cfg, events: newNotifier(), synced: informers.WaitForCacheSync}
-	for _, obj := range []client.Object{&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}} {
+	for _, obj := range []client.Object{&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinGroupSnapshot{}, &thinv1.ThinNode{}} {
 		inf, err := informers.GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			return nil, fmt.Errorf("informer for %T: %w", obj, err)
@@ -208,10 +209,6 @@ func (r *Router) deleteQuietly(ctx context.Context, obj client.Object) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	if err := r.client.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
-		key := "volumeID"
-		if _, ok := obj.(*thinv1.ThinSnapshot); ok {
-			key = "snapshotID"
-		}
-		klog.ErrorS(err, "delete failed resource", key, obj.GetName())
+		klog.ErrorS(err, "delete failed resource", idKeyOf(obj), obj.GetName())
 	}
 }

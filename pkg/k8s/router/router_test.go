@@ -42,6 +42,7 @@ type harness struct {
 	mu     sync.Mutex
 	onVol  func(*thinv1.ThinVolume) // applied to a new ThinVolume's status; nil: never answer
 	onSnap func(*thinv1.ThinSnapshot)
+	onGrp  func(*thinv1.ThinGroupSnapshot)
 }
 
 func newHarness(t *testing.T, objs ...client.Object) *harness {
@@ -52,7 +53,7 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 	}
 	h := &harness{t: t, ctx: context.Background(), inf: &informertest.FakeInformers{Scheme: s}}
 	h.c = fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).
-		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}).
+		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinGroupSnapshot{}, &thinv1.ThinNode{}).
 		WithInterceptorFuncs(interceptor.Funcs{Create: h.interceptCreate}).Build()
 	r, err := New(h.ctx, h.c, h.c, h.inf, Config{Now: func() time.Time { return now }})
 	if err != nil {
@@ -67,7 +68,7 @@ func (h *harness) interceptCreate(ctx context.Context, c client.WithWatch, obj c
 		return err
 	}
 	h.mu.Lock()
-	onVol, onSnap := h.onVol, h.onSnap
+	onVol, onSnap, onGrp := h.onVol, h.onSnap, h.onGrp
 	h.mu.Unlock()
 	name := obj.GetName()
 	switch obj.(type) {
@@ -78,6 +79,10 @@ func (h *harness) interceptCreate(ctx context.Context, c client.WithWatch, obj c
 	case *thinv1.ThinSnapshot:
 		if onSnap != nil {
 			go h.answer(&thinv1.ThinSnapshot{}, name, func(o client.Object) { onSnap(o.(*thinv1.ThinSnapshot)) })
+		}
+	case *thinv1.ThinGroupSnapshot:
+		if onGrp != nil {
+			go h.answer(&thinv1.ThinGroupSnapshot{}, name, func(o client.Object) { onGrp(o.(*thinv1.ThinGroupSnapshot)) })
 		}
 	}
 	return nil

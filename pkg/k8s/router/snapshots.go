@@ -31,7 +31,10 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 	stages.done(stagePlace)
 	ts := &thinv1.ThinSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}},
-		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze},
+		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze, GroupID: req.GroupID},
+	}
+	if req.GroupID != "" {
+		ts.Labels[wellknown.LabelGroup] = req.GroupID
 	}
 	err = r.client.Create(ctx, ts)
 	stages.done(stageSubmit)
@@ -103,6 +106,7 @@ func snapshotOf(ts *thinv1.ThinSnapshot) *backend.Snapshot {
 		Node:           ts.Spec.Node,
 		CreatedAt:      ts.CreationTimestamp.Time,
 		ReadyToUse:     ts.Status.ReadyToUse,
+		GroupID:        ts.Spec.GroupID,
 	}
 	if ts.Status.CreationTime != nil {
 		s.CreatedAt = ts.Status.CreationTime.Time

@@ -352,8 +352,11 @@ func (r *Router) deleteLost(ctx context.Context, obj client.Object, node string)
 }
 
 func idKeyOf(obj client.Object) string {
-	if _, ok := obj.(*thinv1.ThinSnapshot); ok {
+	switch obj.(type) {
+	case *thinv1.ThinSnapshot:
 		return "snapshotID"
+	case *thinv1.ThinGroupSnapshot:
+		return "groupSnapshotID"
 	}
 	return "volumeID"
 }
@@ -371,7 +374,7 @@ type deleteState struct {
 }
 
 func (r *Router) deleteAndWait(ctx context.Context, obj client.Object, id string, state func() deleteState) error {
-	logger := klog.FromContext(ctx).WithValues("volumeID", id)
+	logger := klog.FromContext(ctx).WithValues(idKeyOf(obj), id)
 	if err := r.client.Delete(ctx, obj); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil

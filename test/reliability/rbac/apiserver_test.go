@@ -119,13 +119,14 @@ var (
 	thinVolumes   = schema.GroupVersionResource{Group: "csi-thin.io", Version: "v1alpha1", Resource: "thinvolumes"}
 	thinSnapshots = schema.GroupVersionResource{Group: "csi-thin.io", Version: "v1alpha1", Resource: "thinsnapshots"}
 	thinNodes     = schema.GroupVersionResource{Group: "csi-thin.io", Version: "v1alpha1", Resource: "thinnodes"}
+	thinGroups    = schema.GroupVersionResource{Group: "csi-thin.io", Version: "v1alpha1", Resource: "thingroupsnapshots"}
 )
 
 // TestOwnNodePolicyOnAPIServer applies the chart's CRDs, node agent RBAC
 // and own-node policy to a real kube-apiserver and writes, with a token
 // of the node agent's service account bound to a pod on node-a (as the
 // kubelet's projected token is), to objects of node-a and node-b: every
-// write to node-b's ThinVolume, ThinSnapshot and ThinNode (status,
+// write to node-b's ThinVolume, ThinSnapshot, ThinGroupSnapshot and ThinNode (status,
 // finalizers, create) is Forbidden by the policy, while the admin may
 // make it; the same writes to node-a's objects are allowed; a token of
 // the service account bound to no pod may write nothing.
@@ -233,6 +234,8 @@ func TestOwnNodePolicyOnAPIServer(t *testing.T) {
 			"spec": map[string]any{"node": n, "requiredBytes": int64(1 << 20), "accessType": "mount"}})
 		mk(thinSnapshots, map[string]any{"kind": "ThinSnapshot", "metadata": map[string]any{"name": "s" + vol(n)[1:], "finalizers": fin},
 			"spec": map[string]any{"node": n, "sourceVolumeID": vol(n)}})
+		mk(thinGroups, map[string]any{"kind": "ThinGroupSnapshot", "metadata": map[string]any{"name": "g" + vol(n)[1:], "finalizers": fin},
+			"spec": map[string]any{"node": n, "sourceVolumeIDs": []any{vol(n)}}})
 		mk(thinNodes, map[string]any{"kind": "ThinNode", "metadata": map[string]any{"name": n}})
 	}
 	type write struct {
@@ -248,6 +251,8 @@ func TestOwnNodePolicyOnAPIServer(t *testing.T) {
 			{thinVolumes, vol(n), strip, false},
 			{thinSnapshots, "s" + vol(n)[1:], failed, true},
 			{thinSnapshots, "s" + vol(n)[1:], strip, false},
+			{thinGroups, "g" + vol(n)[1:], failed, true},
+			{thinGroups, "g" + vol(n)[1:], strip, false},
 			{thinNodes, n, `{"status":{"healthy":false,"message":"set by another node's agent"}}`, true},
 		}
 	}

@@ -73,15 +73,17 @@ type object struct {
 
 // nodeAllowed is everything the node agent may do: group/resource → verbs.
 var nodeAllowed = map[string]string{
-	"csi-thin.io/thinvolumes":          "get list watch update patch",
-	"csi-thin.io/thinsnapshots":        "get list watch update patch",
-	"csi-thin.io/thinvolumes/status":   "update patch",
-	"csi-thin.io/thinsnapshots/status": "update patch",
-	"csi-thin.io/thinnodes":            "get list watch create",
-	"csi-thin.io/thinnodes/status":     "update patch",
-	"/nodes":                           "get",
-	"events.k8s.io/events":             "create patch",
-	"/events":                          "create patch",
+	"csi-thin.io/thinvolumes":               "get list watch update patch",
+	"csi-thin.io/thinsnapshots":             "get list watch update patch",
+	"csi-thin.io/thinvolumes/status":        "update patch",
+	"csi-thin.io/thinsnapshots/status":      "update patch",
+	"csi-thin.io/thingroupsnapshots":        "get list watch update patch",
+	"csi-thin.io/thingroupsnapshots/status": "update patch",
+	"csi-thin.io/thinnodes":                 "get list watch create",
+	"csi-thin.io/thinnodes/status":          "update patch",
+	"/nodes":                                "get",
+	"events.k8s.io/events":                  "create patch",
+	"/events":                               "create patch",
 }
 
 func TestNodeAgentIsLeastPrivilege(t *testing.T) {

@@ -1,0 +1,138 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
+)
+
+// GroupSnapshotReconciler makes the ThinGroupSnapshots of this node real:
+// the pool takes every member in one call (one instant), and deletes them
+// with their group. The members' ThinSnapshots (made by the controller
+// once the group is Ready) only look their member up.
+type GroupSnapshotReconciler struct {
+	Client client.Client
+	// APIReader: as VolumeReconciler.APIReader.
+	APIReader client.Reader
+	Pool      backend.Local
+	Groups    backend.GroupSnapshotter
+	Recorder  events.EventRecorder
+	Changed   func()
+}
+
+// SetupWithManager registers the reconciler for this node's ThinGroupSnapshots.
+func (r *GroupSnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	// One worker: a group's members are taken together, and two groups
+	// of one pool would only queue on the pool's lock.
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("thingroupsnapshot").
+		For(&thinv1.ThinGroupSnapshot{}, builder.WithPredicates(onNode(r.Pool.NodeName()))).
+		Complete(r)
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *GroupSnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	g := &thinv1.ThinGroupSnapshot{}
+	if err := r.Client.Get(ctx, req.NamespacedName, g); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	logger := klog.FromContext(ctx).WithValues("groupSnapshotID", g.Name, "volumeIDs", g.Spec.SourceVolumeIDs)
+	ctx = klog.NewContext(ctx, logger)
+	if g.Spec.Node != r.Pool.NodeName() {
+		return ctrl.Result{}, nil
+	}
+	if !g.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.delete(ctx, g)
+	}
+	fresh := false
+	if controllerutil.AddFinalizer(g, wellknown.FinalizerNodeCleanup) {
+		if err := r.Client.Update(ctx, g); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+		fresh = true
+	}
+	if g.Status.Phase == thinv1.PhaseReady || g.Status.Phase == thinv1.PhaseFailed || g.Status.Phase == thinv1.PhaseLost {
+		return ctrl.Result{}, nil
+	}
+	if r.APIReader != nil && !fresh {
+		if err := r.APIReader.Get(ctx, req.NamespacedName, g); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		if !g.DeletionTimestamp.IsZero() || g.Status.Phase == thinv1.PhaseReady || g.Status.Phase == thinv1.PhaseFailed {
+			return ctrl.Result{}, nil // the cache was behind
+		}
+	}
+	start := time.Now()
+	group, err := r.Groups.CreateGroupSnapshot(ctx, backend.GroupSnapshotRequest{
+		ID: g.Name, Name: g.Spec.Name, SourceVolumeIDs: g.Spec.SourceVolumeIDs, SkipFreeze: g.Spec.SkipFreeze,
+	})
+	g.Status.ObservedGeneration = g.Generation
+	g.Status.OperationStatus = operation(err)
+	setReady(&g.Status.Conditions, g.Generation, err, thinv1.ReasonCreated)
+	if err != nil {
+		g.Status.Phase = thinv1.PhaseFailed
+		logger.Error(err, "create group snapshot failed", "code", g.Status.Code)
+		r.Recorder.Eventf(g, nil, corev1.EventTypeWarning, "CreateFailed", "CreateGroupSnapshot", "%s: %s", g.Status.Code, err.Error())
+	} else {
+		g.Status.Phase = thinv1.PhaseReady
+		g.Status.ReadyToUse = group.ReadyToUse
+		g.Status.Members = g.Status.Members[:0]
+		for _, s := range group.Snapshots {
+			g.Status.Members = append(g.Status.Members, thinv1.GroupMember{SnapshotID: s.ID, SourceVolumeID: s.SourceVolumeID, SizeBytes: s.SizeBytes})
+		}
+		created := metav1.NewTime(group.CreatedAt)
+		if group.CreatedAt.IsZero() {
+			created = metav1.Now()
+		}
+		g.Status.CreationTime = &created
+		logger.Info("group snapshot created", "members", len(group.Snapshots), "duration", time.Since(start))
+		r.Recorder.Eventf(g, nil, corev1.EventTypeNormal, "Created", "CreateGroupSnapshot", "%d snapshots taken together on %s", len(group.Snapshots), g.Spec.Node)
+		if r.Changed != nil {
+			r.Changed()
+		}
+	}
+	if err := r.Client.Status().Update(ctx, g); err != nil {
+		return ctrl.Result{}, ignoreConflict(fmt.Errorf("write status: %w", err))
+	}
+	return ctrl.Result{}, nil
+}
+
+func (r *GroupSnapshotReconciler) delete(ctx context.Context, g *thinv1.ThinGroupSnapshot) error {
+	if !controllerutil.ContainsFinalizer(g, wellknown.FinalizerNodeCleanup) {
+		return nil
+	}
+	logger := klog.FromContext(ctx)
+	if err := r.Groups.DeleteGroupSnapshot(ctx, g.Name); err != nil {
+		logger.Error(err, "delete group snapshot failed; will retry")
+		r.Recorder.Eventf(g, nil, corev1.EventTypeWarning, "DeleteFailed", "DeleteGroupSnapshot", "%s", err.Error())
+		g.Status.OperationStatus = operation(err)
+		setDeleteFailed(&g.Status.Conditions, g.Generation, err)
+		if uerr := r.Client.Status().Update(ctx, g); uerr != nil && !apierrors.IsNotFound(uerr) {
+			logger.Error(uerr, "write status")
+		}
+		return err
+	}
+	controllerutil.RemoveFinalizer(g, wellknown.FinalizerNodeCleanup)
+	if err := r.Client.Update(ctx, g); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove finalizer: %w", err)
+	}
+	logger.Info("group snapshot deleted")
+	if r.Changed != nil {
+		r.Changed()
+	}
+	return nil
+}

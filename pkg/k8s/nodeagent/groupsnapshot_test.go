@@ -1,0 +1,169 @@
+package nodeagent
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+)
+
+// groupPool adds group snapshots to fakePool: every member in one call,
+// which is what the reconciler must use (never one CreateSnapshot per
+// member).
+type groupPool struct{ *fakePool }
+
+func (p groupPool) CreateGroupSnapshot(_ context.Context, req backend.GroupSnapshotRequest) (*backend.GroupSnapshot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.record("CreateGroupSnapshot", req.ID); err != nil {
+		return nil, err
+	}
+	g := &backend.GroupSnapshot{ID: req.ID, Name: req.Name, ReadyToUse: true, CreatedAt: time.Unix(1700000000, 0)}
+	for _, src := range req.SourceVolumeIDs {
+		v, ok := p.vols[src]
+		if !ok {
+			return nil, backend.ErrNotFound
+		}
+		s := &backend.Snapshot{ID: backend.MemberSnapshotID(req.ID, src), SourceVolumeID: src, SizeBytes: v.SizeBytes, Node: p.node,
+			ReadyToUse: true, GroupID: req.ID, GroupSize: len(req.SourceVolumeIDs)}
+		p.snaps[s.ID] = s
+		g.Snapshots = append(g.Snapshots, s)
+	}
+	return g, nil
+}
+
+func (p groupPool) DeleteGroupSnapshot(_ context.Context, id string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.record("DeleteGroupSnapshot", id); err != nil {
+		return err
+	}
+	for sid, s := range p.snaps {
+		if s.GroupID == id {
+			delete(p.snaps, sid)
+		}
+	}
+	return nil
+}
+
+func (p groupPool) GetGroupSnapshot(context.Context, string) (*backend.GroupSnapshot, error) {
+	return nil, backend.ErrUnsupported
+}
+
+func TestGroupSnapshotLifecycle(t *testing.T) {
+	vol2 := backend.VolumeIDFor("two")
+	gid := backend.GroupSnapshotIDFor("group")
+	e := newEnv(t, newVolume(vol1, "n1", backend.GiB), newVolume(vol2, "n1", 2*backend.GiB), &thinv1.ThinGroupSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: gid, Generation: 1},
+		Spec:       thinv1.ThinGroupSnapshotSpec{Node: "n1", Name: "group", SourceVolumeIDs: []string{vol1, vol2}},
+	})
+	e.reconcileVolume(vol1)
+	e.reconcileVolume(vol2)
+	pool := groupPool{e.pool}
+	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
+	if _, err := gr.Reconcile(e.ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	g := &thinv1.ThinGroupSnapshot{}
+	if err := e.c.Get(e.ctx, req.NamespacedName, g); err != nil {
+		t.Fatal(err)
+	}
+	if g.Status.Phase != thinv1.PhaseReady || !g.Status.ReadyToUse || len(g.Status.Members) != 2 || g.Status.CreationTime.Unix() != 1700000000 {
+		t.Fatalf("status %+v", g.Status)
+	}
+	e.event("Created")
+
+	// The member ThinSnapshots (the controller makes them once the group
+	// is Ready) find their members; none is taken alone.
+	for _, m := range g.Status.Members {
+		ts := &thinv1.ThinSnapshot{ObjectMeta: metav1.ObjectMeta{Name: m.SnapshotID, Generation: 1},
+			Spec: thinv1.ThinSnapshotSpec{Node: "n1", SourceVolumeID: m.SourceVolumeID, GroupID: gid}}
+		if err := e.c.Create(e.ctx, ts); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.sr.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: ts.Name}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.c.Get(e.ctx, client.ObjectKeyFromObject(ts), ts); err != nil {
+			t.Fatal(err)
+		}
+		if ts.Status.Phase != thinv1.PhaseReady || ts.Status.SizeBytes != m.SizeBytes {
+			t.Errorf("member %s: status %+v", ts.Name, ts.Status)
+		}
+	}
+	// A member whose group was never taken is Failed, not taken alone.
+	stray := &thinv1.ThinSnapshot{ObjectMeta: metav1.ObjectMeta{Name: backend.MemberSnapshotID(backend.GroupSnapshotIDFor("other"), vol1), Generation: 1},
+		Spec: thinv1.ThinSnapshotSpec{Node: "n1", SourceVolumeID: vol1, GroupID: backend.GroupSnapshotIDFor("other")}}
+	if err := e.c.Create(e.ctx, stray); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.sr.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: stray.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Get(e.ctx, client.ObjectKeyFromObject(stray), stray); err != nil {
+		t.Fatal(err)
+	}
+	if stray.Status.Phase != thinv1.PhaseFailed || stray.Status.Code != "NotFound" {
+		t.Errorf("member of a group never taken: %+v, want Failed NotFound", stray.Status)
+	}
+	for _, c := range e.pool.calls {
+		if c == "CreateSnapshot "+stray.Name || c == "CreateSnapshot "+g.Status.Members[0].SnapshotID {
+			t.Errorf("the node took a group member alone: %v", e.pool.calls)
+		}
+	}
+
+	// Reconciling a Ready group again takes nothing.
+	calls := len(e.pool.calls)
+	if _, err := gr.Reconcile(e.ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.pool.calls) != calls {
+		t.Errorf("a Ready group was taken again: %v", e.pool.calls[calls:])
+	}
+	if err := e.c.Delete(e.ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gr.Reconcile(e.ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Get(e.ctx, req.NamespacedName, g); !apierrors.IsNotFound(err) {
+		t.Errorf("ThinGroupSnapshot still there: %v", err)
+	}
+	for id, s := range e.pool.snaps {
+		if s.GroupID == gid {
+			t.Errorf("member %s left in the pool", id)
+		}
+	}
+}
+
+// A group the pool refuses is Failed with the pool's code and an Event.
+func TestGroupSnapshotFailureRecordsCode(t *testing.T) {
+	gid := backend.GroupSnapshotIDFor("missing")
+	e := newEnv(t, &thinv1.ThinGroupSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: gid, Generation: 1},
+		Spec:       thinv1.ThinGroupSnapshotSpec{Node: "n1", SourceVolumeIDs: []string{vol1}},
+	})
+	pool := groupPool{e.pool}
+	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
+	if _, err := gr.Reconcile(e.ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	g := &thinv1.ThinGroupSnapshot{}
+	if err := e.c.Get(e.ctx, req.NamespacedName, g); err != nil {
+		t.Fatal(err)
+	}
+	if g.Status.Phase != thinv1.PhaseFailed || g.Status.Code != "NotFound" {
+		t.Errorf("status %+v, want Failed NotFound", g.Status)
+	}
+	e.event("CreateFailed")
+}
