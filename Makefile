@@ -15,6 +15,9 @@ LDFLAGS   := -s -w -X github.com/csi-thin/csi-thin/pkg/driver.Version=$(VERSION)
 GOTAGS    := grpcnotrace
 export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
+# The benchmark is its own module (its chart libraries stay out of the
+# driver's go.mod); it builds against this tree through a replace directive.
+BENCH_MOD := cmd/csi-thin-bench
 
 .PHONY: all build lint test cluster-build s3-build test-s3 test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes bench-cluster demo bench clean
 
@@ -26,10 +29,12 @@ build:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) -C $(BENCH_MOD) vet ./...
 
 # Unit tests: fast, no root needed (command runners faked).
 test-unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/ -e /pkg/btrfs$$ -e /pkg/export$$ -e /internal/s3test$$)
+	CGO_ENABLED=1 $(GO) -C $(BENCH_MOD) test -race -count=1 ./...
 
 # Real btrfs on loop devices: backend integration and csi-sanity.
 test-btrfs: | $(BIN)
@@ -136,7 +141,7 @@ demo: packages-demo build bench-bin
 .PHONY: bench-bin bench-smoke bench-nodes
 # Static (CGO_ENABLED=0 above), so the same binary runs in the test VM.
 bench-bin:
-	$(GO) build -trimpath -o $(BIN)/csi-thin-bench ./cmd/csi-thin-bench
+	$(GO) -C $(BENCH_MOD) build -trimpath -o $(abspath $(BIN))/csi-thin-bench .
 
 # Issue 6: btrfs on this host and LVM thin in the test VM, through the CSI
 # API; writes results/report.md + results/chart.png and prints the table.

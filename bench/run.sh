@@ -34,7 +34,7 @@ case $mode in
   *) echo "usage: $0 full|smoke [results dir]" >&2; exit 2 ;;
 esac
 for f in "$bench" "$driver"; do
-  [ -x "$f" ] || { echo "bench: $f missing: run make build (and go build ./cmd/csi-thin-bench)" >&2; exit 2; }
+  [ -x "$f" ] || { echo "bench: $f missing: run make build bench-bin" >&2; exit 2; }
 done
 raw=$out/raw
 mkdir -p "$raw"
