@@ -30,6 +30,9 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) -C $(BENCH_MOD) vet ./...
+	$(GO) mod tidy -diff
+	$(GO) -C $(BENCH_MOD) mod tidy -diff
+	@! grep -n gonum.org/v1/plot go.mod || { echo "go.mod: the benchmark's chart libraries belong in $(BENCH_MOD)/go.mod"; exit 1; }
 
 # Unit tests: fast, no root needed (command runners faked).
 test-unit:
