@@ -141,7 +141,7 @@ for node in "${nodes[@]}"; do
 		{ log "e2e: no ThinNode $node after 120 s"; exit 1; }
 	kubectl wait --for=jsonpath='{.status.healthy}'=true thinnode/"$node" --timeout=120s
 done
-kubectl get csidriver,storageclass,volumesnapshotclass
+kubectl get csidriver,storageclass,volumesnapshotclass,volumegroupsnapshotclass
 kubectl get thinnodes -o wide
 # A first install comes up clean: no container of the release restarted
 # (a sidecar that lost its connection to a driver still starting would).

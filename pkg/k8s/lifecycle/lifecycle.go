@@ -149,6 +149,23 @@ func (d *Detector) Scan(ctx context.Context) error {
 			return err
 		}
 	}
+	var groups thinv1.ThinGroupSnapshotList
+	if err := d.Client.List(ctx, &groups); err != nil {
+		return fmt.Errorf("list ThinGroupSnapshots: %w", err)
+	}
+	for i := range groups.Items {
+		g := &groups.Items[i]
+		s, err := state(g.Spec.Node)
+		if err != nil {
+			return err
+		}
+		if !s.lost || d.now().Sub(g.CreationTimestamp.Time) < d.lostAfter() {
+			continue
+		}
+		if err := d.handle(ctx, g, g.Spec.Node, &g.Status.Phase, &g.Status.Conditions, g.Generation, "", s); err != nil {
+			return err
+		}
+	}
 	if d.Metrics != nil {
 		d.Metrics.set(lostVols, lostSnaps)
 	}
@@ -252,8 +269,11 @@ func ReleaseFinalizer(ctx context.Context, c client.Client, rec events.EventReco
 }
 
 func idKey(obj client.Object) string {
-	if _, ok := obj.(*thinv1.ThinSnapshot); ok {
+	switch obj.(type) {
+	case *thinv1.ThinSnapshot:
 		return "snapshotID"
+	case *thinv1.ThinGroupSnapshot:
+		return "groupSnapshotID"
 	}
 	return "volumeID"
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -86,11 +87,16 @@ func TestScanMarksLostNodes(t *testing.T) {
 		PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: "csi-thin.io", VolumeHandle: silent.Name}},
 		ClaimRef:               &corev1.ObjectReference{Namespace: "app", Name: "data", UID: "pvc-uid"},
 	}}
+	group := func(name, node string) *thinv1.ThinGroupSnapshot {
+		return &thinv1.ThinGroupSnapshot{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.NewTime(now.Add(-time.Hour)), Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+			Spec: thinv1.ThinGroupSnapshotSpec{Node: node, SourceVolumeIDs: []string{"v-" + strings.Repeat("a", 32)}}, Status: thinv1.ThinGroupSnapshotStatus{Phase: thinv1.PhaseReady}}
+	}
+	liveGroup, lostGroup := group("g-live", "n1"), group("g-lost", "n3")
 	c := fake.NewClientBuilder().WithScheme(scheme(t)).
-		WithObjects(live, silent, deleted, dying, dyingSilent, pv, pvc,
+		WithObjects(live, silent, deleted, dying, dyingSilent, pv, pvc, liveGroup, lostGroup,
 			&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}},
 			thinNode("n1", 10*time.Second), thinNode("n2", 6*time.Minute), thinNode("n3", time.Hour)).
-		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}).Build()
+		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinGroupSnapshot{}, &thinv1.ThinNode{}).Build()
 	rec := &recorder{}
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
@@ -112,6 +118,23 @@ func TestScanMarksLostNodes(t *testing.T) {
 	}
 	if got := get(live); got.Status.Phase != thinv1.PhaseReady {
 		t.Errorf("live node's volume: %s", got.Status.Phase)
+	}
+	// Group snapshots are judged like the rest: the deleted node's is Lost
+	// (so that deleting it does not wait for an agent that never comes).
+	for _, g := range []struct {
+		obj  *thinv1.ThinGroupSnapshot
+		want thinv1.Phase
+	}{{liveGroup, thinv1.PhaseReady}, {lostGroup, thinv1.PhaseLost}} {
+		got := &thinv1.ThinGroupSnapshot{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(g.obj), got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Status.Phase != g.want {
+			t.Errorf("group snapshot on %s: phase %s, want %s", g.obj.Spec.Node, got.Status.Phase, g.want)
+		}
+	}
+	if !rec.has("*v1alpha1.ThinGroupSnapshot/g-lost NodeLost") {
+		t.Errorf("no NodeLost event on the lost group snapshot: %v", rec.events)
 	}
 	for _, tv := range []*thinv1.ThinVolume{silent, deleted} {
 		got := get(tv)

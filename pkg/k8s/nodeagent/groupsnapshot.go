@@ -2,11 +2,13 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -65,7 +67,10 @@ func (r *GroupSnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		}
 		fresh = true
 	}
-	if g.Status.Phase == thinv1.PhaseReady || g.Status.Phase == thinv1.PhaseFailed || g.Status.Phase == thinv1.PhaseLost {
+	if g.Status.Phase == thinv1.PhaseLost {
+		return ctrl.Result{}, ignoreConflict(r.recover(ctx, g))
+	}
+	if g.Status.Phase == thinv1.PhaseReady || g.Status.Phase == thinv1.PhaseFailed {
 		return ctrl.Result{}, nil
 	}
 	if r.APIReader != nil && !fresh {
@@ -109,6 +114,34 @@ func (r *GroupSnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return ctrl.Result{}, ignoreConflict(fmt.Errorf("write status: %w", err))
 	}
 	return ctrl.Result{}, nil
+}
+
+// recover: as VolumeReconciler.recover, for a group the controller marked
+// Lost while this node was away.
+func (r *GroupSnapshotReconciler) recover(ctx context.Context, g *thinv1.ThinGroupSnapshot) error {
+	logger := klog.FromContext(ctx)
+	group, err := r.Groups.GetGroupSnapshot(ctx, g.Name)
+	if err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("look for lost group snapshot: %w", err)
+	}
+	if err != nil {
+		if c := apimeta.FindStatusCondition(g.Status.Conditions, thinv1.ConditionReady); c != nil && c.Reason == thinv1.ReasonStorageMissing {
+			return nil
+		}
+		logger.Info("node back, but the group snapshot is not on it", "node", g.Spec.Node)
+		r.Recorder.Eventf(g, nil, corev1.EventTypeWarning, thinv1.ReasonStorageMissing, "Recover", "node %s is back but does not hold the group snapshot", g.Spec.Node)
+		apimeta.SetStatusCondition(&g.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
+			Reason: thinv1.ReasonStorageMissing, Message: "node " + g.Spec.Node + " is back but does not hold the group snapshot", ObservedGeneration: g.Generation})
+		return r.Client.Status().Update(ctx, g)
+	}
+	g.Status.Phase = thinv1.PhaseReady
+	g.Status.ReadyToUse = group.ReadyToUse
+	g.Status.OperationStatus = operation(nil)
+	apimeta.SetStatusCondition(&g.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: thinv1.ReasonRecovered, Message: "node " + g.Spec.Node + " is back with the group snapshot", ObservedGeneration: g.Generation})
+	logger.Info("lost group snapshot recovered", "node", g.Spec.Node)
+	r.Recorder.Eventf(g, nil, corev1.EventTypeNormal, thinv1.ReasonRecovered, "Recover", "node %s is back with the group snapshot", g.Spec.Node)
+	return r.Client.Status().Update(ctx, g)
 }
 
 func (r *GroupSnapshotReconciler) delete(ctx context.Context, g *thinv1.ThinGroupSnapshot) error {

@@ -2,10 +2,12 @@ package nodeagent
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -166,4 +168,50 @@ func TestGroupSnapshotFailureRecordsCode(t *testing.T) {
 		t.Errorf("status %+v, want Failed NotFound", g.Status)
 	}
 	e.event("CreateFailed")
+}
+
+// A group marked Lost while its node was away is Ready again when the
+// node comes back holding it, and says StorageMissing when it does not.
+func TestLostGroupSnapshotRecovers(t *testing.T) {
+	held, gone := backend.GroupSnapshotIDFor("held"), backend.GroupSnapshotIDFor("gone")
+	lost := func(id string) *thinv1.ThinGroupSnapshot {
+		return &thinv1.ThinGroupSnapshot{ObjectMeta: metav1.ObjectMeta{Name: id, Generation: 1, Finalizers: []string{"csi-thin.io/node-cleanup"}},
+			Spec:   thinv1.ThinGroupSnapshotSpec{Node: "n1", SourceVolumeIDs: []string{vol1}},
+			Status: thinv1.ThinGroupSnapshotStatus{Phase: thinv1.PhaseLost}}
+	}
+	e := newEnv(t, newVolume(vol1, "n1", backend.GiB), lost(held), lost(gone))
+	e.reconcileVolume(vol1)
+	pool := lookupGroupPool{groupPool{e.pool}, map[string]bool{held: true}}
+	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
+	for id, want := range map[string]string{held: thinv1.ReasonRecovered, gone: thinv1.ReasonStorageMissing} {
+		if _, err := gr.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: id}}); err != nil {
+			t.Fatal(err)
+		}
+		g := &thinv1.ThinGroupSnapshot{}
+		if err := e.c.Get(e.ctx, client.ObjectKey{Name: id}, g); err != nil {
+			t.Fatal(err)
+		}
+		c := apimeta.FindStatusCondition(g.Status.Conditions, thinv1.ConditionReady)
+		if c == nil || c.Reason != want || (want == thinv1.ReasonRecovered) != (g.Status.Phase == thinv1.PhaseReady) {
+			t.Errorf("%s: phase %s, condition %+v; want reason %s", id, g.Status.Phase, c, want)
+		}
+	}
+	for _, call := range e.pool.calls {
+		if strings.HasPrefix(call, "CreateGroupSnapshot") {
+			t.Errorf("a lost group was taken again: %v", e.pool.calls)
+		}
+	}
+}
+
+// lookupGroupPool answers GetGroupSnapshot for the groups it holds.
+type lookupGroupPool struct {
+	groupPool
+	holds map[string]bool
+}
+
+func (p lookupGroupPool) GetGroupSnapshot(_ context.Context, id string) (*backend.GroupSnapshot, error) {
+	if !p.holds[id] {
+		return nil, backend.ErrNotFound
+	}
+	return &backend.GroupSnapshot{ID: id, ReadyToUse: true}, nil
 }
