@@ -10,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -137,5 +139,62 @@ func testGroupSnapshot(t *testing.T, c *cluster) {
 		if strings.Contains(host(t, "btrfs", "subvolume", "list", c.poolDir), id) {
 			t.Errorf("member subvolume %s left after the group was deleted", id)
 		}
+	}
+}
+
+// testGroupAcrossNodes: a VolumeGroupSnapshot of volumes on two nodes
+// cannot be one instant, so the driver refuses it with FailedPrecondition
+// naming each node's volumes; the error reaches the VolumeGroupSnapshot's
+// status, no ThinGroupSnapshot is made, and the group deletes cleanly.
+// It uses the claims testEveryNode made, one on each node.
+func (m *multiNode) testGroupAcrossNodes(t *testing.T) {
+	ctx := context.Background()
+	for _, node := range m.nodes {
+		patch := []byte(`{"metadata":{"labels":{"app":"spread"}}}`)
+		if _, err := m.kube.CoreV1().PersistentVolumeClaims(m.ns).Patch(ctx, "on-"+node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatalf("label PVC on-%s: %v", node, err)
+		}
+	}
+	vgs := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2", "kind": "VolumeGroupSnapshot",
+		"metadata": map[string]any{"name": "spread", "namespace": m.ns},
+		"spec": map[string]any{"source": map[string]any{"selector": map[string]any{
+			"matchLabels": map[string]any{"app": "spread"}}}},
+	}}
+	if _, err := m.dyn.Resource(groupSnapshotGVR).Namespace(m.ns).Create(ctx, vgs, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create VolumeGroupSnapshot: %v", err)
+	}
+	var msg string
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		u, err := m.dyn.Resource(groupSnapshotGVR).Namespace(m.ns).Get(ctx, "spread", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		vgs = u
+		msg, _, _ = unstructured.NestedString(u.Object, "status", "error", "message")
+		return msg != "", nil
+	})
+	if err != nil {
+		st, _, _ := unstructured.NestedMap(vgs.Object, "status")
+		t.Fatalf("no error on the VolumeGroupSnapshot of volumes on two nodes: %v; status %v %s", err, st, m.eventsFor("spread"))
+	}
+	t.Logf("group across nodes: %s", msg)
+	for _, want := range append([]string{"FailedPrecondition", "must be on one node"}, m.nodes...) {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q lacks %q", msg, want)
+		}
+	}
+	if n := m.countThin(t, thinGroupGVR); n != 0 {
+		t.Errorf("%d ThinGroupSnapshots made for a refused group", n)
+	}
+	if err := m.dyn.Resource(groupSnapshotGVR).Namespace(m.ns).Delete(ctx, "spread", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := m.dyn.Resource(groupSnapshotGVR).Namespace(m.ns).Get(ctx, "spread", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Errorf("the refused VolumeGroupSnapshot was not deleted: %v", err)
 	}
 }

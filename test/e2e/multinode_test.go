@@ -42,6 +42,7 @@ func TestMultiNode(t *testing.T) {
 		{"AllowedTopologiesRespected", m.testAllowedTopologies},
 		{"FullNodeGetsNoNewVolumes", m.testFullNode},
 		{"CloneAndRestoreStayWithTheirSource", m.testSourcePlacement},
+		{"GroupSnapshotAcrossNodesRefused", m.testGroupAcrossNodes},
 		{"NothingLeftOnAnyNode", m.testNothingLeft},
 	}
 	for _, s := range steps {
@@ -381,10 +382,11 @@ func (m *multiNode) testNothingLeft(t *testing.T) {
 		if err != nil {
 			return false, nil
 		}
-		return len(pvs.Items) == 0 && m.countThin(t, thinVolumeGVR) == 0 && m.countThin(t, thinSnapGVR) == 0, nil
+		return len(pvs.Items) == 0 && m.countThin(t, thinVolumeGVR) == 0 && m.countThin(t, thinSnapGVR) == 0 && m.countThin(t, thinGroupGVR) == 0, nil
 	})
 	if err != nil {
-		t.Fatalf("PVs or csi-thin resources left: %d ThinVolumes, %d ThinSnapshots", m.countThin(t, thinVolumeGVR), m.countThin(t, thinSnapGVR))
+		t.Fatalf("PVs or csi-thin resources left: %d ThinVolumes, %d ThinSnapshots, %d ThinGroupSnapshots",
+			m.countThin(t, thinVolumeGVR), m.countThin(t, thinSnapGVR), m.countThin(t, thinGroupGVR))
 	}
 	for _, node := range m.nodes {
 		if left := idPattern.FindAllString(m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir), -1); len(left) > 0 {
