@@ -25,7 +25,7 @@ import (
 // in between leaves a record whose subvolume is still in staging, which
 // recovery removes together.
 func (p *Pool) commit(ctx context.Context, staging, final string, rec *record, limit int64) error {
-	subvolID, err := subvolumeIDOf(staging)
+	subvolID, err := SubvolumeIDOf(staging)
 	if err != nil {
 		return fmt.Errorf("subvolume id of %s: %w", staging, err)
 	}
@@ -55,7 +55,7 @@ func (p *Pool) discardStaging(ctx context.Context, id string) error {
 		p.attended(id)
 		return nil
 	}
-	if subvolID, err := subvolumeIDOf(path); err == nil && backend.IsVolumeID(id) {
+	if subvolID, err := SubvolumeIDOf(path); err == nil && backend.IsVolumeID(id) {
 		if err := p.scheduleReap(volumeQgroup(subvolID)); err != nil {
 			return err
 		}
@@ -99,7 +99,7 @@ func (p *Pool) deleteObject(ctx context.Context, id, path string) error {
 		}
 	}
 	if _, statErr := os.Lstat(path); statErr == nil {
-		if sid, err := subvolumeIDOf(path); err == nil && backend.IsVolumeID(id) {
+		if sid, err := SubvolumeIDOf(path); err == nil && backend.IsVolumeID(id) {
 			// The subvolume itself names its level-1 qgroup, whatever
 			// the record says (or if it says nothing).
 			if err := p.scheduleReap(volumeQgroup(sid)); err != nil {

@@ -258,7 +258,7 @@ func (p *Pool) discardGroupStaging(ctx context.Context, id string) error {
 	}
 	for _, e := range entries {
 		for _, path := range []string{filepath.Join(dir, e.Name(), "snapshot"), filepath.Join(dir, e.Name())} {
-			if _, err := subvolumeIDOf(path); err != nil {
+			if _, err := SubvolumeIDOf(path); err != nil {
 				continue // not a subvolume (a member's plain directory)
 			}
 			if err := p.deleteTree(ctx, id, path); err != nil {

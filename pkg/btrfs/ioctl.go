@@ -21,13 +21,14 @@ type inoLookupArgs struct {
 	Name     [4080]byte
 }
 
-// subvolumeIDOf returns the tree ID of the subvolume whose root is at path,
-// which names its level-0 qgroup (0/<id>). It asks the kernel directly
+// SubvolumeIDOf returns the tree ID of the subvolume whose root is at path,
+// which names its level-0 qgroup (0/<id>). Exported for the integration
+// tests (test/btrfs), which check it against btrfs-progs. It asks the kernel directly
 // instead of running `btrfs inspect-internal rootid`: a read with no side
 // effect, so it needs no crash point, and it saves a process start on every
 // create (about a tenth of a clone's time). With objectid 256 the kernel
 // answers before its CAP_SYS_ADMIN check.
-func subvolumeIDOf(path string) (uint64, error) {
+func SubvolumeIDOf(path string) (uint64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, fmt.Errorf("open %s for subvolume id: %w", path, err)

@@ -59,7 +59,7 @@ func (p *Pool) setUpVolumeQgroup(ctx context.Context, subvolID uint64, size int6
 // leaves a record without a qgroup: the next Open redoes every step.
 func (p *Pool) migrateVolumeQgroup(ctx context.Context, id string, rec *record) error {
 	if rec.SubvolumeID == 0 {
-		sid, err := subvolumeIDOf(p.volumePath(id))
+		sid, err := SubvolumeIDOf(p.volumePath(id))
 		if err != nil {
 			return fmt.Errorf("subvolume id of %s: %w", id, err)
 		}
@@ -148,7 +148,7 @@ func below(list []subvolumeEntry, root uint64) []uint64 {
 // it, deepest first, by tree id. A tenant still writing could nest a new
 // one between the listing and the last delete; the loop lists again.
 func (p *Pool) deleteTree(ctx context.Context, id, path string) error {
-	subvolID, err := subvolumeIDOf(path)
+	subvolID, err := SubvolumeIDOf(path)
 	if err != nil {
 		return err
 	}

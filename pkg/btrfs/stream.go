@@ -164,7 +164,7 @@ func (p *Pool) ReceiveVolume(ctx context.Context, req backend.VolumeRequest, r i
 		p.discardReceiving(context.WithoutCancel(ctx), req.ID)
 		return nil, fmt.Errorf("receive volume %s: make writable: %w", req.ID, classify(err))
 	}
-	subvolID, err := subvolumeIDOf(received)
+	subvolID, err := SubvolumeIDOf(received)
 	if err == nil {
 		// Full qgroups have no auto hierarchy: the member is added here
 		// (simple quotas did it at creation; "exists" is fine).
@@ -317,7 +317,7 @@ func (p *Pool) ReceiveSnapshot(ctx context.Context, id, name string, r io.Reader
 			return undo(fmt.Errorf("name it %s: %w", id, err))
 		}
 	}
-	subvolID, err := subvolumeIDOf(final)
+	subvolID, err := SubvolumeIDOf(final)
 	snap := &backend.Snapshot{
 		ID: id, Name: name, SizeBytes: hdr.VolumeBytes, Node: p.cfg.NodeName, CreatedAt: time.Now().UTC(), ReadyToUse: true,
 	}
@@ -489,7 +489,7 @@ func (p *Pool) checkReceived(sr *volstream.Reader, receiveErr error) error {
 // btrfs receive picks the parent by UUID anywhere in the filesystem,
 // where a tenant can make subvolumes of its own.
 func (p *Pool) checkReceivedSubvolume(ctx context.Context, hdr volstream.Header, received string) error {
-	if _, err := subvolumeIDOf(received); err != nil {
+	if _, err := SubvolumeIDOf(received); err != nil {
 		return fmt.Errorf("stream of %s: %w: %w", hdr.SnapshotID, backend.ErrInvalid, err)
 	}
 	if !hdr.Incremental() {
@@ -526,7 +526,7 @@ func (p *Pool) makeScratch(ctx context.Context, id string, limit int64) (string,
 	if limit <= 0 {
 		return "", nil
 	}
-	subvolID, err := subvolumeIDOf(dir)
+	subvolID, err := SubvolumeIDOf(dir)
 	if err != nil {
 		return "", err
 	}
@@ -580,7 +580,7 @@ func (p *Pool) discardReceiving(ctx context.Context, id string) error {
 		}
 		return syncDir(filepath.Dir(path))
 	}
-	subvolID, err := subvolumeIDOf(path)
+	subvolID, err := SubvolumeIDOf(path)
 	if err != nil {
 		return fmt.Errorf("receive scratch of %s: %w", id, err)
 	}
@@ -605,7 +605,7 @@ func (p *Pool) discardReceiving(ctx context.Context, id string) error {
 // (and then removes it only if it was empty at that moment), so this
 // waits for the cleaner: a refused receive must not leave qgroups behind.
 func (p *Pool) removeSubvolume(ctx context.Context, id, path string) error {
-	subvolID, err := subvolumeIDOf(path)
+	subvolID, err := SubvolumeIDOf(path)
 	if err != nil {
 		return err
 	}
@@ -634,7 +634,7 @@ func (p *Pool) Settle() { background.Wait() }
 // Under p.mu.
 func (p *Pool) finishReceiving(ctx context.Context, id string) error {
 	path := p.receivingDir(id)
-	subvolID, err := subvolumeIDOf(path)
+	subvolID, err := SubvolumeIDOf(path)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package btrfs
+package btrfs_test
 
 import (
 	"context"
@@ -6,52 +6,25 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/csi-thin/csi-thin/internal/testenv"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/command"
 )
 
 // openPool opens a real loop-file pool in the given quota mode, its
 // commands run through a FaultRunner the test may arm.
-func openPool(t *testing.T, mode QuotaMode, size int64) (*Pool, *command.FaultRunner) {
+func openPool(t *testing.T, mode btrfs.QuotaMode, size int64) (*btrfs.Pool, *command.FaultRunner) {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommands(t, "btrfs", "mkfs.btrfs", "losetup", "mount", "blkid")
-	dir := t.TempDir()
-	rec := &command.FaultRunner{Next: &command.Host{}}
-	p, err := Open(context.Background(), Config{
-		PoolPath: filepath.Join(dir, "mnt"), LoopFile: filepath.Join(dir, "pool.img"),
-		LoopSizeBytes: size, NodeName: "test-node", Runner: rec, QuotaMode: mode,
-	})
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
+	p, rec := openRecorded(t, size, mode)
 	if p.QuotaMode() != mode {
 		t.Skipf("pool runs %s quotas, not %s", p.QuotaMode(), mode)
 	}
-	t.Cleanup(func() {
-		if err := p.Teardown(context.Background(), true); err != nil {
-			t.Errorf("teardown: %v", err)
-		}
-	})
 	return p, rec
-}
-
-func btrfsCmd(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("btrfs", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("btrfs %v: %v: %s", args, err, out)
-	}
-	return string(out)
 }
 
 // fill writes up to n bytes of random data to path and returns the error
@@ -71,7 +44,7 @@ func fill(path string, n int64) error {
 	return err
 }
 
-func newVol(t *testing.T, p *Pool, name string, size int64) *backend.Volume {
+func newVol(t *testing.T, p *btrfs.Pool, name string, size int64) *backend.Volume {
 	t.Helper()
 	v, err := p.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor(name), Name: name, RequiredBytes: size, AccessType: backend.AccessMount})
 	if err != nil {
@@ -86,7 +59,7 @@ func newVol(t *testing.T, p *Pool, name string, size int64) *backend.Volume {
 // qgroups the driver adopts it when it next reads the volume's usage
 // (kubelet's NodeGetVolumeStats), so that is when the limit starts to hold.
 func TestNestedSubvolumesAreChargedToTheirVolume(t *testing.T) {
-	for _, mode := range []QuotaMode{QuotaSimple, QuotaFull} {
+	for _, mode := range []btrfs.QuotaMode{btrfs.QuotaSimple, btrfs.QuotaFull} {
 		t.Run(string(mode), func(t *testing.T) {
 			ctx := context.Background()
 			p, _ := openPool(t, mode, 2*backend.GiB)
@@ -94,7 +67,7 @@ func TestNestedSubvolumesAreChargedToTheirVolume(t *testing.T) {
 			dir := p.VolumePath(v.ID)
 			btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "nested"))
 			btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "nested", "deeper"))
-			if mode == QuotaFull {
+			if mode == btrfs.QuotaFull {
 				if _, err := p.Usage(ctx, v.ID); err != nil { // adopts
 					t.Fatal(err)
 				}
@@ -103,7 +76,7 @@ func TestNestedSubvolumesAreChargedToTheirVolume(t *testing.T) {
 			if !errors.Is(err, syscall.EDQUOT) {
 				t.Fatalf("192 MiB into a subvolume nested two deep in a 64 MiB volume: want EDQUOT, got %v", err)
 			}
-			btrfsCmd(t, "filesystem", "sync", p.mountPath)
+			btrfsCmd(t, "filesystem", "sync", p.MountPath())
 			u, err := p.Usage(ctx, v.ID)
 			if err != nil {
 				t.Fatal(err)
@@ -128,7 +101,7 @@ func TestNestedSubvolumesAreChargedToTheirVolume(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			btrfsCmd(t, "filesystem", "sync", p.mountPath)
+			btrfsCmd(t, "filesystem", "sync", p.MountPath())
 			btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "late"))
 			if _, err := p.ExpandVolume(ctx, v.ID, 320*backend.MiB); err != nil {
 				t.Fatal(err)
@@ -146,7 +119,7 @@ func TestNestedSubvolumesAreChargedToTheirVolume(t *testing.T) {
 // cleaner has dropped its members.
 func TestDeleteRemovesNestedSubvolumes(t *testing.T) {
 	ctx := context.Background()
-	p, _ := openPool(t, QuotaSimple, backend.GiB)
+	p, _ := openPool(t, btrfs.QuotaSimple, backend.GiB)
 	v := newVol(t, p, "nests", 64*backend.MiB)
 	keep := newVol(t, p, "bystander", 64*backend.MiB)
 	dir := p.VolumePath(v.ID)
@@ -156,28 +129,25 @@ func TestDeleteRemovesNestedSubvolumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	btrfsCmd(t, "subvolume", "snapshot", "-r", filepath.Join(dir, "a"), filepath.Join(dir, "snap-of-a"))
-	rec, err := p.readRecord(v.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := readRecord(t, p, v.ID)
 	if err := p.DeleteVolume(ctx, v.ID); err != nil {
 		t.Fatalf("delete a volume holding nested subvolumes: %v", err)
 	}
 	if err := p.DeleteVolume(ctx, v.ID); err != nil {
 		t.Fatalf("second delete: %v", err)
 	}
-	list := btrfsCmd(t, "subvolume", "list", p.mountPath)
+	list := btrfsCmd(t, "subvolume", "list", p.MountPath())
 	if strings.Contains(list, v.ID) {
 		t.Fatalf("subvolumes of the deleted volume left:\n%s", list)
 	}
 	if _, err := p.GetVolume(ctx, keep.ID); err != nil {
 		t.Fatalf("bystander: %v", err)
 	}
-	btrfsCmd(t, "subvolume", "sync", p.mountPath)
+	btrfsCmd(t, "subvolume", "sync", p.MountPath())
 	if pending := p.PendingQgroups(); len(pending) != 0 {
 		t.Errorf("qgroups still scheduled for removal after the cleaner finished: %v", pending)
 	}
-	if show := btrfsCmd(t, "qgroup", "show", p.mountPath); strings.Contains(show, volumeQgroup(rec.SubvolumeID)+" ") {
+	if show := btrfsCmd(t, "qgroup", "show", p.MountPath()); strings.Contains(show, volumeQgroup(rec.SubvolumeID)+" ") {
 		t.Errorf("qgroup %s of the deleted volume left:\n%s", volumeQgroup(rec.SubvolumeID), show)
 	}
 }
@@ -187,30 +157,23 @@ func TestDeleteRemovesNestedSubvolumes(t *testing.T) {
 // already nested in it, and the old limit goes.
 func TestOldVolumesMigrate(t *testing.T) {
 	ctx := context.Background()
-	p, _ := openPool(t, QuotaSimple, backend.GiB)
+	p, _ := openPool(t, btrfs.QuotaSimple, backend.GiB)
 	v := newVol(t, p, "old", 64*backend.MiB)
-	rec, err := p.readRecord(v.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := readRecord(t, p, v.ID)
 	// Turn it into what the earlier driver made.
 	zero, one := levelZeroQgroup(rec.SubvolumeID), rec.Qgroup
-	btrfsCmd(t, "qgroup", "remove", zero, one, p.mountPath)
-	btrfsCmd(t, "qgroup", "destroy", one, p.mountPath)
-	btrfsCmd(t, "qgroup", "limit", "67108864", zero, p.mountPath)
-	rec.Qgroup = ""
-	if err := p.writeRecord(v.ID, rec); err != nil {
-		t.Fatal(err)
-	}
+	btrfsCmd(t, "qgroup", "remove", zero, one, p.MountPath())
+	btrfsCmd(t, "qgroup", "destroy", one, p.MountPath())
+	btrfsCmd(t, "qgroup", "limit", "67108864", zero, p.MountPath())
+	dropQgroupFromRecord(t, p, v.ID)
 	btrfsCmd(t, "subvolume", "create", filepath.Join(p.VolumePath(v.ID), "made-before"))
 
-	again, err := Open(ctx, Config{PoolPath: p.mountPath, NodeName: "test-node"})
+	again, err := btrfs.Open(ctx, btrfs.Config{PoolPath: p.MountPath(), NodeName: "test-node"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err = again.readRecord(v.ID)
-	if err != nil || rec.Qgroup != one {
-		t.Fatalf("record after migration: %+v %v, want qgroup %s", rec, err, one)
+	if rec = readRecord(t, again, v.ID); rec.Qgroup != one {
+		t.Fatalf("record after migration: %+v, want qgroup %s", rec, one)
 	}
 	if err := fill(filepath.Join(p.VolumePath(v.ID), "made-before", "big"), 128*backend.MiB); !errors.Is(err, syscall.EDQUOT) {
 		t.Fatalf("128 MiB into a subvolume nested before migration: want EDQUOT, got %v", err)
@@ -229,29 +192,23 @@ func TestOldVolumesMigrate(t *testing.T) {
 // build on the broken volume; a later call puts each right.
 func TestRecoverySkipsABrokenObject(t *testing.T) {
 	ctx := context.Background()
-	p, runner := openPool(t, QuotaSimple, backend.GiB)
+	p, runner := openPool(t, btrfs.QuotaSimple, backend.GiB)
 	doomed := newVol(t, p, "doomed", 64*backend.MiB)
 	old := newVol(t, p, "old", 64*backend.MiB)
 	fine := newVol(t, p, "fine", 64*backend.MiB)
-	if err := p.markDeleting(doomed.ID); err != nil { // a delete cut off after its commit point
-		t.Fatal(err)
-	}
-	rec, _ := p.readRecord(old.ID)
-	rec.Qgroup = "" // a volume from before level-1 qgroups
-	if err := p.writeRecord(old.ID, rec); err != nil {
-		t.Fatal(err)
-	}
+	markDeleting(t, p, doomed.ID)      // a delete cut off after its commit point
+	dropQgroupFromRecord(t, p, old.ID) // a volume from before level-1 qgroups
 	// A record torn by something other than the driver (a full disk
 	// under an older version, an operator's editor).
 	corrupt := backend.VolumeIDFor("corrupt")
-	if err := os.WriteFile(p.metaPath(corrupt), []byte("{"), 0o600); err != nil {
+	if err := os.WriteFile(metaPath(p, corrupt), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	runner.Arm(
 		command.Fault{Kind: command.FaultFail, Nth: 1, Match: "btrfs subvolume delete", Stderr: "ERROR: injected"},
 		command.Fault{Kind: command.FaultFail, Nth: 1, Match: "btrfs qgroup create", Stderr: "ERROR: injected"},
 	)
-	again, err := Open(ctx, Config{PoolPath: p.mountPath, NodeName: "test-node", Runner: runner})
+	again, err := btrfs.Open(ctx, btrfs.Config{PoolPath: p.MountPath(), NodeName: "test-node", Runner: runner})
 	runner.Disarm()
 	if err != nil {
 		t.Fatalf("one broken object took the pool down: %v", err)
@@ -260,7 +217,7 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 	if len(att) != 3 || att[doomed.ID] == "" || att[old.ID] == "" || att[corrupt] == "" {
 		t.Fatalf("objects needing attention: %v", att)
 	}
-	if n := testutil.ToFloat64(objectsNeedingAttention.WithLabelValues(again.mountPath)); n != 3 {
+	if n := objectsNeedingAttention(t, again); n != 3 {
 		t.Errorf("csi_thin_btrfs_objects_needing_attention = %v, want 3", n)
 	}
 	if vols, err := again.ListVolumes(ctx); err != nil || len(vols) != 2 {
@@ -297,7 +254,7 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 	if att := again.NeedingAttention(); len(att) != 0 {
 		t.Fatalf("still needing attention: %v", att)
 	}
-	if n := testutil.ToFloat64(objectsNeedingAttention.WithLabelValues(again.mountPath)); n != 0 {
+	if n := objectsNeedingAttention(t, again); n != 0 {
 		t.Errorf("csi_thin_btrfs_objects_needing_attention = %v after the fixes, want 0", n)
 	}
 }
@@ -308,7 +265,7 @@ func TestRecoverySkipsABrokenObject(t *testing.T) {
 // nested subvolume, and the volume's own files in full.
 func TestSnapshotsAndClonesLeaveNestedSubvolumesEmpty(t *testing.T) {
 	ctx := context.Background()
-	p, _ := openPool(t, QuotaSimple, backend.GiB)
+	p, _ := openPool(t, btrfs.QuotaSimple, backend.GiB)
 	v := newVol(t, p, "src", 64*backend.MiB)
 	dir := p.VolumePath(v.ID)
 	btrfsCmd(t, "subvolume", "create", filepath.Join(dir, "nested"))
@@ -325,7 +282,7 @@ func TestSnapshotsAndClonesLeaveNestedSubvolumesEmpty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, copyDir := range []string{p.snapshotPath(snap.ID), p.VolumePath(clone.ID)} {
+	for _, copyDir := range []string{snapshotDir(p, snap.ID), p.VolumePath(clone.ID)} {
 		if b, err := os.ReadFile(filepath.Join(copyDir, "own")); err != nil || string(b) != "own" {
 			t.Errorf("%s: the volume's own file: %q %v", copyDir, b, err)
 		}
@@ -350,7 +307,7 @@ func TestInterruptedNestedDeleteIsFinished(t *testing.T) {
 	for _, finish := range []string{"retry", "recovery"} {
 		t.Run(finish, func(t *testing.T) {
 			ctx := context.Background()
-			p, runner := openPool(t, QuotaSimple, backend.GiB)
+			p, runner := openPool(t, btrfs.QuotaSimple, backend.GiB)
 			v := newVol(t, p, "nests", 64*backend.MiB)
 			dir := p.VolumePath(v.ID)
 			for _, d := range []string{"a", "a/b", "a/b/c", "d"} {
@@ -369,15 +326,15 @@ func TestInterruptedNestedDeleteIsFinished(t *testing.T) {
 			case "retry":
 				err = p.DeleteVolume(ctx, v.ID)
 			case "recovery":
-				_, err = Open(ctx, Config{PoolPath: p.mountPath, NodeName: "test-node"})
+				_, err = btrfs.Open(ctx, btrfs.Config{PoolPath: p.MountPath(), NodeName: "test-node"})
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if list := btrfsCmd(t, "subvolume", "list", p.mountPath); strings.Contains(list, v.ID) {
+			if list := btrfsCmd(t, "subvolume", "list", p.MountPath()); strings.Contains(list, v.ID) {
 				t.Fatalf("subvolumes of the deleted volume left:\n%s", list)
 			}
-			if _, err := os.Lstat(filepath.Join(p.base, "meta", v.ID+deletingSuffix)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Lstat(markerPath(p, v.ID)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("delete marker left: %v", err)
 			}
 		})

@@ -1,4 +1,4 @@
-package btrfs
+package btrfs_test
 
 import (
 	"context"
@@ -12,11 +12,12 @@ import (
 	"testing"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/btrfs"
 )
 
 // These tests run on a real btrfs filesystem on a loop device.
 
-func groupVolumes(t *testing.T, p *Pool, names ...string) []string {
+func groupVolumes(t *testing.T, p *btrfs.Pool, names ...string) []string {
 	t.Helper()
 	var ids []string
 	for _, name := range names {
@@ -51,13 +52,13 @@ func lastRecord(t *testing.T, path string) uint64 {
 // snapshots of A and B taken at two instants would let B run ahead of A.
 // Every member is then restored and its data compared.
 func TestGroupSnapshotIsOneInstant(t *testing.T) {
-	p, _ := openRecorded(t)
+	p, _ := openRecorded(t, 512*backend.MiB, "")
 	ctx := context.Background()
 	ids := groupVolumes(t, p, "wal", "data")
 	a, b := ids[0], ids[1] // sorted order is what the group reports; either works
 	files := []*os.File{}
 	for _, id := range []string{a, b} {
-		f, err := os.OpenFile(filepath.Join(p.volumePath(id), "seq"), os.O_CREATE|os.O_WRONLY, 0o600)
+		f, err := os.OpenFile(filepath.Join(p.VolumePath(id), "seq"), os.O_CREATE|os.O_WRONLY, 0o600)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +101,7 @@ func TestGroupSnapshotIsOneInstant(t *testing.T) {
 			if s.GroupID != g.ID || s.GroupSize != 2 || s.ID != backend.MemberSnapshotID(g.ID, s.SourceVolumeID) {
 				t.Fatalf("member %+v", s)
 			}
-			last[s.SourceVolumeID] = lastRecord(t, filepath.Join(p.snapshotPath(s.ID), "seq"))
+			last[s.SourceVolumeID] = lastRecord(t, filepath.Join(snapshotDir(p, s.ID), "seq"))
 		}
 		t.Logf("group %d: A at %d, B at %d (writer at %d)", i, last[a], last[b], written.Load())
 		if last[b] > last[a] || last[a] > last[b]+1 {
@@ -124,8 +125,8 @@ func TestGroupSnapshotIsOneInstant(t *testing.T) {
 		if err != nil {
 			t.Fatalf("restore member %s: %v", s.ID, err)
 		}
-		want, _ := os.ReadFile(filepath.Join(p.snapshotPath(s.ID), "seq"))
-		got, _ := os.ReadFile(filepath.Join(p.volumePath(v.ID), "seq"))
+		want, _ := os.ReadFile(filepath.Join(snapshotDir(p, s.ID), "seq"))
+		got, _ := os.ReadFile(filepath.Join(p.VolumePath(v.ID), "seq"))
 		if len(want) == 0 || string(got) != string(want) {
 			t.Fatalf("restored member %s differs from its snapshot (%d vs %d bytes)", s.ID, len(got), len(want))
 		}
@@ -133,7 +134,7 @@ func TestGroupSnapshotIsOneInstant(t *testing.T) {
 }
 
 func TestGroupSnapshotIdempotentAndCodes(t *testing.T) {
-	p, _ := openRecorded(t)
+	p, _ := openRecorded(t, 512*backend.MiB, "")
 	ctx := context.Background()
 	ids := groupVolumes(t, p, "one", "two", "three")
 	gid := backend.GroupSnapshotIDFor("g")
@@ -165,15 +166,13 @@ func TestGroupSnapshotIdempotentAndCodes(t *testing.T) {
 		t.Errorf("unknown source: want ErrNotFound, got %v", err)
 	}
 	// A restart (recovery) keeps a committed group whole.
-	if err := p.recover(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p = restart(t, p, nil)
 	got, err := p.GetGroupSnapshot(ctx, gid)
 	if err != nil || len(got.Snapshots) != 2 || !got.ReadyToUse {
 		t.Fatalf("after recovery: %+v, %v", got, err)
 	}
 	// Members are read-only.
-	if err := os.WriteFile(filepath.Join(p.snapshotPath(got.Snapshots[0].ID), "x"), []byte("x"), 0o600); err == nil {
+	if err := os.WriteFile(filepath.Join(snapshotDir(p, got.Snapshots[0].ID), "x"), []byte("x"), 0o600); err == nil {
 		t.Fatal("wrote into a group member")
 	}
 	if err := p.DeleteGroupSnapshot(ctx, gid); err != nil {
@@ -190,19 +189,19 @@ func TestGroupSnapshotIdempotentAndCodes(t *testing.T) {
 
 // assertNoSnapshots checks that no snapshot record, snapshot subvolume,
 // staged object or group record is left.
-func assertNoSnapshots(t *testing.T, p *Pool) {
+func assertNoSnapshots(t *testing.T, p *btrfs.Pool) {
 	t.Helper()
 	snaps, err := p.ListSnapshots(context.Background())
 	if err != nil || len(snaps) != 0 {
 		t.Fatalf("snapshots left: %+v, %v", snaps, err)
 	}
 	for _, dir := range []string{"snapshots", "staging"} {
-		entries, err := os.ReadDir(filepath.Join(p.base, dir))
+		entries, err := os.ReadDir(layoutPath(p, dir))
 		if err != nil || len(entries) != 0 {
 			t.Fatalf("%s not empty: %v, %v", dir, entries, err)
 		}
 	}
-	metas, _ := filepath.Glob(filepath.Join(p.base, "meta", "g-*"))
+	metas, _ := filepath.Glob(layoutPath(p, "meta", "g-*"))
 	if len(metas) != 0 {
 		t.Fatalf("group records left: %v", metas)
 	}
@@ -211,10 +210,10 @@ func assertNoSnapshots(t *testing.T, p *Pool) {
 // A member that cannot be snapshotted (its subvolume is gone behind the
 // pool's back) fails the group, and nothing of the group is left.
 func TestGroupSnapshotFailedMemberLeavesNothing(t *testing.T) {
-	p, _ := openRecorded(t)
+	p, _ := openRecorded(t, 512*backend.MiB, "")
 	ctx := context.Background()
 	ids := groupVolumes(t, p, "fine", "broken")
-	if out, err := osexec.Command("btrfs", "subvolume", "delete", p.volumePath(ids[1])).CombinedOutput(); err != nil {
+	if out, err := osexec.Command("btrfs", "subvolume", "delete", p.VolumePath(ids[1])).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	gid := backend.GroupSnapshotIDFor("g")
@@ -232,7 +231,7 @@ func TestGroupSnapshotFailedMemberLeavesNothing(t *testing.T) {
 // Each crash point of a create and a delete: recovery (a restart) removes
 // an unfinished group entirely, or finishes a committed delete.
 func TestGroupSnapshotRecovery(t *testing.T) {
-	p, _ := openRecorded(t)
+	p, _ := openRecorded(t, 512*backend.MiB, "")
 	ctx := context.Background()
 	ids := groupVolumes(t, p, "one", "two")
 	gid := backend.GroupSnapshotIDFor("g")
@@ -249,34 +248,30 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 		crash func(g *backend.GroupSnapshot)
 	}{
 		{"members committed, group record not written", func(*backend.GroupSnapshot) {
-			if err := os.Remove(p.metaPath(gid)); err != nil {
+			if err := os.Remove(metaPath(p, gid)); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"members still staged", func(g *backend.GroupSnapshot) {
 			// Put one member back where the snapshots are staged.
-			if err := os.Remove(p.metaPath(gid)); err != nil {
+			if err := os.Remove(metaPath(p, gid)); err != nil {
 				t.Fatal(err)
 			}
 			m := g.Snapshots[0].ID
-			if err := p.cli.setReadOnly(ctx, p.snapshotPath(m), false); err != nil {
-				t.Fatal(err)
-			}
-			dir := filepath.Join(p.groupStagingPath(gid), m)
+			btrfsCmd(t, "property", "set", "-ts", snapshotDir(p, m), "ro", "false")
+			dir := filepath.Join(stagingDir(p, gid), m)
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Rename(p.snapshotPath(m), filepath.Join(dir, "snapshot")); err != nil {
+			if err := os.Rename(snapshotDir(p, m), filepath.Join(dir, "snapshot")); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Remove(p.metaPath(m)); err != nil {
+			if err := os.Remove(metaPath(p, m)); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"delete committed", func(*backend.GroupSnapshot) {
-			if err := p.markDeleting(gid); err != nil {
-				t.Fatal(err)
-			}
+			markDeleting(t, p, gid)
 		}},
 	} {
 		if tc.name == "delete committed" {
@@ -284,15 +279,11 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 			// delete first, so that recovery cannot later take the new
 			// group's members for the old one's.
 			g := create()
-			if err := p.markDeleting(gid); err != nil {
-				t.Fatal(err)
-			}
+			markDeleting(t, p, gid)
 			if again := create(); len(again.Snapshots) != 2 {
 				t.Fatalf("recreated: %+v", again)
 			}
-			if err := p.recover(ctx); err != nil {
-				t.Fatal(err)
-			}
+			p = restart(t, p, nil)
 			if got, err := p.GetGroupSnapshot(ctx, gid); err != nil || len(got.Snapshots) != 2 || !got.ReadyToUse {
 				t.Fatalf("group recreated over a committed delete, after recovery: %+v, %v (was %+v)", got, err, g)
 			}
@@ -302,9 +293,7 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 		}
 		t.Run(tc.name, func(t *testing.T) {
 			tc.crash(create())
-			if err := p.recover(ctx); err != nil {
-				t.Fatal(err)
-			}
+			p = restart(t, p, nil)
 			if _, err := p.GetGroupSnapshot(ctx, gid); !errors.Is(err, backend.ErrNotFound) {
 				t.Fatalf("group after recovery: %v", err)
 			}
