@@ -34,7 +34,8 @@ import (
 //  3. stages: where a create's time goes, from the driver's own histograms
 //     (csi_thin_router_stage_seconds, csi_thin_agent_stage_seconds and the
 //     CreateVolume RPC as the provisioner sees it), scraped through the API
-//     server before and after, so only this run counts.
+//     server before and after each phase (the bursts, the sequential empty
+//     creates, the sequential clones), so only that phase counts.
 //  4. everything deleted: the time, and the node's pool left empty.
 //
 // Results go to stdout and to $E2E_BENCH_OUT (a file) when set.
@@ -64,19 +65,45 @@ func TestBurstBench(t *testing.T) {
 	r.add("burst: %d clones created at once: all Bound in %s = %.1f clones/s (PVC -> Bound p50 %s, max %s)",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), pct(lat, 50), pct(lat, 100))
 
+	burstDone := c.scrapeDriver(t)
+
 	// Room for 1 GiB of data; 41 claims of this size and the bursts' fit
 	// the e2e pool's 64 GiB at an overprovision ratio of 1.
 	const seqSize = "1088Mi"
 	empty := c.sequential(t, clock, "seq-empty", 20, seqSize, nil)
+	emptyDone := c.scrapeDriver(t)
 	c.createPVC(t, "seq-source", classImmediate, seqSize)
 	c.waitBound(t, "seq-source", 2*time.Minute)
 	c.runPod(t, "seq-fill", "dd if=/dev/urandom of=/seq-source/data bs=1M count=1024 conv=fsync 2>&1 | tail -1", "seq-source")
+	cloneStart := c.scrapeDriver(t)
 	cloned := c.sequential(t, clock, "seq-clone", 20, seqSize, fromPVC("seq-source"))
+	cloneDone := c.scrapeDriver(t)
 	r.add("sequential: PVC -> Bound p50 %s empty, %s as a clone of a source with 1 GiB written (%.2fx)",
 		pct(empty, 50), pct(cloned, 50), float64(pct(cloned, 50))/float64(pct(empty, 50)))
 
-	after := c.scrapeDriver(t)
-	r.add("stages of a create (p50 over this run, interpolated in the histogram's buckets like histogram_quantile):")
+	// Where a create's time goes, per phase: the bursts, and the
+	// sequential empty and clone creates on their own (the clone's extra
+	// time shows in the stage that grows).
+	r.stages("the bursts", before, burstDone)
+	r.stages("20 sequential empty creates", burstDone, emptyDone)
+	r.stages("20 sequential clones of the 1 GiB source", cloneStart, cloneDone)
+
+	claims, err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	testNothingLeft(t, c)
+	r.add("delete: all %d claims deleted, their PVs and csi-thin resources gone and the pool empty after %s",
+		len(claims.Items), time.Since(start).Round(time.Millisecond))
+	r.write(t)
+}
+
+// stages adds where the creates between two scrapes spent their time, from
+// the driver's own histograms: p50 of each stage, interpolated in the
+// buckets like histogram_quantile.
+func (r *benchReport) stages(phase string, before, after map[string]*dto.MetricFamily) {
+	r.add("stages of a create, %s (p50):", phase)
 	for _, op := range []string{"create_volume", "create_snapshot"} {
 		for _, s := range []struct{ metric, stage string }{
 			{"csi_thin_router_stage_seconds", "place"}, {"csi_thin_router_stage_seconds", "submit"},
@@ -94,16 +121,6 @@ func TestBurstBench(t *testing.T) {
 			r.add("  CSI %-14s (what the provisioner times) p50 %6.1f ms over %d", m, q*1000, count)
 		}
 	}
-
-	claims, err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	testNothingLeft(t, c)
-	r.add("delete: all %d claims deleted, their PVs and csi-thin resources gone and the pool empty after %s",
-		len(claims.Items), time.Since(start).Round(time.Millisecond))
-	r.write(t)
 }
 
 // boundClock notes when each claim of the namespace is first seen Bound,
