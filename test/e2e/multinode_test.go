@@ -43,6 +43,7 @@ func TestMultiNode(t *testing.T) {
 		{"FullNodeGetsNoNewVolumes", m.testFullNode},
 		{"CloneAndRestoreStayWithTheirSource", m.testSourcePlacement},
 		{"GroupSnapshotAcrossNodesRefused", m.testGroupAcrossNodes},
+		{"LostNodeReleasesItsClaims", m.testNodeLost},
 		{"NothingLeftOnAnyNode", m.testNothingLeft},
 	}
 	for _, s := range steps {
@@ -200,23 +201,37 @@ func (m *multiNode) storageClassOn(t *testing.T, node string) string {
 	return sc.Name
 }
 
-// waitEvent waits for an event with the reason on the object and returns
-// its message.
-func (m *multiNode) waitEvent(t *testing.T, object, reason string, timeout time.Duration) string {
+// waitEvent waits for an event with the reason on the object (and, if
+// given, a message containing want) and returns its message.
+func (m *multiNode) waitEvent(t *testing.T, object, reason string, timeout time.Duration, want ...string) string {
 	t.Helper()
 	var msg string
 	err := wait.PollUntilContextTimeout(context.Background(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
 		evs, err := m.kube.CoreV1().Events(m.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object + ",reason=" + reason})
-		if err != nil || len(evs.Items) == 0 {
+		if err != nil {
 			return false, nil
 		}
-		msg = evs.Items[len(evs.Items)-1].Message
-		return true, nil
+		for i := len(evs.Items) - 1; i >= 0; i-- {
+			if all(evs.Items[i].Message, want) {
+				msg = evs.Items[i].Message
+				return true, nil
+			}
+		}
+		return false, nil
 	})
 	if err != nil {
 		t.Fatalf("no %s event on %s after %s: %s", reason, object, timeout, m.eventsFor(object))
 	}
 	return msg
+}
+
+func all(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 // expectNoVolume checks that the claim is Pending and no ThinVolume was
@@ -318,7 +333,9 @@ func (m *multiNode) testFullNode(t *testing.T) {
 	}
 	m.createPVC(t, "no-room", classWFFC, "6Gi")
 	m.startPodOn(t, m.node, "no-room-user", "true", "no-room")
-	msg := m.waitEvent(t, "no-room-user", "FailedScheduling", 2*time.Minute)
+	// The scheduler's first attempt may come before its cache has the
+	// claim ("could not find PersistentVolumeClaim"): wait for the verdict.
+	msg := m.waitEvent(t, "no-room-user", "FailedScheduling", 2*time.Minute, "enough free storage")
 	t.Logf("pod pinned to the full node: %s", msg)
 	if !strings.Contains(msg, "enough free storage") {
 		t.Errorf("FailedScheduling %q does not name the missing storage", msg)

@@ -155,7 +155,7 @@ fi
 
 # ---- 1. csi-thin scenarios
 log "e2e: csi-thin scenarios"
-(cd "$root" && env "${go_caches[@]}" CSI_THIN_E2E=1 E2E_NAMESPACE=$ns E2E_STATE_DIR=$state_dir E2E_NODE=$NODE_NAME E2E_MNTNS_DIR=$K8S_MNTNS_DIR \
+(cd "$root" && env "${go_caches[@]}" CSI_THIN_E2E=1 E2E_NAMESPACE=$ns E2E_STATE_DIR=$state_dir E2E_NODE=$NODE_NAME E2E_MNTNS_DIR=$K8S_MNTNS_DIR E2E_K8S_RUN=$K8S_RUN E2E_NETNS=$K8S_NETNS \
 	GOFLAGS=-mod=mod go test -count=1 -v -timeout 30m ${E2E_SCENARIOS:+-run "TestCluster/($E2E_SCENARIOS)"} ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/) 2>&1 | tee "$artifacts/scenarios.log"
 scen_rc=${PIPESTATUS[0]}
 ((scen_rc == 0)) || { log "e2e: csi-thin scenarios failed"; exit 1; }

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -119,53 +117,20 @@ func (r *GroupSnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // recover: as VolumeReconciler.recover, for a group the controller marked
 // Lost while this node was away.
 func (r *GroupSnapshotReconciler) recover(ctx context.Context, g *thinv1.ThinGroupSnapshot) error {
-	logger := klog.FromContext(ctx)
 	group, err := r.Groups.GetGroupSnapshot(ctx, g.Name)
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return fmt.Errorf("look for lost group snapshot: %w", err)
 	}
-	if err != nil {
-		if c := apimeta.FindStatusCondition(g.Status.Conditions, thinv1.ConditionReady); c != nil && c.Reason == thinv1.ReasonStorageMissing {
-			return nil
-		}
-		logger.Info("node back, but the group snapshot is not on it", "node", g.Spec.Node)
-		r.Recorder.Eventf(g, nil, corev1.EventTypeWarning, thinv1.ReasonStorageMissing, "Recover", "node %s is back but does not hold the group snapshot", g.Spec.Node)
-		apimeta.SetStatusCondition(&g.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
-			Reason: thinv1.ReasonStorageMissing, Message: "node " + g.Spec.Node + " is back but does not hold the group snapshot", ObservedGeneration: g.Generation})
-		return r.Client.Status().Update(ctx, g)
+	if err == nil {
+		g.Status.ReadyToUse = group.ReadyToUse
 	}
-	g.Status.Phase = thinv1.PhaseReady
-	g.Status.ReadyToUse = group.ReadyToUse
-	g.Status.OperationStatus = operation(nil)
-	apimeta.SetStatusCondition(&g.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: thinv1.ReasonRecovered, Message: "node " + g.Spec.Node + " is back with the group snapshot", ObservedGeneration: g.Generation})
-	logger.Info("lost group snapshot recovered", "node", g.Spec.Node)
-	r.Recorder.Eventf(g, nil, corev1.EventTypeNormal, thinv1.ReasonRecovered, "Recover", "node %s is back with the group snapshot", g.Spec.Node)
-	return r.Client.Status().Update(ctx, g)
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(g), err == nil)
+}
+
+func (r *GroupSnapshotReconciler) tracked(g *thinv1.ThinGroupSnapshot) tracked {
+	return tracked{obj: g, node: g.Spec.Node, what: "group snapshot", phase: &g.Status.Phase, op: &g.Status.OperationStatus, conditions: &g.Status.Conditions}
 }
 
 func (r *GroupSnapshotReconciler) delete(ctx context.Context, g *thinv1.ThinGroupSnapshot) error {
-	if !controllerutil.ContainsFinalizer(g, wellknown.FinalizerNodeCleanup) {
-		return nil
-	}
-	logger := klog.FromContext(ctx)
-	if err := r.Groups.DeleteGroupSnapshot(ctx, g.Name); err != nil {
-		logger.Error(err, "delete group snapshot failed; will retry")
-		r.Recorder.Eventf(g, nil, corev1.EventTypeWarning, "DeleteFailed", "DeleteGroupSnapshot", "%s", err.Error())
-		g.Status.OperationStatus = operation(err)
-		setDeleteFailed(&g.Status.Conditions, g.Generation, err)
-		if uerr := r.Client.Status().Update(ctx, g); uerr != nil && !apierrors.IsNotFound(uerr) {
-			logger.Error(uerr, "write status")
-		}
-		return err
-	}
-	controllerutil.RemoveFinalizer(g, wellknown.FinalizerNodeCleanup)
-	if err := r.Client.Update(ctx, g); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("remove finalizer: %w", err)
-	}
-	logger.Info("group snapshot deleted")
-	if r.Changed != nil {
-		r.Changed()
-	}
-	return nil
+	return released(ctx, r.Client, r.Recorder, r.tracked(g), "DeleteGroupSnapshot", func() error { return r.Groups.DeleteGroupSnapshot(ctx, g.Name) }, r.Changed)
 }

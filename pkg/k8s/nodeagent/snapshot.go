@@ -7,8 +7,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -136,53 +134,20 @@ func (r *SnapshotReconciler) take(ctx context.Context, ts *thinv1.ThinSnapshot) 
 
 // recover: as VolumeReconciler.recover.
 func (r *SnapshotReconciler) recover(ctx context.Context, ts *thinv1.ThinSnapshot) error {
-	logger := klog.FromContext(ctx)
 	s, err := r.Pool.GetSnapshot(ctx, ts.Name)
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return fmt.Errorf("look for lost snapshot: %w", err)
 	}
-	if err != nil {
-		if c := apimeta.FindStatusCondition(ts.Status.Conditions, thinv1.ConditionReady); c != nil && c.Reason == thinv1.ReasonStorageMissing {
-			return nil
-		}
-		logger.Info("node back, but the snapshot is not on it", "node", ts.Spec.Node)
-		r.Recorder.Eventf(ts, nil, corev1.EventTypeWarning, thinv1.ReasonStorageMissing, "Recover", "node %s is back but does not hold the snapshot", ts.Spec.Node)
-		apimeta.SetStatusCondition(&ts.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
-			Reason: thinv1.ReasonStorageMissing, Message: "node " + ts.Spec.Node + " is back but does not hold the snapshot", ObservedGeneration: ts.Generation})
-		return r.Client.Status().Update(ctx, ts)
+	if err == nil {
+		ts.Status.ReadyToUse = s.ReadyToUse
 	}
-	ts.Status.Phase = thinv1.PhaseReady
-	ts.Status.ReadyToUse = s.ReadyToUse
-	ts.Status.OperationStatus = operation(nil)
-	apimeta.SetStatusCondition(&ts.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: thinv1.ReasonRecovered, Message: "node " + ts.Spec.Node + " is back with the snapshot", ObservedGeneration: ts.Generation})
-	logger.Info("lost snapshot recovered", "node", ts.Spec.Node)
-	r.Recorder.Eventf(ts, nil, corev1.EventTypeNormal, thinv1.ReasonRecovered, "Recover", "node %s is back with the snapshot", ts.Spec.Node)
-	return r.Client.Status().Update(ctx, ts)
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(ts), err == nil)
+}
+
+func (r *SnapshotReconciler) tracked(ts *thinv1.ThinSnapshot) tracked {
+	return tracked{obj: ts, node: ts.Spec.Node, what: "snapshot", phase: &ts.Status.Phase, op: &ts.Status.OperationStatus, conditions: &ts.Status.Conditions}
 }
 
 func (r *SnapshotReconciler) delete(ctx context.Context, ts *thinv1.ThinSnapshot) error {
-	if !controllerutil.ContainsFinalizer(ts, wellknown.FinalizerNodeCleanup) {
-		return nil
-	}
-	logger := klog.FromContext(ctx)
-	if err := r.Pool.DeleteSnapshot(ctx, ts.Name); err != nil {
-		logger.Error(err, "delete snapshot failed; will retry")
-		r.Recorder.Eventf(ts, nil, corev1.EventTypeWarning, "DeleteFailed", "DeleteSnapshot", "%s", err.Error())
-		ts.Status.OperationStatus = operation(err)
-		setDeleteFailed(&ts.Status.Conditions, ts.Generation, err)
-		if uerr := r.Client.Status().Update(ctx, ts); uerr != nil && !apierrors.IsNotFound(uerr) {
-			logger.Error(uerr, "write status")
-		}
-		return err
-	}
-	controllerutil.RemoveFinalizer(ts, wellknown.FinalizerNodeCleanup)
-	if err := r.Client.Update(ctx, ts); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("remove finalizer: %w", err)
-	}
-	logger.Info("snapshot deleted")
-	if r.Changed != nil {
-		r.Changed()
-	}
-	return nil
+	return released(ctx, r.Client, r.Recorder, r.tracked(ts), "DeleteSnapshot", func() error { return r.Pool.DeleteSnapshot(ctx, ts.Name) }, r.Changed)
 }

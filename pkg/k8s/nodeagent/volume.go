@@ -195,30 +195,19 @@ func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) er
 // nothing is recreated: an empty volume in place of the data would be a
 // silent loss.
 func (r *VolumeReconciler) recover(ctx context.Context, tv *thinv1.ThinVolume) error {
-	logger := klog.FromContext(ctx)
 	v, err := r.Pool.GetVolume(ctx, tv.Name)
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return fmt.Errorf("look for lost volume: %w", err)
 	}
-	if err != nil {
-		if c := apimeta.FindStatusCondition(tv.Status.Conditions, thinv1.ConditionReady); c != nil && c.Reason == thinv1.ReasonStorageMissing {
-			return nil
-		}
-		logger.Info("node back, but the volume's storage is not on it", "node", tv.Spec.Node)
-		r.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, thinv1.ReasonStorageMissing, "Recover", "node %s is back but does not hold the volume", tv.Spec.Node)
-		apimeta.SetStatusCondition(&tv.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
-			Reason: thinv1.ReasonStorageMissing, Message: "node " + tv.Spec.Node + " is back but does not hold the volume", ObservedGeneration: tv.Generation})
-		return r.Client.Status().Update(ctx, tv)
+	if err == nil {
+		tv.Status.SizeBytes = v.SizeBytes
+		setHealthy(&tv.Status.Conditions, tv.Generation, v.Condition)
 	}
-	tv.Status.Phase = thinv1.PhaseReady
-	tv.Status.SizeBytes = v.SizeBytes
-	tv.Status.OperationStatus = operation(nil)
-	apimeta.SetStatusCondition(&tv.Status.Conditions, metav1.Condition{Type: thinv1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: thinv1.ReasonRecovered, Message: "node " + tv.Spec.Node + " is back with the volume", ObservedGeneration: tv.Generation})
-	setHealthy(&tv.Status.Conditions, tv.Generation, v.Condition)
-	logger.Info("lost volume recovered", "node", tv.Spec.Node, "sizeBytes", v.SizeBytes)
-	r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, thinv1.ReasonRecovered, "Recover", "node %s is back with the volume", tv.Spec.Node)
-	return r.Client.Status().Update(ctx, tv)
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(tv), err == nil)
+}
+
+func (r *VolumeReconciler) tracked(tv *thinv1.ThinVolume) tracked {
+	return tracked{obj: tv, node: tv.Spec.Node, what: "volume", phase: &tv.Status.Phase, op: &tv.Status.OperationStatus, conditions: &tv.Status.Conditions}
 }
 
 func setHealthy(conds *[]metav1.Condition, generation int64, c backend.Condition) {
@@ -253,27 +242,7 @@ func (r *VolumeReconciler) expand(ctx context.Context, tv *thinv1.ThinVolume) (c
 }
 
 func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) error {
-	if !controllerutil.ContainsFinalizer(tv, wellknown.FinalizerNodeCleanup) {
-		return nil
-	}
-	logger := klog.FromContext(ctx)
-	if err := r.Pool.DeleteVolume(ctx, tv.Name); err != nil {
-		logger.Error(err, "delete volume failed; will retry")
-		r.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, "DeleteFailed", "DeleteVolume", "%s", err.Error())
-		tv.Status.OperationStatus = operation(err)
-		setDeleteFailed(&tv.Status.Conditions, tv.Generation, err)
-		if uerr := r.Client.Status().Update(ctx, tv); uerr != nil && !apierrors.IsNotFound(uerr) {
-			logger.Error(uerr, "write status")
-		}
-		return err // requeued with backoff
-	}
-	controllerutil.RemoveFinalizer(tv, wellknown.FinalizerNodeCleanup)
-	if err := r.Client.Update(ctx, tv); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("remove finalizer: %w", err)
-	}
-	logger.Info("volume deleted")
-	r.changed()
-	return nil
+	return released(ctx, r.Client, r.Recorder, r.tracked(tv), "DeleteVolume", func() error { return r.Pool.DeleteVolume(ctx, tv.Name) }, r.Changed)
 }
 
 func (r *VolumeReconciler) changed() {

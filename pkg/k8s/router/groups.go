@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -60,7 +59,9 @@ func (r *Router) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnaps
 	} else {
 		logger.Info("ThinGroupSnapshot created, waiting for the node", "node", node)
 	}
-	if err := r.waitGroup(ctx, g); err != nil {
+	if err := r.waitVerdict(ctx, g, "group snapshot "+req.ID, func() nodeVerdict {
+		return nodeVerdict{g.Spec.Node, g.Status.Code, g.Status.Message, g.Status.Phase, g.Status.Conditions}
+	}); err != nil {
 		return nil, err
 	}
 	members := make([]*backend.Snapshot, 0, len(g.Status.Members))
@@ -77,45 +78,6 @@ func (r *Router) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnaps
 	}
 	logger.Info("group snapshot ready", "node", node, "members", len(members))
 	return groupOf(g, members), nil
-}
-
-// waitGroup waits for the node's verdict on g; a failed group is deleted
-// so that a retry starts afresh.
-func (r *Router) waitGroup(ctx context.Context, g *thinv1.ThinGroupSnapshot) error {
-	wctx, cancel := r.waitContext(ctx)
-	defer cancel()
-	var nodeErr error
-	err := r.wait(wctx, g, func(found bool) (bool, error) {
-		if !found {
-			return false, nil
-		}
-		switch g.Status.Phase {
-		case thinv1.PhaseReady:
-			return true, nil
-		case thinv1.PhaseLost:
-			nodeErr = lostError(g.Spec.Node, g.Status.Conditions)
-			return true, nil
-		case thinv1.PhaseFailed:
-			nodeErr = statusError(g.Spec.Node, g.Status.Code, g.Status.Message)
-			if nodeErr == nil {
-				nodeErr = &nodeError{node: g.Spec.Node, message: "failed without a reason", sentinel: errInternal}
-			}
-			return true, nil
-		}
-		return false, nil
-	})
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return fmt.Errorf("group snapshot %s still %s on node %s (is the csi-thin node agent running there?): %w",
-				g.Name, phaseOf(g.Status.Phase), g.Spec.Node, err)
-		}
-		return err
-	}
-	if nodeErr != nil && g.Status.Phase == thinv1.PhaseFailed {
-		klog.FromContext(ctx).Info("node failed to take the group snapshot; deleting the ThinGroupSnapshot so a retry starts afresh", "node", g.Spec.Node, "code", g.Status.Code, "err", nodeErr.Error())
-		r.deleteQuietly(ctx, g)
-	}
-	return nodeErr
 }
 
 func groupOf(g *thinv1.ThinGroupSnapshot, members []*backend.Snapshot) *backend.GroupSnapshot {

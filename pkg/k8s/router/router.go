@@ -11,10 +11,12 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -201,6 +203,56 @@ func (r *Router) wait(ctx context.Context, obj client.Object, check func(found b
 			return ctx.Err()
 		}
 	}
+}
+
+// nodeVerdict is what waitVerdict reads of a resource's status.
+type nodeVerdict struct {
+	node, code, message string
+	phase               thinv1.Phase
+	conditions          []metav1.Condition
+}
+
+// waitVerdict waits until the node has made the resource obj (Ready), or
+// failed to (Failed: obj is deleted so that a retry starts afresh), or is
+// lost (Lost: obj is kept, the node may come back with it), and returns
+// the node's error. what names the resource in a timeout's error.
+func (r *Router) waitVerdict(ctx context.Context, obj client.Object, what string, state func() nodeVerdict) error {
+	wctx, cancel := r.waitContext(ctx)
+	defer cancel()
+	var nodeErr error
+	err := r.wait(wctx, obj, func(found bool) (bool, error) {
+		if !found {
+			return false, nil // not in the cache yet
+		}
+		s := state()
+		switch s.phase {
+		case thinv1.PhaseReady:
+			return true, nil
+		case thinv1.PhaseLost:
+			nodeErr = lostError(s.node, s.conditions)
+			return true, nil
+		case thinv1.PhaseFailed:
+			nodeErr = statusError(s.node, s.code, s.message)
+			if nodeErr == nil {
+				nodeErr = &nodeError{node: s.node, message: "failed without a reason", sentinel: errInternal}
+			}
+			return true, nil
+		}
+		return false, nil
+	})
+	s := state()
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return fmt.Errorf("%s still %s on node %s (is the csi-thin node agent running there?): %w", what, phaseOf(s.phase), s.node, err)
+		}
+		return err
+	}
+	if nodeErr != nil && s.phase == thinv1.PhaseFailed {
+		klog.FromContext(ctx).Info("the node failed to make it; deleting the resource so a retry starts afresh",
+			idKeyOf(obj), obj.GetName(), "node", s.node, "code", s.code, "err", nodeErr.Error())
+		r.deleteQuietly(ctx, obj)
+	}
+	return nodeErr
 }
 
 // deleteQuietly removes a resource even when ctx has ended (a failed

@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 
@@ -55,42 +54,10 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		logger.Info("ThinSnapshot created, waiting for the node", "node", node)
 	}
 
-	ctx, cancel := r.waitContext(ctx)
-	defer cancel()
-	var nodeErr error
-	err = r.wait(ctx, ts, func(found bool) (bool, error) {
-		if !found {
-			return false, nil
-		}
-		switch ts.Status.Phase {
-		case thinv1.PhaseReady:
-			return true, nil
-		case thinv1.PhaseLost:
-			nodeErr = lostError(ts.Spec.Node, ts.Status.Conditions)
-			return true, nil
-		case thinv1.PhaseFailed:
-			nodeErr = statusError(ts.Spec.Node, ts.Status.Code, ts.Status.Message)
-			if nodeErr == nil {
-				nodeErr = &nodeError{node: ts.Spec.Node, message: "failed without a reason", sentinel: errInternal}
-			}
-			return true, nil
-		}
-		return false, nil
-	})
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return nil, fmt.Errorf("snapshot %s still %s on node %s (is the csi-thin node agent running there?): %w",
-				req.ID, phaseOf(ts.Status.Phase), ts.Spec.Node, err)
-		}
+	if err := r.waitVerdict(ctx, ts, "snapshot "+req.ID, func() nodeVerdict {
+		return nodeVerdict{ts.Spec.Node, ts.Status.Code, ts.Status.Message, ts.Status.Phase, ts.Status.Conditions}
+	}); err != nil {
 		return nil, err
-	}
-	if nodeErr != nil && ts.Status.Phase == thinv1.PhaseLost {
-		return nil, nodeErr // kept: the node may come back with it
-	}
-	if nodeErr != nil {
-		logger.Info("node failed to create the snapshot; deleting the ThinSnapshot so a retry starts afresh", "node", ts.Spec.Node, "code", ts.Status.Code, "err", nodeErr.Error())
-		r.deleteQuietly(ctx, ts)
-		return nil, nodeErr
 	}
 	stages.done(stageNode)
 	logger.Info("snapshot ready", "node", ts.Spec.Node, "sizeBytes", ts.Status.SizeBytes)

@@ -71,42 +71,10 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 		logger.Info("ThinVolume created, waiting for the node", "node", node, "requiredBytes", req.RequiredBytes, "source", req.Source.ID)
 	}
 
-	ctx, cancel := r.waitContext(ctx)
-	defer cancel()
-	var nodeErr error
-	err = r.wait(ctx, tv, func(found bool) (bool, error) {
-		if !found {
-			return false, nil // not in the cache yet
-		}
-		switch tv.Status.Phase {
-		case thinv1.PhaseReady:
-			return true, nil
-		case thinv1.PhaseLost:
-			nodeErr = lostError(tv.Spec.Node, tv.Status.Conditions)
-			return true, nil
-		case thinv1.PhaseFailed:
-			nodeErr = statusError(tv.Spec.Node, tv.Status.Code, tv.Status.Message)
-			if nodeErr == nil {
-				nodeErr = &nodeError{node: tv.Spec.Node, message: "failed without a reason", sentinel: errInternal}
-			}
-			return true, nil
-		}
-		return false, nil
-	})
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return nil, fmt.Errorf("volume %s still %s on node %s (is the csi-thin node agent running there?): %w",
-				req.ID, phaseOf(tv.Status.Phase), tv.Spec.Node, err)
-		}
+	if err := r.waitVerdict(ctx, tv, "volume "+req.ID, func() nodeVerdict {
+		return nodeVerdict{tv.Spec.Node, tv.Status.Code, tv.Status.Message, tv.Status.Phase, tv.Status.Conditions}
+	}); err != nil {
 		return nil, err
-	}
-	if nodeErr != nil && tv.Status.Phase == thinv1.PhaseLost {
-		return nil, nodeErr // kept: the node may come back with it
-	}
-	if nodeErr != nil {
-		logger.Info("node failed to create the volume; deleting the ThinVolume so a retry starts afresh", "node", tv.Spec.Node, "code", tv.Status.Code, "err", nodeErr.Error())
-		r.deleteQuietly(ctx, tv)
-		return nil, nodeErr
 	}
 	stages.done(stageNode)
 	logger.Info("volume ready", "node", tv.Spec.Node, "sizeBytes", tv.Status.SizeBytes)

@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// lostAfterForTest is the controller's --lost-after during the node-loss
+// step: above twice the agents' 20 s status interval, so a live node is
+// never judged lost, and short enough for a test.
+const lostAfterForTest = "60s"
+
+// testNodeLost: the other node's kubelet and csi-thin agent die (as with
+// a power cut) while it holds a claim's volume. The controller marks the
+// volume Lost, with a NodeLost Event on the claim; deleting the claim
+// completes at once (PV gone, nobody touches a finalizer by hand) while
+// the ThinVolume waits, with the data, for its node. When the node comes
+// back its agent removes the storage and the ThinVolume: nothing leaks;
+// and a volume of that node whose claim was kept is Ready again.
+func (m *multiNode) testNodeLost(t *testing.T) {
+	ctx := context.Background()
+	node := m.other
+	m.setLostAfter(t, lostAfterForTest)
+	t.Cleanup(func() { m.setLostAfter(t, "5m") })
+
+	m.createPVC(t, "doomed", classWFFC, "1Gi")
+	m.runPodOn(t, node, "doomed-writer", fmt.Sprintf("echo '%s' > /doomed/file && sync", payload), "doomed")
+	handle := volumeHandle(t, m.cluster, m.waitBound(t, "doomed", time.Minute))
+
+	kubelet := m.killNode(t, node)
+	start := time.Now()
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		p, _, _ := unstructured.NestedString(tv.Object, "status", "phase")
+		return p == "Lost", nil
+	})
+	if err != nil {
+		t.Fatalf("volume %s of node %s not Lost %s after its agent died: %v", handle, node, time.Since(start).Round(time.Second), err)
+	}
+	t.Logf("volume Lost %s after the node died", time.Since(start).Round(time.Second))
+	msg := m.waitEvent(t, "doomed", "NodeLost", time.Minute)
+	if !strings.Contains(msg, handle) || !strings.Contains(msg, node) {
+		t.Errorf("NodeLost event on the claim %q names neither the volume nor the node", msg)
+	}
+
+	// Deleting the claim completes without the node.
+	m.deletePVCs(t, "doomed")
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := m.kube.CoreV1().PersistentVolumeClaims(m.ns).Get(ctx, "doomed", metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		pvs, err := m.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, pv := range pvs.Items {
+			if pv.Spec.CSI != nil && pv.Spec.CSI.VolumeHandle == handle {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("claim or PV of the lost volume not deleted: %v %s", err, m.eventsFor("doomed"))
+	}
+	// The storage is never deleted on a guess: the ThinVolume waits for
+	// its node, and the data is still in that node's pool.
+	if _, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{}); err != nil {
+		t.Errorf("ThinVolume of the lost node's volume gone before its node came back: %v", err)
+	}
+	if !strings.Contains(m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir), handle) {
+		t.Errorf("volume %s deleted from %s's pool while the node was away", handle, node)
+	}
+
+	m.restartKubelet(t, node, kubelet)
+	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Fatalf("ThinVolume %s still there after its node came back: %v", handle, err)
+	}
+	if strings.Contains(m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir), handle) {
+		t.Errorf("volume %s left in %s's pool after the node came back", handle, node)
+	}
+	m.waitNodeBack(t, node)
+	// A claim of that node that nobody deleted (testEveryNode's) was Lost
+	// too, and is Ready again: the agent found its storage.
+	kept := volumeHandle(t, m.cluster, m.waitBound(t, "on-"+node, time.Minute))
+	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, kept, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		p, _, _ := unstructured.NestedString(tv.Object, "status", "phase")
+		return p == "Ready", nil
+	})
+	if err != nil {
+		t.Errorf("volume %s of claim on-%s not Ready again after its node came back: %v", kept, node, err)
+	}
+}
+
+// setLostAfter sets the controller's --lost-after through the chart and
+// waits for the new controller.
+func (m *multiNode) setLostAfter(t *testing.T, d string) {
+	t.Helper()
+	out, err := exec.Command("helm", "upgrade", "csi-thin", "../../charts/csi-thin", "-n", m.driver, "--reuse-values",
+		"--set", "controller.lostAfter="+d, "--wait", "--timeout", "180s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm upgrade --set controller.lostAfter=%s: %v\n%s", d, err, out)
+	}
+}
+
+// killNode SIGKILLs the node's kubelet (so nothing restarts its pods) and
+// then its csi-thin agent; it returns the kubelet's command line.
+func (m *multiNode) killNode(t *testing.T, node string) []string {
+	t.Helper()
+	pidFile := filepath.Join(envOr("E2E_K8S_RUN", "/var/run/k8s-recipe"), "pids", "kubelet-"+node+".pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatalf("kubelet of %s: %v", node, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		t.Fatalf("kubelet of %s (pid %d): %v", node, pid, err)
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if filepath.Base(args[0]) != "kubelet" {
+		t.Fatalf("pid %d of %s is %v, not the kubelet", pid, pidFile, args)
+	}
+	agent := m.agentPID(t, node)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed %s's kubelet (pid %d) and csi-thin agent (pid %d)", node, pid, agent)
+	return args
+}
+
+// agentPID finds the csi-thin node agent of the node: its container has a
+// mount namespace of its own, but the chart hands it its node's name in
+// NODE_NAME.
+func (m *multiNode) agentPID(t *testing.T, node string) int {
+	t.Helper()
+	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), "--mode=node") || !strings.Contains(string(b), "csi-thin") {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
+		if err != nil || !slices.Contains(strings.Split(string(env), "\x00"), "NODE_NAME="+node) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		return pid
+	}
+	t.Fatalf("no csi-thin agent with NODE_NAME=%s", node)
+	return 0
+}
+
+// restartKubelet starts the node's kubelet again with its command line, in
+// the node's network and mount namespaces (as test/cluster/up.sh does),
+// and records its pid where test/cluster/down.sh stops it.
+func (m *multiNode) restartKubelet(t *testing.T, node string, args []string) {
+	t.Helper()
+	run := envOr("E2E_K8S_RUN", "/var/run/k8s-recipe")
+	log, err := os.OpenFile(filepath.Join(run, "logs", "kubelet-"+node+".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	netns := "/var/run/netns/" + envOr("E2E_NETNS", "k8s") + "-" + node
+	mntns := filepath.Join(envOr("E2E_MNTNS_DIR", "/var/run/k8s-recipe-mntns"), node)
+	cmd := exec.Command("nsenter", append([]string{"--net=" + netns, "--mount=" + mntns, "--"}, args...)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("restart %s's kubelet: %v", node, err)
+	}
+	if err := os.WriteFile(filepath.Join(run, "pids", "kubelet-"+node+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restarted %s's kubelet (pid %d)", node, cmd.Process.Pid)
+	_ = cmd.Process.Release()
+}
+
+// waitNodeBack waits until the node is Ready and its agent reports again.
+func (m *multiNode) waitNodeBack(t *testing.T, node string) {
+	t.Helper()
+	since := time.Now()
+	err := wait.PollUntilContextTimeout(context.Background(), 2*time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		n, err := m.kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		ready := false
+		for _, c := range n.Status.Conditions {
+			ready = ready || c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
+		}
+		tn, err := m.dyn.Resource(thinNodeGVR).Get(ctx, node, metav1.GetOptions{})
+		if err != nil || !ready {
+			return false, nil
+		}
+		healthy, _, _ := unstructured.NestedBool(tn.Object, "status", "healthy")
+		updated, _, _ := unstructured.NestedString(tn.Object, "status", "updateTime")
+		at, err := time.Parse(time.RFC3339, updated)
+		return healthy && err == nil && at.After(since.Add(-time.Second)), nil
+	})
+	if err != nil {
+		t.Fatalf("node %s not back (Ready, agent reporting): %v", node, err)
+	}
+}
