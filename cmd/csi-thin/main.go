@@ -59,6 +59,7 @@ type options struct {
 	kubeletDir   string
 	lostAfter    time.Duration
 	orphanGrace  time.Duration
+	version      bool
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -94,8 +95,12 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node: the kubelet's root directory")
 	fs.DurationVar(&o.lostAfter, "lost-after", lifecycle.DefaultLostAfter, "controller: a node deleted from the cluster, or whose agent has not reported for this long, is lost: its resources are marked Lost and deleted without waiting for it (0: off; the replicas elect one to judge)")
 	fs.DurationVar(&o.orphanGrace, "orphan-grace", lifecycle.DefaultOrphanGrace, "controller: a ThinVolume that no PV stands for this long after its creation (claim deleted mid-provisioning, provisioner crash) is deleted; one whose Retain PV is gone is only reported (0: off; needs --lost-after > 0)")
+	fs.BoolVar(&o.version, "version", false, "print the version (set at build time) and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.version {
+		return o, nil
 	}
 	if o.nodeID == "" {
 		h, err := os.Hostname()
@@ -122,6 +127,10 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
+	}
+	if o.version {
+		fmt.Println("csi-thin", driver.Version)
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
