@@ -13,7 +13,7 @@ import (
 )
 
 // buildTags are the tags every build of the binary uses (Makefile GOTAGS,
-// hack/image.sh).
+// hack/image.sh, the Dockerfile).
 const buildTags = "grpcnotrace"
 
 // TestLinkDropsUnusedMethods guards the node plugin's memory: once any
@@ -32,6 +32,7 @@ func TestLinkDropsUnusedMethods(t *testing.T) {
 	for f, re := range map[string]*regexp.Regexp{
 		"Makefile":      regexp.MustCompile(`(?m)^GOTAGS\s*:=.*\b` + buildTags + `\b`),
 		"hack/image.sh": regexp.MustCompile(`go build .*-tags ` + buildTags + `\b`),
+		"Dockerfile":    regexp.MustCompile(`go build .*-tags ` + buildTags + `\b`),
 	} {
 		b, err := os.ReadFile(filepath.Join(root, f))
 		if err != nil {
