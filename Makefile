@@ -19,7 +19,7 @@ export CGO_ENABLED ?= 0
 # driver's go.mod); it builds against this tree through a replace directive.
 BENCH_MOD := cmd/csi-thin-bench
 
-.PHONY: all build lint test cluster-build s3-build test-s3 test-chart manifests image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes bench-cluster demo bench clean
+.PHONY: all build lint test cluster-build s3-build test-s3 test-chart manifests image test-image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes bench-cluster demo bench clean
 
 all: build
 
@@ -53,7 +53,7 @@ test-btrfs: | $(BIN)
 # test-reliability-lvm). test/README.md says what runs where.
 test:
 	hack/test-stages.sh 'packages-host lint test-unit test-btrfs test-reliability bench-smoke test-e2e test-e2e-nodes' \
-	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build test-s3'
+	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build test-s3 test-image'
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
 cluster-build:
@@ -103,6 +103,13 @@ manifests:
 
 image: build
 	bash hack/image.sh
+
+# The Dockerfile built as a user builds it (Debian's buildah), from base
+# images made locally with debootstrap (no registry needed; cached in
+# /var/cache/csi-thin/image-build), then checked: /csi-thin --version and
+# every tool of hack/image.sh run in the image (test/image/build.sh).
+test-image:
+	bash test/image/build.sh
 
 # Reliability on real btrfs (docs/reliability.md): SIGKILL at every step,
 # failing/hanging/garbled tools, 32-way concurrency under -race, a full

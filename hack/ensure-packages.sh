@@ -11,6 +11,8 @@
 #   vm       test/vm: QEMU, the initramfs tools, LVM thin for the VM's image
 #   cluster  test/cluster: containerd, CNI plugins, iptables, gcc (pause)
 #   image    hack/image.sh: the storage tools copied into the image
+#   buildah  test/image/build.sh: the Dockerfile built with buildah from
+#            base images made with debootstrap
 #
 # Installed packages are detected with dpkg-query, so a package removed by
 # hand is installed again. Not root and something missing: fails, naming the
@@ -26,7 +28,8 @@ packages_of() {
 	cluster) echo containerd runc containernetworking-plugins busybox-static iptables conntrack socat ethtool \
 		gcc libc6-dev openssl iproute2 util-linux mount curl jq ;;
 	image) echo btrfs-progs xfsprogs e2fsprogs lvm2 thin-provisioning-tools util-linux mount ;;
-	*) echo "ensure-packages: unknown set $1 (demo, host, vm, cluster, image)" >&2; return 2 ;;
+	buildah) echo buildah debootstrap debian-archive-keyring ca-certificates ;;
+	*) echo "ensure-packages: unknown set $1 (demo, host, vm, cluster, image, buildah)" >&2; return 2 ;;
 	esac
 }
 
@@ -34,7 +37,7 @@ installed() {
 	[[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == *"ok installed" ]]
 }
 
-(($#)) || { echo "usage: $0 SET... (demo, host, vm, cluster, image)" >&2; exit 2; }
+(($#)) || { echo "usage: $0 SET... (demo, host, vm, cluster, image, buildah)" >&2; exit 2; }
 wanted=()
 for set in "$@"; do
 	list=$(packages_of "$set") || exit 2

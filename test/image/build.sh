@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# build.sh — build the repository's Dockerfile the way a user does (Debian's
+# buildah, `buildah bud`), on a machine without a registry, then check the
+# image: /csi-thin --version prints the version it was built with, and every
+# tool hack/image.sh lists is there and works (the filesystem tools make,
+# check, grow and identify a filesystem in a file). Fails on the first
+# missing or broken one. make test-image runs it.
+#
+# The Dockerfile's base images come from a registry for a user; here they
+# are made locally and passed as GO_IMAGE and BASE_IMAGE:
+#   localhost/debian:bookworm-slim-rN   debootstrap --variant=minbase from
+#                                       the Debian mirror (DEBIAN_MIRROR)
+#   localhost/golang:GOVERSION-bookworm-rN-CA
+#                                       that + this host's Go toolchain
+#                                       (/usr/local/go) and CA bundle (CA:
+#                                       its hash; a proxy that re-signs TLS
+#                                       must be trusted inside the build too)
+# They, buildah's layer cache and the Go caches of the build (the
+# Dockerfile's cache mounts) live in IMAGE_BUILD_CACHE, outside the clone:
+# a warm run only rebuilds what the source changed.
+#
+#   IMAGE_BUILD_CACHE    default /var/cache/csi-thin/image-build
+#   IMAGE_STORAGE_DRIVER buildah's storage driver: overlay (default) or vfs
+#   DEBIAN_MIRROR        default http://deb.debian.org/debian
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+source "$root/hack/versions.env"
+cache=${IMAGE_BUILD_CACHE:-/var/cache/csi-thin/image-build}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+suite=bookworm
+# The recipe's revision: bump it when the making of the base images changes.
+rev=r1
+image=${CSI_THIN_IMAGE}:${CSI_THIN_TAG}
+version=$(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo dev)
+
+log() { printf '[%s] image-build: %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+"$root/hack/ensure-packages.sh" buildah
+
+mkdir -p "$cache/tmp"
+exec 9>"$cache/.lock"
+flock 9
+# TMPDIR: where buildah keeps the cache mounts (the Go caches) and its
+# temporary files.
+export TMPDIR=$cache/tmp
+bah=(buildah --root "$cache/storage" --runroot /run/csi-thin-image-build
+	--storage-driver "${IMAGE_STORAGE_DRIVER:-overlay}")
+# Containers left by a killed run (the storage is this script's alone).
+"${bah[@]}" rm --all >/dev/null
+
+have() { [[ -n $("${bah[@]}" images -q "$1" 2>/dev/null) ]]; }
+# drop_other_tags REPO KEEP removes the images of older recipes.
+drop_other_tags() {
+	local ref
+	for ref in $("${bah[@]}" images --format '{{.Name}}:{{.Tag}}' "$1" 2>/dev/null); do
+		[[ $ref == "$2" ]] || "${bah[@]}" rmi "$ref" >/dev/null
+	done
+}
+
+base=localhost/debian:$suite-slim-$rev
+if ! have "$base"; then
+	log "making $base (debootstrap from $mirror)"
+	rootfs=$cache/tmp/rootfs
+	rm -rf "$rootfs"
+	nice -n 19 debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >"$cache/tmp/debootstrap.log" 2>&1 ||
+		{ tail -20 "$cache/tmp/debootstrap.log" >&2; die "debootstrap failed"; }
+	# As Debian's own images: the release, its updates and the security
+	# archive; no package lists nor this host's name and resolver.
+	rm -f "$rootfs/etc/apt/sources.list"
+	cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<-EOF
+		Types: deb
+		URIs: $mirror
+		Suites: $suite $suite-updates
+		Components: main
+		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+		Types: deb
+		URIs: ${mirror%/debian}/debian-security
+		Suites: $suite-security
+		Components: main
+		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+	EOF
+	rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
+	: >"$rootfs/etc/hostname"
+	: >"$rootfs/etc/resolv.conf"
+	c=$("${bah[@]}" from scratch)
+	mnt=$("${bah[@]}" mount "$c")
+	cp -a "$rootfs/." "$mnt/"
+	"${bah[@]}" umount "$c" >/dev/null
+	"${bah[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		--cmd bash "$c"
+	"${bah[@]}" commit -q --rm "$c" "$base" >/dev/null
+	rm -rf "$rootfs"
+	drop_other_tags localhost/debian "$base"
+fi
+
+goroot=$(go env GOROOT)
+gover=$(go env GOVERSION)
+ca=/etc/ssl/certs/ca-certificates.crt
+[[ -s $ca ]] || die "no CA bundle at $ca (Debian package ca-certificates)"
+cakey=$(sha256sum "$ca" | cut -c1-8)
+builder=localhost/golang:${gover#go}-$suite-$rev-$cakey
+if ! have "$builder"; then
+	log "making $builder ($goroot)"
+	c=$("${bah[@]}" from "$base")
+	mnt=$("${bah[@]}" mount "$c")
+	cp -a "$goroot" "$mnt/usr/local/go"
+	mkdir -p "$mnt/etc/ssl/certs" "$mnt/go"
+	cp "$ca" "$mnt/etc/ssl/certs/ca-certificates.crt"
+	"${bah[@]}" umount "$c" >/dev/null
+	# As the golang images: GOPATH /go, the toolchain on PATH.
+	"${bah[@]}" config --env GOPATH=/go --workingdir /go \
+		--env PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$c"
+	"${bah[@]}" commit -q --rm "$c" "$builder" >/dev/null
+	drop_other_tags localhost/golang "$builder"
+fi
+
+log "buildah bud $image (version $version)"
+start=$SECONDS
+nice -n 19 "${bah[@]}" bud --isolation chroot --layers \
+	--build-arg GO_IMAGE="$builder" --build-arg BASE_IMAGE="$base" \
+	--build-arg VERSION="$version" --build-arg GOPROXY="$(go env GOPROXY)" \
+	-t "$image" "$root"
+log "built $image in $((SECONDS - start)) s"
+# The build stage's layers go (the Go caches make its rebuild quick); the
+# tools' layer stays, a parent of the image.
+"${bah[@]}" rmi --prune >/dev/null
+
+# The checks run in a container of the image, as a user's pod would run it
+# (buildah run: the image's own files, libraries and configuration).
+ctr=$("${bah[@]}" from -q "$image")
+trap '"${bah[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
+in_image() { "${bah[@]}" run --isolation chroot "$ctr" -- "$@"; }
+
+got=$(in_image /csi-thin --version) || die "/csi-thin --version failed: $got"
+[[ $got == "csi-thin $version" ]] || die "/csi-thin --version says \"$got\", want \"csi-thin $version\""
+[[ $("${bah[@]}" inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$image") == '[/csi-thin]' ]] ||
+	die "the image's entrypoint is not /csi-thin"
+
+declare -A checked=()
+# check TOOL ARG... runs TOOL in the image; it must exit 0.
+check() {
+	local out
+	checked[$1]=1
+	out=$(in_image "$@" 2>&1) || die "in the image, $* failed: $(printf '%s' "$out" | tail -5)"
+}
+# expect PATTERN TOOL ARG...: also its output must match PATTERN.
+expect() {
+	local want=$1 out
+	shift
+	checked[$1]=1
+	out=$(in_image "$@" 2>&1) || die "in the image, $* failed: $(printf '%s' "$out" | tail -5)"
+	[[ $out =~ $want ]] || die "in the image, $* printed \"$out\", want /$want/"
+}
+
+check sh -c 'exit 0'
+check cp --version
+check sleep 0
+check mount -V
+check umount -V
+check findmnt -V
+check losetup -V
+check fstrim -V
+check blockdev -V
+check nsenter -V
+# ext4 in a file: make, check, grow, read back, and fsck's dispatch by type.
+check truncate -s 64M /tmp/ext4.img
+check mkfs.ext4 -q -F -b 4096 /tmp/ext4.img
+check e2fsck -fn /tmp/ext4.img
+check truncate -s 96M /tmp/ext4.img
+check resize2fs /tmp/ext4.img
+expect 'Block count: +24576' dumpe2fs -h /tmp/ext4.img
+check fsck.ext4 -n /tmp/ext4.img
+check fsck -t ext4 -n /tmp/ext4.img
+expect 'TYPE="ext4"' blkid /tmp/ext4.img
+# btrfs and xfs the same way.
+check truncate -s 256M /tmp/btrfs.img
+check mkfs.btrfs -q /tmp/btrfs.img
+expect 'TYPE="btrfs"' blkid /tmp/btrfs.img
+check btrfs check --readonly /tmp/btrfs.img
+check fsck.btrfs /tmp/btrfs.img
+expect 'btrfs' wipefs -n /tmp/btrfs.img
+check truncate -s 320M /tmp/xfs.img
+check mkfs.xfs -q /tmp/xfs.img
+expect 'TYPE="xfs"' blkid /tmp/xfs.img
+check fsck.xfs /tmp/xfs.img
+check xfs_growfs -V
+check xfs_io -V
+# The LVM backend's tools (no device-mapper needed to print versions).
+expect 'LVM version: +[0-9]+\.' lvm version
+expect '^[0-9]+\.[0-9]+' thin_check -V
+# dmsetup prints its library's version, then fails where the kernel (or
+# the container) has no device-mapper: the library line is the check.
+checked[dmsetup]=1
+out=$(in_image dmsetup --version 2>&1) || true
+[[ $out =~ Library\ version:\ +[0-9]+\. ]] || die "in the image, dmsetup --version printed \"$out\""
+for f in /etc/lvm/lvm.conf /etc/mke2fs.conf; do
+	check test -s "$f"
+done
+
+# Every tool hack/image.sh puts in its image is checked here too.
+mapfile -t listed < <(sed -n '/^tools=(/,/)/p' "$root/hack/image.sh" | tr -d '()' | sed 's/^tools=//' | tr -s ' \t' '\n' | grep .)
+((${#listed[@]} > 20)) || die "could not read the tools list of hack/image.sh"
+for t in "${listed[@]}"; do
+	[[ -n ${checked[$t]:-} ]] || die "hack/image.sh lists $t, which test/image/build.sh does not check"
+done
+log "ok: $image runs /csi-thin $version and ${#listed[@]} tools of hack/image.sh"
