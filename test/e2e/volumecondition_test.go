@@ -14,7 +14,8 @@ import (
 
 // testVolumeCondition deletes the subvolume behind a running pod's claim
 // and waits for the kubelet (CSIVolumeHealth on, test/cluster/up.sh) to
-// turn NodeGetVolumeStats' condition into a Warning event on the pod.
+// turn NodeGetVolumeStats' condition into a Warning event on the pod, and
+// for csi-thin's own Warning on the claim.
 func testVolumeCondition(t *testing.T, c *cluster) {
 	ctx := context.Background()
 	c.createPVC(t, "health", classWFFC, "1Gi")
@@ -46,6 +47,24 @@ func testVolumeCondition(t *testing.T, c *cluster) {
 	t.Logf("pod event after %s: %s", time.Since(start).Round(time.Second), msg)
 	if !strings.Contains(msg, "Volume health: StorageMissing: ") {
 		t.Errorf("event %q does not name the volume and the reason StorageMissing", msg)
+	}
+	// The claim is told too: the node agent's health sweep marks the
+	// ThinVolume, and the controller posts on the PVC (and PV).
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		evs, err := c.kube.CoreV1().Events(c.ns).List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.kind=PersistentVolumeClaim,involvedObject.name=health,reason=VolumeConditionAbnormal,type=Warning"})
+		if err != nil || len(evs.Items) == 0 {
+			return false, nil
+		}
+		msg = evs.Items[0].Message
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("no VolumeConditionAbnormal event on the claim after %s: %s", time.Since(start).Round(time.Second), c.eventsFor("health"))
+	}
+	t.Logf("claim event after %s: %s", time.Since(start).Round(time.Second), msg)
+	if !strings.Contains(msg, id) || !strings.Contains(msg, "StorageMissing") {
+		t.Errorf("claim event %q does not name the volume and the reason StorageMissing", msg)
 	}
 	if err := c.kube.CoreV1().Pods(c.ns).Delete(ctx, "health-user", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Errorf("delete pod: %v", err)

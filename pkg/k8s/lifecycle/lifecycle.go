@@ -169,6 +169,9 @@ func (d *Detector) Scan(ctx context.Context) error {
 	if d.Metrics != nil {
 		d.Metrics.set(lostVols, lostSnaps)
 	}
+	if err := d.reportHealth(ctx, vols.Items); err != nil {
+		return err
+	}
 	if d.CollectOrphans {
 		return d.collectOrphans(ctx, vols.Items, func(node string) bool { return states[node] != nil && states[node].lost })
 	}
@@ -227,13 +230,14 @@ func (d *Detector) handle(ctx context.Context, obj client.Object, node string, p
 	logger.Info("marked lost", "reason", s.why)
 	d.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, thinv1.ReasonNodeLost, "Detect", "%s", s.why)
 	if pvName != "" {
-		d.tellClaim(ctx, obj.GetName(), pvName, s.why)
+		d.tellClaim(ctx, obj.GetName(), pvName, corev1.EventTypeWarning, thinv1.ReasonNodeLost, fmt.Sprintf("volume %s is unreachable: %s", obj.GetName(), s.why))
 	}
 	return nil
 }
 
-// tellClaim puts the verdict where users look: on the PV and its PVC.
-func (d *Detector) tellClaim(ctx context.Context, volumeID, pvName, why string) {
+// tellClaim puts a verdict on a volume where users look: on the PV and its
+// PVC (the PV must still be the volume's, and the PVC the one it is bound to).
+func (d *Detector) tellClaim(ctx context.Context, volumeID, pvName, eventType, reason, msg string) {
 	pv := &corev1.PersistentVolume{}
 	if err := d.API.Get(ctx, client.ObjectKey{Name: pvName}, pv); err != nil {
 		return
@@ -241,12 +245,11 @@ func (d *Detector) tellClaim(ctx context.Context, volumeID, pvName, why string) 
 	if pv.Spec.CSI == nil || pv.Spec.CSI.VolumeHandle != volumeID {
 		return
 	}
-	msg := fmt.Sprintf("volume %s is unreachable: %s", volumeID, why)
-	d.Recorder.Eventf(pv, nil, corev1.EventTypeWarning, thinv1.ReasonNodeLost, "Detect", "%s", msg)
+	d.Recorder.Eventf(pv, nil, eventType, reason, "Detect", "%s", msg)
 	if ref := pv.Spec.ClaimRef; ref != nil {
 		pvc := &corev1.PersistentVolumeClaim{}
 		if err := d.API.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, pvc); err == nil && pvc.UID == ref.UID {
-			d.Recorder.Eventf(pvc, nil, corev1.EventTypeWarning, thinv1.ReasonNodeLost, "Detect", "%s", msg)
+			d.Recorder.Eventf(pvc, nil, eventType, reason, "Detect", "%s", msg)
 		}
 	}
 }

@@ -51,6 +51,9 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 	if err := mgr.Add(status); err != nil {
 		return nil, err
 	}
+	if err := mgr.Add(&VolumeHealth{Client: mgr.GetClient(), Pool: pool, Recorder: recorder}); err != nil {
+		return nil, err
+	}
 	if err := mgr.Add(&Labeler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Node: pool.NodeName()}); err != nil {
 		return nil, err
 	}

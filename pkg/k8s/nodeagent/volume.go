@@ -214,6 +214,9 @@ func setHealthy(conds *[]metav1.Condition, generation int64, c backend.Condition
 	cond := metav1.Condition{Type: thinv1.ConditionHealthy, Status: metav1.ConditionTrue, Reason: "Healthy", Message: c.Message, ObservedGeneration: generation}
 	if c.Abnormal {
 		cond.Status, cond.Reason = metav1.ConditionFalse, "Abnormal"
+		if c.Reason != "" {
+			cond.Reason = c.Reason
+		}
 	}
 	apimeta.SetStatusCondition(conds, cond)
 }
