@@ -255,14 +255,7 @@ func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {
 		s.points++
 		return crashed
 	}
-	for k := 1; ; k++ {
-		if !point([]command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, "") {
-			break // the call runs fewer than k commands: every step is covered
-		}
-		if !point([]command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, "") {
-			t.Fatalf("%s: crash-before@%d fired but crash-after@%d did not", op.name, k, k)
-		}
-	}
+	harness.EveryCommandStep(t, op.name, func(faults []command.Fault) bool { return point(faults, "") })
 	if !point(nil, op.method) {
 		t.Fatalf("%s: the crash before the reply did not fire", op.name)
 	}
@@ -283,7 +276,7 @@ func checkRecovered(t *testing.T, w *world, label, name string) {
 func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 	t.Helper()
 	ctx := context.Background()
-	wantVols, wantSnaps := keys(w.volumes), keys(w.snapshots)
+	wantVols, wantSnaps := harness.SortedKeys(w.volumes), harness.SortedKeys(w.snapshots)
 
 	vols, err := c.Controller.ListVolumes(ctx, &csi.ListVolumesRequest{})
 	if err != nil {
@@ -317,8 +310,8 @@ func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 	if !reflect.DeepEqual(st.Snapshots, wantSnaps) {
 		t.Errorf("[%s] snapshot subvolumes %v, want %v", label, st.Snapshots, wantSnaps)
 	}
-	if want := append(append([]string{}, wantSnaps...), wantVols...); !reflect.DeepEqual(st.Records, sorted(want)) {
-		t.Errorf("[%s] records %v, want %v", label, st.Records, sorted(want))
+	if want := append(append([]string{}, wantSnaps...), wantVols...); !reflect.DeepEqual(st.Records, harness.Sorted(want)) {
+		t.Errorf("[%s] records %v, want %v", label, st.Records, harness.Sorted(want))
 	}
 	for what, l := range map[string][]string{"staged": st.Staging, "leftover meta": st.Leftovers, "stray": st.Other, "writable snapshot": st.WritableSnapshots} {
 		if len(l) > 0 {
@@ -342,17 +335,4 @@ func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 			t.Errorf("[%s] data of %s changed", label, id)
 		}
 	}
-}
-
-func keys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return sorted(out)
-}
-
-func sorted(l []string) []string {
-	sort.Strings(l)
-	return l
 }

@@ -228,14 +228,7 @@ func (nc *nodeCrash) run(t *testing.T, op nodeOp) (points, kills, restarts int) 
 		points++
 		return crashed
 	}
-	for k := 1; ; k++ {
-		if !point([]command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, "") {
-			break // the call runs fewer than k mount commands: every step is covered
-		}
-		if !point([]command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, "") {
-			t.Fatalf("%s: crash-before@%d fired but crash-after@%d did not", op.name, k, k)
-		}
-	}
+	harness.EveryCommandStep(t, op.name, func(faults []command.Fault) bool { return point(faults, "") })
 	if !point(nil, op.method) {
 		t.Fatalf("%s: the crash before the reply did not fire", op.name)
 	}

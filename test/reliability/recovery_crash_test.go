@@ -91,14 +91,7 @@ func TestCrashDuringRecovery(t *testing.T) {
 	c.Stop(t)
 
 	start := time.Now()
-	for k := 1; ; k++ {
-		if !r.point(t, []command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, false) {
-			break // recovery runs fewer than k commands: every step is covered
-		}
-		if !r.point(t, []command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, false) {
-			t.Fatalf("recovery: crash-before@%d fired but crash-after@%d did not", k, k)
-		}
-	}
+	harness.EveryCommandStep(t, "recovery", func(faults []command.Fault) bool { return r.point(t, faults, false) })
 	before := r.kills
 	r.point(t, []command.Fault{after("btrfs subvolume delete"), after("btrfs property set")}, true)
 	want := 0
@@ -244,7 +237,7 @@ func checkRecoveredAll(t *testing.T, w *world, label string, names []string) {
 			t.Errorf("[%s] after restart, before retry: %s entries left: %v", label, what, l)
 		}
 	}
-	onDisk := sorted(append(append([]string{}, st.Volumes...), st.Snapshots...))
+	onDisk := harness.Sorted(append(append([]string{}, st.Volumes...), st.Snapshots...))
 	if !reflect.DeepEqual(onDisk, st.Records) {
 		t.Errorf("[%s] after restart: subvolumes %v do not match records %v", label, onDisk, st.Records)
 	}
@@ -254,7 +247,7 @@ func checkRecoveredAll(t *testing.T, w *world, label string, names []string) {
 		target[backend.SnapshotIDFor(name)] = true
 	}
 	var want, got []string
-	for _, id := range append(keys(w.volumes), keys(w.snapshots)...) {
+	for _, id := range append(harness.SortedKeys(w.volumes), harness.SortedKeys(w.snapshots)...) {
 		if !target[id] {
 			want = append(want, id)
 		}
@@ -264,8 +257,8 @@ func checkRecoveredAll(t *testing.T, w *world, label string, names []string) {
 			got = append(got, id)
 		}
 	}
-	if !reflect.DeepEqual(sorted(got), sorted(want)) {
-		t.Errorf("[%s] after restart: objects %v, want %v (besides the interrupted calls' own)", label, got, sorted(want))
+	if !reflect.DeepEqual(harness.Sorted(got), harness.Sorted(want)) {
+		t.Errorf("[%s] after restart: objects %v, want %v (besides the interrupted calls' own)", label, got, harness.Sorted(want))
 	}
 }
 

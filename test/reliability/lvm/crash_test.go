@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"reflect"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -284,12 +283,7 @@ func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 		points++
 		return crashed
 	}
-	for k := 1; ; k++ {
-		if !point([]command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}, "") {
-			break
-		}
-		point([]command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}, "")
-	}
+	harness.EveryCommandStep(t, op.name, func(faults []command.Fault) bool { return point(faults, "") })
 	if !point(nil, op.method) {
 		t.Fatalf("%s: the crash before the reply did not fire", op.name)
 	}
@@ -298,7 +292,7 @@ func runCrashOp(t *testing.T, w *world, op crashOp) (points, crashes int) {
 
 func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 	t.Helper()
-	want := sorted(append(keys(w.volumes), keys(w.snapshots)...))
+	want := harness.Sorted(append(harness.SortedKeys(w.volumes), harness.SortedKeys(w.snapshots)...))
 	var owned []string
 	for _, lv := range listLVs(t, w.vg) {
 		if halfMade(lv) {
@@ -313,7 +307,7 @@ func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 			}
 		}
 	}
-	if got := sorted(owned); !reflect.DeepEqual(got, want) {
+	if got := harness.Sorted(owned); !reflect.DeepEqual(got, want) {
 		t.Errorf("[%s] LVs %v, want %v", label, got, want)
 	}
 	vols, err := c.Controller.ListVolumes(context.Background(), &csi.ListVolumesRequest{})
@@ -324,25 +318,12 @@ func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 	for _, e := range vols.GetEntries() {
 		listed = append(listed, e.GetVolume().GetVolumeId())
 	}
-	if got := sorted(listed); !reflect.DeepEqual(got, keys(w.volumes)) {
-		t.Errorf("[%s] CSI lists %v, want %v", label, got, keys(w.volumes))
+	if got := harness.Sorted(listed); !reflect.DeepEqual(got, harness.SortedKeys(w.volumes)) {
+		t.Errorf("[%s] CSI lists %v, want %v", label, got, harness.SortedKeys(w.volumes))
 	}
 	for lv, sum := range w.sums {
 		if w.sum(t, lv) != sum {
 			t.Errorf("[%s] data of %s changed", label, lv)
 		}
 	}
-}
-
-func keys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return sorted(out)
-}
-
-func sorted(l []string) []string {
-	sort.Strings(l)
-	return l
 }

@@ -552,7 +552,7 @@ func (n *nodeCrash) checkLVs(t *testing.T, label string) {
 			got = append(got, lv.Name)
 		}
 	}
-	if got, want := sorted(got), keys(n.lvs); !reflect.DeepEqual(got, want) {
+	if got, want := harness.Sorted(got), harness.SortedKeys(n.lvs); !reflect.DeepEqual(got, want) {
 		t.Errorf("[%s] LVs %v, want %v", label, got, want)
 	}
 }
