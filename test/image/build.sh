@@ -29,7 +29,7 @@ cache=${IMAGE_BUILD_CACHE:-/var/cache/csi-thin/image-build}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 # The recipe's revision: bump it when the making of the base images changes.
-rev=r1
+rev=r2
 image=${CSI_THIN_IMAGE}:${CSI_THIN_TAG}
 version=$(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -50,10 +50,11 @@ bah=(buildah --root "$cache/storage" --runroot /run/csi-thin-image-build
 "${bah[@]}" rm --all >/dev/null
 
 have() { [[ -n $("${bah[@]}" images -q "$1" 2>/dev/null) ]]; }
-# drop_other_tags REPO KEEP removes the images of older recipes.
+# drop_other_tags REPO KEEP removes the images of older recipes (or Go
+# versions, or CA bundles).
 drop_other_tags() {
 	local ref
-	for ref in $("${bah[@]}" images --format '{{.Name}}:{{.Tag}}' "$1" 2>/dev/null); do
+	for ref in $("${bah[@]}" images --format '{{.Name}}:{{.Tag}}' --filter reference="$1"); do
 		[[ $ref == "$2" ]] || "${bah[@]}" rmi "$ref" >/dev/null
 	done
 }
@@ -82,6 +83,20 @@ if ! have "$base"; then
 		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 	EOF
 	rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
+	# Slim as debian:bookworm-slim: no manuals, documentation (but the
+	# copyright files) nor translations, now and in packages installed later.
+	cat >"$rootfs/etc/dpkg/dpkg.cfg.d/slim" <<-EOF
+		path-exclude /usr/share/doc/*
+		path-include /usr/share/doc/*/copyright
+		path-exclude /usr/share/man/*
+		path-exclude /usr/share/info/*
+		path-exclude /usr/share/locale/*
+		path-include /usr/share/locale/locale.alias
+	EOF
+	find "$rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+	find "$rootfs/usr/share/man" "$rootfs/usr/share/info" -mindepth 1 -delete
+	find "$rootfs/usr/share/locale" -mindepth 1 ! -type d ! -name locale.alias -delete
+	find "$rootfs/usr/share/doc" "$rootfs/usr/share/locale" -mindepth 1 -type d -empty -delete
 	: >"$rootfs/etc/hostname"
 	: >"$rootfs/etc/resolv.conf"
 	c=$("${bah[@]}" from scratch)
@@ -92,7 +107,6 @@ if ! have "$base"; then
 		--cmd bash "$c"
 	"${bah[@]}" commit -q --rm "$c" "$base" >/dev/null
 	rm -rf "$rootfs"
-	drop_other_tags localhost/debian "$base"
 fi
 
 goroot=$(go env GOROOT)
@@ -113,8 +127,9 @@ if ! have "$builder"; then
 	"${bah[@]}" config --env GOPATH=/go --workingdir /go \
 		--env PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$c"
 	"${bah[@]}" commit -q --rm "$c" "$builder" >/dev/null
-	drop_other_tags localhost/golang "$builder"
 fi
+drop_other_tags localhost/debian "$base"
+drop_other_tags localhost/golang "$builder"
 
 log "buildah bud $image (version $version)"
 start=$SECONDS
