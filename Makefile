@@ -43,11 +43,12 @@ test-unit:
 test-btrfs: | $(BIN)
 	$(GO) test -count=1 -v ./test/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|Ran [0-9]+ of|Passed \|' ; exit $${PIPESTATUS[0]}
 
-# Everything, in three lanes side by side (hack/test-stages.sh; each
+# Everything, in four lanes side by side (hack/test-stages.sh; each
 # stage's log in bin/stage-NAME.log, a time table at the end): the host's
 # suites on btrfs and loop devices, then the e2e (it uses them too); the
 # VM's LVM suites; the cluster's build (cached; cold, it overlaps the
-# others). The LVM reliability suite runs whole: the crash matrices (every
+# others); the S3 server's build and the export tests, then the image
+# built from the Dockerfile. The LVM reliability suite runs whole: the crash matrices (every
 # lvm step of each mutating call; every step of the Node calls) and the
 # out-of-space and metadata tests, in one VM boot (~9.5 min, see
 # test-reliability-lvm). test/README.md says what runs where.
