@@ -42,9 +42,19 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	m.runPodOn(t, node, "doomed-writer", fmt.Sprintf("echo '%s' > /doomed/file && sync", payload), "doomed")
 	handle := volumeHandle(t, m.cluster, m.waitBound(t, "doomed", time.Minute))
 
+	// The kubelet unstages the volume a moment after the writer pod is
+	// gone; the node dies after that. (A volume still staged when its node
+	// dies stays mounted after the node returns, and the agent refuses to
+	// delete a mounted volume: docs/kubernetes.md, runbook.)
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		return !strings.Contains(m.onNode(t, node, "findmnt", "-rn", "-o", "SOURCE,TARGET"), handle), nil
+	})
+	if err != nil {
+		t.Fatalf("volume %s still mounted on %s two minutes after its pod ended", handle, node)
+	}
 	kubelet := m.killNode(t, node)
 	start := time.Now()
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
 		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
