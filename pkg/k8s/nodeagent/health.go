@@ -2,7 +2,6 @@ package nodeagent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -64,6 +63,16 @@ func (h *VolumeHealth) Sweep(ctx context.Context) (int, error) {
 	if err := h.Client.List(ctx, &list); err != nil {
 		return 0, fmt.Errorf("list ThinVolumes: %w", err)
 	}
+	// One listing of the pool for all volumes (one lvs on LVM), not a
+	// lookup per volume.
+	pooled, err := h.Pool.ListVolumes(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list the pool's volumes: %w", err)
+	}
+	byID := make(map[string]*backend.Volume, len(pooled))
+	for _, v := range pooled {
+		byID[v.ID] = v
+	}
 	changed := 0
 	for i := range list.Items {
 		tv := &list.Items[i]
@@ -71,11 +80,7 @@ func (h *VolumeHealth) Sweep(ctx context.Context) (int, error) {
 			continue
 		}
 		logger := klog.FromContext(ctx).WithValues("volumeID", tv.Name)
-		c, err := h.condition(ctx, tv.Name)
-		if err != nil {
-			logger.Error(err, "read volume condition")
-			continue
-		}
+		c := h.condition(byID, tv.Name)
 		abnormal := c.Abnormal
 		if cur := apimeta.FindStatusCondition(tv.Status.Conditions, thinv1.ConditionHealthy); cur != nil &&
 			(cur.Status == metav1.ConditionFalse) == abnormal && cur.Message == c.Message {
@@ -100,13 +105,9 @@ func (h *VolumeHealth) Sweep(ctx context.Context) (int, error) {
 
 // condition is the pool's view of a volume; one the pool no longer has
 // at all is missing.
-func (h *VolumeHealth) condition(ctx context.Context, id string) (backend.Condition, error) {
-	v, err := h.Pool.GetVolume(ctx, id)
-	if errors.Is(err, backend.ErrNotFound) {
-		return backend.Condition{Abnormal: true, Reason: backend.ReasonMissing, Message: "the pool of node " + h.Pool.NodeName() + " no longer has the volume"}, nil
+func (h *VolumeHealth) condition(pooled map[string]*backend.Volume, id string) backend.Condition {
+	if v, ok := pooled[id]; ok {
+		return v.Condition
 	}
-	if err != nil {
-		return backend.Condition{}, err
-	}
-	return v.Condition, nil
+	return backend.Condition{Abnormal: true, Reason: backend.ReasonMissing, Message: "the pool of node " + h.Pool.NodeName() + " no longer has the volume"}
 }
