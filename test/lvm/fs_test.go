@@ -4,12 +4,15 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // Filesystem helpers that format and mount the way the node does on first
@@ -33,15 +36,37 @@ func mount(t *testing.T, dev, fstype, opts string) string {
 	t.Helper()
 	dir := t.TempDir()
 	run(t, "mount", "-t", fstype, "-o", opts, dev, dir)
-	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+	t.Cleanup(func() {
+		if err := unmountWhenIdle(dir); err != nil && !errors.Is(err, syscall.EINVAL) { // EINVAL: the test unmounted it
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	return dir
 }
 
 func umount(t *testing.T, dir string) {
 	t.Helper()
-	if err := syscall.Unmount(dir, 0); err != nil {
-		t.Fatalf("umount %s: %v", dir, err)
+	if err := unmountWhenIdle(dir); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// unmountWhenIdle unmounts dir, waiting out a brief EBUSY. Tests run in
+// parallel and every fork (any test's exec) copies this process's file table
+// until the child execs; in the slow VM a child forked while a test still had
+// a file open here can hold it for a moment after the test closed it.
+func unmountWhenIdle(dir string) error {
+	var err error
+	for range 50 {
+		if err = syscall.Unmount(dir, 0); !errors.Is(err, syscall.EBUSY) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("umount %s: %w", dir, err)
+	}
+	return nil
 }
 
 // writePattern writes size bytes of a reproducible pattern (a random MiB
