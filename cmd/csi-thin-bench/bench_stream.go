@@ -201,9 +201,9 @@ func quiesce(ctx context.Context, pools ...*btrfs.Pool) {
 }
 
 // transfer runs SendSnapshot into ReceiveVolume through a pipe, timed.
-func transfer(ctx context.Context, src, dst *btrfs.Pool, snap, parent, volID string) (btrfs.SendStats, float64, error) {
+func transfer(ctx context.Context, src, dst *btrfs.Pool, snap, parent, volID string) (backend.SendStats, float64, error) {
 	pr, pw := io.Pipe()
-	var st btrfs.SendStats
+	var st backend.SendStats
 	sent := make(chan error, 1)
 	start := time.Now()
 	go func() {

@@ -39,21 +39,13 @@ import (
 // that moment: a qgroup made after the receive would stay empty). The
 // volume's record names that qgroup.
 
-// SendStats says what a send moved.
-type SendStats struct {
-	// AllocatedBytes is the data the snapshot's files hold (`btrfs
-	// filesystem du`): what a full stream's payload is about.
-	AllocatedBytes int64
-	// PayloadBytes is what `btrfs send` produced; StreamBytes adds the
-	// framing (what crossed w).
-	PayloadBytes, StreamBytes int64
-}
+var _ backend.Streamer = (*Pool)(nil)
 
 // SendSnapshot writes snapshot id to w as a volume stream; with parentID,
 // only what changed since that snapshot, which the receiver must hold (a
 // snapshot received from the same source). w is not closed.
-func (p *Pool) SendSnapshot(ctx context.Context, id, parentID string, w io.Writer) (SendStats, error) {
-	var st SendStats
+func (p *Pool) SendSnapshot(ctx context.Context, id, parentID string, w io.Writer) (backend.SendStats, error) {
+	var st backend.SendStats
 	snap, err := p.GetSnapshot(ctx, id)
 	if err != nil {
 		return st, fmt.Errorf("send: %w", err)

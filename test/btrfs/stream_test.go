@@ -33,7 +33,7 @@ func newSnapshot(t *testing.T, p *btrfs.Pool, name, volumeID string) *backend.Sn
 }
 
 // send streams a snapshot into memory.
-func send(t *testing.T, p *btrfs.Pool, id, parent string) ([]byte, btrfs.SendStats) {
+func send(t *testing.T, p *btrfs.Pool, id, parent string) ([]byte, backend.SendStats) {
 	t.Helper()
 	var buf bytes.Buffer
 	st, err := p.SendSnapshot(context.Background(), id, parent, &buf)
@@ -190,7 +190,7 @@ func TestStreamRoundTrip(t *testing.T) {
 	if _, err := dst.ReceiveSnapshot(ctx, s1.ID, "s1", bytes.NewReader(full)); err != nil {
 		t.Fatalf("receive s1 as a snapshot: %v", err)
 	}
-	var st2 btrfs.SendStats
+	var st2 backend.SendStats
 	inc := sendIncremental(t, src, s2.ID, s1.ID, &st2)
 	t.Logf("incremental stream of 16 MiB of changes: %d bytes", st2.StreamBytes)
 	if st2.StreamBytes < 16*backend.MiB || st2.StreamBytes > 17*backend.MiB {
@@ -236,7 +236,7 @@ func TestStreamRoundTrip(t *testing.T) {
 	assertNoLeftovers(t, dst, true)
 }
 
-func sendIncremental(t *testing.T, p *btrfs.Pool, id, parent string, st *btrfs.SendStats) []byte {
+func sendIncremental(t *testing.T, p *btrfs.Pool, id, parent string, st *backend.SendStats) []byte {
 	t.Helper()
 	b, s := send(t, p, id, parent)
 	if st != nil {
