@@ -1,6 +1,10 @@
 package backend
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
 
 // Sentinel errors. Backends wrap them with context
 // (fmt.Errorf("lvcreate %s: %w", id, ErrNoSpace)); the CSI boundary maps
@@ -32,3 +36,19 @@ var (
 	// ErrUnavailable: the pool is unhealthy (metadata read-only, device gone).
 	ErrUnavailable = errors.New("pool unavailable")
 )
+
+// MountedError is the ErrInUse of a volume that shows in this process's
+// mount table: the node agent reads which paths hold it (a staging mount
+// the kubelet left behind is one it may remove).
+type MountedError struct {
+	Volume, Node string
+	// MountPoints are the mounts of the volume, as the mount table names them.
+	MountPoints []string
+}
+
+func (e *MountedError) Error() string {
+	return fmt.Sprintf("volume %s is mounted at %s (staged or published on node %s; unpublish and unstage it first): %v",
+		e.Volume, strings.Join(e.MountPoints, ", "), e.Node, ErrInUse)
+}
+
+func (e *MountedError) Unwrap() error { return ErrInUse }

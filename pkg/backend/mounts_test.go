@@ -1,7 +1,10 @@
 package backend
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -30,6 +33,19 @@ func TestUnescapeMountPath(t *testing.T) {
 	} {
 		if got := unescapeMountPath(in); got != want {
 			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestMountedErrorIsInUse(t *testing.T) {
+	err := fmt.Errorf("delete: %w", &MountedError{Volume: "v-1", Node: "n1", MountPoints: []string{"/a", "/b c"}})
+	var mounted *MountedError
+	if !errors.Is(err, ErrInUse) || !errors.As(err, &mounted) || len(mounted.MountPoints) != 2 {
+		t.Fatalf("%v: want ErrInUse with its two mount points", err)
+	}
+	for _, want := range []string{"v-1", "/a, /b c", "n1", ErrInUse.Error()} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not name %q", err, want)
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package btrfs
 
 import (
-	"fmt"
 	"path"
 	"path/filepath"
 	"strings"
@@ -26,8 +25,7 @@ func (p *Pool) checkNotMounted(id, subvolume string) error {
 		users = append(users, m.MountPoint)
 	}
 	if len(users) > 0 {
-		return fmt.Errorf("volume %s is mounted at %s (staged or published on node %s; unpublish and unstage it first): %w",
-			id, strings.Join(users, ", "), p.cfg.NodeName, backend.ErrInUse)
+		return &backend.MountedError{Volume: id, Node: p.cfg.NodeName, MountPoints: users}
 	}
 	return nil
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"strings"
-
 	"golang.org/x/sys/unix"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -37,8 +35,7 @@ func (b *Backend) checkNotMounted(id string) error {
 	if len(users) == 0 {
 		return nil
 	}
-	return fmt.Errorf("volume %s is mounted at %s (staged or published on node %s; unpublish and unstage it first): %w",
-		id, strings.Join(users, ", "), b.cfg.NodeName, backend.ErrInUse)
+	return &backend.MountedError{Volume: id, Node: b.cfg.NodeName, MountPoints: users}
 }
 
 // openError turns lvremove's refusal of an open LV into ErrInUse: the

@@ -217,6 +217,18 @@ func (c *cluster) startPodOn(t *testing.T, node, name, script string, claims ...
 	}
 }
 
+// waitRunning waits until the pod runs.
+func (c *cluster) waitRunning(t *testing.T, name string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := c.kube.CoreV1().Pods(c.ns).Get(ctx, name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning, nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s not running: %v %s", name, err, c.eventsFor(name))
+	}
+}
+
 func (c *cluster) logs(name string) string {
 	b, err := c.kube.CoreV1().Pods(c.ns).GetLogs(name, &corev1.PodLogOptions{}).Do(context.Background()).Raw()
 	if err != nil {

@@ -26,12 +26,16 @@ import (
 const lostAfterForTest = "60s"
 
 // testNodeLost: the other node's kubelet and csi-thin agent die (as with
-// a power cut) while it holds a claim's volume. The controller marks the
-// volume Lost, with a NodeLost Event on the claim; deleting the claim
+// a power cut) while a pod uses a claim's volume there. The controller
+// marks the volume Lost, with a NodeLost Event on the claim; the pod is
+// force-deleted (its kubelet cannot confirm) and deleting the claim
 // completes at once (PV gone, nobody touches a finalizer by hand) while
 // the ThinVolume waits, with the data, for its node. When the node comes
-// back its agent removes the storage and the ThinVolume: nothing leaks;
-// and a volume of that node whose claim was kept is Ready again.
+// back, its kubelet stops the pod's container and unpublishes the volume
+// but does not unstage it (the PV is gone): the agent unmounts that
+// leftover staging mount itself, removes the storage and the ThinVolume.
+// Nothing leaks, no manual step; and a volume of that node whose claim
+// was kept is Ready again.
 func (m *multiNode) testNodeLost(t *testing.T) {
 	ctx := context.Background()
 	node := m.other
@@ -39,22 +43,19 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	t.Cleanup(func() { m.setLostAfter(t, "5m") })
 
 	m.createPVC(t, "doomed", classWFFC, "1Gi")
-	m.runPodOn(t, node, "doomed-writer", fmt.Sprintf("echo '%s' > /doomed/file && sync", payload), "doomed")
+	m.startPodOn(t, node, "doomed-user", fmt.Sprintf("echo '%s' > /doomed/file && sync && sleep 3600", payload), "doomed")
+	m.waitRunning(t, "doomed-user")
 	handle := volumeHandle(t, m.cluster, m.waitBound(t, "doomed", time.Minute))
-
-	// The kubelet unstages the volume a moment after the writer pod is
-	// gone; the node dies after that. (A volume still staged when its node
-	// dies stays mounted after the node returns, and the agent refuses to
-	// delete a mounted volume: docs/kubernetes.md, runbook.)
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		return !strings.Contains(m.onNode(t, node, "findmnt", "-rn", "-o", "SOURCE,TARGET"), handle), nil
-	})
-	if err != nil {
-		t.Fatalf("volume %s still mounted on %s two minutes after its pod ended", handle, node)
+	staged := false
+	for _, l := range strings.Split(m.onNode(t, node, "findmnt", "-rn", "-o", "SOURCE,TARGET"), "\n") {
+		staged = staged || strings.Contains(l, handle) && strings.HasSuffix(l, "/globalmount")
+	}
+	if !staged {
+		t.Fatalf("volume %s of a running pod is not staged on %s", handle, node)
 	}
 	kubelet := m.killNode(t, node)
 	start := time.Now()
-	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
 		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -71,7 +72,12 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 		t.Errorf("NodeLost event on the claim %q names neither the volume nor the node", msg)
 	}
 
-	// Deleting the claim completes without the node.
+	// Its pod cannot be confirmed gone by the dead kubelet: force-delete
+	// it (the runbook's step). Deleting the claim completes without the node.
+	if err := m.kube.CoreV1().Pods(m.ns).Delete(ctx, "doomed-user", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatalf("force-delete pod doomed-user: %v", err)
+	}
+	m.waitPodGone(t, "doomed-user")
 	m.deletePVCs(t, "doomed")
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := m.kube.CoreV1().PersistentVolumeClaims(m.ns).Get(ctx, "doomed", metav1.GetOptions{})
@@ -112,6 +118,10 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	if strings.Contains(m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir), handle) {
 		t.Errorf("volume %s left in %s's pool after the node came back", handle, node)
 	}
+	if mounts := m.onNode(t, node, "findmnt", "-rn", "-o", "SOURCE,TARGET"); strings.Contains(mounts, handle) {
+		t.Errorf("volume %s still mounted on %s after its deletion:\n%s", handle, node, mounts)
+	}
+	m.waitClusterEvent(t, handle, "LeftoverStagingUnmounted", time.Minute)
 	m.waitNodeBack(t, node)
 	// A claim of that node that nobody deleted (testEveryNode's) was Lost
 	// too, and is Ready again: the agent found its storage.
@@ -126,6 +136,19 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	})
 	if err != nil {
 		t.Errorf("volume %s of claim on-%s not Ready again after its node came back: %v", kept, node, err)
+	}
+}
+
+// waitClusterEvent waits for an event with the reason on a cluster-scoped
+// object (its events live in the "default" namespace).
+func (m *multiNode) waitClusterEvent(t *testing.T, object, reason string, timeout time.Duration) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		evs, err := m.kube.CoreV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object + ",reason=" + reason})
+		return err == nil && len(evs.Items) > 0, nil
+	})
+	if err != nil {
+		t.Fatalf("no %s event on %s after %s", reason, object, timeout)
 	}
 }
 

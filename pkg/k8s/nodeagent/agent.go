@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -57,7 +58,9 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 	if err := mgr.Add(&Labeler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Node: pool.NodeName()}); err != nil {
 		return nil, err
 	}
-	if err := (&VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
+	volumes := &VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder,
+		Changed: status.Poke, Unmount: mount.New("").Unmount}
+	if err := volumes.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("volume reconciler: %w", err)
 	}
 	if err := (&SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {

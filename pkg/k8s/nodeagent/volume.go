@@ -40,6 +40,11 @@ type VolumeReconciler struct {
 	// Changed is called after the pool changed (the ThinNode status
 	// should be refreshed); may be nil.
 	Changed func()
+	// Unmount removes a mount: the staging mount of a deleted volume that
+	// the kubelet left behind (leftover.go). Nil: never unmount.
+	Unmount func(path string) error
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
 }
 
 // SetupWithManager registers the reconciler for this node's ThinVolumes.
@@ -245,7 +250,7 @@ func (r *VolumeReconciler) expand(ctx context.Context, tv *thinv1.ThinVolume) (c
 }
 
 func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) error {
-	return released(ctx, r.Client, r.Recorder, r.tracked(tv), "DeleteVolume", func() error { return r.Pool.DeleteVolume(ctx, tv.Name) }, r.Changed)
+	return released(ctx, r.Client, r.Recorder, r.tracked(tv), "DeleteVolume", func() error { return r.deleteVolume(ctx, tv) }, r.Changed)
 }
 
 func (r *VolumeReconciler) changed() {
