@@ -1,0 +1,271 @@
+package transfertest
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/transfer"
+)
+
+// Env is what RunSuite transfers between: two pools of the same kind, as
+// two nodes would have.
+type Env struct {
+	Source, Target backend.Streamer
+	// Snapshot is a snapshot of Source holding at least 8 MiB (the
+	// cancelled transfers stop after 1 MiB); Child is a later snapshot of
+	// the same volume (sent incrementally against Snapshot).
+	Snapshot, Child string
+	// Received checks that volume v of Target has the content of snapshot
+	// (Snapshot or Child) of Source.
+	Received func(t *testing.T, v *backend.Volume, snapshot string)
+	// NothingLeft checks that Target holds exactly the volumes and
+	// snapshots of keep and nothing of a refused or unfinished receive.
+	NothingLeft func(t *testing.T, keep []string)
+}
+
+const (
+	sourceNode = "node-a"
+	targetNode = "node-b"
+)
+
+// server is a running transfer server of the suite.
+type server struct {
+	addr string
+	stop func()
+}
+
+// startServer starts a server for the rest of owner (the suite's test:
+// it outlives a subtest that restarts it).
+func startServer(t, owner *testing.T, c *Cluster, pool backend.Streamer, usedDir string) *server {
+	t.Helper()
+	srv, err := transfer.NewServer(transfer.ServerConfig{
+		Node: sourceNode, Pool: pool, Tokens: c.Tokens, UsedTokensDir: usedDir,
+		Certificate: c.NodeCertificate(t, sourceNode), ClientCAs: c.Roots(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	s := &server{addr: ln.Addr().String()}
+	stopped := false
+	s.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			owner.Errorf("transfer server: %v", err)
+		}
+	}
+	owner.Cleanup(s.stop)
+	return s
+}
+
+// RunSuite proves the transport on env: a full and an incremental
+// transfer arrive whole; every refusal (peer without a certificate or
+// with one of another CA, a source that is not the token's, a token
+// signed by another key, for another target, expired, replayed, also
+// after the source restarted; an unknown snapshot) has its error and
+// gRPC code and leaves nothing on the target; a transfer cancelled by
+// the target, or cut by the source, half-way leaves nothing either.
+func RunSuite(t *testing.T, env Env) {
+	ctx := context.Background()
+	c := NewCluster(t)
+	usedDir := t.TempDir()
+	suiteT := t
+	srv := startServer(t, suiteT, c, env.Source, usedDir)
+	client := func(cert func() (*tls.Certificate, error), roots *x509.CertPool) *transfer.Client {
+		cl, err := transfer.NewClient(transfer.ClientConfig{Certificate: cert, RootCAs: roots})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cl
+	}
+	target := client(c.NodeCertificate(t, targetNode), c.Roots(t))
+	token := func(snapshot, parent string) string {
+		return c.Token(t, "t-"+snapshot, snapshot, parent, sourceNode, targetNode, time.Minute)
+	}
+	var keep []string
+	volID := func(name string) string { return backend.VolumeIDFor("transfer-" + name) }
+
+	t.Run("full and incremental", func(t *testing.T) {
+		v, err := target.ReceiveVolume(ctx, env.Target, srv.addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("full"), Name: "full"})
+		if err != nil {
+			t.Fatalf("full transfer: %v", err)
+		}
+		env.Received(t, v, env.Snapshot)
+		keep = append(keep, v.ID)
+		s, err := target.ReceiveSnapshot(ctx, env.Target, srv.addr, token(env.Snapshot, ""), env.Snapshot, "parent")
+		if err != nil {
+			t.Fatalf("snapshot transfer: %v", err)
+		}
+		keep = append(keep, s.ID)
+		v, err = target.ReceiveVolume(ctx, env.Target, srv.addr, token(env.Child, env.Snapshot), backend.VolumeRequest{ID: volID("incremental"), Name: "incremental"})
+		if err != nil {
+			t.Fatalf("incremental transfer: %v", err)
+		}
+		env.Received(t, v, env.Child)
+		keep = append(keep, v.ID)
+		env.NothingLeft(t, keep)
+	})
+
+	other := NewCluster(t)
+	_, strangerKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusals := []struct {
+		name   string
+		client *transfer.Client
+		token  func() string
+		want   error
+		code   codes.Code
+	}{
+		{"no client certificate", client(nil, c.Roots(t)), func() string { return token(env.Snapshot, "") },
+			transfer.ErrUnauthenticated, codes.Unauthenticated},
+		{"certificate of another CA", client(other.NodeCertificate(t, targetNode), c.Roots(t)), func() string { return token(env.Snapshot, "") },
+			transfer.ErrUnauthenticated, codes.Unauthenticated},
+		{"source not the token's", target, func() string {
+			return c.Token(t, "t-other-source", env.Snapshot, "", "node-c", targetNode, time.Minute)
+		}, transfer.ErrUnauthenticated, codes.Unauthenticated},
+		{"token signed by another key", target, func() string {
+			tok, _, err := transfer.NewIssuer(strangerKey).Mint(transfer.Claims{Transfer: "t-forged", Snapshot: env.Snapshot,
+				Source: sourceNode, Target: targetNode}, time.Now(), time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tok
+		}, transfer.ErrBadToken, codes.Unauthenticated},
+		{"token for another target", target, func() string {
+			return c.Token(t, "t-other-target", env.Snapshot, "", sourceNode, "node-c", time.Minute)
+		}, transfer.ErrWrongTarget, codes.PermissionDenied},
+		{"token presented by its source", client(c.NodeCertificate(t, sourceNode), c.Roots(t)), func() string {
+			return token(env.Snapshot, "")
+		}, transfer.ErrWrongTarget, codes.PermissionDenied},
+		{"expired token", target, func() string {
+			tok, _, err := c.Issuer.Mint(transfer.Claims{Transfer: "t-expired", Snapshot: env.Snapshot,
+				Source: sourceNode, Target: targetNode}, time.Now().Add(-2*time.Minute), time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tok
+		}, transfer.ErrExpired, codes.Unauthenticated},
+		{"unknown snapshot", target, func() string { return token(backend.SnapshotIDFor("no-such-snapshot"), "") },
+			backend.ErrNotFound, codes.NotFound},
+	}
+	for i, r := range refusals {
+		t.Run(r.name, func(t *testing.T) {
+			_, err := r.client.ReceiveVolume(ctx, env.Target, srv.addr, r.token(), backend.VolumeRequest{ID: volID(fmt.Sprint("refused-", i)), Name: "refused"})
+			if !errors.Is(err, r.want) || transfer.Code(err) != r.code {
+				t.Fatalf("got %v (code %s), want %v (%s)", err, transfer.Code(err), r.want, r.code)
+			}
+			env.NothingLeft(t, keep)
+		})
+	}
+
+	t.Run("replayed token", func(t *testing.T) {
+		tok := token(env.Snapshot, "")
+		v, err := target.ReceiveVolume(ctx, env.Target, srv.addr, tok, backend.VolumeRequest{ID: volID("first-use"), Name: "first-use"})
+		if err != nil {
+			t.Fatalf("first use: %v", err)
+		}
+		keep = append(keep, v.ID)
+		_, err = target.ReceiveVolume(ctx, env.Target, srv.addr, tok, backend.VolumeRequest{ID: volID("replay"), Name: "replay"})
+		if !errors.Is(err, transfer.ErrReplayed) || transfer.Code(err) != codes.PermissionDenied {
+			t.Fatalf("replay: got %v (code %s), want %v", err, transfer.Code(err), transfer.ErrReplayed)
+		}
+		env.NothingLeft(t, keep)
+		// The source's agent restarts (same state directory).
+		srv.stop()
+		srv = startServer(t, suiteT, c, env.Source, usedDir)
+		_, err = target.ReceiveVolume(ctx, env.Target, srv.addr, tok, backend.VolumeRequest{ID: volID("replay-after-restart"), Name: "replay"})
+		if !errors.Is(err, transfer.ErrReplayed) {
+			t.Fatalf("replay after a restart: got %v, want %v", err, transfer.ErrReplayed)
+		}
+		env.NothingLeft(t, keep)
+	})
+
+	t.Run("cancelled by the target half-way", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		pool := &cancelAfter{Streamer: env.Target, n: 1 << 20, cancel: cancel}
+		_, err := target.ReceiveVolume(cctx, pool, srv.addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("cancelled"), Name: "cancelled"})
+		if err == nil || pool.read < pool.n {
+			t.Fatalf("cancelled after %d bytes: got %v, want an error", pool.read, err)
+		}
+		env.NothingLeft(t, keep)
+	})
+
+	t.Run("cut by the source half-way", func(t *testing.T) {
+		srv.stop()
+		srv = startServer(t, suiteT, c, &failAfter{Streamer: env.Source, n: 4 << 20}, usedDir)
+		_, err := target.ReceiveVolume(ctx, env.Target, srv.addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("cut"), Name: "cut"})
+		// The target refuses the stream as incomplete (no trailer).
+		if !errors.Is(err, backend.ErrInvalid) {
+			t.Fatalf("a stream cut by the source: got %v, want %v", err, backend.ErrInvalid)
+		}
+		env.NothingLeft(t, keep)
+	})
+}
+
+// cancelAfter cancels the receive's context once n bytes were read.
+type cancelAfter struct {
+	backend.Streamer
+	n, read int64
+	cancel  func()
+}
+
+func (c *cancelAfter) ReceiveVolume(ctx context.Context, req backend.VolumeRequest, r io.Reader) (*backend.Volume, error) {
+	return c.Streamer.ReceiveVolume(ctx, req, readFunc(func(p []byte) (int, error) {
+		n, err := r.Read(p)
+		c.read += int64(n)
+		if c.read >= c.n {
+			c.cancel()
+		}
+		return n, err
+	}))
+}
+
+// failAfter's sends fail after n bytes.
+type failAfter struct {
+	backend.Streamer
+	n int64
+}
+
+func (f *failAfter) SendSnapshot(ctx context.Context, id, parentID string, w io.Writer) (backend.SendStats, error) {
+	written := int64(0)
+	return f.Streamer.SendSnapshot(ctx, id, parentID, writeFunc(func(p []byte) (int, error) {
+		if written+int64(len(p)) > f.n {
+			return 0, errors.New("source failed")
+		}
+		written += int64(len(p))
+		return w.Write(p)
+	}))
+}
+
+type readFunc func([]byte) (int, error)
+
+func (f readFunc) Read(p []byte) (int, error) { return f(p) }
+
+type writeFunc func([]byte) (int, error)
+
+func (f writeFunc) Write(p []byte) (int, error) { return f(p) }
