@@ -18,7 +18,7 @@ func TestServerTLS(t *testing.T) {
 	cert := c.NodeCertificate(t, "node-a")
 	var calls atomic.Int32
 	srv, err := transfer.NewServer(transfer.ServerConfig{
-		Node: "node-a", Pool: &memPool{objects: map[string][]byte{}}, Tokens: c.Tokens, UsedTokensDir: t.TempDir(),
+		Node: "node-a", Pool: &transfertest.MemPool{Objects: map[string][]byte{}}, Tokens: c.Tokens, UsedTokensDir: t.TempDir(),
 		Certificate: func() (*tls.Certificate, error) { calls.Add(1); return cert() }, ClientCAs: c.Roots(t),
 	})
 	if err != nil {
