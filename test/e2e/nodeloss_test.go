@@ -26,16 +26,18 @@ import (
 const lostAfterForTest = "60s"
 
 // testNodeLost: the other node's kubelet and csi-thin agent die (as with
-// a power cut) while a pod uses a claim's volume there. The controller
-// marks the volume Lost, with a NodeLost Event on the claim; the pod is
-// force-deleted (its kubelet cannot confirm) and deleting the claim
-// completes at once (PV gone, nobody touches a finalizer by hand) while
-// the ThinVolume waits, with the data, for its node. When the node comes
-// back, its kubelet stops the pod's container and unpublishes the volume
-// but does not unstage it (the PV is gone): the agent unmounts that
-// leftover staging mount itself, removes the storage and the ThinVolume.
-// Nothing leaks, no manual step; and a volume of that node whose claim
-// was kept is Ready again.
+// a power cut) while a claim's volume is staged there, its pod's own
+// mount already torn down but the kubelet's unstage not yet done (the
+// window a CI run once hit by chance; made certain here by finishing the
+// pod's teardown by hand after the kill). The controller marks the volume
+// Lost, with a NodeLost Event on the claim; the pod is force-deleted (its
+// kubelet cannot confirm) and deleting the claim completes at once (PV
+// gone, nobody touches a finalizer by hand) while the ThinVolume waits,
+// with the data, for its node. When the node comes back, its kubelet has
+// nothing of the pod left to reconstruct the volume from and does not
+// unstage it: the agent unmounts that leftover staging mount itself and
+// removes the storage and the ThinVolume. Nothing leaks, no manual step;
+// and a volume of that node whose claim was kept is Ready again.
 func (m *multiNode) testNodeLost(t *testing.T) {
 	ctx := context.Background()
 	node := m.other
@@ -53,9 +55,14 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	if !staged {
 		t.Fatalf("volume %s of a running pod is not staged on %s", handle, node)
 	}
+	pod, err := m.kube.CoreV1().Pods(m.ns).Get(ctx, "doomed-user", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	kubelet := m.killNode(t, node)
+	m.tearDownPodVolumes(t, node, string(pod.UID), handle)
 	start := time.Now()
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
 		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -137,6 +144,55 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	if err != nil {
 		t.Errorf("volume %s of claim on-%s not Ready again after its node came back: %v", kept, node, err)
 	}
+}
+
+// tearDownPodVolumes does on a node whose kubelet is dead what that
+// kubelet does first when a pod ends: stops its container, unmounts the
+// pod's mount of the volume and removes the pod's volume directory (with
+// the kubelet's record of the volume). The volume's staging mount, which
+// the kubelet unmounts next, stays.
+func (m *multiNode) tearDownPodVolumes(t *testing.T, node, podUID, handle string) {
+	t.Helper()
+	pids := podProcesses(t, "doomed-user")
+	if len(pids) == 0 {
+		t.Fatalf("no process of pod doomed-user found")
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var published string
+	for _, l := range strings.Split(m.onNode(t, node, "findmnt", "-rn", "-o", "SOURCE,TARGET"), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && strings.Contains(f[0], handle) && strings.Contains(f[1], "/pods/"+podUID+"/volumes/") {
+			published = f[1]
+		}
+	}
+	if published == "" {
+		t.Fatalf("no mount of volume %s for pod %s on %s", handle, podUID, node)
+	}
+	m.onNode(t, node, "umount", published)
+	m.onNode(t, node, "rm", "-rf", filepath.Dir(published))
+	t.Logf("tore down pod %s's mount %s of %s by hand; the staging mount stays", podUID, published, handle)
+}
+
+// podProcesses finds the processes of a pod's containers by their
+// hostname, the pod's name.
+func podProcesses(t *testing.T, pod string) []int {
+	t.Helper()
+	procs, err := filepath.Glob("/proc/[0-9]*/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, p := range procs {
+		env, err := os.ReadFile(p)
+		if err == nil && slices.Contains(strings.Split(string(env), "\x00"), "HOSTNAME="+pod) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // waitClusterEvent waits for an event with the reason on a cluster-scoped

@@ -16,9 +16,11 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
-// A volume still staged when its node died stays mounted at the kubelet's
-// staging path after the node returns: its PV was deleted meanwhile, and
-// the kubelet does not unstage a volume it no longer has a PV for. The
+// A volume still staged when its node died, its pod already unpublished,
+// stays mounted at the kubelet's staging path after the node returns: its
+// PV was deleted meanwhile, nothing of the pod is left for the kubelet to
+// rebuild the volume from, and it does not unstage a volume it has no PV
+// for. The
 // agent never deletes a mounted volume, so without help that volume and
 // its ThinVolume would wait for an operator's umount. The agent unmounts
 // such a leftover itself, but only when nothing else can be using it:
