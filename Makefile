@@ -36,7 +36,7 @@ lint:
 
 # Unit tests: fast, no root needed (command runners faked).
 test-unit:
-	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/ -e /pkg/export$$ -e /internal/s3test$$)
+	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/ -e /pkg/export$$ -e /internal/s3test$$ -e /pkg/k8s/snapshotexport$$)
 	CGO_ENABLED=1 $(GO) -C $(BENCH_MOD) test -race -count=1 ./...
 
 # Real btrfs on loop devices: backend integration and csi-sanity.
@@ -70,7 +70,7 @@ s3-build:
 
 # Snapshot exports (pkg/export) against that S3 server, on loopback.
 test-s3: | $(BIN)
-	$(GO) test -count=1 -v -parallel 4 -timeout 15m ./pkg/export/ ./internal/s3test/ 2>&1 | tee $(BIN)/test-s3.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|skipping|missing' ; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -v -parallel 4 -timeout 15m ./pkg/export/ ./internal/s3test/ ./pkg/k8s/snapshotexport/ 2>&1 | tee $(BIN)/test-s3.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|skipping|missing' ; exit $${PIPESTATUS[0]}
 
 # A real single-node cluster (built once, cached outside the clone), the
 # chart installed from this tree, the csi-thin scenarios and the upstream

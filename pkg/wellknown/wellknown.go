@@ -38,3 +38,9 @@ const AnnotationReclaimPolicy = "csi-thin.io/reclaim-policy"
 // ThinSnapshot until the storage behind it is gone from the node, so that
 // deleting the resource never orphans a subvolume or LV.
 const FinalizerNodeCleanup = "csi-thin.io/node-cleanup"
+
+// FinalizerExport is held by the node agent on a ThinSnapshot with
+// spec.export until the snapshot's export is deleted from its object
+// store (or kept as the parent of a later export), so that deleting the
+// snapshot never orphans its export silently.
+const FinalizerExport = "csi-thin.io/export"

@@ -29,6 +29,9 @@ const (
 	// ConditionHealthy is the backend's volume condition (CSI
 	// VolumeCondition): False when the volume is abnormal.
 	ConditionHealthy = "Healthy"
+	// ConditionExported: a ThinSnapshot's export (spec.export) is complete
+	// (True) or its last attempt failed (False, with the reason).
+	ConditionExported = "Exported"
 )
 
 // OperationStatus is the outcome of the node's last attempt at the

@@ -28,6 +28,68 @@ type ThinSnapshotSpec struct {
 	// +kubebuilder:validation:Pattern=`^g-[0-9a-f]{32}$`
 	// +optional
 	GroupID string `json:"groupID,omitempty"`
+	// Export asks the node agent to copy the snapshot, once it is ready,
+	// into the object store that a Secret describes (pkg/export), and to
+	// delete that copy with the snapshot.
+	// +optional
+	Export *SnapshotExport `json:"export,omitempty"`
+}
+
+// SnapshotExport names where a snapshot is exported to. The Secret holds
+// pkg/export's keys (endpoint, bucket, accessKeyID, secretAccessKey, ...);
+// only its reference is stored here, never its values.
+type SnapshotExport struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	SecretNamespace string `json:"secretNamespace"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	SecretName string `json:"secretName"`
+}
+
+// ExportPhase is where a snapshot's export is.
+// +kubebuilder:validation:Enum=Pending;Exporting;Exported;Failed
+type ExportPhase string
+
+// Export phases.
+const (
+	// ExportPending: the snapshot is not ready yet, or the export waits
+	// for its next attempt.
+	ExportPending ExportPhase = "Pending"
+	// ExportExporting: the stream is being uploaded.
+	ExportExporting ExportPhase = "Exporting"
+	// ExportExported: the export exists in the store (status.export.id).
+	ExportExported ExportPhase = "Exported"
+	// ExportFailed: the last attempt failed; the agent retries with backoff.
+	ExportFailed ExportPhase = "Failed"
+)
+
+// ExportStatus is the progress and outcome of a snapshot's export.
+type ExportStatus struct {
+	// +optional
+	Phase ExportPhase `json:"phase,omitempty"`
+	// ID is the export's ID in the store: <volume ID>/<snapshot ID>.
+	// +optional
+	ID string `json:"id,omitempty"`
+	// Parent is the export this one is incremental against ("" for full).
+	// +optional
+	Parent string `json:"parent,omitempty"`
+	// BytesDone is what the upload has sent of the stream so far.
+	// +optional
+	BytesDone int64 `json:"bytesDone,omitempty"`
+	// BytesTotal is the snapshot's allocated data (what a full stream's
+	// payload is about); known once the send started.
+	// +optional
+	BytesTotal int64 `json:"bytesTotal,omitempty"`
+	// Attempts counts the attempts of the current export.
+	// +optional
+	Attempts int32 `json:"attempts,omitempty"`
+	// Message says why the last attempt failed.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// CompletionTime is when the export was complete.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 }
 
 // ThinSnapshotStatus is what the node agent reports.
@@ -52,6 +114,9 @@ type ThinSnapshotStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// Export is the snapshot's export (spec.export).
+	// +optional
+	Export *ExportStatus `json:"export,omitempty"`
 }
 
 // ThinSnapshot is one read-only thin snapshot on one node. Its name is the

@@ -16,6 +16,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/k8s/snapshotexport"
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
@@ -42,8 +43,9 @@ func CacheOptions(node string) map[client.Object]cache.ByObject {
 const reconcileWorkers = 4
 
 // Setup adds the node agent to mgr (whose cache was built with
-// CacheOptions): the ThinVolume and ThinSnapshot reconcilers, the ThinNode
-// status writer and the labeler of unlabeled resources. It returns the
+// CacheOptions): the ThinVolume and ThinSnapshot reconcilers, the
+// snapshot exporter (a pool that streams: pkg/k8s/snapshotexport), the
+// ThinNode status writer and the labeler of unlabeled resources. It returns the
 // status writer (whose Poke the caller may use).
 func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe func(thinv1.ThinNodeStatus)) (*NodeStatus, error) {
 	recorder := mgr.GetEventRecorder("csi-thin-node")
@@ -65,6 +67,12 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 	}
 	if err := (&SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("snapshot reconciler: %w", err)
+	}
+	if streams, ok := pool.(backend.Streamer); ok {
+		exporter := &snapshotexport.Reconciler{Client: mgr.GetClient(), Secrets: mgr.GetAPIReader(), Pool: pool, Streams: streams, Recorder: recorder}
+		if err := exporter.SetupWithManager(mgr); err != nil {
+			return nil, fmt.Errorf("snapshot exporter: %w", err)
+		}
 	}
 	if groups, ok := pool.(backend.GroupSnapshotter); ok {
 		if err := (&GroupSnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Groups: groups, Recorder: recorder, Changed: status.Poke}).SetupWithManager(mgr); err != nil {

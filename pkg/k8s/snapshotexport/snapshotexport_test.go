@@ -1,0 +1,339 @@
+package snapshotexport_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/csi-thin/csi-thin/internal/kubeapi"
+	"github.com/csi-thin/csi-thin/internal/s3test"
+	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
+	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/btrfs"
+	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
+	"github.com/csi-thin/csi-thin/pkg/export"
+	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
+)
+
+const secretNamespace = "exports"
+
+// TestExportAfterSnapshot runs a node agent (nodeagent.Setup, as
+// cmd/csi-thin does) on a real btrfs pool against a real kube-apiserver,
+// exporting into a real SeaweedFS: a ThinSnapshot with spec.export is
+// exported once ready (full, then incremental against the previous
+// export), with status, condition and Events; the exports rebuild the
+// volume byte for byte on another pool; a missing Secret fails and is
+// retried until it appears; an export already in the store (an agent that
+// died after the upload) is recorded, not uploaded again; deleting the
+// snapshots deletes their exports except one a later export needs.
+func TestExportAfterSnapshot(t *testing.T) {
+	ctrl.SetLogger(klog.NewKlogr())
+	pool := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: "n1"})
+	api := kubeapi.ForTest(t)
+	s3 := s3test.ForTest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, eventsv1.AddToScheme, thinv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := client.New(api.Config, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: secretNamespace}}); err != nil {
+		t.Fatal(err)
+	}
+	secretData := map[string][]byte{
+		export.SecretEndpoint:        []byte("http://" + s3.Endpoint),
+		export.SecretBucket:          []byte(s3.Bucket),
+		export.SecretAccessKeyID:     []byte(s3.AccessKey),
+		export.SecretSecretAccessKey: []byte(s3.SecretKey),
+		export.SecretPrefix:          []byte("cluster-a/"),
+	}
+	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: secretNamespace, Name: "s3"}, Data: secretData}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := export.ConfigFromSecret(secretData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := export.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	mgr, err := ctrl.NewManager(api.Config, ctrl.Options{
+		Scheme:     scheme,
+		Cache:      cache.Options{ByObject: nodeagent.CacheOptions("n1")},
+		Metrics:    metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodeagent.Setup(mgr, pool, time.Hour, nil); err != nil {
+		t.Fatal(err)
+	}
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		if err := mgr.Start(agentCtx); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
+	defer func() { stopAgent(); <-agentDone }()
+
+	vol := backend.VolumeIDFor("exported")
+	if _, err := pool.CreateVolume(ctx, backend.VolumeRequest{ID: vol, Name: "exported", RequiredBytes: 256 * backend.MiB, AccessType: backend.AccessMount}); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, filepath.Join(pool.VolumePath(vol), "a"), 6<<20)
+
+	snapshot := func(name, secret string) *thinv1.ThinSnapshot {
+		ts := &thinv1.ThinSnapshot{
+			ObjectMeta: metav1.ObjectMeta{Name: backend.SnapshotIDFor(name), Labels: map[string]string{wellknown.LabelNode: "n1"}},
+			Spec: thinv1.ThinSnapshotSpec{Node: "n1", Name: name, SourceVolumeID: vol,
+				Export: &thinv1.SnapshotExport{SecretNamespace: secretNamespace, SecretName: secret}},
+		}
+		if err := c.Create(ctx, ts); err != nil {
+			t.Fatal(err)
+		}
+		return ts
+	}
+	waitExport := func(ts *thinv1.ThinSnapshot, phase thinv1.ExportPhase) {
+		t.Helper()
+		for {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(ts), ts); err != nil {
+				t.Fatal(err)
+			}
+			if ts.Status.Export != nil && ts.Status.Export.Phase == phase {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s: export status %+v, want phase %s", ts.Name, ts.Status.Export, phase)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	// Full, then incremental.
+	s1 := snapshot("first", "s3")
+	waitExport(s1, thinv1.ExportExported)
+	id1 := vol + "/" + s1.Name
+	if e := s1.Status.Export; e.ID != id1 || e.Parent != "" || e.BytesDone == 0 || e.BytesDone != e.BytesTotal || e.CompletionTime == nil {
+		t.Errorf("first export status %+v: want ID %s, no parent, bytes done = total > 0", e, id1)
+	}
+	if cond := meta.FindStatusCondition(s1.Status.Conditions, thinv1.ConditionExported); cond == nil || cond.Status != metav1.ConditionTrue {
+		t.Errorf("Exported condition %+v, want True", cond)
+	}
+	m1, err := store.Manifest(ctx, id1)
+	if err != nil {
+		t.Fatalf("first export not in the store: %v", err)
+	}
+	if m1.Parent != "" || m1.Length != s1.Status.Export.BytesDone || m1.Length < 6<<20 {
+		t.Errorf("first manifest %+v: want a full stream of at least 6 MiB, as long as the status says", m1)
+	}
+	if !controllerHasFinalizer(s1) {
+		t.Errorf("finalizers %v lack %s", s1.Finalizers, wellknown.FinalizerExport)
+	}
+	writeRandom(t, filepath.Join(pool.VolumePath(vol), "b"), 1<<20)
+	s2 := snapshot("second", "s3")
+	waitExport(s2, thinv1.ExportExported)
+	id2 := vol + "/" + s2.Name
+	m2, err := store.Manifest(ctx, id2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Parent != id1 || s2.Status.Export.Parent != id1 {
+		t.Errorf("second export's parent: manifest %q, status %q; want %s", m2.Parent, s2.Status.Export.Parent, id1)
+	}
+	if m2.Length > 3<<20 {
+		t.Errorf("incremental export of 1 MiB of changes is %d bytes", m2.Length)
+	}
+	waitEvent(t, ctx, c, s1.Name, "Exported")
+
+	// The exports rebuild the volume on another pool.
+	other := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: "n2"})
+	t.Cleanup(other.Settle) // a receive's background clean-up, before the teardown
+	chain, err := store.Chain(ctx, id2)
+	if err != nil || len(chain) != 2 {
+		t.Fatalf("chain of %s: %d links, %v", id2, len(chain), err)
+	}
+	restored := backend.VolumeIDFor("restored")
+	for i, m := range chain {
+		pr, pw := io.Pipe()
+		go func() {
+			_, err := store.Get(ctx, m.ID(), pw)
+			pw.CloseWithError(err)
+		}()
+		if i < len(chain)-1 {
+			_, err = other.ReceiveSnapshot(ctx, m.Snapshot, m.Snapshot, pr)
+		} else {
+			_, err = other.ReceiveVolume(ctx, backend.VolumeRequest{ID: restored, Name: "restored", AccessType: backend.AccessMount}, pr)
+		}
+		pr.Close()
+		if err != nil {
+			t.Fatalf("apply %s: %v", m.ID(), err)
+		}
+	}
+	for _, f := range []string{"a", "b"} {
+		if want, got := fileSum(t, filepath.Join(pool.VolumePath(vol), f)), fileSum(t, filepath.Join(other.VolumePath(restored), f)); want != got {
+			t.Errorf("restored %s differs from the source", f)
+		}
+	}
+
+	// A missing Secret fails the export, which is retried until it appears.
+	s3b := snapshot("late-secret", "s3-late")
+	waitExport(s3b, thinv1.ExportFailed)
+	if cond := meta.FindStatusCondition(s3b.Status.Conditions, thinv1.ConditionExported); cond == nil || cond.Status != metav1.ConditionFalse || !strings.Contains(cond.Message, "s3-late") {
+		t.Errorf("Exported condition %+v, want False naming the Secret", cond)
+	}
+	waitEvent(t, ctx, c, s3b.Name, "ExportFailed")
+	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: secretNamespace, Name: "s3-late"}, Data: secretData}); err != nil {
+		t.Fatal(err)
+	}
+	waitExport(s3b, thinv1.ExportExported)
+	if s3b.Status.Export.Attempts < 2 || s3b.Status.Export.Parent != id2 {
+		t.Errorf("export after a failure: attempts %d, parent %q; want >= 2 and the newest export %s", s3b.Status.Export.Attempts, s3b.Status.Export.Parent, id2)
+	}
+
+	// An export already in the store is recorded as it is: a full export
+	// made by hand stays full although a parent is at hand.
+	resumedID := backend.SnapshotIDFor("resumed")
+	if _, err := pool.CreateSnapshot(ctx, backend.SnapshotRequest{ID: resumedID, Name: "resumed", SourceVolumeID: vol}); err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if _, err := pool.SendSnapshot(ctx, resumedID, "", &stream); err != nil {
+		t.Fatal(err)
+	}
+	mr, err := store.Put(ctx, vol, resumedID, "", &stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s4 := snapshot("resumed", "s3")
+	waitExport(s4, thinv1.ExportExported)
+	if got, _ := store.Manifest(ctx, mr.ID()); got != mr || s4.Status.Export.Parent != "" {
+		t.Errorf("resumed export: manifest %+v (was %+v), status parent %q", got, mr, s4.Status.Export.Parent)
+	}
+
+	// Deletion: an export stays while a later one names it (the first
+	// while the second does); the others go with their snapshots.
+	deleteAndWait(t, ctx, c, s1)
+	if _, err := store.Manifest(ctx, id1); err != nil {
+		t.Errorf("export %s, the parent of %s, was deleted with its snapshot: %v", id1, id2, err)
+	}
+	waitEvent(t, ctx, c, s1.Name, "ExportKept")
+	for _, ts := range []*thinv1.ThinSnapshot{s3b, s2, s4} {
+		deleteAndWait(t, ctx, c, ts)
+		if _, err := store.Manifest(ctx, ExportIDOf(ts)); !errors.Is(err, export.ErrNotFound) {
+			t.Errorf("export of deleted %s: %v, want ErrNotFound", ts.Name, err)
+		}
+		if _, err := pool.GetSnapshot(ctx, ts.Name); !errors.Is(err, backend.ErrNotFound) {
+			t.Errorf("local snapshot %s: %v, want it deleted", ts.Name, err)
+		}
+	}
+	left, err := store.List(ctx, vol)
+	if err != nil || len(left) != 1 || left[0].ID() != id1 {
+		t.Errorf("exports left: %+v, %v; want only %s", left, err, id1)
+	}
+}
+
+func ExportIDOf(ts *thinv1.ThinSnapshot) string { return ts.Spec.SourceVolumeID + "/" + ts.Name }
+
+func controllerHasFinalizer(ts *thinv1.ThinSnapshot) bool {
+	for _, f := range ts.Finalizers {
+		if f == wellknown.FinalizerExport {
+			return true
+		}
+	}
+	return false
+}
+
+func deleteAndWait(t *testing.T, ctx context.Context, c client.Client, ts *thinv1.ThinSnapshot) {
+	t.Helper()
+	if err := c.Delete(ctx, ts); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		err := c.Get(ctx, client.ObjectKeyFromObject(ts), &thinv1.ThinSnapshot{})
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s not deleted: %v", ts.Name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitEvent waits for an Event with reason about the ThinSnapshot name.
+func waitEvent(t *testing.T, ctx context.Context, c client.Client, name, reason string) {
+	t.Helper()
+	for {
+		var evs eventsv1.EventList
+		if err := c.List(ctx, &evs); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == name && e.Reason == reason {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no %s Event about %s", reason, name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func writeRandom(t *testing.T, path string, n int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(f, rand.Reader, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fileSum(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
