@@ -106,6 +106,23 @@ type SnapshotRequest struct {
 	// snapshot of its own.
 	GroupID   string
 	GroupSize int
+	// Export, when set, asks for the snapshot to be exported to the object
+	// store its Secret describes (only a backend that implements
+	// SnapshotExporter honours it).
+	Export *ExportTarget
+}
+
+// ExportTarget names the Secret (pkg/export's keys) of the object store a
+// snapshot is exported to: a reference, never the values.
+type ExportTarget struct {
+	SecretNamespace, SecretName string
+}
+
+// SnapshotExporter is a backend that exports snapshots whose request sets
+// Export (the cluster's router: the node agent holding the snapshot
+// exports it). A bare pool does not.
+type SnapshotExporter interface {
+	ExportsSnapshots() bool
 }
 
 // Snapshot is a read-only thin snapshot of a volume.

@@ -231,6 +231,8 @@ var (
 		provisionerParamPrefix + "pvc/name", provisionerParamPrefix + "pvc/namespace", provisionerParamPrefix + "pv/name"}
 	snapshotParamKeys = []string{ParamFreeze, provisionerParamPrefix + "volumesnapshot/name",
 		provisionerParamPrefix + "volumesnapshot/namespace", provisionerParamPrefix + "volumesnapshotcontent/name"}
+	// A VolumeSnapshotClass may also export (a group snapshot may not).
+	volumeSnapshotParamKeys = append(slices.Clip(snapshotParamKeys), ParamExportSecretName, ParamExportSecretNamespace)
 )
 
 // checkParameterKeys refuses parameter keys outside the sidecars'

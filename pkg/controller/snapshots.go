@@ -20,10 +20,14 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if req.GetSourceVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "source volume id is required")
 	}
-	if err := checkParameterKeys("VolumeSnapshotClass", req.GetParameters(), snapshotParamKeys); err != nil {
+	if err := checkParameterKeys("VolumeSnapshotClass", req.GetParameters(), volumeSnapshotParamKeys); err != nil {
 		return nil, err
 	}
 	skipFreeze, err := skipFreeze(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	exportTo, err := exportTarget(req.GetParameters(), req.GetSecrets(), s.backend)
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +37,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, err
 	}
 	defer unlock()
-	snap, err := s.backend.CreateSnapshot(ctx, backend.SnapshotRequest{ID: id, Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId(), SkipFreeze: skipFreeze})
+	snap, err := s.backend.CreateSnapshot(ctx, backend.SnapshotRequest{ID: id, Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId(), SkipFreeze: skipFreeze, Export: exportTo})
 	if err != nil {
 		return nil, rpcerr.Status(err)
 	}

@@ -15,6 +15,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -417,4 +418,50 @@ func TestChartNodeScopePolicy(t *testing.T) {
 			t.Errorf("policy does not cover create and update of %s", res)
 		}
 	}
+}
+
+// The export VolumeSnapshotClass names its Secret by reference, and the
+// node agent may get exactly the export Secrets and nothing more.
+func TestChartSnapshotExport(t *testing.T) {
+	for key := range render(t) {
+		if strings.Contains(key, "-export") {
+			t.Errorf("default values render %s", key)
+		}
+	}
+	objs := render(t, "--set", "snapshotExport.volumeSnapshotClass.create=true",
+		"--set", "snapshotExport.volumeSnapshotClass.secretNamespace=backup",
+		"--set", "snapshotExport.volumeSnapshotClass.secretName=s3",
+		"--set", "snapshotExport.secrets[0].namespace=other", "--set", "snapshotExport.secrets[0].name=s3-b")
+	class := decode[struct {
+		Driver     string            `json:"driver"`
+		Parameters map[string]string `json:"parameters"`
+		APIVersion string            `json:"apiVersion"`
+		Kind       string            `json:"kind"`
+		Metadata   map[string]any    `json:"metadata"`
+		Deletion   string            `json:"deletionPolicy"`
+	}](t, objs, "VolumeSnapshotClass/csi-thin-export")
+	if class.Parameters["csi-thin.io/export-secret-namespace"] != "backup" || class.Parameters["csi-thin.io/export-secret-name"] != "s3" || len(class.Parameters) != 2 {
+		t.Errorf("export class parameters %v", class.Parameters)
+	}
+	for i, want := range []struct{ namespace, name string }{{"other", "s3-b"}, {"backup", "s3"}} {
+		key := "csi-thin-node-export-" + string(rune('0'+i))
+		role := decode[rbacv1.Role](t, objs, "Role/"+key)
+		wantRule := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{want.name}, Verbs: []string{"get"}}
+		if role.Namespace != want.namespace || len(role.Rules) != 1 || !equalRule(role.Rules[0], wantRule) {
+			t.Errorf("Role %s in %s: %+v, want only get on Secret %s", key, role.Namespace, role.Rules, want.name)
+		}
+		binding := decode[rbacv1.RoleBinding](t, objs, "RoleBinding/"+key)
+		if binding.Namespace != want.namespace || binding.RoleRef.Name != key || len(binding.Subjects) != 1 ||
+			binding.Subjects[0].Name != "csi-thin-node" || binding.Subjects[0].Namespace != "csi-thin" {
+			t.Errorf("RoleBinding %s: %+v", key, binding)
+		}
+	}
+	if _, err := helm(t, "template", "x", chartDir, "--kube-version", "1.34.0", "--set", "snapshotExport.volumeSnapshotClass.create=true"); err == nil {
+		t.Error("an export class without its Secret rendered")
+	}
+}
+
+func equalRule(a, b rbacv1.PolicyRule) bool {
+	return slices.Equal(a.APIGroups, b.APIGroups) && slices.Equal(a.Resources, b.Resources) &&
+		slices.Equal(a.ResourceNames, b.ResourceNames) && slices.Equal(a.Verbs, b.Verbs) && len(a.NonResourceURLs) == 0
 }

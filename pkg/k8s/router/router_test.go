@@ -478,3 +478,34 @@ func TestSentinelRoundTrip(t *testing.T) {
 		t.Error("OK must not be an error")
 	}
 }
+
+// The VolumeSnapshotClass's export target reaches the node's ThinSnapshot
+// (a reference to the Secret); the same snapshot asked for with another
+// target is AlreadyExists.
+func TestSnapshotExportTarget(t *testing.T) {
+	h := newHarness(t, readyVolume(volA, "n2", backend.GiB))
+	var nodeSaw *thinv1.SnapshotExport
+	h.onSnap = func(ts *thinv1.ThinSnapshot) {
+		nodeSaw = ts.Spec.Export
+		ts.Status.Phase, ts.Status.ReadyToUse = thinv1.PhaseReady, true
+	}
+	target := &backend.ExportTarget{SecretNamespace: "csi-thin", SecretName: "s3"}
+	if _, err := h.r.CreateSnapshot(h.ctx, backend.SnapshotRequest{ID: snapA, Name: "c1", SourceVolumeID: volA, Export: target}); err != nil {
+		t.Fatal(err)
+	}
+	if nodeSaw == nil || nodeSaw.SecretNamespace != "csi-thin" || nodeSaw.SecretName != "s3" {
+		t.Errorf("node's ThinSnapshot export %+v, want csi-thin/s3", nodeSaw)
+	}
+	if _, err := h.r.CreateSnapshot(h.ctx, backend.SnapshotRequest{ID: snapA, Name: "c1", SourceVolumeID: volA, Export: target}); err != nil {
+		t.Errorf("repeated request: %v", err)
+	}
+	for _, other := range []*backend.ExportTarget{nil, {SecretNamespace: "csi-thin", SecretName: "other"}} {
+		_, err := h.r.CreateSnapshot(h.ctx, backend.SnapshotRequest{ID: snapA, Name: "c1", SourceVolumeID: volA, Export: other})
+		if rpcerr.Code(err) != codes.AlreadyExists {
+			t.Errorf("export %+v for a snapshot exported to csi-thin/s3: %v, want AlreadyExists", other, err)
+		}
+	}
+	if !h.r.ExportsSnapshots() {
+		t.Error("the router does not say it exports")
+	}
+}

@@ -32,6 +32,9 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze, GroupID: req.GroupID},
 	}
+	if req.Export != nil {
+		ts.Spec.Export = &thinv1.SnapshotExport{SecretNamespace: req.Export.SecretNamespace, SecretName: req.Export.SecretName}
+	}
 	if req.GroupID != "" {
 		ts.Labels[wellknown.LabelGroup] = req.GroupID
 	}
@@ -50,6 +53,9 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		if ts.Spec.SourceVolumeID != req.SourceVolumeID {
 			return nil, fmt.Errorf("snapshot %s exists for volume %s, requested for %s: %w", req.ID, ts.Spec.SourceVolumeID, req.SourceVolumeID, backend.ErrExists)
 		}
+		if !sameExport(ts.Spec.Export, req.Export) {
+			return nil, fmt.Errorf("snapshot %s exists with export %s, requested with %s: %w", req.ID, exportString(ts.Spec.Export), exportString(backendExport(req.Export)), backend.ErrExists)
+		}
 	} else {
 		logger.Info("ThinSnapshot created, waiting for the node", "node", node)
 	}
@@ -62,6 +68,32 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 	stages.done(stageNode)
 	logger.Info("snapshot ready", "node", ts.Spec.Node, "sizeBytes", ts.Status.SizeBytes)
 	return snapshotOf(ts), nil
+}
+
+// ExportsSnapshots implements backend.SnapshotExporter: the node agent
+// holding a snapshot exports it (pkg/k8s/snapshotexport).
+func (r *Router) ExportsSnapshots() bool { return true }
+
+func backendExport(e *backend.ExportTarget) *thinv1.SnapshotExport {
+	if e == nil {
+		return nil
+	}
+	return &thinv1.SnapshotExport{SecretNamespace: e.SecretNamespace, SecretName: e.SecretName}
+}
+
+func sameExport(have *thinv1.SnapshotExport, want *backend.ExportTarget) bool {
+	w := backendExport(want)
+	if have == nil || w == nil {
+		return have == nil && w == nil
+	}
+	return *have == *w
+}
+
+func exportString(e *thinv1.SnapshotExport) string {
+	if e == nil {
+		return "none"
+	}
+	return "to Secret " + e.SecretNamespace + "/" + e.SecretName
 }
 
 func snapshotOf(ts *thinv1.ThinSnapshot) *backend.Snapshot {
