@@ -62,6 +62,14 @@ func runController(ctx context.Context, o *options) error {
 	if err := mgr.AddHealthzCheck("router", healthCheck(r.Health)); err != nil {
 		return err
 	}
+	var afterSync []runner
+	if o.transfer {
+		signer, err := newTransferSigner(o, mgr.GetConfig())
+		if err != nil {
+			return err
+		}
+		afterSync = append(afterSync, signer)
+	}
 	synced := new(atomic.Bool)
 	ctrlServer := controller.New(r)
 	d, err := driver.New(driver.Config{
@@ -74,7 +82,7 @@ func runController(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	return runAll(ctx, mgr, d, synced)
+	return runAll(ctx, mgr, d, synced, afterSync...)
 }
 
 // runNode serves the CSI Node service on the kubelet's plugin socket over
@@ -133,7 +141,17 @@ func runNode(ctx context.Context, o *options) error {
 	}
 	klog.InfoS("node agent starting", "node", nodeName, "backend", pool.Kind(), "endpoint", o.endpoint, "registration", regSocket)
 	trimmer := newTrimmer(o, pool, nodeServer, nodeagent.TrimEvents(mgr.GetClient(), mgr.GetEventRecorder("csi-thin-node"), nodeName))
-	err = runAll(ctx, mgr, d, synced, reg, trimmer)
+	after := []runner{reg, trimmer}
+	if o.transfer {
+		agent, err := newTransferAgent(o, mgr.GetConfig(), nodeName, pool)
+		if err != nil {
+			return err
+		}
+		if agent != nil {
+			after = append(after, agent)
+		}
+	}
+	err = runAll(ctx, mgr, d, synced, after...)
 	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
 	}

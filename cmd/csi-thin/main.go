@@ -60,6 +60,12 @@ type options struct {
 	lostAfter    time.Duration
 	orphanGrace  time.Duration
 	version      bool
+
+	transfer          bool
+	transferAddr      string
+	transferStateDir  string
+	transferNamespace string
+	transferAgentSA   string
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -95,6 +101,11 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node: the kubelet's root directory")
 	fs.DurationVar(&o.lostAfter, "lost-after", lifecycle.DefaultLostAfter, "controller: a node deleted from the cluster, or whose agent has not reported for this long, is lost: its resources are marked Lost and deleted without waiting for it (0: off; the replicas elect one to judge)")
 	fs.DurationVar(&o.orphanGrace, "orphan-grace", lifecycle.DefaultOrphanGrace, "controller: a ThinVolume that no PV stands for this long after its creation (claim deleted mid-provisioning, provisioner crash) is deleted; one whose Retain PV is gone is only reported (0: off; needs --lost-after > 0)")
+	fs.BoolVar(&o.transfer, "transfer", false, "controller/node: node-to-node transfers (docs/mobility.md): the controller keeps the transfer CA and token key and signs the node agents' certificate requests; a node agent gets its certificate and serves its snapshots at --transfer-address")
+	fs.StringVar(&o.transferAddr, "transfer-address", ":9810", "node: address of the transfer server (with --transfer)")
+	fs.StringVar(&o.transferStateDir, "transfer-state-dir", "/var/lib/csi-thin/transfer", "node: the transfer key, certificate and used tokens (with --transfer)")
+	fs.StringVar(&o.transferNamespace, "transfer-namespace", "", "controller/node: namespace of the transfer CA Secret and trust ConfigMap (default: the pod's)")
+	fs.StringVar(&o.transferAgentSA, "transfer-agent-service-account", "csi-thin-node", "controller: the node agents' service account ([namespace:]name), the only requester whose certificate requests are signed")
 	fs.BoolVar(&o.version, "version", false, "print the version (set at build time) and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

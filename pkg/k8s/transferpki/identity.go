@@ -18,7 +18,7 @@ import (
 	certv1 "k8s.io/api/certificates/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	certv1client "k8s.io/client-go/kubernetes/typed/certificates/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/transfer/pki"
@@ -39,7 +39,7 @@ var ErrDenied = errors.New("transfer certificate request denied")
 // made on the node and kept in Dir (mode 0600), the certificate asked for
 // with a CertificateSigningRequest and kept next to it, renewed when due.
 type NodeIdentity struct {
-	Client kubernetes.Interface
+	Client certv1client.CertificatesV1Interface
 	Node   string
 	Dir    string
 	// Roots is the transfer CA an issued certificate must chain to.
@@ -134,7 +134,7 @@ func (n *NodeIdentity) request(ctx context.Context, key crypto.Signer, renewing 
 	}
 	sum := sha256.Sum256([]byte(n.Node + "\x00" + string(pub) + "\x00" + renewing))
 	name := "csi-thin-transfer-" + hex.EncodeToString(sum[:16])
-	csrs := n.Client.CertificatesV1().CertificateSigningRequests()
+	csrs := n.Client.CertificateSigningRequests()
 	req, err := pki.CSR(n.Node, key)
 	if err != nil {
 		return nil, err

@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
+	certv1client "k8s.io/client-go/kubernetes/typed/certificates/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/transfer/pki"
@@ -30,7 +30,7 @@ const (
 // whose requester is the node agents' service account on the node the
 // request names, and denies the others (the controller runs it).
 type Signer struct {
-	Client kubernetes.Interface
+	Client certv1client.CertificatesV1Interface
 	CA     *pki.CA
 	// AgentUser is the agents' service account as a user name:
 	// system:serviceaccount:<namespace>:<name>.
@@ -39,7 +39,7 @@ type Signer struct {
 
 // Run signs until ctx ends: a list, then a watch, again after each end.
 func (s *Signer) Run(ctx context.Context) error {
-	csrs := s.Client.CertificatesV1().CertificateSigningRequests()
+	csrs := s.Client.CertificateSigningRequests()
 	sel := fields.OneTermEqualSelector("spec.signerName", SignerName).String()
 	for ctx.Err() == nil {
 		list, err := csrs.List(ctx, metav1.ListOptions{FieldSelector: sel})
@@ -88,7 +88,7 @@ func (s *Signer) Sign(ctx context.Context, csr *certv1.CertificateSigningRequest
 		hasCondition(csr, certv1.CertificateDenied) || hasCondition(csr, certv1.CertificateFailed) {
 		return nil
 	}
-	csrs := s.Client.CertificatesV1().CertificateSigningRequests()
+	csrs := s.Client.CertificateSigningRequests()
 	node, reason, msg := s.check(csr)
 	if reason != "" {
 		csr.Status.Conditions = append(csr.Status.Conditions, certv1.CertificateSigningRequestCondition{

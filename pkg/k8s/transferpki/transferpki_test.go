@@ -87,29 +87,29 @@ func TestTrustAndNodeCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	trust, err := transferpki.EnsureTrust(ctx, admin, namespace)
+	trust, err := transferpki.EnsureTrust(ctx, admin.CoreV1(), namespace)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := transferpki.EnsureTrust(ctx, admin, namespace)
+	again, err := transferpki.EnsureTrust(ctx, admin.CoreV1(), namespace)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !again.CA.Cert.Equal(trust.CA.Cert) || !again.TokenKey.Equal(trust.TokenKey) {
 		t.Fatal("a second EnsureTrust made a new CA or token key")
 	}
-	agentTrust, err := transferpki.LoadTrust(ctx, admin, namespace)
+	agentTrust, err := transferpki.LoadTrust(ctx, admin.CoreV1(), namespace)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	signer := &transferpki.Signer{Client: admin, CA: trust.CA, AgentUser: agentUser}
+	signer := &transferpki.Signer{Client: admin.CertificatesV1(), CA: trust.CA, AgentUser: agentUser}
 	done := make(chan error, 1)
 	go func() { done <- signer.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
 	identity := func(c *kubernetes.Clientset, node, dir string) *transferpki.NodeIdentity {
-		return &transferpki.NodeIdentity{Client: c, Node: node, Dir: dir, Roots: agentTrust.Roots, PollInterval: 100 * time.Millisecond}
+		return &transferpki.NodeIdentity{Client: c.CertificatesV1(), Node: node, Dir: dir, Roots: agentTrust.Roots, PollInterval: 100 * time.Millisecond}
 	}
 	ensure := func(id *transferpki.NodeIdentity) error {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -31,7 +31,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/transfer"
@@ -64,8 +64,8 @@ type Trust struct {
 // EnsureTrust returns the CA and token key of namespace's TrustSecret,
 // making them if the Secret does not exist (replicas racing: the first
 // create wins, the others read it), and makes TrustConfigMap match.
-func EnsureTrust(ctx context.Context, c kubernetes.Interface, namespace string) (*Trust, error) {
-	secrets := c.CoreV1().Secrets(namespace)
+func EnsureTrust(ctx context.Context, c corev1client.CoreV1Interface, namespace string) (*Trust, error) {
+	secrets := c.Secrets(namespace)
 	sec, err := secrets.Get(ctx, TrustSecret, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		sec, err = newTrustSecret(namespace)
@@ -129,13 +129,13 @@ func parseTrust(sec *corev1.Secret) (*Trust, error) {
 
 // publish makes TrustConfigMap hold the CA certificate and token public
 // key of t.
-func publish(ctx context.Context, c kubernetes.Interface, namespace string, t *Trust) error {
+func publish(ctx context.Context, c corev1client.CoreV1Interface, namespace string, t *Trust) error {
 	pub := t.TokenKey.Public().(ed25519.PublicKey)
 	data := map[string]string{
 		keyCACert:   string(t.CA.CertPEM),
 		keyTokenPub: string(pem.EncodeToMemory(&pem.Block{Type: pemTokenPub, Bytes: pub})),
 	}
-	cms := c.CoreV1().ConfigMaps(namespace)
+	cms := c.ConfigMaps(namespace)
 	cm, err := cms.Get(ctx, TrustConfigMap, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		_, err = cms.Create(ctx, &corev1.ConfigMap{
@@ -166,8 +166,8 @@ type AgentTrust struct {
 
 // LoadTrust reads TrustConfigMap (a mounted copy of it works the same
 // through ParseTrust).
-func LoadTrust(ctx context.Context, c kubernetes.Interface, namespace string) (*AgentTrust, error) {
-	cm, err := c.CoreV1().ConfigMaps(namespace).Get(ctx, TrustConfigMap, metav1.GetOptions{})
+func LoadTrust(ctx context.Context, c corev1client.CoreV1Interface, namespace string) (*AgentTrust, error) {
+	cm, err := c.ConfigMaps(namespace).Get(ctx, TrustConfigMap, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("transfer trust configmap %s/%s: %w", namespace, TrustConfigMap, err)
 	}

@@ -84,6 +84,10 @@ var nodeAllowed = map[string]string{
 	"/nodes":                                "get",
 	"events.k8s.io/events":                  "create patch",
 	"/events":                               "create patch",
+	// Its transfer certificate (signed only for its own node) and the
+	// transfer trust (the CA certificate and token public key: public).
+	"certificates.k8s.io/certificatesigningrequests": "create get",
+	"/configmaps": "get",
 }
 
 func TestNodeAgentIsLeastPrivilege(t *testing.T) {
