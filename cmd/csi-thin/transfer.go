@@ -140,17 +140,21 @@ func (a *transferAgent) Run(ctx context.Context) error {
 		return nil
 	}
 	go id.Run(ctx) // renewals
-	srv, err := transfer.NewServer(transfer.ServerConfig{
-		Node: a.node, Pool: a.pool, Tokens: trust.Tokens, UsedTokensDir: filepath.Join(a.stateDir, "used-tokens"),
-		Certificate: id.Certificate, ClientCAs: trust.Roots,
+	// A transfer server that cannot start (port taken, state directory
+	// unwritable) is logged and retried: the agent's CSI service goes on.
+	return retry(ctx, "transfer server", func() error {
+		srv, err := transfer.NewServer(transfer.ServerConfig{
+			Node: a.node, Pool: a.pool, Tokens: trust.Tokens, UsedTokensDir: filepath.Join(a.stateDir, "used-tokens"),
+			Certificate: id.Certificate, ClientCAs: trust.Roots,
+		})
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return fmt.Errorf("transfer server: %w", err)
+		}
+		klog.InfoS("transfer server listening", "node", a.node, "address", ln.Addr().String())
+		return srv.Serve(ctx, ln)
 	})
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", a.addr)
-	if err != nil {
-		return fmt.Errorf("transfer server: %w", err)
-	}
-	klog.InfoS("transfer server listening", "node", a.node, "address", ln.Addr().String())
-	return srv.Serve(ctx, ln)
 }
