@@ -9,6 +9,7 @@ import (
 
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
@@ -75,7 +76,15 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 func (s *Signer) handle(ctx context.Context, csr *certv1.CertificateSigningRequest) {
-	if err := s.Sign(ctx, csr); err != nil && ctx.Err() == nil {
+	err := s.Sign(ctx, csr)
+	switch {
+	case err == nil || ctx.Err() != nil:
+	case apierrors.IsConflict(err):
+		// An event older than our own last update: the watch brings the
+		// newer version (a certificate is never issued twice: the update
+		// that would do it conflicts).
+		klog.V(2).InfoS("transfer certificate request changed meanwhile", "csr", csr.Name)
+	default:
 		klog.ErrorS(err, "transfer certificate request", "csr", csr.Name)
 	}
 }
