@@ -28,6 +28,9 @@ const (
 	SourceNone     SourceKind = ""
 	SourceSnapshot SourceKind = "snapshot"
 	SourceVolume   SourceKind = "volume"
+	// SourceExport: ID is an export handle (pkg/export.Handle): the
+	// volume is rebuilt from an object store, on any node.
+	SourceExport SourceKind = "export"
 )
 
 // Source is the optional origin of a volume: a restore or a clone.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/export"
 	"github.com/csi-thin/csi-thin/pkg/keylock"
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
@@ -125,6 +126,12 @@ func (s *Server) placement(ctx context.Context, src backend.Source, topo *csi.To
 	sourceNode := ""
 	local, isLocal := s.backend.(backend.Local)
 	switch {
+	case src.Kind == backend.SourceExport:
+		// Any node can restore an export (the router places it like a new
+		// volume); a single pool cannot restore one at all.
+		if e, ok := s.backend.(backend.SnapshotExporter); !ok || !e.ExportsSnapshots() {
+			return "", status.Errorf(codes.InvalidArgument, "content source %s: restoring an export needs the cluster mode (the node agents restore); this driver runs on a single pool", src.ID)
+		}
 	case src.Kind != backend.SourceNone && isLocal:
 		// A local pool is on one node, so its source lives there, and its
 		// CreateVolume reports a missing source itself. Looking the source
@@ -181,6 +188,12 @@ func sourceOf(cs *csi.VolumeContentSource) (backend.Source, error) {
 		id := cs.GetSnapshot().GetSnapshotId()
 		if id == "" {
 			return backend.Source{}, status.Error(codes.InvalidArgument, "content source snapshot id is required")
+		}
+		if export.IsHandle(id) {
+			if _, err := export.ParseHandle(id); err != nil {
+				return backend.Source{}, status.Errorf(codes.InvalidArgument, "content source snapshot: %v", err)
+			}
+			return backend.Source{Kind: backend.SourceExport, ID: id}, nil
 		}
 		if !backend.IsSnapshotID(id) {
 			return backend.Source{}, status.Errorf(codes.NotFound, "source snapshot %q not found", id)

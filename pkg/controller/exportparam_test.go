@@ -87,3 +87,72 @@ func TestCreateGroupSnapshotRefusesExport(t *testing.T) {
 		t.Errorf("group snapshot with export parameters: %v, want InvalidArgument naming them", err)
 	}
 }
+
+// volumeRecorder keeps the last volume request and answers it without a
+// pool (a restore from an export happens on a node agent).
+type volumeRecorder struct {
+	exportingBackend
+	lastVolume backend.VolumeRequest
+}
+
+func (b *volumeRecorder) CreateVolume(_ context.Context, req backend.VolumeRequest) (*backend.Volume, error) {
+	b.lastVolume = req
+	return &backend.Volume{ID: req.ID, SizeBytes: req.RequiredBytes, Source: req.Source, Node: "n2"}, nil
+}
+
+// A pre-provisioned VolumeSnapshotContent's export handle: listed as a
+// ready snapshot without touching the backend, and as a restore's source
+// it reaches the backend as an export to place on any node; malformed, or
+// on a single pool, it is refused.
+func TestExportHandle(t *testing.T) {
+	const v, s = "v-0123456789abcdef0123456789abcdef", "s-0123456789abcdef0123456789abcdef"
+	handle := "export:backup/s3/" + v + "/" + s
+	ctx := context.Background()
+	mount := []*csi.VolumeCapability{{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}
+	fromSnapshot := func(id string) *csi.VolumeContentSource {
+		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
+	}
+	b := &volumeRecorder{exportingBackend: exportingBackend{&recordingBackend{Backend: fake.New("n1", 10*backend.GiB)}}}
+	srv := New(b)
+
+	list, err := srv.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: handle})
+	if err != nil || len(list.GetEntries()) != 1 || !list.GetEntries()[0].GetSnapshot().GetReadyToUse() ||
+		list.GetEntries()[0].GetSnapshot().GetSourceVolumeId() != v || list.GetEntries()[0].GetSnapshot().GetSnapshotId() != handle {
+		t.Errorf("ListSnapshots(%s): %v, %v", handle, list, err)
+	}
+	if got, err := srv.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: handle}); err != nil || got.GetSnapshot().GetSnapshotId() != handle {
+		t.Errorf("GetSnapshot(%s): %v, %v", handle, got, err)
+	}
+	resp, err := srv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restored", VolumeCapabilities: mount,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: backend.GiB}, VolumeContentSource: fromSnapshot(handle)})
+	if err != nil {
+		t.Fatalf("CreateVolume from %s: %v", handle, err)
+	}
+	if b.lastVolume.Source != (backend.Source{Kind: backend.SourceExport, ID: handle}) || b.lastVolume.Node != "" {
+		t.Errorf("backend asked for %+v, want an export source and no fixed node", b.lastVolume)
+	}
+	if resp.GetVolume().GetContentSource().GetSnapshot().GetSnapshotId() != handle {
+		t.Errorf("content source %v", resp.GetVolume().GetContentSource())
+	}
+
+	for _, bad := range []string{"export:backup/s3/" + v, "export:Backup/s3/" + v + "/" + s, "export:backup/s3/" + s + "/" + v} {
+		_, err := srv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "bad", VolumeCapabilities: mount, VolumeContentSource: fromSnapshot(bad)})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "export handle") {
+			t.Errorf("CreateVolume from %q: %v, want InvalidArgument about the export handle", bad, err)
+		}
+		if list, err := srv.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: bad}); err != nil || len(list.GetEntries()) != 0 {
+			t.Errorf("ListSnapshots(%q): %v, %v; want no entry", bad, list, err)
+		}
+	}
+
+	bare := New(&recordingBackend{Backend: fake.New("n1", 10*backend.GiB)})
+	_, err = bare.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restored", VolumeCapabilities: mount, VolumeContentSource: fromSnapshot(handle)})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "cluster mode") {
+		t.Errorf("single pool, CreateVolume from an export: %v, want InvalidArgument (cluster mode)", err)
+	}
+	if list, err := bare.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: handle}); err != nil || len(list.GetEntries()) != 0 {
+		t.Errorf("single pool, ListSnapshots(%s): %v, %v; want no entry", handle, list, err)
+	}
+}

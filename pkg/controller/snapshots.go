@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/export"
 	"github.com/csi-thin/csi-thin/pkg/rpcerr"
 )
 
@@ -76,7 +78,7 @@ func (s *Server) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (
 	if req.GetSnapshotId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
 	}
-	snap, err := s.backend.GetSnapshot(ctx, req.GetSnapshotId())
+	snap, err := s.getSnapshot(ctx, req.GetSnapshotId())
 	if err != nil {
 		return nil, rpcerr.Status(err)
 	}
@@ -88,7 +90,7 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	var snaps []*backend.Snapshot
 	switch {
 	case req.GetSnapshotId() != "":
-		snap, err := s.backend.GetSnapshot(ctx, req.GetSnapshotId())
+		snap, err := s.getSnapshot(ctx, req.GetSnapshotId())
 		if err == nil && (req.GetSourceVolumeId() == "" || snap.SourceVolumeID == req.GetSourceVolumeId()) {
 			snaps = append(snaps, snap)
 		} else if err != nil && rpcerr.Code(err) != codes.NotFound {
@@ -150,4 +152,23 @@ func (s *Server) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 		resp.Entries = append(resp.Entries, VolumeHealth(v.ID, v.Condition))
 	}
 	return resp, nil
+}
+
+// getSnapshot looks a snapshot up; an export handle (a pre-provisioned
+// VolumeSnapshotContent's, docs/mobility.md) is ready to use as it is: the
+// controller does not read the object store (it has no access to the
+// Secret), so a handle naming a missing export fails at the restore.
+func (s *Server) getSnapshot(ctx context.Context, id string) (*backend.Snapshot, error) {
+	if !export.IsHandle(id) {
+		return s.backend.GetSnapshot(ctx, id)
+	}
+	h, err := export.ParseHandle(id)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %.200q: %w", id, backend.ErrNotFound)
+	}
+	if e, ok := s.backend.(backend.SnapshotExporter); !ok || !e.ExportsSnapshots() {
+		return nil, fmt.Errorf("snapshot %s: exports need the cluster mode: %w", id, backend.ErrNotFound)
+	}
+	volumeID, _, _ := export.ParseID(h.ExportID)
+	return &backend.Snapshot{ID: id, SourceVolumeID: volumeID, ReadyToUse: true}, nil
 }

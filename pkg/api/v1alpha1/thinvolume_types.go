@@ -5,21 +5,30 @@ import (
 )
 
 // VolumeSourceKind names what a volume is thinly copied from.
-// +kubebuilder:validation:Enum=snapshot;volume
+// +kubebuilder:validation:Enum=snapshot;volume;export
 type VolumeSourceKind string
 
 const (
 	VolumeSourceSnapshot VolumeSourceKind = "snapshot"
 	VolumeSourceVolume   VolumeSourceKind = "volume"
+	// VolumeSourceExport: a snapshot exported to an object store, restored
+	// on any node from its chain of exports.
+	VolumeSourceExport VolumeSourceKind = "export"
 )
 
 // VolumeSource is the origin of a restored or cloned volume.
+// +kubebuilder:validation:XValidation:rule="(self.kind == 'export') == has(self.export)",message="export is set exactly for kind export"
 type VolumeSource struct {
-	// Kind is snapshot (restore) or volume (clone).
+	// Kind is snapshot (restore), volume (clone) or export (restore from
+	// an object store).
 	Kind VolumeSourceKind `json:"kind"`
-	// ID is the source's snapshot or volume ID; it lives on the same node.
-	// +kubebuilder:validation:Pattern=`^[vs]-[0-9a-f]{32}$`
+	// ID is the source's snapshot or volume ID, which lives on the same
+	// node; for an export, the export ID <volume ID>/<snapshot ID>.
+	// +kubebuilder:validation:Pattern=`^([vs]-[0-9a-f]{32}|v-[0-9a-f]{32}/s-[0-9a-f]{32})$`
 	ID string `json:"id"`
+	// Export is the Secret of the export's object store (kind export).
+	// +optional
+	Export *SnapshotExport `json:"export,omitempty"`
 }
 
 // AccessType is how the volume is consumed on the node.

@@ -62,6 +62,9 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 	}
 	volumes := &VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder,
 		Changed: status.Poke, Unmount: mount.New("").Unmount}
+	if streams, ok := pool.(backend.Streamer); ok {
+		volumes.RestoreExport = (&snapshotexport.Restorer{Secrets: mgr.GetAPIReader(), Pool: pool, Streams: streams}).Restore
+	}
 	if err := volumes.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("volume reconciler: %w", err)
 	}

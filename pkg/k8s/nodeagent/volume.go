@@ -45,6 +45,9 @@ type VolumeReconciler struct {
 	Unmount func(path string) error
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// RestoreExport makes a volume whose source is an export
+	// (snapshotexport.Restorer.Restore); nil: the pool cannot.
+	RestoreExport func(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource) (*backend.Volume, error)
 }
 
 // SetupWithManager registers the reconciler for this node's ThinVolumes.
@@ -162,10 +165,26 @@ func requestOf(tv *thinv1.ThinVolume) backend.VolumeRequest {
 	return req
 }
 
+// restoreExport rebuilds the volume from an object store (RestoreExport).
+func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVolume) (*backend.Volume, error) {
+	if r.RestoreExport == nil {
+		return nil, fmt.Errorf("volume %s: the pool of node %s cannot receive volume streams, so it cannot restore export %s: %w", tv.Name, tv.Spec.Node, tv.Spec.Source.ID, backend.ErrUnsupported)
+	}
+	req := requestOf(tv)
+	req.Source = backend.Source{}
+	return r.RestoreExport(ctx, req, tv.Spec.Source)
+}
+
 func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) error {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
-	v, err := r.Pool.CreateVolume(ctx, requestOf(tv))
+	var v *backend.Volume
+	var err error
+	if src := tv.Spec.Source; src != nil && src.Kind == thinv1.VolumeSourceExport {
+		v, err = r.restoreExport(ctx, tv)
+	} else {
+		v, err = r.Pool.CreateVolume(ctx, requestOf(tv))
+	}
 	observeStage("create_volume", stageBackend, start)
 	tv.Status.ObservedGeneration = tv.Generation
 	tv.Status.OperationStatus = operation(err)

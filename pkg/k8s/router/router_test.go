@@ -509,3 +509,43 @@ func TestSnapshotExportTarget(t *testing.T) {
 		t.Error("the router does not say it exports")
 	}
 }
+
+// A restore from an export handle is placed like a new volume (any node:
+// the export is in an object store), and its ThinVolume names the export
+// and its Secret; a retry with the same handle is the same volume, with
+// another it is AlreadyExists; a malformed handle is InvalidArgument.
+func TestRestoreFromExportHandle(t *testing.T) {
+	gib := backend.GiB
+	exportID := volB + "/" + snapA
+	handle := "export:backup/s3/" + exportID
+	h := newHarness(t, thinNode("n1", 2*gib, true, 0), thinNode("n2", 50*gib, true, 0))
+	var nodeSaw *thinv1.VolumeSource
+	h.onVol = func(tv *thinv1.ThinVolume) {
+		nodeSaw = tv.Spec.Source
+		ready(gib)(tv)
+	}
+	req := backend.VolumeRequest{ID: volA, RequiredBytes: gib, Source: backend.Source{Kind: backend.SourceExport, ID: handle}}
+	v, err := h.r.CreateVolume(h.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := thinv1.VolumeSource{Kind: thinv1.VolumeSourceExport, ID: exportID, Export: &thinv1.SnapshotExport{SecretNamespace: "backup", SecretName: "s3"}}
+	if nodeSaw == nil || !sourceEqual(nodeSaw, &want) {
+		t.Errorf("node's ThinVolume source %+v, want %+v", nodeSaw, want)
+	}
+	if v.Node != "n2" || v.Source != req.Source {
+		t.Errorf("volume %+v: want node n2 (most room) and the handle as its source", v)
+	}
+	if _, err := h.r.CreateVolume(h.ctx, req); err != nil {
+		t.Errorf("retry: %v", err)
+	}
+	other := req
+	other.Source.ID = "export:backup/other/" + exportID
+	if _, err := h.r.CreateVolume(h.ctx, other); rpcerr.Code(err) != codes.AlreadyExists {
+		t.Errorf("same volume from another Secret: %v, want AlreadyExists", err)
+	}
+	bad := backend.VolumeRequest{ID: volB, RequiredBytes: gib, Source: backend.Source{Kind: backend.SourceExport, ID: "export:backup/" + exportID}}
+	if _, err := h.r.CreateVolume(h.ctx, bad); rpcerr.Code(err) != codes.InvalidArgument {
+		t.Errorf("malformed handle: %v, want InvalidArgument", err)
+	}
+}

@@ -18,6 +18,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/export"
 	"github.com/csi-thin/csi-thin/pkg/k8s/lifecycle"
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
@@ -39,6 +40,11 @@ const (
 func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*backend.Volume, error) {
 	if !backend.IsVolumeID(req.ID) {
 		return nil, fmt.Errorf("volume ID %q: %w", req.ID, backend.ErrInvalid)
+	}
+	if req.Source.Kind == backend.SourceExport {
+		if _, err := export.ParseHandle(req.Source.ID); err != nil {
+			return nil, fmt.Errorf("volume %s: %w: %w", req.ID, backend.ErrInvalid, err)
+		}
 	}
 	logger := klog.FromContext(ctx).WithValues("volumeID", req.ID)
 	stages := startStages("create_volume")
@@ -94,7 +100,8 @@ func phaseOf(p thinv1.Phase) thinv1.Phase {
 // ErrNotFound). Only when the controller left the node open (no source,
 // no topology) does it choose: the healthy pool with most room.
 func (r *Router) placeVolume(ctx context.Context, req backend.VolumeRequest) (string, error) {
-	if req.Source.Kind != backend.SourceNone {
+	// An export lives in an object store: any node can restore it.
+	if req.Source.Kind != backend.SourceNone && req.Source.Kind != backend.SourceExport {
 		srcNode, err := r.sourceNode(ctx, req.Source)
 		if err != nil {
 			return "", err
@@ -208,7 +215,13 @@ func volumeFor(req backend.VolumeRequest, node string) *thinv1.ThinVolume {
 	if len(params) > 0 {
 		tv.Spec.Parameters = params
 	}
-	if req.Source.Kind != backend.SourceNone {
+	switch req.Source.Kind {
+	case backend.SourceNone:
+	case backend.SourceExport:
+		h, _ := export.ParseHandle(req.Source.ID) // checked by CreateVolume
+		tv.Spec.Source = &thinv1.VolumeSource{Kind: thinv1.VolumeSourceExport, ID: h.ExportID,
+			Export: &thinv1.SnapshotExport{SecretNamespace: h.SecretNamespace, SecretName: h.SecretName}}
+	default:
 		tv.Spec.Source = &thinv1.VolumeSource{Kind: thinv1.VolumeSourceKind(req.Source.Kind), ID: req.Source.ID}
 	}
 	return tv
@@ -250,7 +263,19 @@ func sourceEqual(a, b *thinv1.VolumeSource) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return *a == *b
+	if a.Kind != b.Kind || a.ID != b.ID || (a.Export == nil) != (b.Export == nil) {
+		return false
+	}
+	return a.Export == nil || *a.Export == *b.Export
+}
+
+// sourceOf is the backend's form of a ThinVolume's source: an export's
+// becomes its handle again.
+func sourceOf(s *thinv1.VolumeSource) backend.Source {
+	if s.Kind == thinv1.VolumeSourceExport && s.Export != nil {
+		return backend.Source{Kind: backend.SourceExport, ID: export.Handle{SecretNamespace: s.Export.SecretNamespace, SecretName: s.Export.SecretName, ExportID: s.ID}.String()}
+	}
+	return backend.Source{Kind: backend.SourceKind(s.Kind), ID: s.ID}
 }
 
 func volumeOf(tv *thinv1.ThinVolume) *backend.Volume {
@@ -265,7 +290,7 @@ func volumeOf(tv *thinv1.ThinVolume) *backend.Volume {
 		CreatedAt:  tv.CreationTimestamp.Time,
 	}
 	if s := tv.Spec.Source; s != nil {
-		v.Source = backend.Source{Kind: backend.SourceKind(s.Kind), ID: s.ID}
+		v.Source = sourceOf(s)
 	}
 	if c := apimeta.FindStatusCondition(tv.Status.Conditions, thinv1.ConditionHealthy); c != nil && c.Status == metav1.ConditionFalse {
 		v.Condition = backend.Condition{Abnormal: true, Message: c.Message}

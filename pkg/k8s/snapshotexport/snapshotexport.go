@@ -126,9 +126,13 @@ func ExportID(ts *thinv1.ThinSnapshot) string { return ts.Spec.SourceVolumeID + 
 
 // store opens the object store that ts's Secret describes.
 func (r *Reconciler) store(ctx context.Context, ts *thinv1.ThinSnapshot) (*export.Store, error) {
-	ref := ts.Spec.Export
+	return openStore(ctx, r.Secrets, ts.Spec.Export)
+}
+
+// openStore opens the object store that the Secret ref describes.
+func openStore(ctx context.Context, secrets client.Reader, ref *thinv1.SnapshotExport) (*export.Store, error) {
 	sec := &corev1.Secret{}
-	if err := r.Secrets.Get(ctx, client.ObjectKey{Namespace: ref.SecretNamespace, Name: ref.SecretName}, sec); err != nil {
+	if err := secrets.Get(ctx, client.ObjectKey{Namespace: ref.SecretNamespace, Name: ref.SecretName}, sec); err != nil {
 		return nil, fmt.Errorf("export secret %s/%s: %w", ref.SecretNamespace, ref.SecretName, err)
 	}
 	cfg, err := export.ConfigFromSecret(sec.Data)

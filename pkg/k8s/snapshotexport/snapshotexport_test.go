@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -26,6 +27,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/minio/minio-go/v7"
+	"google.golang.org/grpc/codes"
 
 	"github.com/csi-thin/csi-thin/internal/kubeapi"
 	"github.com/csi-thin/csi-thin/internal/s3test"
@@ -40,6 +44,8 @@ import (
 
 const secretNamespace = "exports"
 
+func init() { ctrl.SetLogger(klog.NewKlogr()) }
+
 // TestExportAfterSnapshot runs a node agent (nodeagent.Setup, as
 // cmd/csi-thin does) on a real btrfs pool against a real kube-apiserver,
 // exporting into a real SeaweedFS: a ThinSnapshot with spec.export is
@@ -50,66 +56,10 @@ const secretNamespace = "exports"
 // died after the upload) is recorded, not uploaded again; deleting the
 // snapshots deletes their exports except one a later export needs.
 func TestExportAfterSnapshot(t *testing.T) {
-	ctrl.SetLogger(klog.NewKlogr())
-	pool := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: "n1"})
-	api := kubeapi.ForTest(t)
-	s3 := s3test.ForTest(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, eventsv1.AddToScheme, thinv1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c, err := client.New(api.Config, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: secretNamespace}}); err != nil {
-		t.Fatal(err)
-	}
-	secretData := map[string][]byte{
-		export.SecretEndpoint:        []byte("http://" + s3.Endpoint),
-		export.SecretBucket:          []byte(s3.Bucket),
-		export.SecretAccessKeyID:     []byte(s3.AccessKey),
-		export.SecretSecretAccessKey: []byte(s3.SecretKey),
-		export.SecretPrefix:          []byte("cluster-a/"),
-	}
-	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: secretNamespace, Name: "s3"}, Data: secretData}); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := export.ConfigFromSecret(secretData)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := export.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	mgr, err := ctrl.NewManager(api.Config, ctrl.Options{
-		Scheme:     scheme,
-		Cache:      cache.Options{ByObject: nodeagent.CacheOptions("n1")},
-		Metrics:    metricsserver.Options{BindAddress: "0"},
-		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nodeagent.Setup(mgr, pool, time.Hour, nil); err != nil {
-		t.Fatal(err)
-	}
-	agentCtx, stopAgent := context.WithCancel(ctx)
-	agentDone := make(chan struct{})
-	go func() {
-		defer close(agentDone)
-		if err := mgr.Start(agentCtx); err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
-	defer func() { stopAgent(); <-agentDone }()
+	t.Parallel()
+	e := newEnv(t)
+	ctx, c, pool, store := e.ctx, e.c, e.startAgent("n1"), e.store
+	secretData := e.secretData
 
 	vol := backend.VolumeIDFor("exported")
 	if _, err := pool.CreateVolume(ctx, backend.VolumeRequest{ID: vol, Name: "exported", RequiredBytes: 256 * backend.MiB, AccessType: backend.AccessMount}); err != nil {
@@ -267,6 +217,91 @@ func TestExportAfterSnapshot(t *testing.T) {
 	}
 }
 
+// env is a real kube-apiserver and SeaweedFS with the export Secret
+// exports/s3 and a store client for it; startAgent adds node agents, each
+// on its own real btrfs pool.
+type env struct {
+	t          *testing.T
+	ctx        context.Context
+	c          client.Client
+	cfg        *rest.Config
+	scheme     *runtime.Scheme
+	s3         *s3test.Server
+	store      *export.Store
+	secretData map[string][]byte
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	api := kubeapi.ForTest(t)
+	s3 := s3test.ForTest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, eventsv1.AddToScheme, thinv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := client.New(api.Config, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: secretNamespace}}); err != nil {
+		t.Fatal(err)
+	}
+	secretData := map[string][]byte{
+		export.SecretEndpoint:        []byte("http://" + s3.Endpoint),
+		export.SecretBucket:          []byte(s3.Bucket),
+		export.SecretAccessKeyID:     []byte(s3.AccessKey),
+		export.SecretSecretAccessKey: []byte(s3.SecretKey),
+		export.SecretPrefix:          []byte("cluster-a/"),
+	}
+	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: secretNamespace, Name: "s3"}, Data: secretData}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := export.ConfigFromSecret(secretData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := export.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, ctx: ctx, c: c, cfg: api.Config, scheme: scheme, s3: s3, store: store, secretData: secretData}
+}
+
+// startAgent runs the node agent of node on a new btrfs pool, wired as
+// cmd/csi-thin wires it (CacheOptions, nodeagent.Setup), until the test ends.
+func (e *env) startAgent(node string) *btrfs.Pool {
+	t := e.t
+	t.Helper()
+	pool := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: node})
+	t.Cleanup(pool.Settle) // a receive's background clean-up, before the teardown
+	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
+		Scheme:     e.scheme,
+		Cache:      cache.Options{ByObject: nodeagent.CacheOptions(node)},
+		Metrics:    metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodeagent.Setup(mgr, pool, time.Hour, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
+			t.Errorf("agent %s: %v", node, err)
+		}
+	}()
+	t.Cleanup(func() { stop(); <-done })
+	return pool
+}
+
 func ExportIDOf(ts *thinv1.ThinSnapshot) string { return ts.Spec.SourceVolumeID + "/" + ts.Name }
 
 func controllerHasFinalizer(ts *thinv1.ThinSnapshot) bool {
@@ -336,4 +371,126 @@ func fileSum(t *testing.T, path string) [32]byte {
 		t.Fatal(err)
 	}
 	return sha256.Sum256(b)
+}
+
+// exported snapshots volumeID on node (a ThinSnapshot exporting to
+// exports/s3) and waits for its export.
+func (e *env) exported(name, node, volumeID string) *thinv1.ThinSnapshot {
+	t := e.t
+	t.Helper()
+	ts := &thinv1.ThinSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: backend.SnapshotIDFor(name), Labels: map[string]string{wellknown.LabelNode: node}},
+		Spec: thinv1.ThinSnapshotSpec{Node: node, Name: name, SourceVolumeID: volumeID,
+			Export: &thinv1.SnapshotExport{SecretNamespace: secretNamespace, SecretName: "s3"}},
+	}
+	if err := e.c.Create(e.ctx, ts); err != nil {
+		t.Fatal(err)
+	}
+	for ts.Status.Export == nil || ts.Status.Export.Phase != thinv1.ExportExported {
+		if e.ctx.Err() != nil {
+			t.Fatalf("%s not exported: %+v", name, ts.Status.Export)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if err := e.c.Get(e.ctx, client.ObjectKeyFromObject(ts), ts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ts
+}
+
+// restore makes a ThinVolume on node restoring exportID (as the router
+// does for a pre-provisioned content's export handle) and waits for the
+// node's verdict.
+func (e *env) restore(name, node, exportID string) *thinv1.ThinVolume {
+	t := e.t
+	t.Helper()
+	tv := &thinv1.ThinVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: backend.VolumeIDFor(name), Labels: map[string]string{wellknown.LabelNode: node}},
+		Spec: thinv1.ThinVolumeSpec{Node: node, Name: name, RequiredBytes: 256 * backend.MiB, AccessType: thinv1.AccessMount,
+			Source: &thinv1.VolumeSource{Kind: thinv1.VolumeSourceExport, ID: exportID,
+				Export: &thinv1.SnapshotExport{SecretNamespace: secretNamespace, SecretName: "s3"}}},
+	}
+	if err := e.c.Create(e.ctx, tv); err != nil {
+		t.Fatal(err)
+	}
+	for tv.Status.Phase != thinv1.PhaseReady && tv.Status.Phase != thinv1.PhaseFailed {
+		if e.ctx.Err() != nil {
+			t.Fatalf("restore %s: phase %q", name, tv.Status.Phase)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if err := e.c.Get(e.ctx, client.ObjectKeyFromObject(tv), tv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tv
+}
+
+// TestRestoreFromExport restores, through another node's agent, a volume
+// from a chain of two exports (full + incremental) made by the first
+// node's agent: the files are equal and no received parent is left; a
+// chain whose parent stream was altered in the bucket is refused
+// (FailedPrecondition) leaving neither volume nor snapshot; a missing
+// export is NotFound.
+func TestRestoreFromExport(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := e.ctx
+	src, dst := e.startAgent("n1"), e.startAgent("n2")
+	vol := backend.VolumeIDFor("source")
+	if _, err := src.CreateVolume(ctx, backend.VolumeRequest{ID: vol, Name: "source", RequiredBytes: 256 * backend.MiB, AccessType: backend.AccessMount}); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, filepath.Join(src.VolumePath(vol), "a"), 4<<20)
+	s1 := e.exported("one", "n1", vol)
+	writeRandom(t, filepath.Join(src.VolumePath(vol), "b"), 1<<20)
+	s2 := e.exported("two", "n1", vol)
+	if s2.Status.Export.Parent != ExportIDOf(s1) {
+		t.Fatalf("second export's parent %q, want %s", s2.Status.Export.Parent, ExportIDOf(s1))
+	}
+	noSnapshots := func(when string) {
+		t.Helper()
+		if snaps, err := dst.ListSnapshots(ctx); err != nil || len(snaps) != 0 {
+			t.Errorf("%s: snapshots on the restoring node: %v %v", when, snaps, err)
+		}
+	}
+
+	tv := e.restore("restored", "n2", ExportIDOf(s2))
+	if tv.Status.Phase != thinv1.PhaseReady {
+		t.Fatalf("restore: %s %s: %s", tv.Status.Phase, tv.Status.Code, tv.Status.Message)
+	}
+	for _, f := range []string{"a", "b"} {
+		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(tv.Name), f)) {
+			t.Errorf("restored %s differs from the source", f)
+		}
+	}
+	noSnapshots("after a restore")
+
+	// One byte of the parent's stream altered in the bucket.
+	key := "cluster-a/csi-thin-exports/v1/" + ExportIDOf(s1) + "/stream"
+	obj, err := e.s3.Client.GetObject(ctx, e.s3.Bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := io.ReadAll(obj)
+	obj.Close()
+	if err != nil || len(stream) < 1<<20 {
+		t.Fatalf("read %s: %d bytes, %v", key, len(stream), err)
+	}
+	stream[len(stream)/2] ^= 0x40
+	if _, err := e.s3.Client.PutObject(ctx, e.s3.Bucket, key, bytes.NewReader(stream), int64(len(stream)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bad := e.restore("from-corrupt", "n2", ExportIDOf(s2))
+	if bad.Status.Phase != thinv1.PhaseFailed || bad.Status.Code != codes.FailedPrecondition.String() {
+		t.Errorf("restore from a corrupt chain: %s %s: %s; want Failed FailedPrecondition", bad.Status.Phase, bad.Status.Code, bad.Status.Message)
+	}
+	if _, err := dst.GetVolume(ctx, bad.Name); !errors.Is(err, backend.ErrNotFound) {
+		t.Errorf("volume of the refused restore: %v, want it absent", err)
+	}
+	noSnapshots("after a refused restore")
+
+	missing := e.restore("from-missing", "n2", vol+"/"+backend.SnapshotIDFor("never-taken"))
+	if missing.Status.Phase != thinv1.PhaseFailed || missing.Status.Code != codes.NotFound.String() {
+		t.Errorf("restore from a missing export: %s %s: %s; want Failed NotFound", missing.Status.Phase, missing.Status.Code, missing.Status.Message)
+	}
 }
