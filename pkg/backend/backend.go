@@ -119,6 +119,8 @@ type SnapshotRequest struct {
 // snapshot is exported to: a reference, never the values.
 type ExportTarget struct {
 	SecretNamespace, SecretName string
+	// Retain keeps the export when the snapshot is deleted.
+	Retain bool
 }
 
 // SnapshotExporter is a backend that exports snapshots whose request sets

@@ -245,7 +245,7 @@ var (
 	snapshotParamKeys = []string{ParamFreeze, provisionerParamPrefix + "volumesnapshot/name",
 		provisionerParamPrefix + "volumesnapshot/namespace", provisionerParamPrefix + "volumesnapshotcontent/name"}
 	// A VolumeSnapshotClass may also export (a group snapshot may not).
-	volumeSnapshotParamKeys = append(slices.Clip(snapshotParamKeys), ParamExportSecretName, ParamExportSecretNamespace)
+	volumeSnapshotParamKeys = append(slices.Clip(snapshotParamKeys), ParamExportSecretName, ParamExportSecretNamespace, ParamExportRetain)
 )
 
 // checkParameterKeys refuses parameter keys outside the sidecars'

@@ -20,6 +20,9 @@ import (
 const (
 	ParamExportSecretName      = "csi-thin.io/export-secret-name"
 	ParamExportSecretNamespace = "csi-thin.io/export-secret-namespace"
+	// ParamExportRetain "true" keeps each export when its snapshot is
+	// deleted ("false", the default, deletes it with the snapshot).
+	ParamExportRetain = "csi-thin.io/export-retain"
 )
 
 // exportTarget reads the export parameters of a CreateSnapshot: nil
@@ -30,7 +33,14 @@ const (
 func exportTarget(params, secrets map[string]string, b backend.Backend) (*backend.ExportTarget, error) {
 	name, hasName := params[ParamExportSecretName]
 	ns, hasNS := params[ParamExportSecretNamespace]
+	retainValue, hasRetain := params[ParamExportRetain]
+	if hasRetain && retainValue != "true" && retainValue != "false" {
+		return nil, status.Errorf(codes.InvalidArgument, "VolumeSnapshotClass parameter %s=%.64q: want \"true\" or \"false\"", ParamExportRetain, retainValue)
+	}
+	retain := retainValue == "true"
 	switch {
+	case !hasName && !hasNS && hasRetain:
+		return nil, status.Errorf(codes.InvalidArgument, "VolumeSnapshotClass parameter %s without %s and %s: nothing is exported", ParamExportRetain, ParamExportSecretNamespace, ParamExportSecretName)
 	case !hasName && !hasNS:
 		return nil, nil
 	case !hasName:
@@ -56,5 +66,5 @@ func exportTarget(params, secrets map[string]string, b backend.Backend) (*backen
 			return nil, status.Errorf(codes.InvalidArgument, "the VolumeSnapshotClass's snapshotter Secret is not an export configuration: %v", err)
 		}
 	}
-	return &backend.ExportTarget{SecretNamespace: ns, SecretName: name}, nil
+	return &backend.ExportTarget{SecretNamespace: ns, SecretName: name, Retain: retain}, nil
 }

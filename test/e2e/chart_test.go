@@ -443,6 +443,19 @@ func TestChartSnapshotExport(t *testing.T) {
 	if class.Parameters["csi-thin.io/export-secret-namespace"] != "backup" || class.Parameters["csi-thin.io/export-secret-name"] != "s3" || len(class.Parameters) != 2 {
 		t.Errorf("export class parameters %v", class.Parameters)
 	}
+	retained := decode[struct {
+		Parameters map[string]string `json:"parameters"`
+		APIVersion string            `json:"apiVersion"`
+		Kind       string            `json:"kind"`
+		Metadata   map[string]any    `json:"metadata"`
+		Driver     string            `json:"driver"`
+		Deletion   string            `json:"deletionPolicy"`
+	}](t, render(t, "--set", "snapshotExport.volumeSnapshotClass.create=true", "--set", "snapshotExport.volumeSnapshotClass.retain=true",
+		"--set", "snapshotExport.volumeSnapshotClass.secretNamespace=backup", "--set", "snapshotExport.volumeSnapshotClass.secretName=s3"),
+		"VolumeSnapshotClass/csi-thin-export")
+	if retained.Parameters["csi-thin.io/export-retain"] != "true" {
+		t.Errorf("retained export class parameters %v", retained.Parameters)
+	}
 	for i, want := range []struct{ namespace, name string }{{"other", "s3-b"}, {"backup", "s3"}} {
 		key := "csi-thin-node-export-" + string(rune('0'+i))
 		role := decode[rbacv1.Role](t, objs, "Role/"+key)

@@ -45,6 +45,10 @@ type SnapshotExport struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	SecretName string `json:"secretName"`
+	// Retain keeps the export in the store when the snapshot is deleted (a
+	// backup that outlives its snapshot); otherwise it is deleted with it.
+	// +optional
+	Retain bool `json:"retain,omitempty"`
 }
 
 // ExportPhase is where a snapshot's export is.

@@ -33,7 +33,7 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze, GroupID: req.GroupID},
 	}
 	if req.Export != nil {
-		ts.Spec.Export = &thinv1.SnapshotExport{SecretNamespace: req.Export.SecretNamespace, SecretName: req.Export.SecretName}
+		ts.Spec.Export = backendExport(req.Export)
 	}
 	if req.GroupID != "" {
 		ts.Labels[wellknown.LabelGroup] = req.GroupID
@@ -78,7 +78,7 @@ func backendExport(e *backend.ExportTarget) *thinv1.SnapshotExport {
 	if e == nil {
 		return nil
 	}
-	return &thinv1.SnapshotExport{SecretNamespace: e.SecretNamespace, SecretName: e.SecretName}
+	return &thinv1.SnapshotExport{SecretNamespace: e.SecretNamespace, SecretName: e.SecretName, Retain: e.Retain}
 }
 
 func sameExport(have *thinv1.SnapshotExport, want *backend.ExportTarget) bool {
@@ -92,6 +92,9 @@ func sameExport(have *thinv1.SnapshotExport, want *backend.ExportTarget) bool {
 func exportString(e *thinv1.SnapshotExport) string {
 	if e == nil {
 		return "none"
+	}
+	if e.Retain {
+		return "to Secret " + e.SecretNamespace + "/" + e.SecretName + " (retained)"
 	}
 	return "to Secret " + e.SecretNamespace + "/" + e.SecretName
 }

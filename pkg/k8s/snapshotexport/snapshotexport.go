@@ -107,7 +107,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if !ts.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.deleteExport(ctx, ts)
 	}
-	if controllerutil.AddFinalizer(ts, wellknown.FinalizerExport) {
+	// A retained export outlives the snapshot: nothing to do at deletion.
+	if !ts.Spec.Export.Retain && controllerutil.AddFinalizer(ts, wellknown.FinalizerExport) {
 		if err := r.Client.Update(ctx, ts); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("add export finalizer: %w", err))
 		}

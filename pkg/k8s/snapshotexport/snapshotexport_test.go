@@ -215,6 +215,27 @@ func TestExportAfterSnapshot(t *testing.T) {
 	if err != nil || len(left) != 1 || left[0].ID() != id1 {
 		t.Errorf("exports left: %+v, %v; want only %s", left, err, id1)
 	}
+
+	// A retained export (spec.export.retain) outlives its snapshot.
+	kept := &thinv1.ThinSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: backend.SnapshotIDFor("kept"), Labels: map[string]string{wellknown.LabelNode: "n1"}},
+		Spec: thinv1.ThinSnapshotSpec{Node: "n1", Name: "kept", SourceVolumeID: vol,
+			Export: &thinv1.SnapshotExport{SecretNamespace: secretNamespace, SecretName: "s3", Retain: true}},
+	}
+	if err := c.Create(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	waitExport(kept, thinv1.ExportExported)
+	if controllerHasFinalizer(kept) {
+		t.Errorf("a retained export's snapshot holds %s", wellknown.FinalizerExport)
+	}
+	deleteAndWait(t, ctx, c, kept)
+	if _, err := store.Manifest(ctx, ExportIDOf(kept)); err != nil {
+		t.Errorf("retained export after its snapshot was deleted: %v", err)
+	}
+	if _, err := pool.GetSnapshot(ctx, kept.Name); !errors.Is(err, backend.ErrNotFound) {
+		t.Errorf("local snapshot of the retained export: %v, want it deleted", err)
+	}
 }
 
 // env is a real kube-apiserver and SeaweedFS with the export Secret
