@@ -23,7 +23,17 @@ type ClientConfig struct {
 	Certificate func() (*tls.Certificate, error)
 	// RootCAs are the transfer CA(s) the source's certificate must chain to.
 	RootCAs *x509.CertPool
+	// IdleTimeout ends a transfer whose source sent nothing for this long
+	// (DefaultIdleTimeout if zero): a stalled source must not hold the
+	// target's receive for ever.
+	IdleTimeout time.Duration
 }
+
+// DefaultIdleTimeout is ClientConfig.IdleTimeout's default.
+const DefaultIdleTimeout = 2 * time.Minute
+
+// ErrIdle: the source sent nothing for the client's IdleTimeout.
+var ErrIdle = errors.New("source idle")
 
 // Client pulls streams from source nodes' agents.
 type Client struct{ cfg ClientConfig }
@@ -43,6 +53,22 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 func (c *Client) Open(ctx context.Context, addr, token string) (io.ReadCloser, Claims, error) {
 	claims, err := ParseUnverified(token)
 	if err != nil {
+		return nil, claims, err
+	}
+	idle := c.cfg.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	// The connection, the request and then every read of the body must
+	// make progress within idle.
+	timer := time.AfterFunc(idle, func() { cancel(fmt.Errorf("%w for %s", ErrIdle, idle)) })
+	fail := func(err error) (io.ReadCloser, Claims, error) {
+		timer.Stop()
+		cancel(nil)
+		if cause := context.Cause(ctx); errors.Is(cause, ErrIdle) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
 		return nil, claims, err
 	}
 	tlsCfg := &tls.Config{
@@ -69,22 +95,22 @@ func (c *Client) Open(ctx context.Context, addr, token string) (io.ReadCloser, C
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+streamPath, nil)
 	if err != nil {
 		tr.CloseIdleConnections()
-		return nil, claims, fmt.Errorf("transfer %s from %s: %w", claims.Transfer, addr, err)
+		return fail(fmt.Errorf("transfer %s from %s: %w", claims.Transfer, addr, err))
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		tr.CloseIdleConnections()
-		return nil, claims, fmt.Errorf("transfer %s from %s (%s): %w", claims.Transfer, claims.Source, addr, classifyConnError(err))
+		return fail(fmt.Errorf("transfer %s from %s (%s): %w", claims.Transfer, claims.Source, addr, classifyConnError(err)))
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer tr.CloseIdleConnections()
 		defer resp.Body.Close()
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nil, claims, fmt.Errorf("transfer %s refused by %s: %w", claims.Transfer, claims.Source,
-			&refusal{err: wireError(resp.Header.Get(errorHeader), resp.StatusCode), msg: strings.TrimSpace(string(msg))})
+		return fail(fmt.Errorf("transfer %s refused by %s: %w", claims.Transfer, claims.Source,
+			&refusal{err: wireError(resp.Header.Get(errorHeader), resp.StatusCode), msg: strings.TrimSpace(string(msg))}))
 	}
-	return &body{ReadCloser: resp.Body, tr: tr}, claims, nil
+	return &body{ReadCloser: resp.Body, tr: tr, ctx: ctx, cancel: cancel, timer: timer, idle: idle}, claims, nil
 }
 
 // ReceiveVolume pulls the stream token authorises into the volume req of
@@ -197,11 +223,32 @@ func (r *refusal) Unwrap() error { return r.err }
 // body closes the transport's connections with the stream.
 type body struct {
 	io.ReadCloser
-	tr *http.Transport
+	tr     *http.Transport
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	idle   time.Duration
+}
+
+// Read restarts the idle timer with every read that made progress, and
+// names ErrIdle when the timer ended the transfer.
+func (b *body) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.timer.Reset(b.idle)
+	}
+	if err != nil && err != io.EOF {
+		if cause := context.Cause(b.ctx); errors.Is(cause, ErrIdle) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+	}
+	return n, err
 }
 
 func (b *body) Close() error {
+	b.timer.Stop()
 	err := b.ReadCloser.Close()
+	b.cancel(nil)
 	b.tr.CloseIdleConnections()
 	return err
 }

@@ -3,12 +3,17 @@ package transfer_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/transfer"
 	"github.com/csi-thin/csi-thin/pkg/transfer/transfertest"
+	"github.com/csi-thin/csi-thin/pkg/volstream"
 )
 
 // TestServerTLS: the server speaks TLS 1.3 only, and takes its
@@ -58,5 +63,57 @@ func TestServerTLS(t *testing.T) {
 	}
 	if n := calls.Load(); n != 2 {
 		t.Fatalf("certificate taken %d times for 2 handshakes", n)
+	}
+}
+
+// stallingPool sends a header and a frame of its snapshot, then nothing
+// until the send is cancelled.
+type stallingPool struct{ *transfertest.MemPool }
+
+func (p stallingPool) SendSnapshot(ctx context.Context, id, parentID string, w io.Writer) (backend.SendStats, error) {
+	sw, err := volstream.NewWriter(w, volstream.Header{Kind: volstream.KindBtrfs, VolumeBytes: backend.GiB, AllocatedBytes: 4 << 20, SnapshotID: id})
+	if err != nil {
+		return backend.SendStats{}, err
+	}
+	if _, err := sw.Write(make([]byte, 3<<19)); err != nil {
+		return backend.SendStats{}, err
+	}
+	<-ctx.Done()
+	return backend.SendStats{}, ctx.Err()
+}
+
+// TestStalledSourceEndsTransfer: a source that stops sending mid-stream
+// ends the transfer after the client's idle timeout with ErrIdle, and the
+// target keeps nothing.
+func TestStalledSourceEndsTransfer(t *testing.T) {
+	c := transfertest.NewCluster(t)
+	snap := backend.SnapshotIDFor("stalled")
+	srv, err := transfer.NewServer(transfer.ServerConfig{
+		Node: "node-a", Pool: stallingPool{&transfertest.MemPool{Objects: map[string][]byte{}}}, Tokens: c.Tokens,
+		UsedTokensDir: t.TempDir(), Certificate: c.NodeCertificate(t, "node-a"), ClientCAs: c.Roots(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	client, err := transfer.NewClient(transfer.ClientConfig{Certificate: c.NodeCertificate(t, "node-b"), RootCAs: c.Roots(t), IdleTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := &transfertest.MemPool{Objects: map[string][]byte{}}
+	tok := c.Token(t, "t-stalled", snap, "", "node-a", "node-b", time.Minute)
+	_, err = client.ReceiveVolume(ctx, dst, ln.Addr().String(), tok, backend.VolumeRequest{ID: backend.VolumeIDFor("stalled"), Name: "stalled"})
+	if !errors.Is(err, transfer.ErrIdle) {
+		t.Fatalf("stalled source: got %v, want %v", err, transfer.ErrIdle)
+	}
+	if ids := dst.IDs(); len(ids) != 0 {
+		t.Fatalf("target holds %v", ids)
 	}
 }

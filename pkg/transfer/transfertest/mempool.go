@@ -64,7 +64,7 @@ func (m *MemPool) receive(id string, r io.Reader) error {
 	}
 	data, err := io.ReadAll(sr)
 	if err != nil || !sr.Verified() {
-		return fmt.Errorf("%w: %v", backend.ErrInvalid, err)
+		return fmt.Errorf("%w: %w", backend.ErrInvalid, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
