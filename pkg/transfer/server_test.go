@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,28 +21,12 @@ func TestServerTLS(t *testing.T) {
 	c := transfertest.NewCluster(t)
 	cert := c.NodeCertificate(t, "node-a")
 	var calls atomic.Int32
-	srv, err := transfer.NewServer(transfer.ServerConfig{
+	srv := transfertest.Serve(t, t, transfer.ServerConfig{
 		Node: "node-a", Pool: &transfertest.MemPool{Objects: map[string][]byte{}}, Tokens: c.Tokens, UsedTokensDir: t.TempDir(),
 		Certificate: func() (*tls.Certificate, error) { calls.Add(1); return cert() }, ClientCAs: c.Roots(t),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
 	dial := func(maxVersion uint16) error {
-		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{
+		conn, err := tls.Dial("tcp", srv.Addr, &tls.Config{
 			InsecureSkipVerify: true, MaxVersion: maxVersion, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				return c.NodeCertificate(t, "node-b")()
 			},
@@ -88,28 +71,18 @@ func (p stallingPool) SendSnapshot(ctx context.Context, id, parentID string, w i
 func TestStalledSourceEndsTransfer(t *testing.T) {
 	c := transfertest.NewCluster(t)
 	snap := backend.SnapshotIDFor("stalled")
-	srv, err := transfer.NewServer(transfer.ServerConfig{
+	srv := transfertest.Serve(t, t, transfer.ServerConfig{
 		Node: "node-a", Pool: stallingPool{&transfertest.MemPool{Objects: map[string][]byte{}}}, Tokens: c.Tokens,
 		UsedTokensDir: t.TempDir(), Certificate: c.NodeCertificate(t, "node-a"), ClientCAs: c.Roots(t),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	defer func() { cancel(); <-done }()
+	ctx := context.Background()
 	client, err := transfer.NewClient(transfer.ClientConfig{Certificate: c.NodeCertificate(t, "node-b"), RootCAs: c.Roots(t), IdleTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dst := &transfertest.MemPool{Objects: map[string][]byte{}}
 	tok := c.Token(t, "t-stalled", snap, "", "node-a", "node-b", time.Minute)
-	_, err = client.ReceiveVolume(ctx, dst, ln.Addr().String(), tok, backend.VolumeRequest{ID: backend.VolumeIDFor("stalled"), Name: "stalled"})
+	_, err = client.ReceiveVolume(ctx, dst, srv.Addr, tok, backend.VolumeRequest{ID: backend.VolumeIDFor("stalled"), Name: "stalled"})
 	if !errors.Is(err, transfer.ErrIdle) {
 		t.Fatalf("stalled source: got %v, want %v", err, transfer.ErrIdle)
 	}

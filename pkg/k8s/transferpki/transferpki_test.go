@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -201,16 +200,8 @@ func TestTrustAndNodeCertificates(t *testing.T) {
 	snap := backend.SnapshotIDFor("s")
 	src := &transfertest.MemPool{Objects: map[string][]byte{snap: []byte("payload of the snapshot")}}
 	dst := &transfertest.MemPool{Objects: map[string][]byte{}}
-	srv, err := transfer.NewServer(transfer.ServerConfig{Node: "node-a", Pool: src, Tokens: agentTrust.Tokens,
+	srv := transfertest.Serve(t, t, transfer.ServerConfig{Node: "node-a", Pool: src, Tokens: agentTrust.Tokens,
 		UsedTokensDir: t.TempDir(), Certificate: a.Certificate, ClientCAs: agentTrust.Roots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ctx, ln)
 	client, err := transfer.NewClient(transfer.ClientConfig{Certificate: b.Certificate, RootCAs: agentTrust.Roots})
 	if err != nil {
 		t.Fatal(err)
@@ -219,7 +210,7 @@ func TestTrustAndNodeCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := client.ReceiveVolume(ctx, dst, ln.Addr().String(), tok, backend.VolumeRequest{ID: backend.VolumeIDFor("v"), Name: "v"})
+	v, err := client.ReceiveVolume(ctx, dst, srv.Addr, tok, backend.VolumeRequest{ID: backend.VolumeIDFor("v"), Name: "v"})
 	if err != nil {
 		t.Fatalf("transfer with issued identities: %v", err)
 	}

@@ -40,20 +40,19 @@ const (
 	targetNode = "node-b"
 )
 
-// server is a running transfer server of the suite.
-type server struct {
-	addr string
-	stop func()
+// Server is a running transfer server.
+type Server struct {
+	Addr string
+	// Stop stops it (again: nothing).
+	Stop func()
 }
 
-// startServer starts a server for the rest of owner (the suite's test:
-// it outlives a subtest that restarts it).
-func startServer(t, owner *testing.T, c *Cluster, pool backend.Streamer, usedDir string) *server {
+// Serve runs a transfer server of cfg on a loopback port; it stops with
+// Stop or at the end of owner (which may outlive t: a suite's subtest
+// that restarts the server).
+func Serve(t, owner testing.TB, cfg transfer.ServerConfig) *Server {
 	t.Helper()
-	srv, err := transfer.NewServer(transfer.ServerConfig{
-		Node: sourceNode, Pool: pool, Tokens: c.Tokens, UsedTokensDir: usedDir,
-		Certificate: c.NodeCertificate(t, sourceNode), ClientCAs: c.Roots(t),
-	})
+	srv, err := transfer.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,9 +63,9 @@ func startServer(t, owner *testing.T, c *Cluster, pool backend.Streamer, usedDir
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
-	s := &server{addr: ln.Addr().String()}
+	s := &Server{Addr: ln.Addr().String()}
 	stopped := false
-	s.stop = func() {
+	s.Stop = func() {
 		if stopped {
 			return
 		}
@@ -76,8 +75,17 @@ func startServer(t, owner *testing.T, c *Cluster, pool backend.Streamer, usedDir
 			owner.Errorf("transfer server: %v", err)
 		}
 	}
-	owner.Cleanup(s.stop)
+	owner.Cleanup(s.Stop)
 	return s
+}
+
+// startServer starts the suite's source for the rest of owner.
+func startServer(t, owner *testing.T, c *Cluster, pool backend.Streamer, usedDir string) *Server {
+	t.Helper()
+	return Serve(t, owner, transfer.ServerConfig{
+		Node: sourceNode, Pool: pool, Tokens: c.Tokens, UsedTokensDir: usedDir,
+		Certificate: c.NodeCertificate(t, sourceNode), ClientCAs: c.Roots(t),
+	})
 }
 
 // RunSuite proves the transport on env: a full and an incremental
@@ -108,18 +116,18 @@ func RunSuite(t *testing.T, env Env) {
 	volID := func(name string) string { return backend.VolumeIDFor("transfer-" + name) }
 
 	t.Run("full and incremental", func(t *testing.T) {
-		v, err := target.ReceiveVolume(ctx, env.Target, srv.addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("full"), Name: "full"})
+		v, err := target.ReceiveVolume(ctx, env.Target, srv.Addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("full"), Name: "full"})
 		if err != nil {
 			t.Fatalf("full transfer: %v", err)
 		}
 		env.Received(t, v, env.Snapshot)
 		keep = append(keep, v.ID)
-		s, err := target.ReceiveSnapshot(ctx, env.Target, srv.addr, token(env.Snapshot, ""), env.Snapshot, "parent")
+		s, err := target.ReceiveSnapshot(ctx, env.Target, srv.Addr, token(env.Snapshot, ""), env.Snapshot, "parent")
 		if err != nil {
 			t.Fatalf("snapshot transfer: %v", err)
 		}
 		keep = append(keep, s.ID)
-		v, err = target.ReceiveVolume(ctx, env.Target, srv.addr, token(env.Child, env.Snapshot), backend.VolumeRequest{ID: volID("incremental"), Name: "incremental"})
+		v, err = target.ReceiveVolume(ctx, env.Target, srv.Addr, token(env.Child, env.Snapshot), backend.VolumeRequest{ID: volID("incremental"), Name: "incremental"})
 		if err != nil {
 			t.Fatalf("incremental transfer: %v", err)
 		}
@@ -174,7 +182,7 @@ func RunSuite(t *testing.T, env Env) {
 	}
 	for i, r := range refusals {
 		t.Run(r.name, func(t *testing.T) {
-			_, err := r.client.ReceiveVolume(ctx, env.Target, srv.addr, r.token(), backend.VolumeRequest{ID: volID(fmt.Sprint("refused-", i)), Name: "refused"})
+			_, err := r.client.ReceiveVolume(ctx, env.Target, srv.Addr, r.token(), backend.VolumeRequest{ID: volID(fmt.Sprint("refused-", i)), Name: "refused"})
 			if !errors.Is(err, r.want) || transfer.Code(err) != r.code {
 				t.Fatalf("got %v (code %s), want %v (%s)", err, transfer.Code(err), r.want, r.code)
 			}
@@ -184,20 +192,20 @@ func RunSuite(t *testing.T, env Env) {
 
 	t.Run("replayed token", func(t *testing.T) {
 		tok := token(env.Snapshot, "")
-		v, err := target.ReceiveVolume(ctx, env.Target, srv.addr, tok, backend.VolumeRequest{ID: volID("first-use"), Name: "first-use"})
+		v, err := target.ReceiveVolume(ctx, env.Target, srv.Addr, tok, backend.VolumeRequest{ID: volID("first-use"), Name: "first-use"})
 		if err != nil {
 			t.Fatalf("first use: %v", err)
 		}
 		keep = append(keep, v.ID)
-		_, err = target.ReceiveVolume(ctx, env.Target, srv.addr, tok, backend.VolumeRequest{ID: volID("replay"), Name: "replay"})
+		_, err = target.ReceiveVolume(ctx, env.Target, srv.Addr, tok, backend.VolumeRequest{ID: volID("replay"), Name: "replay"})
 		if !errors.Is(err, transfer.ErrReplayed) || transfer.Code(err) != codes.PermissionDenied {
 			t.Fatalf("replay: got %v (code %s), want %v", err, transfer.Code(err), transfer.ErrReplayed)
 		}
 		env.NothingLeft(t, keep)
 		// The source's agent restarts (same state directory).
-		srv.stop()
+		srv.Stop()
 		srv = startServer(t, suiteT, c, env.Source, usedDir)
-		_, err = target.ReceiveVolume(ctx, env.Target, srv.addr, tok, backend.VolumeRequest{ID: volID("replay-after-restart"), Name: "replay"})
+		_, err = target.ReceiveVolume(ctx, env.Target, srv.Addr, tok, backend.VolumeRequest{ID: volID("replay-after-restart"), Name: "replay"})
 		if !errors.Is(err, transfer.ErrReplayed) {
 			t.Fatalf("replay after a restart: got %v, want %v", err, transfer.ErrReplayed)
 		}
@@ -208,7 +216,7 @@ func RunSuite(t *testing.T, env Env) {
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		pool := &cancelAfter{Streamer: env.Target, n: 1 << 20, cancel: cancel}
-		_, err := target.ReceiveVolume(cctx, pool, srv.addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("cancelled"), Name: "cancelled"})
+		_, err := target.ReceiveVolume(cctx, pool, srv.Addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("cancelled"), Name: "cancelled"})
 		if err == nil || pool.read < pool.n {
 			t.Fatalf("cancelled after %d bytes: got %v, want an error", pool.read, err)
 		}
@@ -216,9 +224,9 @@ func RunSuite(t *testing.T, env Env) {
 	})
 
 	t.Run("cut by the source half-way", func(t *testing.T) {
-		srv.stop()
+		srv.Stop()
 		srv = startServer(t, suiteT, c, &failAfter{Streamer: env.Source, n: 4 << 20}, usedDir)
-		_, err := target.ReceiveVolume(ctx, env.Target, srv.addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("cut"), Name: "cut"})
+		_, err := target.ReceiveVolume(ctx, env.Target, srv.Addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("cut"), Name: "cut"})
 		// The target refuses the stream as incomplete (no trailer).
 		if !errors.Is(err, backend.ErrInvalid) {
 			t.Fatalf("a stream cut by the source: got %v, want %v", err, backend.ErrInvalid)
