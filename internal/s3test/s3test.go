@@ -198,6 +198,20 @@ func forTest(t testing.TB, tls bool) *Server {
 // waits until its S3 API answers for the identity, and creates a bucket.
 // With useTLS the S3 API serves HTTPS with a certificate from a new CA.
 func Start(ctx context.Context, weed, dir string, useTLS bool) (*Server, error) {
+	return start(ctx, weed, dir, useTLS, "", "127.0.0.1")
+}
+
+// StartIn is Start (plain HTTP) with every listener on ip inside the
+// network namespace netns (a path such as /var/run/netns/k8s), for a
+// server that the pods of a test cluster reach on their node's IP.
+func StartIn(ctx context.Context, weed, dir, netns, ip string) (*Server, error) {
+	if net.ParseIP(ip) == nil || netns == "" {
+		return nil, fmt.Errorf("StartIn: want a network namespace and an IP, got %q and %q", netns, ip)
+	}
+	return start(ctx, weed, dir, false, netns, ip)
+}
+
+func start(ctx context.Context, weed, dir string, useTLS bool, netns, ip string) (*Server, error) {
 	s := &Server{
 		AccessKey: "csi-thin-" + randomHex(4),
 		SecretKey: randomHex(20),
@@ -229,10 +243,10 @@ func Start(ctx context.Context, weed, dir string, useTLS bool) (*Server, error) 
 	if err != nil {
 		return nil, err
 	}
-	s.Endpoint = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	s.Endpoint = net.JoinHostPort(ip, strconv.Itoa(ports[0]))
 	args := []string{
 		"server",
-		"-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+		"-ip=" + ip, "-ip.bind=" + ip,
 		"-dir=" + data,
 		"-master.port=" + strconv.Itoa(ports[1]), "-master.port.grpc=" + strconv.Itoa(ports[2]),
 		"-volume.port=" + strconv.Itoa(ports[3]), "-volume.port.grpc=" + strconv.Itoa(ports[4]),
@@ -269,6 +283,10 @@ func Start(ctx context.Context, weed, dir string, useTLS bool) (*Server, error) 
 		return nil, err
 	}
 	s.cmd = exec.Command(weed, args...)
+	if netns != "" {
+		// nsenter enters the namespace and execs weed in its place.
+		s.cmd = exec.Command("nsenter", append([]string{"--net=" + netns, weed}, args...)...)
+	}
 	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -170,5 +171,6 @@ func (s *Server) getSnapshot(ctx context.Context, id string) (*backend.Snapshot,
 		return nil, fmt.Errorf("snapshot %s: exports need the cluster mode: %w", id, backend.ErrNotFound)
 	}
 	volumeID, _, _ := export.ParseID(h.ExportID)
-	return &backend.Snapshot{ID: id, SourceVolumeID: volumeID, ReadyToUse: true}, nil
+	// The creation time is not known without the store: the epoch says so.
+	return &backend.Snapshot{ID: id, SourceVolumeID: volumeID, ReadyToUse: true, CreatedAt: time.Unix(0, 0).UTC()}, nil
 }
