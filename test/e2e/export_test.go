@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -29,7 +30,8 @@ var sha256Line = regexp.MustCompile(`\b[0-9a-f]{64}\b`)
 // by the node agent to a real SeaweedFS on the node's IP; the source PVC,
 // the VolumeSnapshot and with it the local snapshot are deleted; a
 // pre-provisioned VolumeSnapshotContent naming the export restores a PVC
-// whose data has the source's sha256.
+// whose data has the source's sha256. The node agent may get that Secret
+// and no other.
 func TestSnapshotExportS3(t *testing.T) {
 	c := newCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -74,6 +76,31 @@ func TestSnapshotExportS3(t *testing.T) {
 	store, err := export.New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+
+	// The node agent may get this Secret (the chart's Role) and no other.
+	agent := "system:serviceaccount:" + c.driver + ":csi-thin-node"
+	for _, tc := range []struct {
+		attrs authorizationv1.ResourceAttributes
+		allow bool
+	}{
+		{authorizationv1.ResourceAttributes{Namespace: c.driver, Verb: "get", Resource: "secrets", Name: "s3-e2e"}, true},
+		{authorizationv1.ResourceAttributes{Namespace: c.driver, Verb: "get", Resource: "secrets", Name: "other"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: c.driver, Verb: "list", Resource: "secrets"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: c.driver, Verb: "watch", Resource: "secrets", Name: "s3-e2e"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: c.driver, Verb: "update", Resource: "secrets", Name: "s3-e2e"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: c.ns, Verb: "get", Resource: "secrets", Name: "s3-e2e"}, false},
+	} {
+		attrs := tc.attrs
+		review, err := c.kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{User: agent, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + c.driver, "system:authenticated"}, ResourceAttributes: &attrs},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if review.Status.Allowed != tc.allow {
+			t.Errorf("node agent %s %s %s/%s: allowed %v, want %v", attrs.Verb, attrs.Resource, attrs.Namespace, attrs.Name, review.Status.Allowed, tc.allow)
+		}
 	}
 
 	c.createPVC(t, "exp-src", classWFFC, "1Gi")
