@@ -109,6 +109,9 @@ type SnapshotRequest struct {
 	// snapshot of its own.
 	GroupID   string
 	GroupSize int
+	// VolumeSnapshotNamespace and VolumeSnapshotName name the Kubernetes
+	// VolumeSnapshot the request is for, when the CO says (for Events).
+	VolumeSnapshotNamespace, VolumeSnapshotName string
 	// Export, when set, asks for the snapshot to be exported to the object
 	// store its Secret describes (only a backend that implements
 	// SnapshotExporter honours it).

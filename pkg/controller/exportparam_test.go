@@ -160,3 +160,25 @@ func TestExportHandle(t *testing.T) {
 		t.Errorf("single pool, ListSnapshots(%s): %v, %v; want no entry", handle, list, err)
 	}
 }
+
+// The VolumeSnapshot the snapshotter names (--extra-create-metadata)
+// reaches the backend, which records it for the export's Events.
+func TestCreateSnapshotNamesItsVolumeSnapshot(t *testing.T) {
+	ctx := context.Background()
+	rec := &recordingBackend{Backend: fake.New("n1", 10*backend.GiB)}
+	s := New(exportingBackend{rec})
+	vol, err := s.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "src", VolumeCapabilities: []*csi.VolumeCapability{{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := map[string]string{provisionerParamPrefix + "volumesnapshot/namespace": "app", provisionerParamPrefix + "volumesnapshot/name": "nightly",
+		provisionerParamPrefix + "volumesnapshotcontent/name": "snapcontent-1"}
+	if _, err := s.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: vol.GetVolume().GetVolumeId(), Parameters: params}); err != nil {
+		t.Fatal(err)
+	}
+	if rec.last.VolumeSnapshotNamespace != "app" || rec.last.VolumeSnapshotName != "nightly" {
+		t.Errorf("backend told VolumeSnapshot %q/%q, want app/nightly", rec.last.VolumeSnapshotNamespace, rec.last.VolumeSnapshotName)
+	}
+}

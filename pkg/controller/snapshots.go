@@ -40,7 +40,9 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, err
 	}
 	defer unlock()
-	snap, err := s.backend.CreateSnapshot(ctx, backend.SnapshotRequest{ID: id, Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId(), SkipFreeze: skipFreeze, Export: exportTo})
+	snap, err := s.backend.CreateSnapshot(ctx, backend.SnapshotRequest{ID: id, Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId(), SkipFreeze: skipFreeze, Export: exportTo,
+		VolumeSnapshotNamespace: req.GetParameters()[provisionerParamPrefix+"volumesnapshot/namespace"],
+		VolumeSnapshotName:      req.GetParameters()[provisionerParamPrefix+"volumesnapshot/name"]})
 	if err != nil {
 		return nil, rpcerr.Status(err)
 	}

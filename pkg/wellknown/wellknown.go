@@ -39,6 +39,15 @@ const AnnotationReclaimPolicy = "csi-thin.io/reclaim-policy"
 // deleting the resource never orphans a subvolume or LV.
 const FinalizerNodeCleanup = "csi-thin.io/node-cleanup"
 
+// AnnotationVolumeSnapshotNamespace and AnnotationVolumeSnapshotName name
+// the VolumeSnapshot a ThinSnapshot was cut for (from the snapshotter's
+// --extra-create-metadata), so the node agent can put its export's Events
+// there too.
+const (
+	AnnotationVolumeSnapshotNamespace = "csi-thin.io/volumesnapshot-namespace"
+	AnnotationVolumeSnapshotName      = "csi-thin.io/volumesnapshot-name"
+)
+
 // FinalizerExport is held by the node agent on a ThinSnapshot with
 // spec.export until the snapshot's export is deleted from its object
 // store (or kept as the parent of a later export), so that deleting the

@@ -149,6 +149,12 @@ func TestSnapshotExportS3(t *testing.T) {
 		t.Fatalf("snapshot %q not exported: %v %s", snapshotID, err, c.eventsFor(snapshotID))
 	}
 	t.Logf("exported %s as %s", snapshotID, exportID)
+	// The export's Event reaches the VolumeSnapshot too.
+	if err := wait.PollUntilContextTimeout(ctx, time.Second, 30*time.Second, true, func(context.Context) (bool, error) {
+		return strings.Contains(c.eventsFor("exp-snap"), "Normal Exported: exported as "+exportID), nil
+	}); err != nil {
+		t.Errorf("no Exported Event on the VolumeSnapshot exp-snap: %q", c.eventsFor("exp-snap"))
+	}
 
 	// The source goes: the claim, the VolumeSnapshot and with it the
 	// node's snapshot (the class deletes its content; its export stays).

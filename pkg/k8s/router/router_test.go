@@ -490,8 +490,16 @@ func TestSnapshotExportTarget(t *testing.T) {
 		ts.Status.Phase, ts.Status.ReadyToUse = thinv1.PhaseReady, true
 	}
 	target := &backend.ExportTarget{SecretNamespace: "csi-thin", SecretName: "s3"}
-	if _, err := h.r.CreateSnapshot(h.ctx, backend.SnapshotRequest{ID: snapA, Name: "c1", SourceVolumeID: volA, Export: target}); err != nil {
+	if _, err := h.r.CreateSnapshot(h.ctx, backend.SnapshotRequest{ID: snapA, Name: "c1", SourceVolumeID: volA, Export: target,
+		VolumeSnapshotNamespace: "app", VolumeSnapshotName: "nightly"}); err != nil {
 		t.Fatal(err)
+	}
+	ts := &thinv1.ThinSnapshot{}
+	if err := h.c.Get(h.ctx, client.ObjectKey{Name: snapA}, ts); err != nil {
+		t.Fatal(err)
+	}
+	if ts.Annotations[wellknown.AnnotationVolumeSnapshotNamespace] != "app" || ts.Annotations[wellknown.AnnotationVolumeSnapshotName] != "nightly" {
+		t.Errorf("ThinSnapshot annotations %v: want the VolumeSnapshot app/nightly", ts.Annotations)
 	}
 	if nodeSaw == nil || nodeSaw.SecretNamespace != "csi-thin" || nodeSaw.SecretName != "s3" {
 		t.Errorf("node's ThinSnapshot export %+v, want csi-thin/s3", nodeSaw)

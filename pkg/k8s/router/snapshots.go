@@ -32,6 +32,12 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze, GroupID: req.GroupID},
 	}
+	if req.VolumeSnapshotNamespace != "" && req.VolumeSnapshotName != "" {
+		ts.Annotations = map[string]string{
+			wellknown.AnnotationVolumeSnapshotNamespace: req.VolumeSnapshotNamespace,
+			wellknown.AnnotationVolumeSnapshotName:      req.VolumeSnapshotName,
+		}
+	}
 	if req.Export != nil {
 		ts.Spec.Export = backendExport(req.Export)
 	}

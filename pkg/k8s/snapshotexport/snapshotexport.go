@@ -64,7 +64,7 @@ const defaultProgressInterval = 5 * time.Second
 type Reconciler struct {
 	Client client.Client
 	// Secrets reads the export Secrets, uncached: a cache would list and
-	// watch every Secret of the cluster; a get needs only the Secret named.
+	// watch every Secret of the cluster; a get needs only the one named.
 	Secrets  client.Reader
 	Pool     backend.Local
 	Streams  backend.Streamer
@@ -122,6 +122,25 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return ctrl.Result{}, r.export(ctx, ts)
 }
 
+// event records an Event on ts and, where it can be found, on the
+// VolumeSnapshot it was cut for (the one users look at).
+func (r *Reconciler) event(ctx context.Context, ts *thinv1.ThinSnapshot, eventType, reason, action, note string) {
+	r.Recorder.Eventf(ts, nil, eventType, reason, action, "%s", note)
+	if ref := r.volumeSnapshotOf(ctx, ts); ref != nil {
+		r.Recorder.Eventf(ref, ts, eventType, reason, action, "%s", note)
+	}
+}
+
+// volumeSnapshotOf is the VolumeSnapshot ts was cut for, as the router
+// recorded it (nil for a snapshot made without one).
+func (r *Reconciler) volumeSnapshotOf(_ context.Context, ts *thinv1.ThinSnapshot) *corev1.ObjectReference {
+	ns, name := ts.Annotations[wellknown.AnnotationVolumeSnapshotNamespace], ts.Annotations[wellknown.AnnotationVolumeSnapshotName]
+	if ns == "" || name == "" {
+		return nil
+	}
+	return &corev1.ObjectReference{APIVersion: "snapshot.storage.k8s.io/v1", Kind: "VolumeSnapshot", Namespace: ns, Name: name}
+}
+
 // ExportID is the export ID of a ThinSnapshot.
 func ExportID(ts *thinv1.ThinSnapshot) string { return ts.Spec.SourceVolumeID + "/" + ts.Name }
 
@@ -166,7 +185,7 @@ func (r *Reconciler) export(ctx context.Context, ts *thinv1.ThinSnapshot) error 
 		status.Phase = thinv1.ExportFailed
 		status.Message = err.Error()
 		logger.Error(err, "export failed; will retry", "attempt", status.Attempts)
-		r.Recorder.Eventf(ts, nil, corev1.EventTypeWarning, ReasonExportFailed, "Export", "export %s (attempt %d): %s", id, status.Attempts, err.Error())
+		r.event(ctx, ts, corev1.EventTypeWarning, ReasonExportFailed, "Export", fmt.Sprintf("export %s (attempt %d): %s", id, status.Attempts, err.Error()))
 		if uerr := r.writeStatus(ctx, ts, status, metav1.ConditionFalse, ReasonExportFailed, err.Error()); uerr != nil {
 			logger.Error(uerr, "write export status")
 		}
@@ -184,7 +203,7 @@ func (r *Reconciler) export(ctx context.Context, ts *thinv1.ThinSnapshot) error 
 		kind = "incremental against " + m.Parent
 	}
 	logger.Info("snapshot exported", "exportID", id, "parent", m.Parent, "bytes", m.Length, "allocatedBytes", stats.AllocatedBytes)
-	r.Recorder.Eventf(ts, nil, corev1.EventTypeNormal, ReasonExported, "Export", "exported as %s (%s, %d bytes)", id, kind, m.Length)
+	r.event(ctx, ts, corev1.EventTypeNormal, ReasonExported, "Export", fmt.Sprintf("exported as %s (%s, %d bytes)", id, kind, m.Length))
 	return r.writeStatus(ctx, ts, status, metav1.ConditionTrue, ReasonExported, fmt.Sprintf("exported as %s (%s)", id, kind))
 }
 

@@ -95,7 +95,15 @@ func TestExportAfterSnapshot(t *testing.T) {
 	}
 
 	// Full, then incremental.
-	s1 := snapshot("first", "s3")
+	s1 := &thinv1.ThinSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: backend.SnapshotIDFor("first"), Labels: map[string]string{wellknown.LabelNode: "n1"},
+			Annotations: map[string]string{wellknown.AnnotationVolumeSnapshotNamespace: secretNamespace, wellknown.AnnotationVolumeSnapshotName: "vs-first"}},
+		Spec: thinv1.ThinSnapshotSpec{Node: "n1", Name: "first", SourceVolumeID: vol,
+			Export: &thinv1.SnapshotExport{SecretNamespace: secretNamespace, SecretName: "s3"}},
+	}
+	if err := c.Create(ctx, s1); err != nil {
+		t.Fatal(err)
+	}
 	waitExport(s1, thinv1.ExportExported)
 	id1 := vol + "/" + s1.Name
 	if e := s1.Status.Export; e.ID != id1 || e.Parent != "" || e.BytesDone == 0 || e.BytesDone != e.BytesTotal || e.CompletionTime == nil {
@@ -129,6 +137,7 @@ func TestExportAfterSnapshot(t *testing.T) {
 		t.Errorf("incremental export of 1 MiB of changes is %d bytes", m2.Length)
 	}
 	waitEvent(t, ctx, c, s1.Name, "Exported")
+	waitEvent(t, ctx, c, "vs-first", "Exported") // on the VolumeSnapshot the router recorded
 
 	// The exports rebuild the volume on another pool.
 	other := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: "n2"})
