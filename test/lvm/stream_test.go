@@ -28,13 +28,12 @@ import (
 
 const streamVolBytes = 512 * backend.MiB
 
-// streamPool is a private pool vg: the tests reserve its metadata
-// snapshot behind the backend's back, which must not disturb other tests,
-// and so they can run in parallel with the rest.
-func streamPool(t *testing.T, vg string) (*lvmthin.Backend, lvmthin.Config) {
+// streamPool is a private pool: the tests reserve its metadata snapshot
+// behind the backend's back, which must not disturb other tests.
+func streamPool(t *testing.T) (*lvmthin.Backend, lvmthin.Config) {
 	t.Helper()
 	var cfg lvmthin.Config
-	b := loopPool(t, vg, 3*backend.GiB, func(c *lvmthin.Config) { cfg = *c })
+	b := loopPool(t, "csithin_stream", 3*backend.GiB, func(c *lvmthin.Config) { cfg = *c })
 	return b, cfg
 }
 
@@ -136,8 +135,7 @@ func heldMetadataRoot(t *testing.T, vg string) bool {
 // reserved, and one left reserved (a crashed send) is released by the
 // next send of a restarted backend.
 func TestSendSnapshotLVM(t *testing.T) {
-	t.Parallel()
-	b, cfg := streamPool(t, "csithin_send")
+	b, cfg := streamPool(t)
 	c := ctx(t)
 	vol := volID(t, "src")
 	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: vol, RequiredBytes: streamVolBytes, AccessType: backend.AccessBlock}); err != nil {
@@ -281,8 +279,7 @@ func mappedBytes(t *testing.T, vg, lv string) int64 {
 // are refused with the reader's error and leave no LV; a receive a crash
 // interrupted (an LV still tagged receiving) is removed by the next start.
 func TestReceiveLVM(t *testing.T) {
-	t.Parallel()
-	src, _ := streamPool(t, "csithin_sendsrc")
+	src, _ := streamPool(t)
 	var dstCfg lvmthin.Config
 	dst := loopPool(t, "csithin_recv", 2*backend.GiB, func(c *lvmthin.Config) { dstCfg = *c })
 	c := ctx(t)
