@@ -31,8 +31,17 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// CacheBin is where test/cluster/build.sh leaves the Kubernetes binaries.
+// CacheBin is where test/cluster/build.sh leaves the Kubernetes binaries
+// unless $K8S_CACHE moves its cache (test/cluster/env.sh).
 const CacheBin = "/var/cache/k8s-recipe/bin"
+
+// BinDir is CacheBin, or $K8S_CACHE/bin when the cache was moved.
+func BinDir() string {
+	if dir := os.Getenv("K8S_CACHE"); dir != "" {
+		return filepath.Join(dir, "bin")
+	}
+	return CacheBin
+}
 
 // Binaries finds etcd and kube-apiserver, on PATH first.
 func Binaries() (etcd, apiserver string, err error) {
@@ -40,11 +49,11 @@ func Binaries() (etcd, apiserver string, err error) {
 		if p, err := exec.LookPath(name); err == nil {
 			return p, nil
 		}
-		p := filepath.Join(CacheBin, name)
+		p := filepath.Join(BinDir(), name)
 		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
-		return "", fmt.Errorf("%s not on PATH nor in %s: %w", name, CacheBin, errNoBinaries)
+		return "", fmt.Errorf("%s not on PATH nor in %s: %w", name, BinDir(), errNoBinaries)
 	}
 	if etcd, err = find("etcd"); err != nil {
 		return "", "", err

@@ -31,7 +31,8 @@ import (
 	"github.com/csi-thin/csi-thin/internal/testenv"
 )
 
-// CacheDir is where test/s3/build.sh leaves `weed`, one directory per version.
+// CacheDir is where test/s3/build.sh leaves `weed`, one directory per version,
+// unless $SEAWEEDFS_CACHE moves it.
 const CacheDir = "/var/cache/csi-thin/seaweedfs"
 
 // versionKey is the line of hack/versions.env that pins SeaweedFS.
@@ -70,7 +71,11 @@ func Binary() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	p := filepath.Join(CacheDir, version, "weed")
+	cache := CacheDir
+	if dir := os.Getenv("SEAWEEDFS_CACHE"); dir != "" {
+		cache = dir // test/s3/build.sh's override
+	}
+	p := filepath.Join(cache, version, "weed")
 	if st, err := os.Stat(p); err != nil || st.Mode()&0o111 == 0 {
 		return "", fmt.Errorf("SeaweedFS %s: no executable %s: %w", version, p, errNoBinary)
 	}

@@ -20,6 +20,8 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/csi-thin/csi-thin/internal/kubeapi"
 )
 
 // These tests need helm but no cluster: lint, render, check the rendered
@@ -32,7 +34,7 @@ func helmBin(t *testing.T) string {
 	if p, err := exec.LookPath("helm"); err == nil {
 		return p
 	}
-	if p := "/var/cache/k8s-recipe/bin/helm"; fileExists(p) {
+	if p := filepath.Join(kubeapi.BinDir(), "helm"); fileExists(p) {
 		return p
 	}
 	if os.Getenv("CI") == "true" {

@@ -27,11 +27,12 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/csi-thin/csi-thin/internal/kubeapi"
 	"github.com/csi-thin/csi-thin/internal/testenv"
 )
 
 // k8sBin holds etcd and kube-apiserver (test/cluster/build.sh).
-const k8sBin = "/var/cache/k8s-recipe/bin"
+var k8sBin = kubeapi.BinDir()
 
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -17,11 +17,12 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/csi-thin/csi-thin/internal/kubeapi"
 	"github.com/csi-thin/csi-thin/internal/testenv"
 )
 
 // helmPaths are where helm is looked for besides PATH.
-var helmPaths = []string{"/var/cache/k8s-recipe/bin/helm"}
+var helmPaths = []string{filepath.Join(kubeapi.BinDir(), "helm")}
 
 func repoRoot(t *testing.T) string {
 	_, file, _, _ := runtime.Caller(0)
