@@ -290,8 +290,7 @@ func (p *Pool) ReceiveSnapshot(ctx context.Context, id, name string, r io.Reader
 	dir := filepath.Join(p.base, "snapshots")
 	// -e: one subvolume, up to btrfs's own end marker; -C: confined to
 	// snapshots/.
-	_, rerr := streamer.Stream(ctx, sr, nil, "btrfs", "receive", "-e", "-C", dir)
-	if err := p.checkReceived(sr, rerr); err != nil {
+	if err := p.checkReceived(sr, runReceive(ctx, streamer, sr, hdr, dir)); err != nil {
 		return fail(err)
 	}
 	received := p.snapshotPath(hdr.SnapshotID)
@@ -439,8 +438,7 @@ func (p *Pool) receive(ctx context.Context, id string, hdr volstream.Header, sr 
 	// -C confines btrfs receive to the scratch: paths in the stream
 	// cannot reach the rest of the pool; -e: one subvolume, up to btrfs's
 	// own end marker.
-	_, rerr := streamer.Stream(ctx, sr, nil, "btrfs", "receive", "-e", "-C", dir)
-	if err := p.checkReceived(sr, rerr); err != nil {
+	if err := p.checkReceived(sr, runReceive(ctx, streamer, sr, hdr, dir)); err != nil {
 		return fail(err)
 	}
 	entries, err := os.ReadDir(dir)
@@ -457,8 +455,28 @@ func (p *Pool) receive(ctx context.Context, id string, hdr volstream.Header, sr 
 	return received, qg, nil
 }
 
+// runReceive runs `btrfs receive` into dir on the stream's payload,
+// through the guard (guardSendStream). A guard's refusal is
+// ErrForeignSubvolume, which checkReceived reports before anything else.
+func runReceive(ctx context.Context, streamer command.Streamer, sr *volstream.Reader, hdr volstream.Header, dir string) error {
+	pr, pw := io.Pipe()
+	guarded := make(chan error, 1)
+	go func() {
+		err := guardSendStream(sr, pw, hdr.Incremental())
+		pw.CloseWithError(err) // nil: EOF
+		guarded <- err
+	}()
+	_, err := streamer.Stream(ctx, pr, nil, "btrfs", "receive", "-e", "-C", dir)
+	pr.CloseWithError(errors.New("btrfs receive ended")) // unblocks the guard's write past btrfs's end marker
+	if gerr := <-guarded; errors.Is(gerr, ErrForeignSubvolume) {
+		return fmt.Errorf("stream of %s refused: %w", hdr.SnapshotID, gerr)
+	}
+	return err
+}
+
 // checkReceived decides a receive from the stream first: whatever btrfs
-// receive said, a stream that did not verify to its trailer is refused.
+// receive said, a stream that did not verify to its trailer is refused;
+// then one the guard refused (ErrInvalid: it is not what a send makes).
 func (p *Pool) checkReceived(sr *volstream.Reader, receiveErr error) error {
 	if !sr.Verified() {
 		// receive stops at btrfs's own end marker: read the rest, so that
@@ -469,6 +487,9 @@ func (p *Pool) checkReceived(sr *volstream.Reader, receiveErr error) error {
 			}
 			return fmt.Errorf("%w: %w", backend.ErrInvalid, err)
 		}
+	}
+	if errors.Is(receiveErr, ErrForeignSubvolume) {
+		return fmt.Errorf("%w: %w", backend.ErrInvalid, receiveErr)
 	}
 	if receiveErr != nil {
 		return fmt.Errorf("btrfs receive: %w", classify(receiveErr))
