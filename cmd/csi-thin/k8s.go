@@ -55,20 +55,26 @@ func runController(ctx context.Context, o *options) error {
 			return err
 		}
 	}
-	r, err := router.New(ctx, mgr.GetClient(), mgr.GetAPIReader(), mgr.GetCache(), router.Config{})
-	if err != nil {
-		return err
-	}
-	if err := mgr.AddHealthzCheck("router", healthCheck(r.Health)); err != nil {
-		return err
-	}
 	var afterSync []runner
+	var rcfg router.Config
 	if o.transfer {
 		signer, err := newTransferSigner(o, mgr.GetConfig())
 		if err != nil {
 			return err
 		}
 		afterSync = append(afterSync, signer)
+		rcfg.Transfers = signer.Issuer
+		copies := &router.Copies{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("csi-thin-controller"), Tokens: signer.Issuer}
+		if err := copies.SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("cross-node copies: %w", err)
+		}
+	}
+	r, err := router.New(ctx, mgr.GetClient(), mgr.GetAPIReader(), mgr.GetCache(), rcfg)
+	if err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("router", healthCheck(r.Health)); err != nil {
+		return err
 	}
 	synced := new(atomic.Bool)
 	ctrlServer := controller.New(r)
@@ -103,7 +109,22 @@ func runNode(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("pool metrics: %w", err)
 	}
-	if _, err := nodeagent.Setup(mgr, pool, 0, poolMetrics.Observe(nodeName)); err != nil {
+	var transfers *transferAgent
+	var agentOpts []nodeagent.Option
+	if o.transfer {
+		if transfers, err = newTransferAgent(o, mgr.GetConfig(), nodeName, pool); err != nil {
+			return err
+		}
+		if transfers != nil {
+			tm, err := nodeagent.NewTransferMetrics(nil)
+			if err != nil {
+				return fmt.Errorf("transfer metrics: %w", err)
+			}
+			agentOpts = append(agentOpts, nodeagent.WithTransfers(transfers.Client, tm))
+		}
+	}
+	status, err := nodeagent.Setup(mgr, pool, 0, poolMetrics.Observe(nodeName), agentOpts...)
+	if err != nil {
 		return err
 	}
 	health := poolHealth(pool)
@@ -142,14 +163,9 @@ func runNode(ctx context.Context, o *options) error {
 	klog.InfoS("node agent starting", "node", nodeName, "backend", pool.Kind(), "endpoint", o.endpoint, "registration", regSocket)
 	trimmer := newTrimmer(o, pool, nodeServer, nodeagent.TrimEvents(mgr.GetClient(), mgr.GetEventRecorder("csi-thin-node"), nodeName))
 	after := []runner{reg, trimmer}
-	if o.transfer {
-		agent, err := newTransferAgent(o, mgr.GetConfig(), nodeName, pool)
-		if err != nil {
-			return err
-		}
-		if agent != nil {
-			after = append(after, agent)
-		}
+	if transfers != nil {
+		transfers.publish = status.SetTransferAddress
+		after = append(after, transfers)
 	}
 	err = runAll(ctx, mgr, d, synced, after...)
 	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {

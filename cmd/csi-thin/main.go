@@ -66,6 +66,7 @@ type options struct {
 	transferStateDir  string
 	transferNamespace string
 	transferAgentSA   string
+	transferHost      string
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -103,6 +104,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.orphanGrace, "orphan-grace", lifecycle.DefaultOrphanGrace, "controller: a ThinVolume that no PV stands for this long after its creation (claim deleted mid-provisioning, provisioner crash) is deleted; one whose Retain PV is gone is only reported (0: off; needs --lost-after > 0)")
 	fs.BoolVar(&o.transfer, "transfer", false, "controller/node: node-to-node transfers (docs/mobility.md): the controller keeps the transfer CA and token key and signs the node agents' certificate requests; a node agent gets its certificate and serves its snapshots at --transfer-address")
 	fs.StringVar(&o.transferAddr, "transfer-address", ":9810", "node: address of the transfer server (with --transfer)")
+	fs.StringVar(&o.transferHost, "transfer-advertise-host", os.Getenv("POD_IP"), "node: the host (IP) other nodes' agents reach this agent's transfer server at, published in its ThinNode (default: $POD_IP; empty: the --transfer-address host if it names one)")
 	fs.StringVar(&o.transferStateDir, "transfer-state-dir", "/var/lib/csi-thin/transfer", "node: the transfer key, certificate and used tokens (with --transfer)")
 	fs.StringVar(&o.transferNamespace, "transfer-namespace", "", "controller/node: namespace of the transfer CA Secret and trust ConfigMap (default: the pod's)")
 	fs.StringVar(&o.transferAgentSA, "transfer-agent-service-account", "csi-thin-node", "controller: the node agents' service account ([namespace:]name), the only requester whose certificate requests are signed")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	certv1client "k8s.io/client-go/kubernetes/typed/certificates/v1"
@@ -20,10 +21,12 @@ import (
 )
 
 // Node-to-node transfers (docs/mobility.md): with --transfer, the
-// controller keeps the transfer CA and token key and signs the node
-// agents' certificate requests; each node agent gets its certificate and
-// serves its pool's snapshots at --transfer-address to peers holding a
-// token. Nothing asks for a transfer yet.
+// controller keeps the transfer CA and token key, signs the node agents'
+// certificate requests and grants the tokens of cross-node copies
+// (router.Copies); each node agent gets its certificate, serves its
+// pool's snapshots at --transfer-address to peers holding a token,
+// publishes that address in its ThinNode, and pulls the copies made on
+// its node (nodeagent.Puller).
 
 // serviceAccountNamespace is where an in-cluster pod finds its namespace.
 const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -62,7 +65,11 @@ type transferSigner struct {
 	cfg       *rest.Config
 	namespace string
 	agentUser string
+	issuer    atomic.Pointer[transfer.Issuer]
 }
+
+// Issuer is the token issuer once the trust is loaded, else nil.
+func (s *transferSigner) Issuer() *transfer.Issuer { return s.issuer.Load() }
 
 func newTransferSigner(o *options, cfg *rest.Config) (*transferSigner, error) {
 	ns, err := transferNamespace(o)
@@ -92,6 +99,7 @@ func (s *transferSigner) Run(ctx context.Context) error {
 	}); err != nil || trust == nil {
 		return nil
 	}
+	s.issuer.Store(transfer.NewIssuer(trust.TokenKey))
 	klog.InfoS("transfer certificate signer running", "signer", transferpki.SignerName, "agents", s.agentUser)
 	return (&transferpki.Signer{Client: certs, CA: trust.CA, AgentUser: s.agentUser}).Run(ctx)
 }
@@ -103,7 +111,12 @@ type transferAgent struct {
 	node      string
 	pool      backend.Streamer
 	addr      string
+	host      string // advertised
 	stateDir  string
+	client    atomic.Pointer[transfer.Client]
+	// publish is called with the address other agents reach the server
+	// at once it listens ("" when it stops).
+	publish func(string)
 }
 
 func newTransferAgent(o *options, cfg *rest.Config, node string, pool backend.Local) (*transferAgent, error) {
@@ -116,7 +129,32 @@ func newTransferAgent(o *options, cfg *rest.Config, node string, pool backend.Lo
 	if err != nil {
 		return nil, err
 	}
-	return &transferAgent{cfg: cfg, namespace: ns, node: node, pool: streamer, addr: o.transferAddr, stateDir: o.transferStateDir}, nil
+	return &transferAgent{cfg: cfg, namespace: ns, node: node, pool: streamer, addr: o.transferAddr, host: o.transferHost, stateDir: o.transferStateDir}, nil
+}
+
+// Client is the client cross-node copies pull with, nil until this node
+// has its transfer identity.
+func (a *transferAgent) Client() *transfer.Client {
+	if a == nil {
+		return nil
+	}
+	return a.client.Load()
+}
+
+// advertised is the address other agents dial: the listener's port on
+// the advertised host (or on the listener's own host when it names one).
+func advertised(host string, ln net.Addr) string {
+	lhost, port, err := net.SplitHostPort(ln.String())
+	if err != nil {
+		return ""
+	}
+	if host == "" {
+		if ip := net.ParseIP(lhost); ip == nil || ip.IsUnspecified() {
+			return ""
+		}
+		host = lhost
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func (a *transferAgent) Run(ctx context.Context) error {
@@ -140,6 +178,11 @@ func (a *transferAgent) Run(ctx context.Context) error {
 		return nil
 	}
 	go id.Run(ctx) // renewals
+	tc, err := transfer.NewClient(transfer.ClientConfig{Certificate: id.Certificate, RootCAs: trust.Roots})
+	if err != nil {
+		return err
+	}
+	a.client.Store(tc)
 	// A transfer server that cannot start (port taken, state directory
 	// unwritable) is logged and retried: the agent's CSI service goes on.
 	return retry(ctx, "transfer server", func() error {
@@ -154,7 +197,15 @@ func (a *transferAgent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("transfer server: %w", err)
 		}
-		klog.InfoS("transfer server listening", "node", a.node, "address", ln.Addr().String())
+		addr := advertised(a.host, ln.Addr())
+		klog.InfoS("transfer server listening", "node", a.node, "address", ln.Addr().String(), "advertised", addr)
+		if addr == "" {
+			klog.InfoS("transfer address not published: no --transfer-advertise-host (POD_IP) and the listener names no host; copies to other nodes cannot pull from this one", "node", a.node)
+		}
+		if a.publish != nil {
+			a.publish(addr)
+			defer a.publish("")
+		}
 		return srv.Serve(ctx, ln)
 	})
 }

@@ -53,3 +53,19 @@ const (
 // store (or kept as the parent of a later export), so that deleting the
 // snapshot never orphans its export silently.
 const FinalizerExport = "csi-thin.io/export"
+
+// A cross-node copy (ThinVolume spec.source.node): the controller grants
+// the target node's agent a one-time transfer token, and the address of
+// the source node's agent, in these annotations of the ThinVolume. The
+// token is useless to anyone but the target node (the source checks the
+// puller's node certificate against the token's target) and good for one
+// attempt within minutes.
+const (
+	AnnotationTransferToken  = "csi-thin.io/transfer-token"
+	AnnotationTransferSource = "csi-thin.io/transfer-source-address"
+)
+
+// LabelTransferFor marks the ThinSnapshot the controller takes of a
+// volume to copy it to another node: its value is the ID of the volume
+// being made, with which the snapshot goes.
+const LabelTransferFor = "csi-thin.io/transfer-for"

@@ -50,6 +50,11 @@ type ThinNodeStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=32
 	StrayIDs []string `json:"strayIDs,omitempty"`
+	// TransferAddress is where this node's agent serves its snapshots'
+	// streams to other nodes' agents (host:port, pkg/transfer); empty
+	// when it serves none (transfers off, or a pool that cannot stream).
+	// +optional
+	TransferAddress string `json:"transferAddress,omitempty"`
 	// UpdateTime is when the node agent last wrote this status; a stale
 	// ThinNode (agent gone) offers no capacity.
 	// +optional

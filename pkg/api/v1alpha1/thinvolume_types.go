@@ -22,13 +22,28 @@ type VolumeSource struct {
 	// Kind is snapshot (restore), volume (clone) or export (restore from
 	// an object store).
 	Kind VolumeSourceKind `json:"kind"`
-	// ID is the source's snapshot or volume ID, which lives on the same
-	// node; for an export, the export ID <volume ID>/<snapshot ID>.
+	// ID is the source's snapshot or volume ID, on the same node unless
+	// Node says otherwise; for an export, the export ID <volume ID>/<snapshot ID>.
 	// +kubebuilder:validation:Pattern=`^([vs]-[0-9a-f]{32}|v-[0-9a-f]{32}/s-[0-9a-f]{32})$`
 	ID string `json:"id"`
 	// Export is the Secret of the export's object store (kind export).
 	// +optional
 	Export *SnapshotExport `json:"export,omitempty"`
+	// Node is set for a cross-node copy: the source (kind snapshot or
+	// volume) lives on this node, not on the volume's, and the volume's
+	// node agent pulls the stream of SnapshotID from this node's agent
+	// (pkg/transfer), with a one-time token the controller grants in the
+	// annotation csi-thin.io/transfer-token.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Node string `json:"node,omitempty"`
+	// SnapshotID is the snapshot a cross-node copy streams: the source
+	// itself (kind snapshot), or the snapshot the controller took of the
+	// source volume for this copy (kind volume), which it removes once the
+	// copy is over.
+	// +kubebuilder:validation:Pattern=`^s-[0-9a-f]{32}$`
+	// +optional
+	SnapshotID string `json:"snapshotID,omitempty"`
 }
 
 // AccessType is how the volume is consumed on the node.
@@ -95,6 +110,53 @@ type ThinVolumeStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// Transfer is the progress of a cross-node copy (spec.source.node).
+	// +optional
+	Transfer *TransferStatus `json:"transfer,omitempty"`
+}
+
+// TransferPhase is where a cross-node copy is.
+// +kubebuilder:validation:Enum=AwaitingToken;Receiving;Received
+type TransferPhase string
+
+// Transfer phases.
+const (
+	// TransferAwaitingToken: the node agent needs a token (none granted
+	// yet, or the last one is spent: a retry) and waits for the
+	// controller to grant one.
+	TransferAwaitingToken TransferPhase = "AwaitingToken"
+	// TransferReceiving: the stream is being received.
+	TransferReceiving TransferPhase = "Receiving"
+	// TransferReceived: the stream verified; the volume is Ready.
+	TransferReceived TransferPhase = "Received"
+)
+
+// TransferStatus is what the target node's agent reports of a cross-node
+// copy.
+type TransferStatus struct {
+	// +optional
+	Phase TransferPhase `json:"phase,omitempty"`
+	// BytesDone is what the receive has read of the stream so far.
+	// +optional
+	BytesDone int64 `json:"bytesDone,omitempty"`
+	// BytesTotal is the allocated data of the streamed snapshot (what
+	// the stream's payload is about), known once the stream started.
+	// +optional
+	BytesTotal int64 `json:"bytesTotal,omitempty"`
+	// Attempts counts the receives started (each with its own token).
+	// +optional
+	Attempts int32 `json:"attempts,omitempty"`
+	// SpentTokenID is the ID of the last token the agent used: a token
+	// is good for one attempt, so the controller grants a new one when
+	// the granted token's ID is this one.
+	// +optional
+	SpentTokenID string `json:"spentTokenID,omitempty"`
+	// Message says why the last attempt failed.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// CompletionTime is when the stream verified.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 }
 
 // ThinVolume is one thin volume (LV or btrfs subvolume) on one node. Its

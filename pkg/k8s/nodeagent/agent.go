@@ -17,6 +17,7 @@ import (
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/k8s/snapshotexport"
+	"github.com/csi-thin/csi-thin/pkg/transfer"
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
@@ -47,7 +48,11 @@ const reconcileWorkers = 4
 // snapshot exporter (a pool that streams: pkg/k8s/snapshotexport), the
 // ThinNode status writer and the labeler of unlabeled resources. It returns the
 // status writer (whose Poke the caller may use).
-func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe func(thinv1.ThinNodeStatus)) (*NodeStatus, error) {
+func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe func(thinv1.ThinNodeStatus), opts ...Option) (*NodeStatus, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	recorder := mgr.GetEventRecorder("csi-thin-node")
 	status := NewNodeStatus(mgr.GetClient(), mgr.GetAPIReader(), pool, interval, observe)
 	status.Recorder = recorder
@@ -64,6 +69,17 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 		Changed: status.Poke, Unmount: mount.New("").Unmount}
 	if streams, ok := pool.(backend.Streamer); ok {
 		volumes.RestoreExport = (&snapshotexport.Restorer{Secrets: mgr.GetAPIReader(), Pool: pool, Streams: streams}).Restore
+		if o.transfers != nil {
+			volumes.Copies = NewPuller(mgr.GetClient(), mgr.GetAPIReader(), pool, streams, o.transfers, recorder)
+			volumes.Copies.Changed = status.Poke
+			volumes.Copies.Metrics = o.transferMetrics
+			if o.tune != nil {
+				o.tune(volumes.Copies)
+			}
+			if err := mgr.Add(volumes.Copies); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := volumes.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("volume reconciler: %w", err)
@@ -83,6 +99,27 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 		}
 	}
 	return status, nil
+}
+
+// Option changes what Setup sets up.
+type Option func(*options)
+
+type options struct {
+	transfers       func() *transfer.Client
+	transferMetrics *TransferMetrics
+	tune            func(*Puller)
+}
+
+// WithTransfers makes the agent receive cross-node copies (Puller) with
+// the client transfers returns (nil until the node has its transfer
+// identity), counted in m (may be nil), if its pool streams.
+func WithTransfers(transfers func() *transfer.Client, m *TransferMetrics) Option {
+	return func(o *options) { o.transfers, o.transferMetrics = transfers, m }
+}
+
+// WithPullerTuning changes the Puller's settings (tests).
+func WithPullerTuning(tune func(*Puller)) Option {
+	return func(o *options) { o.tune = tune }
 }
 
 // labelInterval is how often the Labeler looks again (a controller older

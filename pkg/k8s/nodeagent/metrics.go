@@ -72,3 +72,29 @@ func (m *PoolMetrics) Observe(node string) func(thinv1.ThinNodeStatus) {
 		m.strays.With(l).Set(float64(s.Strays))
 	}
 }
+
+// TransferMetrics counts this node's cross-node copies as the target.
+type TransferMetrics struct {
+	received prometheus.Counter
+	inFlight prometheus.Gauge
+}
+
+// NewTransferMetrics creates the metrics and registers them with reg
+// (nil: the controller-runtime registry).
+func NewTransferMetrics(reg prometheus.Registerer) (*TransferMetrics, error) {
+	if reg == nil {
+		reg = metrics.Registry
+	}
+	m := &TransferMetrics{
+		received: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "csi_thin", Subsystem: "transfer", Name: "received_bytes_total",
+			Help: "Bytes of volume streams received from other nodes for cross-node copies (framing included)."}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "csi_thin", Subsystem: "transfer", Name: "receives_in_flight",
+			Help: "Cross-node copies this node is receiving now."}),
+	}
+	for _, c := range []prometheus.Collector{m.received, m.inFlight} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -40,6 +41,16 @@ type NodeStatus struct {
 	strays int32
 
 	poke chan struct{}
+
+	transferAddr atomic.Pointer[string]
+}
+
+// SetTransferAddress publishes where this node's agent serves transfers
+// (ThinNode status.transferAddress; "" for nowhere) and refreshes the
+// ThinNode soon.
+func (s *NodeStatus) SetTransferAddress(addr string) {
+	s.transferAddr.Store(&addr)
+	s.Poke()
 }
 
 // Poke asks for a refresh soon; several pokes coalesce.
@@ -168,6 +179,9 @@ func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 func (s *NodeStatus) Update(ctx context.Context) error {
 	name := s.Pool.NodeName()
 	st := Collect(ctx, s.Pool, time.Now())
+	if a := s.transferAddr.Load(); a != nil {
+		st.TransferAddress = *a
+	}
 	if ids, err := Strays(ctx, s.Client, s.Pool); err != nil {
 		klog.ErrorS(err, "look for strays", "node", name)
 		st.Strays = s.strays // keep the last answer

@@ -48,6 +48,9 @@ type VolumeReconciler struct {
 	// RestoreExport makes a volume whose source is an export
 	// (snapshotexport.Restorer.Restore); nil: the pool cannot.
 	RestoreExport func(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource) (*backend.Volume, error)
+	// Copies receives the cross-node copies (spec.source.node); nil: this
+	// agent cannot (transfers off, or a pool that cannot stream).
+	Copies *Puller
 }
 
 // SetupWithManager registers the reconciler for this node's ThinVolumes.
@@ -112,6 +115,9 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 			if pending, err := r.stillPending(ctx, tv); err != nil || !pending {
 				return ctrl.Result{}, err
 			}
+		}
+		if isCopy(tv) && r.Copies != nil {
+			return r.Copies.Reconcile(ctx, tv)
 		}
 		return ctrl.Result{}, ignoreConflict(r.create(ctx, tv))
 	case tv.Spec.RequiredBytes > tv.Status.SizeBytes:
@@ -180,7 +186,10 @@ func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) er
 	start := time.Now()
 	var v *backend.Volume
 	var err error
-	if src := tv.Spec.Source; src != nil && src.Kind == thinv1.VolumeSourceExport {
+	if src := tv.Spec.Source; isCopy(tv) {
+		err = fmt.Errorf("volume %s: its source is on node %s, and the agent of node %s cannot receive cross-node copies (transfers off, or a pool that cannot stream): %w",
+			tv.Name, src.Node, tv.Spec.Node, backend.ErrUnsupported)
+	} else if src != nil && src.Kind == thinv1.VolumeSourceExport {
 		v, err = r.restoreExport(ctx, tv)
 	} else {
 		v, err = r.Pool.CreateVolume(ctx, requestOf(tv))
@@ -269,6 +278,9 @@ func (r *VolumeReconciler) expand(ctx context.Context, tv *thinv1.ThinVolume) (c
 }
 
 func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) error {
+	if r.Copies != nil {
+		r.Copies.Cancel(tv.Name)
+	}
 	return released(ctx, r.Client, r.Recorder, r.tracked(tv), "DeleteVolume", func() error { return r.deleteVolume(ctx, tv) }, r.Changed)
 }
 
@@ -276,4 +288,9 @@ func (r *VolumeReconciler) changed() {
 	if r.Changed != nil {
 		r.Changed()
 	}
+}
+
+// isCopy: tv is a cross-node copy (its source lives on another node).
+func isCopy(tv *thinv1.ThinVolume) bool {
+	return tv.Spec.Source != nil && tv.Spec.Source.Node != "" && tv.Spec.Source.Node != tv.Spec.Node
 }

@@ -23,6 +23,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/transfer"
 )
 
 // Defaults for Config.
@@ -47,6 +48,11 @@ type Config struct {
 	WaitTimeout time.Duration
 	// Now is the clock (tests replace it).
 	Now func() time.Time
+	// Transfers, when set, lets a clone or restore land on another node
+	// than its source's (crossnode.go); it returns the controller's token
+	// issuer, nil while the transfer trust is not loaded yet. Nil: such a
+	// request is FailedPrecondition.
+	Transfers func() *transfer.Issuer
 }
 
 // Router implements backend.Backend over the csi-thin custom resources.
@@ -220,9 +226,17 @@ func (r *Router) waitVerdict(ctx context.Context, obj client.Object, what string
 	wctx, cancel := r.waitContext(ctx)
 	defer cancel()
 	var nodeErr error
+	seen := false
 	err := r.wait(wctx, obj, func(found bool) (bool, error) {
 		if !found {
+			if seen {
+				return true, fmt.Errorf("%s was deleted before node %s made it: %w", what, state().node, backend.ErrBusy)
+			}
 			return false, nil // not in the cache yet
+		}
+		seen = true
+		if obj.GetDeletionTimestamp() != nil {
+			return true, fmt.Errorf("%s is being deleted before node %s made it: %w", what, state().node, backend.ErrBusy)
 		}
 		s := state()
 		switch s.phase {

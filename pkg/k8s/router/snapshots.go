@@ -163,7 +163,9 @@ func (r *Router) ListSnapshots(ctx context.Context) ([]*backend.Snapshot, error)
 	}
 	out := make([]*backend.Snapshot, 0, len(list.Items))
 	for i := range list.Items {
-		if list.Items[i].Status.Phase == thinv1.PhaseReady {
+		// A snapshot taken for a cross-node copy is the controller's, not
+		// a VolumeSnapshot's.
+		if list.Items[i].Status.Phase == thinv1.PhaseReady && list.Items[i].Labels[wellknown.LabelTransferFor] == "" {
 			out = append(out, snapshotOf(&list.Items[i]))
 		}
 	}

@@ -48,12 +48,12 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 	}
 	logger := klog.FromContext(ctx).WithValues("volumeID", req.ID)
 	stages := startStages("create_volume")
-	node, err := r.placeVolume(ctx, req)
+	node, srcNode, err := r.placeVolume(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	stages.done(stagePlace)
-	want := volumeFor(req, node)
+	want := volumeFor(req, node, srcNode)
 	tv := want.DeepCopy()
 	err = r.client.Create(ctx, tv)
 	stages.done(stageSubmit)
@@ -80,7 +80,7 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 	if err := r.waitVerdict(ctx, tv, "volume "+req.ID, func() nodeVerdict {
 		return nodeVerdict{tv.Spec.Node, tv.Status.Code, tv.Status.Message, tv.Status.Phase, tv.Status.Conditions}
 	}); err != nil {
-		return nil, err
+		return nil, copyInProgress(tv, err)
 	}
 	stages.done(stageNode)
 	logger.Info("volume ready", "node", tv.Spec.Node, "sizeBytes", tv.Status.SizeBytes)
@@ -95,29 +95,34 @@ func phaseOf(p thinv1.Phase) thinv1.Phase {
 }
 
 // placeVolume returns the node the controller decided (req.Node; see
-// controller placement). For a clone or restore it checks that node
-// against the source's, read fresh (a source failed or being deleted is
-// ErrNotFound). Only when the controller left the node open (no source,
-// no topology) does it choose: the healthy pool with most room.
-func (r *Router) placeVolume(ctx context.Context, req backend.VolumeRequest) (string, error) {
+// controller placement) and, for a clone or restore, its source's node,
+// read fresh (a source failed or being deleted is ErrNotFound). A source
+// on another node than the one requested is copied there (crossnode.go)
+// when transfers can carry it, else the request is FailedPrecondition.
+// Only when the controller left the node open (no source, no topology)
+// does it choose: the healthy pool with most room.
+func (r *Router) placeVolume(ctx context.Context, req backend.VolumeRequest) (node, srcNode string, err error) {
 	// An export lives in an object store: any node can restore it.
 	if req.Source.Kind != backend.SourceNone && req.Source.Kind != backend.SourceExport {
 		srcNode, err := r.sourceNode(ctx, req.Source)
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		if req.Node != "" && req.Node != srcNode {
-			return "", fmt.Errorf("volume %s: its source %s %s is on node %s, but node %s was requested (%s): %w",
-				req.ID, req.Source.Kind, req.Source.ID, srcNode, req.Node, immediateBindingFix, backend.ErrPrecondition)
+			if err := r.canCopy(ctx, req.Source, srcNode, req.Node); err != nil {
+				return "", "", fmt.Errorf("volume %s: its source %s %s is on node %s, but node %s was requested, and %v (%s): %w",
+					req.ID, req.Source.Kind, req.Source.ID, srcNode, req.Node, err, immediateBindingFix, backend.ErrPrecondition)
+			}
+			return req.Node, srcNode, nil
 		}
-		return srcNode, nil
+		return srcNode, srcNode, nil
 	}
 	if req.Node != "" {
-		return req.Node, nil
+		return req.Node, "", nil
 	}
 	nodes, err := r.usableNodes(ctx)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	best := ""
 	var bestAvail int64 = -1
@@ -128,10 +133,10 @@ func (r *Router) placeVolume(ctx context.Context, req backend.VolumeRequest) (st
 		}
 	}
 	if best == "" {
-		return "", fmt.Errorf("volume %s: no node with a healthy pool has %d bytes available (%d usable nodes): %w",
+		return "", "", fmt.Errorf("volume %s: no node with a healthy pool has %d bytes available (%d usable nodes): %w",
 			req.ID, req.RequiredBytes, len(nodes), backend.ErrNoSpace)
 	}
-	return best, nil
+	return best, "", nil
 }
 
 // sourceNode finds the node of a clone's or restore's source.
@@ -185,7 +190,9 @@ func (r *Router) getFresh(ctx context.Context, name string, obj client.Object) e
 	return err
 }
 
-func volumeFor(req backend.VolumeRequest, node string) *thinv1.ThinVolume {
+// volumeFor is the ThinVolume answering req on node; srcNode is the
+// source's node ("" or node itself for a copy on the same node).
+func volumeFor(req backend.VolumeRequest, node, srcNode string) *thinv1.ThinVolume {
 	labels := map[string]string{wellknown.LabelNode: node}
 	params := map[string]string{}
 	for k, v := range req.Parameters {
@@ -223,6 +230,10 @@ func volumeFor(req backend.VolumeRequest, node string) *thinv1.ThinVolume {
 			Export: &thinv1.SnapshotExport{SecretNamespace: h.SecretNamespace, SecretName: h.SecretName}}
 	default:
 		tv.Spec.Source = &thinv1.VolumeSource{Kind: thinv1.VolumeSourceKind(req.Source.Kind), ID: req.Source.ID}
+		if srcNode != "" && srcNode != node {
+			tv.Spec.Source.Node = srcNode
+			tv.Spec.Source.SnapshotID = streamedSnapshot(req.ID, req.Source)
+		}
 	}
 	return tv
 }
@@ -232,7 +243,7 @@ func volumeFor(req backend.VolumeRequest, node string) *thinv1.ThinVolume {
 // node is not compared: a retry may carry another scheduler choice, and
 // the volume that exists is the one to return.
 func compatibleVolume(tv *thinv1.ThinVolume, req backend.VolumeRequest) error {
-	want := volumeFor(req, tv.Spec.Node)
+	want := volumeFor(req, tv.Spec.Node, "")
 	var diffs []string
 	if tv.Spec.AccessType != want.Spec.AccessType {
 		diffs = append(diffs, fmt.Sprintf("access type %s, requested %s", tv.Spec.AccessType, want.Spec.AccessType))
@@ -259,6 +270,8 @@ func compatibleVolume(tv *thinv1.ThinVolume, req backend.VolumeRequest) error {
 	return nil
 }
 
+// sourceEqual compares what a request names (kind, ID, export); where a
+// copy comes from (node, streamed snapshot) follows from it.
 func sourceEqual(a, b *thinv1.VolumeSource) bool {
 	if a == nil || b == nil {
 		return a == b
