@@ -4,15 +4,18 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -32,6 +35,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
 	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
 	"github.com/csi-thin/csi-thin/pkg/k8s/router"
+	"github.com/csi-thin/csi-thin/pkg/rpcerr"
 	"github.com/csi-thin/csi-thin/pkg/transfer"
 	"github.com/csi-thin/csi-thin/pkg/transfer/transfertest"
 )
@@ -62,7 +66,11 @@ type copyNode struct {
 	stopSrv   func()
 }
 
-const holdAfter = 2 << 20
+const (
+	holdAfter = 2 << 20
+	// copyAttempts bounds a copy's receives in these tests (8 by default).
+	copyAttempts = 3
+)
 
 func newCopyEnv(t *testing.T) *copyEnv {
 	t.Helper()
@@ -211,7 +219,9 @@ func (e *copyEnv) startAgent(n *copyNode) {
 	}
 	status, err := nodeagent.Setup(mgr, n.pool, time.Hour, nil,
 		nodeagent.WithTransfers(func() *transfer.Client { return tc }, nil),
-		nodeagent.WithPullerTuning(func(p *nodeagent.Puller) { p.ProgressInterval, p.EventInterval = 100*time.Millisecond, time.Second }))
+		nodeagent.WithPullerTuning(func(p *nodeagent.Puller) {
+			p.ProgressInterval, p.EventInterval, p.Attempts = 100*time.Millisecond, time.Second, copyAttempts
+		}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,6 +496,47 @@ func TestCrossNodeCopy(t *testing.T) {
 		snapshotGone(t, id)
 		if err := e.r.DeleteVolume(ctx, id); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("source snapshot gone", func(t *testing.T) {
+		sid := backend.SnapshotIDFor("vanishing")
+		if _, err := e.r.CreateSnapshot(ctx, backend.SnapshotRequest{ID: sid, Name: "vanishing", SourceVolumeID: src.ID}); err != nil {
+			t.Fatal(err)
+		}
+		// Removed from the pool behind the ThinSnapshot's back: the
+		// source answers NotFound, which no new attempt can change.
+		if err := n1.pool.DeleteSnapshot(ctx, sid); err != nil {
+			t.Fatal(err)
+		}
+		id := backend.VolumeIDFor("from-vanished")
+		_, err := e.r.CreateVolume(ctx, backend.VolumeRequest{ID: id, Name: "from-vanished", RequiredBytes: size, AccessType: backend.AccessMount,
+			Node: "n2", Source: backend.Source{Kind: backend.SourceSnapshot, ID: sid}})
+		if rpcerr.Code(err) != codes.NotFound {
+			t.Errorf("copy of a snapshot gone from its pool: %v (%v), want NotFound", err, rpcerr.Code(err))
+		}
+		e.eventually("the failed copy deleted", func() bool { return e.volume(id) == nil })
+		if vols, _, scratch := holds(t, n2.pool); len(vols) != 0 || len(scratch) != 0 {
+			t.Errorf("n2 holds volumes %v and scratch %v after the failed copy", vols, scratch)
+		}
+		if err := e.r.DeleteSnapshot(ctx, sid); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("source unreachable for every attempt", func(t *testing.T) {
+		n1.stopSrv()
+		defer e.startServer(n1)
+		id := backend.VolumeIDFor("unreachable")
+		_, err := e.r.CreateVolume(ctx, backend.VolumeRequest{ID: id, Name: "unreachable", RequiredBytes: size, AccessType: backend.AccessMount,
+			Node: "n2", Source: backend.Source{Kind: backend.SourceVolume, ID: src.ID}})
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d attempts of the copy failed", copyAttempts)) {
+			t.Errorf("copy from an unreachable source: %v, want %d failed attempts", err, copyAttempts)
+		}
+		e.eventually("the failed copy deleted", func() bool { return e.volume(id) == nil })
+		snapshotGone(t, id)
+		if vols, _, scratch := holds(t, n2.pool); len(vols) != 0 || len(scratch) != 0 {
+			t.Errorf("n2 holds volumes %v and scratch %v after the failed copy", vols, scratch)
 		}
 	})
 

@@ -244,6 +244,9 @@ func (p *Puller) start(tv *thinv1.ThinVolume, tc *transfer.Client, addr, token s
 			}
 			return
 		}
+		if err != nil && !final(err) {
+			err = fmt.Errorf("%d attempts of the copy failed, the last: %w", tv.Status.Transfer.Attempts, err)
+		}
 		if werr := p.finish(p.base, tv.Name, v, err); werr != nil {
 			logger.Error(werr, "write the copy's verdict")
 		}
