@@ -133,6 +133,14 @@ type SnapshotExporter interface {
 	ExportsSnapshots() bool
 }
 
+// NodeCopier is a backend that can make a clone or a restore on another
+// node than its source's by copying the source's data there (the
+// cluster's router with transfers on). A pool does not: a thin snapshot
+// stays in its pool.
+type NodeCopier interface {
+	CopiesAcrossNodes() bool
+}
+
 // Snapshot is a read-only thin snapshot of a volume.
 type Snapshot struct {
 	ID             string    `json:"id"`

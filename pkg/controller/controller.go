@@ -118,10 +118,13 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 
 // placement decides the node of a new volume, for every mode: a clone or
 // restore lives where its source lives (thin snapshots cannot cross
-// nodes); otherwise the CO's preferred topology wins. The backend is held
-// to the answer (backend.VolumeRequest.Node): a local pool refuses another
-// node (backend.CheckPlacement), the router only checks a copy's node
-// against its source and fills in a node the CO left open.
+// nodes) unless the CO requires other nodes and the backend copies across
+// nodes (backend.NodeCopier: then the CO's choice wins, and the router
+// copies the source there or says why it cannot); otherwise the CO's
+// preferred topology wins. The backend is held to the answer
+// (backend.VolumeRequest.Node): a local pool refuses another node
+// (backend.CheckPlacement), the router checks a copy's node against its
+// source and fills in a node the CO left open.
 func (s *Server) placement(ctx context.Context, src backend.Source, topo *csi.TopologyRequirement) (string, error) {
 	sourceNode := ""
 	local, isLocal := s.backend.(backend.Local)
@@ -154,6 +157,12 @@ func (s *Server) placement(ctx context.Context, src backend.Source, topo *csi.To
 	requisite := nodesOf(topo.GetRequisite())
 	if sourceNode != "" {
 		if len(requisite) > 0 && !slices.Contains(requisite, sourceNode) {
+			if c, ok := s.backend.(backend.NodeCopier); ok && c.CopiesAcrossNodes() {
+				if preferred := nodesOf(topo.GetPreferred()); len(preferred) > 0 {
+					return preferred[0], nil
+				}
+				return requisite[0], nil
+			}
 			return "", status.Errorf(codes.FailedPrecondition,
 				"the source of this clone/restore lives on node %q, but the volume must be placed on %v: "+
 					"thin snapshots cannot cross nodes; use a StorageClass with volumeBindingMode: Immediate "+

@@ -96,6 +96,38 @@ func TestCloneOnOtherNodeIsRefused(t *testing.T) {
 	}
 }
 
+// nodeCopier is a cluster backend (not one pool) that copies across nodes.
+type nodeCopier struct{ backend.Backend }
+
+func (nodeCopier) CopiesAcrossNodes() bool { return true }
+
+// A backend that copies across nodes gets the CO's node for a clone whose
+// source is elsewhere (it copies the source there); without a requirement
+// the clone stays with its source.
+func TestCloneOnOtherNodeWithNodeCopier(t *testing.T) {
+	ctx := context.Background()
+	pool := fake.New("n1", 10*backend.GiB)
+	src, err := pool.CreateVolume(ctx, backend.VolumeRequest{ID: backend.VolumeIDFor("src"), RequiredBytes: backend.GiB, AccessType: backend.AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(nodeCopier{pool})
+	for _, tc := range []struct {
+		topo *csi.TopologyRequirement
+		want string
+	}{
+		{&csi.TopologyRequirement{Requisite: append(nodeTopo("n3"), nodeTopo("n2")...), Preferred: nodeTopo("n2")}, "n2"},
+		{&csi.TopologyRequirement{Requisite: nodeTopo("n3")}, "n3"},
+		{&csi.TopologyRequirement{Requisite: append(nodeTopo("n2"), nodeTopo("n1")...), Preferred: nodeTopo("n2")}, "n1"},
+		{nil, "n1"},
+	} {
+		got, err := s.placement(ctx, backend.Source{Kind: backend.SourceVolume, ID: src.ID}, tc.topo)
+		if err != nil || got != tc.want {
+			t.Errorf("placement for %v: %q, %v; want %q", tc.topo, got, err, tc.want)
+		}
+	}
+}
+
 func TestConcurrentSameNameCreatesOneVolume(t *testing.T) {
 	b := fake.New("n1", 100*backend.GiB)
 	s := New(b)

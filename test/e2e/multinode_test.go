@@ -19,9 +19,10 @@ import (
 // TestMultiNode proves placement across the nodes of a multi-node cluster
 // (test/e2e/run.sh starts E2E_NODES nodes, each with its own btrfs pool):
 // pods run and write volumes on every node, allowedTopologies hold, a
-// node without room gets no new volumes while pods land on another, and a
-// clone or restore consumed on another node than its source fails with
-// the driver's FailedPrecondition. Skips on a single-node cluster.
+// node without room gets no new volumes while pods land on another, a
+// clone or restore stays with its source when its pod may run there, and
+// one consumed on another node is copied there (crossnode_test.go).
+// Skips on a single-node cluster.
 func TestMultiNode(t *testing.T) {
 	c := newCluster(t)
 	nodes := c.nodeNames(t)
@@ -42,6 +43,7 @@ func TestMultiNode(t *testing.T) {
 		{"AllowedTopologiesRespected", m.testAllowedTopologies},
 		{"FullNodeGetsNoNewVolumes", m.testFullNode},
 		{"CloneAndRestoreStayWithTheirSource", m.testSourcePlacement},
+		{"CloneAndRestoreCopiedToAnotherNode", m.testCopiedToAnotherNode},
 		{"GroupSnapshotAcrossNodesRefused", m.testGroupAcrossNodes},
 		{"LostNodeReleasesItsClaims", m.testNodeLost},
 		{"NothingLeftOnAnyNode", m.testNothingLeft},
@@ -345,30 +347,14 @@ func (m *multiNode) testFullNode(t *testing.T) {
 	m.deletePVCs(t, "filler", "spill-0", "spill-1", "no-room")
 }
 
-// testSourcePlacement: a clone and a restore are placed with their source;
-// consumed by a pod pinned to another node they fail with the driver's
-// FailedPrecondition, which names the source's node, and make nothing.
+// testSourcePlacement: a clone and a restore consumed where their source
+// lives are placed with it, as thin snapshots (no copy: their ThinVolume
+// names no source node).
 func (m *multiNode) testSourcePlacement(t *testing.T) {
 	m.createPVC(t, "src", classWFFC, "1Gi")
 	m.runPodOn(t, m.node, "src-writer", fmt.Sprintf("echo '%s' > /src/file && sync", payload), "src")
 	m.createSnapshot(t, "src-snap", "src")
 
-	m.createPVC(t, "clone-far", classWFFC, "1Gi", fromPVC("src"))
-	m.createPVC(t, "restore-far", classWFFC, "1Gi", fromSnapshot("src-snap"))
-	for _, claim := range []string{"clone-far", "restore-far"} {
-		m.startPodOn(t, m.other, claim+"-user", "true", claim)
-		msg := m.waitEvent(t, claim, "ProvisioningFailed", 2*time.Minute)
-		t.Logf("%s consumed on %s: %s", claim, m.other, msg)
-		for _, want := range []string{"code = FailedPrecondition", fmt.Sprintf("lives on node %q", m.node), "cannot cross nodes"} {
-			if !strings.Contains(msg, want) {
-				t.Errorf("%s: ProvisioningFailed %q lacks %q", claim, msg, want)
-			}
-		}
-		m.expectNoVolume(t, claim)
-		m.deletePod(t, claim+"-user")
-	}
-	// Consumed where the source lives, both work. (New claims: the failed
-	// ones keep the scheduler's choice of node.)
 	m.createPVC(t, "clone-near", classWFFC, "1Gi", fromPVC("src"))
 	m.createPVC(t, "restore-near", classWFFC, "1Gi", fromSnapshot("src-snap"))
 	for _, claim := range []string{"clone-near", "restore-near"} {
@@ -377,11 +363,23 @@ func (m *multiNode) testSourcePlacement(t *testing.T) {
 			t.Errorf("%s reads %q, want the payload", claim, out)
 		}
 		m.expectOn(t, claim, m.node, m.node)
+		p := m.waitBound(t, claim, time.Minute)
+		pv, err := m.kube.CoreV1().PersistentVolumes().Get(context.Background(), p.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tv, err := m.dyn.Resource(thinVolumeGVR).Get(context.Background(), pv.Spec.CSI.VolumeHandle, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if src, _ := tv.Object["spec"].(map[string]any)["source"].(map[string]any); src == nil || src["node"] != nil || tv.Object["status"].(map[string]any)["transfer"] != nil {
+			t.Errorf("%s: ThinVolume source %v, status %v: want a thin snapshot on its node, no copy", claim, src, tv.Object["status"])
+		}
 	}
 	if err := m.dyn.Resource(snapshotGVR).Namespace(m.ns).Delete(context.Background(), "src-snap", metav1.DeleteOptions{}); err != nil {
 		t.Errorf("delete snapshot: %v", err)
 	}
-	m.deletePVCs(t, "src", "clone-far", "restore-far", "clone-near", "restore-near")
+	m.deletePVCs(t, "src", "clone-near", "restore-near")
 }
 
 // testNothingLeft: once the claims are gone, no node keeps a volume, a

@@ -76,6 +76,10 @@ func streamedSnapshot(volumeID string, src backend.Source) string {
 	return CopySnapshotID(volumeID)
 }
 
+// CopiesAcrossNodes implements backend.NodeCopier: with transfers on, a
+// clone or restore may be placed on another node than its source's.
+func (r *Router) CopiesAcrossNodes() bool { return r.cfg.Transfers != nil }
+
 // canCopy says why src cannot be copied from srcNode to node, or nil.
 func (r *Router) canCopy(ctx context.Context, src backend.Source, srcNode, node string) error {
 	if r.cfg.Transfers == nil {

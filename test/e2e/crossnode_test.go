@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// testCopiedToAnotherNode (TestMultiNode/CloneAndRestoreCopiedToAnotherNode):
+// with WaitForFirstConsumer, a clone and a restore whose pod is pinned to
+// the other node than their source's are copied there through the node
+// agents' transfer servers (docs/kubernetes.md): the claims bind, the
+// copies live on the other node and read the source's sha256, the
+// ThinVolumes report the copy's progress (bytes done reaching the total,
+// an Event "Transferred"), the snapshot the controller took for the clone
+// is gone, and deleting the claims leaves nothing of them on either node.
+func (m *multiNode) testCopiedToAnotherNode(t *testing.T) {
+	const mib = 48
+	m.createPVC(t, "far-src", classWFFC, "1Gi")
+	sum := lastLine(m.runPodOn(t, m.node, "far-src-writer", fmt.Sprintf(
+		"head -c %d /dev/urandom > /far-src/data && sync && sha256sum /far-src/data | cut -d' ' -f1", mib<<20), "far-src"))
+	if len(sum) != 64 {
+		t.Fatalf("source sha256 %q", sum)
+	}
+	m.createSnapshot(t, "far-snap", "far-src")
+
+	m.createPVC(t, "far-clone", classWFFC, "1Gi", fromPVC("far-src"))
+	m.createPVC(t, "far-restore", classWFFC, "1Gi", fromSnapshot("far-snap"))
+	handles := map[string]string{}
+	for _, claim := range []string{"far-clone", "far-restore"} {
+		out := m.runPodOn(t, m.other, claim+"-reader", "sha256sum /"+claim+"/data | cut -d' ' -f1", claim)
+		if got := lastLine(out); got != sum {
+			t.Errorf("%s on %s reads sha256 %q, the source %q", claim, m.other, got, sum)
+		}
+		m.expectOn(t, claim, m.other, m.other)
+		p := m.waitBound(t, claim, time.Minute)
+		pv, err := m.kube.CoreV1().PersistentVolumes().Get(context.Background(), p.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		handles[claim] = pv.Spec.CSI.VolumeHandle
+		tv, err := m.dyn.Resource(thinVolumeGVR).Get(context.Background(), pv.Spec.CSI.VolumeHandle, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srcNode, _, _ := unstructured.NestedString(tv.Object, "spec", "source", "node")
+		phase, _, _ := unstructured.NestedString(tv.Object, "status", "transfer", "phase")
+		done, _, _ := unstructured.NestedInt64(tv.Object, "status", "transfer", "bytesDone")
+		total, _, _ := unstructured.NestedInt64(tv.Object, "status", "transfer", "bytesTotal")
+		t.Logf("%s: copied from %s, %s, %d of %d bytes", claim, srcNode, phase, done, total)
+		if srcNode != m.node || phase != "Received" || total < mib<<20 || done < total {
+			t.Errorf("%s: ThinVolume source node %q, transfer %q with %d of %d bytes; want a copy from %s Received with all of at least %d MiB",
+				claim, srcNode, phase, done, total, m.node, mib)
+		}
+		m.waitVolumeEvent(t, pv.Spec.CSI.VolumeHandle, "Transferred", "verified")
+	}
+	// The snapshot taken for the clone went with the end of its copy.
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := m.dyn.Resource(thinSnapGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/transfer-for"})
+		return err == nil && len(l.Items) == 0, nil
+	})
+	if err != nil {
+		t.Errorf("the snapshot taken for the clone's copy is still there")
+	}
+	if err := m.dyn.Resource(snapshotGVR).Namespace(m.ns).Delete(context.Background(), "far-snap", metav1.DeleteOptions{}); err != nil {
+		t.Errorf("delete snapshot: %v", err)
+	}
+	m.deletePVCs(t, "far-clone", "far-restore", "far-src")
+	for _, node := range m.nodes {
+		list := m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir)
+		for claim, id := range handles {
+			if strings.Contains(list, id) {
+				t.Errorf("%s: the copy of %s (%s) is still in the pool", node, claim, id)
+			}
+		}
+	}
+}
+
+// waitVolumeEvent waits for an Event of reason on the ThinVolume id (a
+// cluster-scoped object: its Events are in the default namespace) whose
+// message holds want.
+func (m *multiNode) waitVolumeEvent(t *testing.T, id, reason, want string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		evs, err := m.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + id + ",reason=" + reason})
+		if err != nil {
+			return false, nil
+		}
+		for _, ev := range evs.Items {
+			if strings.Contains(ev.Message, want) {
+				t.Logf("%s %s: %s", id, reason, ev.Message)
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Errorf("no %s Event with %q on ThinVolume %s", reason, want, id)
+	}
+}
