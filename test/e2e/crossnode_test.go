@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -72,6 +73,17 @@ func (m *multiNode) testCopiedToAnotherNode(t *testing.T) {
 		t.Errorf("delete snapshot: %v", err)
 	}
 	m.deletePVCs(t, "far-clone", "far-restore", "far-src")
+	err = wait.PollUntilContextTimeout(context.Background(), time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, id := range handles {
+			if _, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("the copies' ThinVolumes are still there after their claims were deleted")
+	}
 	for _, node := range m.nodes {
 		list := m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir)
 		for claim, id := range handles {

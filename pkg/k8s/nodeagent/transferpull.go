@@ -300,7 +300,9 @@ func (p *Puller) receive(ctx context.Context, tv *thinv1.ThinVolume, tc *transfe
 }
 
 // reportProgress writes bytesDone/bytesTotal at most every
-// ProgressInterval and an Event at most every EventInterval, until stop.
+// ProgressInterval and an Event at most every EventInterval, until stop,
+// and then once more (a copy faster than the interval reports its bytes
+// too).
 func (p *Puller) reportProgress(ctx context.Context, tv *thinv1.ThinVolume, pr *progressReader, stop <-chan struct{}) {
 	interval := p.ProgressInterval
 	if interval <= 0 {
@@ -311,23 +313,30 @@ func (p *Puller) reportProgress(ctx context.Context, tv *thinv1.ThinVolume, pr *
 	var written int64 = -1
 	lastEvent := time.Now()
 	for {
+		last := false
 		select {
 		case <-stop:
-			return
+			last = true
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
 		done, total := pr.progress()
 		if done == written {
+			if last {
+				return
+			}
 			continue
 		}
 		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"transfer": map[string]any{"bytesDone": done, "bytesTotal": total}}})
 		if err := p.Client.Status().Patch(ctx, &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: tv.Name}}, client.RawPatch(types.MergePatchType, patch)); err != nil {
 			klog.FromContext(ctx).V(2).Info("write the copy's progress", "err", err.Error())
-			continue
+		} else {
+			written = done
 		}
-		written = done
+		if last {
+			return
+		}
 		if p.EventInterval > 0 && time.Since(lastEvent) >= p.EventInterval {
 			lastEvent = time.Now()
 			p.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Transferring", "CreateVolume",
