@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -64,6 +65,27 @@ type copyNode struct {
 	hold      atomic.Pointer[chan struct{}] // non-nil: sends stall after holdAfter bytes until closed
 	stopAgent func()
 	stopSrv   func()
+	metrics   *prometheus.Registry // of the agent running now
+}
+
+// metric reads a counter or gauge of the node's running agent.
+func (n *copyNode) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := n.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
 
 const (
@@ -217,8 +239,13 @@ func (e *copyEnv) startAgent(n *copyNode) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	n.metrics = prometheus.NewRegistry()
+	tm, err := nodeagent.NewTransferMetrics(n.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
 	status, err := nodeagent.Setup(mgr, n.pool, time.Hour, nil,
-		nodeagent.WithTransfers(func() *transfer.Client { return tc }, nil),
+		nodeagent.WithTransfers(func() *transfer.Client { return tc }, tm),
 		nodeagent.WithPullerTuning(func(p *nodeagent.Puller) {
 			p.ProgressInterval, p.EventInterval, p.Attempts = 100*time.Millisecond, time.Second, copyAttempts
 		}))
@@ -390,6 +417,12 @@ func TestCrossNodeCopy(t *testing.T) {
 		}
 		checkCopy(t, id, 1)
 		snapshotGone(t, id)
+		if got := n2.metric(t, "csi_thin_transfer_received_bytes_total"); got < 24<<20 {
+			t.Errorf("n2 counted %.0f bytes received, want at least the 24 MiB copied", got)
+		}
+		if got := n2.metric(t, "csi_thin_transfer_receives_in_flight"); got != 0 {
+			t.Errorf("n2 reports %.0f receives in flight after the copy", got)
+		}
 		if err := e.r.DeleteVolume(ctx, id); err != nil {
 			t.Fatal(err)
 		}
@@ -445,6 +478,9 @@ func TestCrossNodeCopy(t *testing.T) {
 	t.Run("deleted while copying", func(t *testing.T) {
 		id, rel, res := startHeld(t, "cancelled")
 		defer release(rel)
+		if got := n2.metric(t, "csi_thin_transfer_receives_in_flight"); got != 1 {
+			t.Errorf("n2 reports %.0f receives in flight during a copy, want 1", got)
+		}
 		if err := e.r.DeleteVolume(ctx, id); err != nil {
 			t.Fatal(err)
 		}
