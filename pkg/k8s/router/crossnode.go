@@ -85,6 +85,7 @@ func (r *Router) canCopy(ctx context.Context, src backend.Source, srcNode, node 
 	if r.cfg.Transfers == nil {
 		return errors.New("cross-node copies are off (the controller runs without --transfer; chart: transfer.enabled)")
 	}
+	var backends []string
 	for _, n := range []string{srcNode, node} {
 		tn := &thinv1.ThinNode{}
 		if err := r.client.Get(ctx, client.ObjectKey{Name: n}, tn); err != nil {
@@ -93,6 +94,11 @@ func (r *Router) canCopy(ctx context.Context, src backend.Source, srcNode, node 
 		if tn.Status.TransferAddress == "" {
 			return fmt.Errorf("the csi-thin agent of node %s serves no transfers (transfers off there, or a %s pool, which cannot stream)", n, tn.Status.Backend)
 		}
+		backends = append(backends, tn.Status.Backend)
+	}
+	// A volume stream is of its pool's kind (btrfs send, or thin ranges).
+	if backends[0] != backends[1] {
+		return fmt.Errorf("node %s has a %s pool and node %s a %s pool: a copy cannot cross pool kinds", srcNode, backends[0], node, backends[1])
 	}
 	if src.Kind == backend.SourceSnapshot {
 		ts := &thinv1.ThinSnapshot{}

@@ -41,6 +41,12 @@ func transferNode(name, addr string) *thinv1.ThinNode {
 	return tn
 }
 
+func lvmNode(name, addr string) *thinv1.ThinNode {
+	tn := transferNode(name, addr)
+	tn.Status.Backend = "lvmthin"
+	return tn
+}
+
 func readySnapshot(id, node, vol string) *thinv1.ThinSnapshot {
 	return &thinv1.ThinSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{wellknown.LabelNode: node}},
@@ -82,6 +88,11 @@ func TestCreateVolumeOnAnotherNode(t *testing.T) {
 		objs:     []client.Object{readyVolume(volB, "n2", gib), transferNode("n2", "b:1")},
 		req:      backend.VolumeRequest{ID: volA, Node: "n1", RequiredBytes: gib, Source: clone},
 		wantCode: codes.FailedPrecondition, wantMsg: "volumeBindingMode: Immediate",
+	}, {
+		name: "clone across pool kinds", transfers: true,
+		objs:     []client.Object{readyVolume(volB, "n2", gib), lvmNode("n1", "a:1"), transferNode("n2", "b:1")},
+		req:      backend.VolumeRequest{ID: volA, Node: "n1", RequiredBytes: gib, Source: clone},
+		wantCode: codes.FailedPrecondition, wantMsg: "node n2 has a btrfs pool and node n1 a lvmthin pool",
 	}, {
 		name: "clone becomes a copy", transfers: true,
 		objs:    []client.Object{readyVolume(volB, "n2", gib), transferNode("n1", "a:1"), transferNode("n2", "b:1")},
