@@ -21,8 +21,10 @@ import (
 // pods run and write volumes on every node, allowedTopologies hold, a
 // node without room gets no new volumes while pods land on another, a
 // clone or restore stays with its source when its pod may run there, and
-// one consumed on another node is copied there (crossnode_test.go).
-// Skips on a single-node cluster.
+// one consumed on another node is copied there (crossnode_test.go); then
+// the other node's life: drained, lost (kubelet and agent killed) and
+// back, deleted from the cluster and registered again (nodeloss_test.go,
+// nodedelete_test.go). Skips on a single-node cluster.
 func TestMultiNode(t *testing.T) {
 	c := newCluster(t)
 	nodes := c.nodeNames(t)
@@ -34,7 +36,7 @@ func TestMultiNode(t *testing.T) {
 		other = nodes[1]
 	}
 	t.Logf("namespace %s, nodes %v; test node %s, other node %s", c.ns, nodes, c.node, other)
-	m := &multiNode{cluster: c, nodes: nodes, other: other}
+	m := &multiNode{cluster: c, nodes: nodes, other: other, parent: t}
 	steps := []struct {
 		name string
 		fn   func(*testing.T)
@@ -45,7 +47,9 @@ func TestMultiNode(t *testing.T) {
 		{"CloneAndRestoreStayWithTheirSource", m.testSourcePlacement},
 		{"CloneAndRestoreCopiedToAnotherNode", m.testCopiedToAnotherNode},
 		{"GroupSnapshotAcrossNodesRefused", m.testGroupAcrossNodes},
+		{"DrainedNodeKeepsItsVolumes", m.testNodeDrained},
 		{"LostNodeReleasesItsClaims", m.testNodeLost},
+		{"DeletedNodeReleasesAndReportsItsStorage", m.testNodeDeleted},
 		{"NothingLeftOnAnyNode", m.testNothingLeft},
 	}
 	for _, s := range steps {
@@ -57,8 +61,11 @@ func TestMultiNode(t *testing.T) {
 
 type multiNode struct {
 	*cluster
-	nodes []string // every node, sorted
-	other string   // a node that is not c.node
+	nodes  []string   // every node, sorted
+	other  string     // a node that is not c.node
+	parent *testing.T // TestMultiNode's, for cleanups that outlive a step
+
+	lostAfterShort bool // shortLostAfter ran
 }
 
 // nodeNames lists the cluster's nodes, sorted.

@@ -41,8 +41,7 @@ const lostAfterForTest = "60s"
 func (m *multiNode) testNodeLost(t *testing.T) {
 	ctx := context.Background()
 	node := m.other
-	m.setLostAfter(t, lostAfterForTest)
-	t.Cleanup(func() { m.setLostAfter(t, "5m") })
+	m.shortLostAfter(t)
 
 	m.createPVC(t, "doomed", classWFFC, "1Gi")
 	m.startPodOn(t, node, "doomed-user", fmt.Sprintf("echo '%s' > /doomed/file && sync && sleep 3600", payload), "doomed")
@@ -208,6 +207,19 @@ func (m *multiNode) waitClusterEvent(t *testing.T, object, reason string, timeou
 	}
 }
 
+// shortLostAfter sets the controller's --lost-after to lostAfterForTest
+// once for the node-loss steps, and back to the chart's default when
+// TestMultiNode ends.
+func (m *multiNode) shortLostAfter(t *testing.T) {
+	t.Helper()
+	if m.lostAfterShort {
+		return
+	}
+	m.setLostAfter(t, lostAfterForTest)
+	m.lostAfterShort = true
+	m.parent.Cleanup(func() { m.setLostAfter(m.parent, "5m") })
+}
+
 // setLostAfter sets the controller's --lost-after through the chart and
 // waits for the new controller.
 func (m *multiNode) setLostAfter(t *testing.T, d string) {
@@ -222,6 +234,18 @@ func (m *multiNode) setLostAfter(t *testing.T, d string) {
 // killNode SIGKILLs the node's kubelet (so nothing restarts its pods) and
 // then its csi-thin agent; it returns the kubelet's command line.
 func (m *multiNode) killNode(t *testing.T, node string) []string {
+	t.Helper()
+	agent := m.agentPID(t, node)
+	args := m.killKubelet(t, node)
+	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed %s's csi-thin agent (pid %d)", node, agent)
+	return args
+}
+
+// killKubelet SIGKILLs the node's kubelet and returns its command line.
+func (m *multiNode) killKubelet(t *testing.T, node string) []string {
 	t.Helper()
 	pidFile := filepath.Join(envOr("E2E_K8S_RUN", "/var/run/k8s-recipe"), "pids", "kubelet-"+node+".pid")
 	b, err := os.ReadFile(pidFile)
@@ -240,14 +264,10 @@ func (m *multiNode) killNode(t *testing.T, node string) []string {
 	if filepath.Base(args[0]) != "kubelet" {
 		t.Fatalf("pid %d of %s is %v, not the kubelet", pid, pidFile, args)
 	}
-	agent := m.agentPID(t, node)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("killed %s's kubelet (pid %d) and csi-thin agent (pid %d)", node, pid, agent)
+	t.Logf("killed %s's kubelet (pid %d)", node, pid)
 	return args
 }
 
@@ -256,10 +276,16 @@ func (m *multiNode) killNode(t *testing.T, node string) []string {
 // NODE_NAME.
 func (m *multiNode) agentPID(t *testing.T, node string) int {
 	t.Helper()
-	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
-	if err != nil {
-		t.Fatal(err)
+	pid := findAgent(node)
+	if pid == 0 {
+		t.Fatalf("no csi-thin agent with NODE_NAME=%s", node)
 	}
+	return pid
+}
+
+// findAgent is agentPID's search; 0: no agent of the node runs.
+func findAgent(node string) int {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
 		if err != nil || !strings.Contains(string(b), "--mode=node") || !strings.Contains(string(b), "csi-thin") {
@@ -272,7 +298,6 @@ func (m *multiNode) agentPID(t *testing.T, node string) int {
 		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
 		return pid
 	}
-	t.Fatalf("no csi-thin agent with NODE_NAME=%s", node)
 	return 0
 }
 
