@@ -140,8 +140,11 @@ func (m *multiNode) testNodeDeleted(t *testing.T) {
 		t.Fatalf("resources of deleted node %s not Lost: %v", node, err)
 	}
 	t.Logf("volumes and snapshot Lost %s after the deletion", time.Since(start).Round(time.Second))
-	m.waitEvent(t, "local", "NodeLost", time.Minute, handle, "was deleted from the cluster")
-	m.waitClusterEvent(t, local.Spec.VolumeName, "NodeLost", time.Minute)
+	// The claim and PV had a NodeLost Event in LostNodeReleasesItsClaims:
+	// the recorder counts this one into it (same object, reason and
+	// action; the first message stays), so look for one seen since.
+	m.waitEventSince(t, m.ns, "local", "NodeLost", start, handle)
+	m.waitEventSince(t, metav1.NamespaceAll, local.Spec.VolumeName, "NodeLost", start, handle)
 	m.waitLostGauges(t, node)
 
 	// Deleting the snapshot and the claim completes; the controller
@@ -416,4 +419,34 @@ func (m *multiNode) removeStray(t *testing.T, node, dir, id string) {
 	}
 	m.onNode(t, node, "rm", base+"/meta/"+id+".json")
 	t.Logf("removed stray %s (qgroup %q) from %s's pool", id, rec.Qgroup, node)
+}
+
+// waitEventSince waits for an event with the reason on the object (in
+// namespace ns; "" for all) last seen at or after since, its message
+// containing want.
+func (m *multiNode) waitEventSince(t *testing.T, ns, object, reason string, since time.Time, want ...string) {
+	t.Helper()
+	var seen []string
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		evs, err := m.kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object + ",reason=" + reason})
+		if err != nil {
+			return false, nil
+		}
+		seen = seen[:0]
+		for _, e := range evs.Items {
+			times := []time.Time{e.EventTime.Time, e.LastTimestamp.Time, e.FirstTimestamp.Time}
+			if e.Series != nil {
+				times = append(times, e.Series.LastObservedTime.Time)
+			}
+			last := slices.MaxFunc(times, time.Time.Compare)
+			seen = append(seen, fmt.Sprintf("%s (last %s)", e.Message, last.UTC().Format(time.RFC3339)))
+			if !last.Before(since.Truncate(time.Second)) && all(e.Message, want) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no %s event on %s since %s naming %v; seen: %v", reason, object, since.UTC().Format(time.RFC3339), want, seen)
+	}
 }
