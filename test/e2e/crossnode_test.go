@@ -116,3 +116,65 @@ func (m *multiNode) waitVolumeEvent(t *testing.T, id, reason, want string) {
 		t.Errorf("no %s Event with %q on ThinVolume %s", reason, want, id)
 	}
 }
+
+// testClaimDeletedWhileCopying (TestMultiNode/ClaimDeletedWhileCopying): a
+// clone of 1 GiB consumed on the other node is being copied (its
+// ThinVolume reports bytes done) when its pod and claim are deleted: the
+// copy is cancelled and its ThinVolume deleted, and neither node holds
+// the copy or the snapshot taken for it.
+func (m *multiNode) testClaimDeletedWhileCopying(t *testing.T) {
+	ctx := context.Background()
+	m.createPVC(t, "big-src", classWFFC, "2Gi")
+	m.runPodOn(t, m.node, "big-src-writer", "head -c 1073741824 /dev/urandom > /big-src/data && sync", "big-src")
+	m.createPVC(t, "big-clone", classWFFC, "2Gi", fromPVC("big-src"))
+	m.startPodOn(t, m.other, "big-clone-user", "true", "big-clone")
+	var id string
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := m.dyn.Resource(thinVolumeGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/pvc-name=big-clone"})
+		if err != nil || len(l.Items) != 1 {
+			return false, nil
+		}
+		done, _, _ := unstructured.NestedInt64(l.Items[0].Object, "status", "transfer", "bytesDone")
+		total, _, _ := unstructured.NestedInt64(l.Items[0].Object, "status", "transfer", "bytesTotal")
+		if done > 0 {
+			id = l.Items[0].GetName()
+			t.Logf("copy %s in progress: %d of %d bytes", id, done, total)
+			if done >= total {
+				return false, fmt.Errorf("the copy was complete before it could be cancelled")
+			}
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no copy in progress for big-clone: %v", err)
+	}
+	m.deletePod(t, "big-clone-user")
+	if err := m.kube.CoreV1().PersistentVolumeClaims(m.ns).Delete(ctx, "big-clone", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Errorf("the ThinVolume %s of the deleted claim is still there", id)
+	}
+	m.deletePVCs(t, "big-src")
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := m.dyn.Resource(thinSnapGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/transfer-for"})
+		if err != nil || len(l.Items) != 0 {
+			return false, nil
+		}
+		tvs, err := m.dyn.Resource(thinVolumeGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/pvc-name in (big-clone, big-src)"})
+		return err == nil && len(tvs.Items) == 0, nil
+	})
+	if err != nil {
+		t.Errorf("ThinVolumes or the copy's snapshot left after the claims were deleted")
+	}
+	for _, node := range m.nodes {
+		if list := m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir); strings.Contains(list, id) {
+			t.Errorf("%s: the cancelled copy %s is still in the pool", node, id)
+		}
+	}
+}

@@ -46,6 +46,7 @@ func TestMultiNode(t *testing.T) {
 		{"FullNodeGetsNoNewVolumes", m.testFullNode},
 		{"CloneAndRestoreStayWithTheirSource", m.testSourcePlacement},
 		{"CloneAndRestoreCopiedToAnotherNode", m.testCopiedToAnotherNode},
+		{"ClaimDeletedWhileCopying", m.testClaimDeletedWhileCopying},
 		{"GroupSnapshotAcrossNodesRefused", m.testGroupAcrossNodes},
 		{"DrainedNodeKeepsItsVolumes", m.testNodeDrained},
 		{"LostNodeReleasesItsClaims", m.testNodeLost},
