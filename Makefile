@@ -19,7 +19,7 @@ export CGO_ENABLED ?= 0
 # driver's go.mod); it builds against this tree through a replace directive.
 BENCH_MOD := cmd/csi-thin-bench
 
-.PHONY: all build lint test cluster-build s3-build test-s3 test-chart manifests image test-image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes bench-cluster demo bench clean
+.PHONY: all build lint test cluster-build kube-bin s3-build test-s3 test-chart manifests image test-image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes bench-cluster demo bench clean
 
 all: build
 
@@ -52,13 +52,21 @@ test-btrfs: | $(BIN)
 # lvm step of each mutating call; every step of the Node calls) and the
 # out-of-space and metadata tests, in one VM boot (~9.5 min, see
 # test-reliability-lvm). test/README.md says what runs where.
+# kube-bin comes before the suites that start a kube-apiserver and etcd
+# (test-unit, test-s3): on a cold machine it waits for the cluster-build
+# lane's first tool, not for the whole build.
 test:
-	hack/test-stages.sh 'packages-host lint test-unit test-btrfs test-reliability bench-smoke test-e2e test-e2e-nodes' \
-	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build test-s3 test-image'
+	hack/test-stages.sh 'packages-host lint kube-bin test-unit test-btrfs test-reliability bench-smoke test-e2e test-e2e-nodes' \
+	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build kube-bin test-s3 test-image'
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
 cluster-build:
 	bash test/cluster/build.sh all e2e
+
+# Only kube-apiserver, etcd and the rest of Kubernetes' own binaries (the
+# first tool cluster-build builds), for the suites that run an API server.
+kube-bin:
+	bash test/cluster/build.sh k8s
 
 test-lvm:
 	test/vm/run-lvm-suite.sh
