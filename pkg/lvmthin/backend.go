@@ -28,6 +28,7 @@ type Backend struct {
 	// extentSize is the VG's allocation unit: sizes are rounded to it.
 	extentSize int64
 	loopDevice string
+	streams    streams
 }
 
 var _ backend.Local = (*Backend)(nil)

@@ -53,6 +53,9 @@ func (c *lvCache) invalidate() { c.state, c.pool = nil, nil }
 func (b *Backend) stateForChange(ctx context.Context) (st *poolState, cached bool, err error) {
 	if c := &b.cache; c.state != nil && time.Since(c.listedAt) < b.cfg.ListMaxAge && b.poolProblem(c.pool) == "" {
 		s, err := b.lvm.thinPoolStatus(ctx, b.cfg.VG, b.cfg.ThinPool)
+		if err == nil && s.HeldMetadataRoot {
+			b.releaseLeftoverMetadataSnap(ctx)
+		}
 		if err == nil && s.healthy() && c.pool.ChunkSize > 0 {
 			pool := *c.pool
 			pool.Size = s.TotalDataBlocks * c.pool.ChunkSize

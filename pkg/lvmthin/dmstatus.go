@@ -27,9 +27,12 @@ type ThinPoolStatus struct {
 	UsedDataBlocks, TotalDataBlocks         int64
 	// Mode is "rw", "ro" (read-only metadata, or out of metadata space),
 	// "out_of_data_space", "Fail" (all I/O fails) or "Error".
-	Mode           string
-	ErrorIfNoSpace bool
-	NeedsCheck     bool
+	Mode string
+	// HeldMetadataRoot: a metadata snapshot is reserved
+	// (reserve_metadata_snap; see stream.go).
+	HeldMetadataRoot bool
+	ErrorIfNoSpace   bool
+	NeedsCheck       bool
 }
 
 // healthy reports a pool that takes writes and needs no repair: the only
@@ -75,6 +78,7 @@ func ParseThinPoolStatus(out []byte) (ThinPoolStatus, error) {
 	if s.UsedDataBlocks, s.TotalDataBlocks, err = usedOfTotal(f[5]); err != nil {
 		return ThinPoolStatus{}, fmt.Errorf("thin-pool status %q: data: %w", line, err)
 	}
+	s.HeldMetadataRoot = f[6] != "-"
 	s.Mode = f[7]
 	s.ErrorIfNoSpace = f[9] == "error_if_no_space"
 	s.NeedsCheck = f[10] == "needs_check"

@@ -21,6 +21,10 @@ const (
 	// tagOwned marks every LV this driver made; nothing without it is
 	// ever changed or removed.
 	tagOwned = tagPrefix + "owned"
+	// tagReceiving marks an LV being written from a volume stream
+	// (stream.go): half made until the stream verified and the tag is
+	// deleted, which is the receive's commit.
+	tagReceiving = tagPrefix + "receiving"
 
 	keyKind    = "kind"
 	keyName    = "name"
@@ -56,8 +60,10 @@ func tag(key, value string) string { return tagPrefix + key + "=" + value }
 type objectMeta struct {
 	Owned bool
 	// Creating: the LV is half made, its grow has not happened (set by
-	// lvMeta, which sees sizes).
-	Creating   bool
+	// lvMeta, which sees sizes) or it is still being received.
+	Creating bool
+	// Receiving: tagReceiving is set.
+	Receiving  bool
 	Grow       growth
 	Kind       string
 	Name       string
@@ -81,6 +87,9 @@ func (g growth) pending(size int64) bool { return g.To > g.From && size == g.Fro
 // Creating is not written: a half-made LV is one whose grow is pending.
 func encodeTags(m objectMeta) ([]string, error) {
 	tags := []string{tagOwned, tag(keyKind, m.Kind)}
+	if m.Receiving {
+		tags = append(tags, tagReceiving)
+	}
 	if m.Grow != (growth{}) {
 		if m.Grow.From <= 0 || m.Grow.To <= m.Grow.From {
 			return nil, fmt.Errorf("grow from %d to %d bytes: %w", m.Grow.From, m.Grow.To, backend.ErrInvalid)
@@ -130,7 +139,7 @@ func encodeTags(m objectMeta) ([]string, error) {
 // a copy whose lvextend has not run: that needs the LV's size.
 func lvMeta(lv *LV) objectMeta {
 	m := decodeTags(lv.Tags)
-	if m.Grow.pending(lv.Size) {
+	if m.Grow.pending(lv.Size) || m.Receiving {
 		m.Creating = true
 	}
 	return m
@@ -143,6 +152,10 @@ func decodeTags(tags []string) objectMeta {
 	for _, t := range tags {
 		if t == tagOwned {
 			m.Owned = true
+			continue
+		}
+		if t == tagReceiving {
+			m.Receiving = true
 			continue
 		}
 		rest, ok := strings.CutPrefix(t, tagPrefix)

@@ -167,8 +167,8 @@ func resumable(lv *LV, m objectMeta, src backend.Source, access backend.AccessTy
 	if had == "" {
 		had = backend.AccessMount // as volumeFrom reads it
 	}
-	if m.Source != src || had != access {
-		return false
+	if m.Source != src || had != access || m.Receiving {
+		return false // a half-received LV is only ever removed
 	}
 	return lv.Size < size
 }
