@@ -225,14 +225,15 @@ func (p *Puller) start(tv *thinv1.ThinVolume, tc *transfer.Client, addr, token s
 			case <-ctx.Done():
 			}
 		}
-		p.mu.Lock()
-		delete(p.running, tv.Name)
-		p.mu.Unlock()
 		if ctx.Err() != nil {
+			p.done(tv.Name)
 			logger.Info("copy cancelled; the pool removed what it had received")
 			return
 		}
 		if err != nil && !final(err) && tv.Status.Transfer.Attempts < p.Attempts {
+			// Not running before the status asks for a token: the
+			// reconcile that status brings must start the next attempt.
+			p.done(tv.Name)
 			if werr := p.update(p.base, tv.Name, func(cur *thinv1.ThinVolume) bool {
 				if cur.Status.Transfer == nil || cur.Status.Transfer.SpentTokenID != claims.ID {
 					return false
@@ -247,10 +248,21 @@ func (p *Puller) start(tv *thinv1.ThinVolume, tc *transfer.Client, addr, token s
 		if err != nil && !final(err) {
 			err = fmt.Errorf("%d attempts of the copy failed, the last: %w", tv.Status.Transfer.Attempts, err)
 		}
+		// Still running while the verdict is written: a reconcile in
+		// between (the controller grants a token as soon as one is spent)
+		// would otherwise start one attempt past the limit.
 		if werr := p.finish(p.base, tv.Name, v, err); werr != nil {
 			logger.Error(werr, "write the copy's verdict")
 		}
+		p.done(tv.Name)
 	}()
+}
+
+// done forgets the receive of volume id: a reconcile may start another.
+func (p *Puller) done(id string) {
+	p.mu.Lock()
+	delete(p.running, id)
+	p.mu.Unlock()
 }
 
 // final errors end the copy: another attempt would fail the same way.
