@@ -342,15 +342,9 @@ func (b *Backend) ReceiveVolume(ctx context.Context, req backend.VolumeRequest, 
 	if err := backend.CheckVolumeID(req.ID); err != nil {
 		return nil, err
 	}
-	access := req.AccessType
-	if access == "" {
-		access = backend.AccessMount
-	}
-	if access != backend.AccessMount && access != backend.AccessBlock {
-		return nil, fmt.Errorf("access type %q: %w", req.AccessType, backend.ErrInvalid)
-	}
-	if !fsType.MatchString(req.FsType) {
-		return nil, fmt.Errorf("fsType %q: %w", req.FsType, backend.ErrInvalid)
+	access, err := volumeAccess(req)
+	if err != nil {
+		return nil, err
 	}
 	if req.Source.Kind != backend.SourceNone {
 		return nil, fmt.Errorf("a received volume's source is its stream, not %s %s: %w", req.Source.Kind, req.Source.ID, backend.ErrInvalid)

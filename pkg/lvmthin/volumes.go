@@ -33,15 +33,9 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	if !backend.IsVolumeID(req.ID) {
 		return nil, fmt.Errorf("volume ID %q: %w", req.ID, backend.ErrInvalid)
 	}
-	access := req.AccessType
-	if access == "" {
-		access = backend.AccessMount
-	}
-	if access != backend.AccessMount && access != backend.AccessBlock {
-		return nil, fmt.Errorf("access type %q: %w", req.AccessType, backend.ErrInvalid)
-	}
-	if !fsType.MatchString(req.FsType) {
-		return nil, fmt.Errorf("fsType %q: %w", req.FsType, backend.ErrInvalid)
+	access, err := volumeAccess(req)
+	if err != nil {
+		return nil, err
 	}
 	if err := checkSource(req.Source); err != nil {
 		return nil, err
@@ -51,7 +45,7 @@ func (b *Backend) CreateVolume(ctx context.Context, req backend.VolumeRequest) (
 	}
 
 	var vol *backend.Volume
-	err := b.change(ctx, func(st *poolState) error {
+	err = b.change(ctx, func(st *poolState) error {
 		v, err := b.createVolume(ctx, st, req, access)
 		vol = v
 		return err
@@ -156,6 +150,23 @@ func (b *Backend) createVolume(ctx context.Context, st *poolState, req backend.V
 		FsType: req.FsType, Parameters: req.Parameters, Node: b.cfg.NodeName, CreatedAt: created,
 		Condition: b.condition(&LV{Name: req.ID}, st.pool),
 	}, nil
+}
+
+// volumeAccess checks a new volume's access and filesystem types (a
+// created and a received volume alike) and returns its access type, mount
+// when unset.
+func volumeAccess(req backend.VolumeRequest) (backend.AccessType, error) {
+	access := req.AccessType
+	if access == "" {
+		access = backend.AccessMount
+	}
+	if access != backend.AccessMount && access != backend.AccessBlock {
+		return "", fmt.Errorf("access type %q: %w", req.AccessType, backend.ErrInvalid)
+	}
+	if !fsType.MatchString(req.FsType) {
+		return "", fmt.Errorf("fsType %q: %w", req.FsType, backend.ErrInvalid)
+	}
+	return access, nil
 }
 
 // resumable reports whether a half-made LV can be completed into the
