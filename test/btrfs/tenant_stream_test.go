@@ -8,28 +8,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/csi-thin/csi-thin/internal/tenant"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
 )
-
-// tenantUID is the unprivileged user a tenant's pod runs as.
-const tenantUID = 1000
-
-// asTenant runs argv as tenantUID, no capabilities, no supplementary
-// groups; it returns the combined output.
-func asTenant(argv ...string) (string, error) {
-	args := append([]string{"--reuid=" + strconv.Itoa(tenantUID), "--regid=" + strconv.Itoa(tenantUID), "--clear-groups"}, argv...)
-	out, err := exec.Command("setpriv", args...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
 
 // publishToTenant bind-mounts a volume nosuid,nodev (as the node
 // publishes it) where the tenant can reach it, and hands its root to the
@@ -53,7 +42,7 @@ func publishToTenant(t *testing.T, path string) string {
 	if err := unix.Mount("", mnt, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chown(mnt, tenantUID, tenantUID); err != nil {
+	if err := os.Chown(mnt, tenant.UID, tenant.UID); err != nil {
 		t.Fatal(err)
 	}
 	return mnt
@@ -205,7 +194,7 @@ func TestTenantVolumeStreams(t *testing.T) {
 
 	v := newVolume(t, src, "tenant", 256*backend.MiB, backend.Source{})
 	mnt := publishToTenant(t, src.VolumePath(v.ID))
-	if out, err := asTenant("/usr/bin/python3", "-c", tenantPlan, mnt, src.MountPath(), src.VolumePath(other.ID), hostFile); err != nil {
+	if out, err := tenant.Run("/usr/bin/python3", "-c", tenantPlan, mnt, src.MountPath(), src.VolumePath(other.ID), hostFile); err != nil {
 		t.Fatalf("tenant plan: %v: %s", err, out)
 	}
 	for _, argv := range [][]string{
@@ -214,16 +203,16 @@ func TestTenantVolumeStreams(t *testing.T) {
 		{"dd", "if=/dev/urandom", "of=" + filepath.Join(mnt, "nested", "inner", "data"), "bs=1M", "count=4", "status=none"},
 		{"btrfs", "subvolume", "snapshot", filepath.Join(mnt, "nested"), filepath.Join(mnt, "nested-snap")},
 	} {
-		if out, err := asTenant(argv...); err != nil {
+		if out, err := tenant.Run(argv...); err != nil {
 			t.Fatalf("tenant %v: %v: %s", argv, err, out)
 		}
 	}
-	if out, err := asTenant("mknod", filepath.Join(mnt, "mem"), "c", "1", "1"); err == nil {
+	if out, err := tenant.Run("mknod", filepath.Join(mnt, "mem"), "c", "1", "1"); err == nil {
 		t.Fatal("the tenant made a device node")
 	} else if !strings.Contains(out, "Operation not permitted") {
 		t.Fatalf("mknod: %s", out)
 	}
-	if out, err := asTenant("chattr", "+i", filepath.Join(mnt, "hardlink")); err == nil {
+	if out, err := tenant.Run("chattr", "+i", filepath.Join(mnt, "hardlink")); err == nil {
 		t.Fatal("the tenant made a file immutable")
 	} else if !strings.Contains(out, "Operation not permitted") {
 		t.Fatalf("chattr: %s", out)
@@ -324,11 +313,11 @@ func TestTenantVolumeStreams(t *testing.T) {
 
 	t.Run("the received volume's limit holds against the tenant", func(t *testing.T) {
 		rmnt := publishToTenant(t, restored)
-		if out, err := asTenant("btrfs", "subvolume", "create", filepath.Join(rmnt, "nested")); err != nil {
+		if out, err := tenant.Run("btrfs", "subvolume", "create", filepath.Join(rmnt, "nested")); err != nil {
 			t.Fatalf("nested subvolume: %v: %s", err, out)
 		}
 		for _, path := range []string{filepath.Join(rmnt, "fill"), filepath.Join(rmnt, "nested", "fill")} {
-			out, err := asTenant("dd", "if=/dev/zero", "of="+path, "bs=1M", "count=512", "conv=fsync", "status=none")
+			out, err := tenant.Run("dd", "if=/dev/zero", "of="+path, "bs=1M", "count=512", "conv=fsync", "status=none")
 			if err == nil || !strings.Contains(out, "Disk quota exceeded") {
 				t.Fatalf("512 MiB into %s of a 256 MiB volume: %v: %s", path, err, out)
 			}

@@ -16,25 +16,15 @@ import (
 	mountutils "k8s.io/mount-utils"
 
 	"github.com/csi-thin/csi-thin/internal/csiclient"
+	"github.com/csi-thin/csi-thin/internal/tenant"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
-
-// tenantUID is the unprivileged user a tenant's pod runs as.
-const tenantUID = "1000"
-
-// asTenant runs argv as an unprivileged uid without capabilities or
-// supplementary groups (no shell), and returns its output and error.
-func asTenant(argv ...string) (string, error) {
-	args := append([]string{"--reuid=" + tenantUID, "--regid=" + tenantUID, "--clear-groups", "--"}, argv...)
-	out, err := exec.Command("setpriv", args...).CombinedOutput()
-	return string(out), err
-}
 
 // openToTenant gives the tenant's uid the volume, as kubelet's fsGroup
 // handling would.
 func openToTenant(t *testing.T, path string) {
 	t.Helper()
-	if err := os.Chown(path, 1000, 1000); err != nil {
+	if err := os.Chown(path, tenant.UID, tenant.UID); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -128,12 +118,12 @@ func TestHostileTenantLVM(t *testing.T) {
 			}
 			a := attach(create("dev-"+fs, fs, size)) // no mount options
 			// No CAP_MKNOD: the kernel refuses a device node.
-			if out, err := asTenant("mknod", filepath.Join(a.TargetPath, "disk"), "b", "7", "0"); err == nil || !strings.Contains(out, "Operation not permitted") {
+			if out, err := tenant.Run("mknod", filepath.Join(a.TargetPath, "disk"), "b", "7", "0"); err == nil || !strings.Contains(out, "Operation not permitted") {
 				t.Errorf("%s: mknod by an unprivileged tenant: %v: %s, want EPERM", fs, err, out)
 			}
 			// Control: the tenant can write there, so the refusal above is
 			// the kernel's, not a path it cannot reach.
-			if out, err := asTenant("touch", filepath.Join(a.TargetPath, "mine")); err != nil {
+			if out, err := tenant.Run("touch", filepath.Join(a.TargetPath, "mine")); err != nil {
 				t.Fatalf("%s: the tenant cannot write its own volume: %v: %s", fs, err, out)
 			}
 			// A setuid file of its own is allowed, but the target the
@@ -177,7 +167,7 @@ func TestHostileTenantLVM(t *testing.T) {
 		t.Cleanup(func() { _ = cl.Unpublish(context.Background(), raw, target) })
 		openToTenant(t, target)
 		// The tenant writes a filesystem image of its choosing.
-		if out, err := asTenant("mkfs.ext4", "-q", "-F", target); err != nil {
+		if out, err := tenant.Run("mkfs.ext4", "-q", "-F", target); err != nil {
 			t.Fatalf("tenant's mkfs on its own block device: %v: %s", err, out)
 		}
 		snap, err := cl.CreateSnapshot(c, "raw-snap", raw)
@@ -213,7 +203,7 @@ func TestHostileTenantLVM(t *testing.T) {
 
 	t.Run("fill own volume", func(t *testing.T) {
 		a := attach(create("small", "ext4", 32*backend.MiB))
-		out, err := asTenant("dd", "if=/dev/zero", "of="+filepath.Join(a.TargetPath, "fill"), "bs=1M", "count=64", "conv=fsync")
+		out, err := tenant.Run("dd", "if=/dev/zero", "of="+filepath.Join(a.TargetPath, "fill"), "bs=1M", "count=64", "conv=fsync")
 		if err == nil || !strings.Contains(out, "No space left") {
 			t.Errorf("writing 64 MiB into a 32 MiB volume: %v: %s, want ENOSPC", err, out)
 		}
@@ -238,7 +228,7 @@ func TestHostileTenantLVM(t *testing.T) {
 		}
 		var out string
 		for _, a := range atts {
-			out, err = asTenant("dd", "if=/dev/zero", "of="+filepath.Join(a.TargetPath, "fill"), "bs=1M",
+			out, err = tenant.Run("dd", "if=/dev/zero", "of="+filepath.Join(a.TargetPath, "fill"), "bs=1M",
 				"count="+strconv.FormatInt(size/backend.MiB, 10), "conv=fsync")
 			t.Logf("tenant filling %s: %v: %s", a.VolumeID, err, strings.TrimSpace(out))
 		}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/csi-thin/csi-thin/internal/csiclient"
+	"github.com/csi-thin/csi-thin/internal/tenant"
 	"github.com/csi-thin/csi-thin/internal/testenv"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
@@ -24,22 +25,10 @@ import (
 	"github.com/csi-thin/csi-thin/test/reliability/harness"
 )
 
-// tenantUID is the unprivileged user a tenant's pod runs as: no
-// capabilities, no supplementary groups.
-const tenantUID = 1000
-
-// asTenant runs argv as tenantUID and returns its combined output; the
-// error is the command's failure.
-func asTenant(argv ...string) (string, error) {
-	args := append([]string{"--reuid=" + strconv.Itoa(tenantUID), "--regid=" + strconv.Itoa(tenantUID), "--clear-groups"}, argv...)
-	out, err := exec.Command("setpriv", args...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
 // tenantWrite has the tenant write mib MiB into path with dd (fsync at
 // the end, so that quota and space errors surface).
 func tenantWrite(path string, mib int) (string, error) {
-	return asTenant("dd", "if=/dev/zero", "of="+path, "bs=1M", "count="+strconv.Itoa(mib), "conv=fsync", "status=none")
+	return tenant.Run("dd", "if=/dev/zero", "of="+path, "bs=1M", "count="+strconv.Itoa(mib), "conv=fsync", "status=none")
 }
 
 // publishForTenant stages and publishes a volume as kubelet would, with
@@ -70,10 +59,10 @@ func publishForTenant(t *testing.T, c *csiclient.Client, id string, flags []stri
 	if err := os.Chmod(filepath.Join(dir, "pod"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chown(a.TargetPath, tenantUID, tenantUID); err != nil {
+	if err := os.Chown(a.TargetPath, tenant.UID, tenant.UID); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := asTenant("touch", filepath.Join(a.TargetPath, ".probe")); err != nil {
+	if out, err := tenant.Run("touch", filepath.Join(a.TargetPath, ".probe")); err != nil {
 		t.Fatalf("the tenant cannot write its own volume: %v: %s", err, out)
 	}
 	return a, a.TargetPath
@@ -142,7 +131,7 @@ func TestHostileTenantBtrfs(t *testing.T) {
 	})
 	t.Run("nested subvolumes", func(t *testing.T) {
 		for _, p := range []string{"nested", "nested/deeper"} {
-			if out, err := asTenant("btrfs", "subvolume", "create", filepath.Join(mnt, p)); err != nil {
+			if out, err := tenant.Run("btrfs", "subvolume", "create", filepath.Join(mnt, p)); err != nil {
 				t.Logf("subvolume create %s refused: %s", p, out) // refusal is containment too
 			}
 		}
@@ -161,7 +150,7 @@ func TestHostileTenantBtrfs(t *testing.T) {
 	t.Run("snapshots of its own subvolumes", func(t *testing.T) {
 		for _, snap := range [][2]string{{mnt, "self-snap"}, {filepath.Join(mnt, "nested"), "nested-snap"}} {
 			dst := filepath.Join(mnt, snap[1])
-			if out, err := asTenant("btrfs", "subvolume", "snapshot", snap[0], dst); err != nil {
+			if out, err := tenant.Run("btrfs", "subvolume", "snapshot", snap[0], dst); err != nil {
 				t.Logf("snapshot %s refused: %s", snap[1], out)
 				continue
 			}
@@ -171,7 +160,7 @@ func TestHostileTenantBtrfs(t *testing.T) {
 		}
 	})
 	t.Run("device nodes", func(t *testing.T) {
-		if out, err := asTenant("mknod", filepath.Join(mnt, "mem"), "c", "1", "1"); err == nil {
+		if out, err := tenant.Run("mknod", filepath.Join(mnt, "mem"), "c", "1", "1"); err == nil {
 			t.Errorf("the tenant made a device node: %s", out)
 		}
 		// One planted by someone privileged (a root init container) must
@@ -180,7 +169,7 @@ func TestHostileTenantBtrfs(t *testing.T) {
 		if out, err := exec.Command("mknod", "-m", "666", planted, "c", "1", "3").CombinedOutput(); err != nil {
 			t.Fatalf("plant a device node: %v: %s", err, out)
 		}
-		if out, err := asTenant("dd", "if=/dev/zero", "of="+filepath.Join(mnt, "null"), "bs=1", "count=1", "status=none"); err == nil {
+		if out, err := tenant.Run("dd", "if=/dev/zero", "of="+filepath.Join(mnt, "null"), "bs=1", "count=1", "status=none"); err == nil {
 			t.Errorf("the tenant wrote through a device node in its volume: %s", out)
 		}
 		os.Remove(planted)
@@ -195,9 +184,9 @@ func TestHostileTenantBtrfs(t *testing.T) {
 		planted := filepath.Join(volumeDir(pool, vol.GetVolumeId()), "suid-id")
 		harness.Must(t, "plant a setuid binary", os.WriteFile(planted, b, 0o755))
 		harness.Must(t, "chmod", os.Chmod(planted, 0o4755))
-		out, err := asTenant(filepath.Join(mnt, "suid-id"), "-u")
-		if err != nil || strings.TrimSpace(out) != strconv.Itoa(tenantUID) {
-			t.Errorf("setuid-root binary in the volume ran with euid %q (%v), want %d", out, err, tenantUID)
+		out, err := tenant.Run(filepath.Join(mnt, "suid-id"), "-u")
+		if err != nil || strings.TrimSpace(out) != strconv.Itoa(tenant.UID) {
+			t.Errorf("setuid-root binary in the volume ran with euid %q (%v), want %d", out, err, tenant.UID)
 		}
 		os.Remove(planted)
 	})
