@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -209,6 +210,19 @@ func (m *multiNode) storageClassOn(t *testing.T, node string) string {
 		_ = m.kube.StorageV1().StorageClasses().Delete(context.Background(), sc.Name, metav1.DeleteOptions{})
 	})
 	return sc.Name
+}
+
+// waitVolumePhase waits until ThinVolume name reports phase (a missing
+// or unreadable resource counts as not yet).
+func (m *multiNode) waitVolumePhase(ctx context.Context, name, phase string, timeout time.Duration) error {
+	return wait.PollUntilContextTimeout(ctx, 2*time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		p, _, _ := unstructured.NestedString(tv.Object, "status", "phase")
+		return p == phase, nil
+	})
 }
 
 // waitEvent waits for an event with the reason on the object (and, if

@@ -180,14 +180,7 @@ func (m *multiNode) testNodeDeleted(t *testing.T) {
 	m.restartKubelet(t, node, m.killKubelet(t, node))
 	m.waitNodeBack(t, node)
 	t.Logf("node %s back %s after the deletion", node, time.Since(start).Round(time.Second))
-	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, kept, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		p, _, _ := unstructured.NestedString(tv.Object, "status", "phase")
-		return p == "Ready", nil
-	})
+	err = m.waitVolumePhase(ctx, kept, "Ready", 2*time.Minute)
 	if err != nil {
 		t.Fatalf("volume %s of claim on-%s not Ready after its node registered again: %v", kept, node, err)
 	}

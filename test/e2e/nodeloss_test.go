@@ -61,14 +61,7 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	kubelet := m.killNode(t, node)
 	m.tearDownPodVolumes(t, node, string(pod.UID), handle)
 	start := time.Now()
-	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
-		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		p, _, _ := unstructured.NestedString(tv.Object, "status", "phase")
-		return p == "Lost", nil
-	})
+	err = m.waitVolumePhase(ctx, handle, "Lost", 4*time.Minute)
 	if err != nil {
 		t.Fatalf("volume %s of node %s not Lost %s after its agent died: %v", handle, node, time.Since(start).Round(time.Second), err)
 	}
@@ -132,14 +125,7 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	// A claim of that node that nobody deleted (testEveryNode's) was Lost
 	// too, and is Ready again: the agent found its storage.
 	kept := volumeHandle(t, m.cluster, m.waitBound(t, "on-"+node, time.Minute))
-	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, kept, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		p, _, _ := unstructured.NestedString(tv.Object, "status", "phase")
-		return p == "Ready", nil
-	})
+	err = m.waitVolumePhase(ctx, kept, "Ready", 2*time.Minute)
 	if err != nil {
 		t.Errorf("volume %s of claim on-%s not Ready again after its node came back: %v", kept, node, err)
 	}
