@@ -122,7 +122,8 @@ func fileSHA(t *testing.T, path string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// deviceSHA hashes the first n bytes of a block device.
+// deviceSHA hashes the first n bytes of a block device (or a file), which
+// must have them.
 func deviceSHA(t *testing.T, dev string, n int64) string {
 	t.Helper()
 	f, err := os.Open(dev)

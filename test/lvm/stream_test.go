@@ -2,8 +2,6 @@ package lvm
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -26,7 +24,19 @@ import (
 // file, which must hash like the snapshot's volume, while the payload stays
 // within what was written (the mapped chunks), not the volume's size.
 
-const streamVolBytes = 512 * backend.MiB
+const (
+	streamVolBytes = 512 * backend.MiB
+	// streamWritten is what streamSpans write of the volume.
+	streamWritten = 40 * backend.MiB
+)
+
+// streamSpans are the stream tests' first writes: three ranges of the
+// volume, the start, the middle and the end, with holes between.
+var streamSpans = []span{
+	{0, 32 * backend.MiB, 1},
+	{300 * backend.MiB, 4 * backend.MiB, 2},
+	{streamVolBytes - 4*backend.MiB, 4 * backend.MiB, 3},
+}
 
 // streamPool is a private pool vg: the tests reserve its metadata
 // snapshot behind the backend's back, which must not disturb other tests,
@@ -59,6 +69,28 @@ func writeAt(t *testing.T, dev string, off, n int64, seed uint64) {
 	}
 }
 
+// span is a range of a volume that writeAt fills with the bytes of seed.
+type span struct {
+	off, n int64
+	seed   uint64
+}
+
+// blockVolume makes block volume "src" of size bytes on b, writes spans
+// into it (what lies between them stays unmapped) and returns its ID and
+// device.
+func blockVolume(t *testing.T, b *lvmthin.Backend, size int64, spans ...span) (id, dev string) {
+	t.Helper()
+	id = volID(t, "src")
+	if _, err := b.CreateVolume(t.Context(), backend.VolumeRequest{ID: id, RequiredBytes: size, AccessType: backend.AccessBlock}); err != nil {
+		t.Fatal(err)
+	}
+	dev = target(t, b, id)
+	for _, s := range spans {
+		writeAt(t, dev, s.off, s.n, s.seed)
+	}
+	return id, dev
+}
+
 // discard unmaps [off, off+n) of dev (BLKDISCARD).
 func discard(t *testing.T, dev string, off, n int64) {
 	t.Helper()
@@ -71,20 +103,6 @@ func discard(t *testing.T, dev string, off, n int64) {
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKDISCARD, uintptr(unsafe.Pointer(&rng[0]))); e != 0 {
 		t.Fatalf("BLKDISCARD %s [%d, +%d): %v", dev, off, n, e)
 	}
-}
-
-func hashOf(t *testing.T, path string, size int64) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, io.LimitReader(f, size)); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // apply lays a verified stream into file f and returns its header and
@@ -139,18 +157,10 @@ func TestSendSnapshotLVM(t *testing.T) {
 	t.Parallel()
 	b, cfg := streamPool(t, "csithin_send")
 	c := t.Context() // no deadline of its own: the VM runs these beside the whole suite
-	vol := volID(t, "src")
-	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: vol, RequiredBytes: streamVolBytes, AccessType: backend.AccessBlock}); err != nil {
-		t.Fatal(err)
-	}
-	dev := target(t, b, vol)
-	const mib = backend.MiB
-	writeAt(t, dev, 0, 32*mib, 1)
-	writeAt(t, dev, 300*mib, 4*mib, 2)
-	writeAt(t, dev, streamVolBytes-4*mib, 4*mib, 3)
-	const written = 40 * mib
+	vol, dev := blockVolume(t, b, streamVolBytes, streamSpans...)
+	const mib, written = backend.MiB, streamWritten
 	s1 := snapshot(t, b, vol, "s1")
-	want1 := hashOf(t, dev, streamVolBytes)
+	want1 := deviceSHA(t, dev, streamVolBytes)
 
 	var full bytes.Buffer
 	st, err := b.SendSnapshot(c, s1, "", &full)
@@ -176,7 +186,7 @@ func TestSendSnapshotLVM(t *testing.T) {
 	if hdr.Kind != volstream.KindLVMThin || hdr.VolumeBytes != streamVolBytes || hdr.SnapshotID != s1 || payload != st.PayloadBytes {
 		t.Errorf("header %+v, payload %d", hdr, payload)
 	}
-	if got := hashOf(t, img.Name(), streamVolBytes); got != want1 {
+	if got := deviceSHA(t, img.Name(), streamVolBytes); got != want1 {
 		t.Fatalf("rebuilt image %s, volume %s", got, want1)
 	}
 
@@ -186,7 +196,7 @@ func TestSendSnapshotLVM(t *testing.T) {
 	discard(t, dev, 300*mib, 1*mib)
 	const changed = 4 * mib
 	s2 := snapshot(t, b, vol, "s2")
-	want2 := hashOf(t, dev, streamVolBytes)
+	want2 := deviceSHA(t, dev, streamVolBytes)
 	var inc bytes.Buffer
 	st, err = b.SendSnapshot(c, s2, s1, &inc)
 	if err != nil {
@@ -200,7 +210,7 @@ func TestSendSnapshotLVM(t *testing.T) {
 	if hdr.ParentSnapshotID != s1 || hdr.SnapshotID != s2 {
 		t.Errorf("incremental header %+v", hdr)
 	}
-	if got := hashOf(t, img.Name(), streamVolBytes); got != want2 {
+	if got := deviceSHA(t, img.Name(), streamVolBytes); got != want2 {
 		t.Fatalf("image rebuilt from full + incremental %s, volume %s", got, want2)
 	}
 	if heldMetadataRoot(t, cfg.VG) {
@@ -288,17 +298,10 @@ func TestReceiveLVM(t *testing.T) {
 	c := t.Context() // no deadline of its own: the VM runs these beside the whole suite
 	const mib = backend.MiB
 
-	vol := volID(t, "src")
-	if _, err := src.CreateVolume(c, backend.VolumeRequest{ID: vol, RequiredBytes: streamVolBytes, AccessType: backend.AccessBlock}); err != nil {
-		t.Fatal(err)
-	}
-	dev := target(t, src, vol)
-	writeAt(t, dev, 0, 32*mib, 1)
-	writeAt(t, dev, 300*mib, 4*mib, 2)
-	writeAt(t, dev, streamVolBytes-4*mib, 4*mib, 3)
-	const written = 40 * mib
+	vol, dev := blockVolume(t, src, streamVolBytes, streamSpans...)
+	const written = streamWritten
 	s1 := snapshot(t, src, vol, "s1")
-	want1 := hashOf(t, dev, streamVolBytes)
+	want1 := deviceSHA(t, dev, streamVolBytes)
 	var full bytes.Buffer
 	if _, err := src.SendSnapshot(c, s1, "", &full); err != nil {
 		t.Fatal(err)
@@ -307,7 +310,7 @@ func TestReceiveLVM(t *testing.T) {
 	writeAt(t, dev, 400*mib, 2*mib, 5)
 	discard(t, dev, 300*mib, 1*mib)
 	s2 := snapshot(t, src, vol, "s2")
-	want2 := hashOf(t, dev, streamVolBytes)
+	want2 := deviceSHA(t, dev, streamVolBytes)
 	var inc bytes.Buffer
 	if _, err := src.SendSnapshot(c, s2, s1, &inc); err != nil {
 		t.Fatal(err)
@@ -322,7 +325,7 @@ func TestReceiveLVM(t *testing.T) {
 	if got.SizeBytes != streamVolBytes || got.AccessType != backend.AccessBlock {
 		t.Errorf("received volume %+v", got)
 	}
-	if h := hashOf(t, target(t, dst, v1), streamVolBytes); h != want1 {
+	if h := deviceSHA(t, target(t, dst, v1), streamVolBytes); h != want1 {
 		t.Fatalf("received volume %s, source %s", h, want1)
 	}
 	if m := mappedBytes(t, dstCfg.VG, v1); m < written-mib || m > written+written/100+mib {
@@ -347,7 +350,7 @@ func TestReceiveLVM(t *testing.T) {
 	if _, err := dst.ReceiveVolume(c, backend.VolumeRequest{ID: v2, AccessType: backend.AccessBlock}, bytes.NewReader(inc.Bytes())); err != nil {
 		t.Fatal(err)
 	}
-	if h := hashOf(t, target(t, dst, v2), streamVolBytes); h != want2 {
+	if h := deviceSHA(t, target(t, dst, v2), streamVolBytes); h != want2 {
 		t.Fatalf("volume from full + incremental %s, source %s", h, want2)
 	}
 	if _, err := dst.ReceiveSnapshot(c, s2, "s2", bytes.NewReader(inc.Bytes())); err != nil {
@@ -361,7 +364,7 @@ func TestReceiveLVM(t *testing.T) {
 		Source: backend.Source{Kind: backend.SourceSnapshot, ID: s2}}); err != nil {
 		t.Fatal(err)
 	}
-	if h := hashOf(t, target(t, dst, v3), streamVolBytes); h != want2 {
+	if h := deviceSHA(t, target(t, dst, v3), streamVolBytes); h != want2 {
 		t.Fatalf("restore of the received snapshot %s, source %s", h, want2)
 	}
 
