@@ -17,6 +17,8 @@
 #   - /dev/vda is a blank sparse virtio disk (default 5G) for LVM;
 #   - there is no udev, so LVM runs with LVM_SYSTEM_DIR=/tmp/lvm whose
 #     lvm.conf turns udev off and makes LVM create its own device nodes;
+#   - the loopback interface is up (127.0.0.1, for tests that serve and
+#     dial on it);
 #   - env: CSI_THIN_VM=1, CSI_THIN_TEST_DEVICE=/dev/vda, TMPDIR=/run/tmp
 #     (tmpfs: unix sockets and mount points do not belong on 9p), CI as on
 #     the host.
@@ -66,6 +68,8 @@ cp "$here/lvm.conf" "$work/lvm/lvm.conf"
   echo '#!/bin/sh'
   echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
   echo 'export HOME=/tmp LVM_SYSTEM_DIR=/tmp/lvm CSI_THIN_VM=1 CSI_THIN_TEST_DEVICE=/dev/vda'
+  # The kernel leaves lo down; nothing in the initramfs brings it up.
+  echo 'ip link set lo up'
   # Temporary files (mount points, unix sockets) on tmpfs, not on 9p.
   echo 'mkdir -p /run/tmp && export TMPDIR=/run/tmp'
   printf 'export CI=%q\n' "${CI:-}"
