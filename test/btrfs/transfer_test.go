@@ -1,10 +1,8 @@
 package btrfs_test
 
 import (
-	"context"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -23,7 +21,6 @@ import (
 // transfer cancelled by the target and one cut by the source leave no
 // volume, snapshot, scratch or qgroup on the target.
 func TestTransferBetweenPools(t *testing.T) {
-	ctx := context.Background()
 	src := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: "node-a"})
 	dst := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: "node-b"})
 
@@ -52,26 +49,7 @@ func TestTransferBetweenPools(t *testing.T) {
 			sameTree(t, "received "+got.ID, treeSums(t, dst.VolumePath(got.ID)), want[snapshot])
 		},
 		NothingLeft: func(t *testing.T, keep []string) {
-			vols, err := dst.ListVolumes(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			snaps, err := dst.ListSnapshots(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var have []string
-			for _, v := range vols {
-				have = append(have, v.ID)
-			}
-			for _, s := range snaps {
-				have = append(have, s.ID)
-			}
-			slices.Sort(have)
-			wantIDs := slices.Sorted(slices.Values(keep))
-			if !slices.Equal(have, wantIDs) {
-				t.Fatalf("target holds %v, want %v", have, wantIDs)
-			}
+			transfertest.Holds(t, dst, keep)
 			assertNoLeftovers(t, dst, true)
 		},
 	})

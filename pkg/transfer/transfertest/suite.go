@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -33,6 +34,37 @@ type Env struct {
 	// NothingLeft checks that Target holds exactly the volumes and
 	// snapshots of keep and nothing of a refused or unfinished receive.
 	NothingLeft func(t *testing.T, keep []string)
+}
+
+// Lister is what Holds reads of a real pool.
+type Lister interface {
+	ListVolumes(ctx context.Context) ([]*backend.Volume, error)
+	ListSnapshots(ctx context.Context) ([]*backend.Snapshot, error)
+}
+
+// Holds checks that pool lists exactly the volumes and snapshots of keep:
+// the part of a NothingLeft that every kind of pool shares.
+func Holds(t testing.TB, pool Lister, keep []string) {
+	t.Helper()
+	vols, err := pool.ListVolumes(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := pool.ListSnapshots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var have []string
+	for _, v := range vols {
+		have = append(have, v.ID)
+	}
+	for _, s := range snaps {
+		have = append(have, s.ID)
+	}
+	slices.Sort(have)
+	if want := slices.Sorted(slices.Values(keep)); !slices.Equal(have, want) {
+		t.Fatalf("target holds %v, want %v", have, want)
+	}
 }
 
 const (
