@@ -8,7 +8,7 @@
 #   demo     make demo: the driver on a loop-file btrfs pool
 #   host     make test's host suites: btrfs, ext4/xfs tools, loop devices,
 #            gcc for -race, make and git
-#   vm       test/vm: QEMU, the initramfs tools, LVM thin for the VM's image
+#   vm       test/vm: QEMU, the initramfs tools, LVM thin for the VM's image, ip (the VM brings its loopback up)
 #   cluster  test/cluster: containerd, CNI plugins, iptables, gcc (pause)
 #   image    hack/image.sh: the storage tools copied into the image
 #   buildah  test/image/build.sh: the Dockerfile built with buildah from
@@ -24,7 +24,7 @@ packages_of() {
 	case $1 in
 	demo) echo btrfs-progs util-linux mount kmod ;;
 	host) echo btrfs-progs e2fsprogs xfsprogs util-linux mount kmod make git gcc libc6-dev ;;
-	vm) echo qemu-system-x86 busybox-static cpio kmod lvm2 thin-provisioning-tools e2fsprogs xfsprogs util-linux ;;
+	vm) echo qemu-system-x86 busybox-static cpio kmod lvm2 thin-provisioning-tools e2fsprogs xfsprogs util-linux iproute2 ;;
 	cluster) echo containerd runc containernetworking-plugins busybox-static iptables conntrack socat ethtool \
 		gcc libc6-dev openssl iproute2 util-linux mount curl jq ;;
 	image) echo btrfs-progs xfsprogs e2fsprogs lvm2 thin-provisioning-tools util-linux mount ;;
