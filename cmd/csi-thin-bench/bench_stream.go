@@ -21,14 +21,19 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 )
 
-// `csi-thin-bench stream` measures the btrfs volume stream (pkg/btrfs
-// SendSnapshot → ReceiveVolume through a pipe, as a transfer would run)
-// against the bare tool on the same data (`btrfs send | btrfs receive`,
-// two processes and a pipe), between two fresh loop-file pools on this
-// host. The CSI API has no transfer call yet, so this drives the backend
-// in-process; both sides read the same page-cached snapshot.
+// `csi-thin-bench stream` measures the volume stream (SendSnapshot →
+// ReceiveVolume through a pipe, as a transfer would run) against the bare
+// tool on the same data, between two fresh loop-file pools on this host:
+// for btrfs `btrfs send | btrfs receive` (two processes and a pipe); for
+// LVM thin, which has no send tool, a full-device `dd` of the snapshot
+// into a new thin LV (bench_stream_lvm.go). The CSI API has no transfer
+// call yet, so this drives the backend in-process; both sides read the
+// same page-cached snapshot.
 
 type streamResult struct {
+	Backend          string    `json:"backend"`
+	BareTool         string    `json:"bareTool"`
+	Note             string    `json:"note,omitempty"`
 	VolumeBytes      int64     `json:"volumeBytes"`
 	WrittenBytes     int64     `json:"writtenBytes"`
 	AllocatedBytes   int64     `json:"allocatedBytes"`
@@ -53,13 +58,15 @@ func runStreamBench(ctx context.Context, args []string) error {
 	changes := fs.String("changes", "16Mi", "data written between the two snapshots of the incremental")
 	runs := fs.Int("runs", 3, "repetitions of each transfer (the stream and the bare tool alternate)")
 	smoke := fs.Bool("smoke", false, "tiny sizes and one run: checks that it still works, measures nothing")
+	backendName := fs.String("backend", "btrfs", "btrfs or lvmthin (two loop-file thin pools; needs device-mapper)")
+	note := fs.String("note", "", "a note printed with the table (where it was measured)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *smoke {
 		*volume, *data, *changes, *runs = "256Mi", "8Mi", "1Mi", 1
 	}
-	var r streamResult
+	r := streamResult{Backend: *backendName, Note: *note}
 	var err error
 	for _, f := range []struct {
 		s string
@@ -75,6 +82,30 @@ func runStreamBench(ctx context.Context, args []string) error {
 	}
 	defer os.RemoveAll(dir)
 	poolBytes := max(2*backend.GiB, 3*(r.WrittenBytes+r.IncrementalBytes))
+	switch r.Backend {
+	case "btrfs":
+		r.BareTool = "`btrfs send \\| btrfs receive`"
+		err = btrfsStream(ctx, dir, poolBytes, &r, *runs)
+	case "lvmthin":
+		r.BareTool = "`dd conv=sparse` of the device"
+		err = lvmStream(ctx, dir, poolBytes, &r, *runs)
+	default:
+		err = fmt.Errorf("--backend %q: btrfs or lvmthin", r.Backend)
+	}
+	if err != nil {
+		return err
+	}
+	printStreamResult(os.Stdout, &r)
+	if *out != "" {
+		b, _ := json.MarshalIndent(&r, "", "  ")
+		if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func btrfsStream(ctx context.Context, dir string, poolBytes int64, r *streamResult, runs int) error {
 	open := func(name string) (*btrfs.Pool, error) {
 		return btrfs.Open(ctx, btrfs.Config{PoolPath: filepath.Join(dir, name), LoopFile: filepath.Join(dir, name+".img"),
 			LoopSizeBytes: poolBytes, NodeName: name})
@@ -90,17 +121,7 @@ func runStreamBench(ctx context.Context, args []string) error {
 	}
 	defer dst.Teardown(context.WithoutCancel(ctx), true)
 	defer dst.Settle()
-	if err := streamBench(ctx, src, dst, &r, *runs); err != nil {
-		return err
-	}
-	printStreamResult(os.Stdout, &r)
-	if *out != "" {
-		b, _ := json.MarshalIndent(&r, "", "  ")
-		if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
+	return streamBench(ctx, src, dst, r, runs)
 }
 
 func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, runs int) error {
@@ -124,7 +145,7 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 	for i := range runs {
 		id := backend.VolumeIDFor(fmt.Sprintf("full-%d", i))
 		quiesce(ctx, src, dst)
-		st, secs, err := transfer(ctx, src, dst, s1.ID, "", id)
+		st, secs, err := transfer(ctx, src, dst, s1.ID, "", backend.VolumeRequest{ID: id, Name: id})
 		if err != nil {
 			return err
 		}
@@ -164,7 +185,7 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 	for i := range runs {
 		id := backend.VolumeIDFor(fmt.Sprintf("inc-%d", i))
 		quiesce(ctx, src, dst)
-		st, secs, err := transfer(ctx, src, dst, s2.ID, s1.ID, id)
+		st, secs, err := transfer(ctx, src, dst, s2.ID, s1.ID, backend.VolumeRequest{ID: id, Name: id})
 		if err != nil {
 			return err
 		}
@@ -201,7 +222,7 @@ func quiesce(ctx context.Context, pools ...*btrfs.Pool) {
 }
 
 // transfer runs SendSnapshot into ReceiveVolume through a pipe, timed.
-func transfer(ctx context.Context, src, dst *btrfs.Pool, snap, parent, volID string) (backend.SendStats, float64, error) {
+func transfer(ctx context.Context, src, dst backend.Streamer, snap, parent string, req backend.VolumeRequest) (backend.SendStats, float64, error) {
 	pr, pw := io.Pipe()
 	var st backend.SendStats
 	sent := make(chan error, 1)
@@ -212,7 +233,7 @@ func transfer(ctx context.Context, src, dst *btrfs.Pool, snap, parent, volID str
 		pw.CloseWithError(err)
 		sent <- err
 	}()
-	_, rerr := dst.ReceiveVolume(ctx, backend.VolumeRequest{ID: volID, Name: volID}, pr)
+	_, rerr := dst.ReceiveVolume(ctx, req, pr)
 	pr.CloseWithError(errors.New("receiver done"))
 	serr := <-sent
 	secs := time.Since(start).Seconds()
@@ -291,8 +312,11 @@ func printStreamResult(w io.Writer, r *streamResult) {
 	mib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/float64(backend.MiB)) }
 	fs, fb := median(r.StreamSeconds), median(r.BareSeconds)
 	is, ib := median(r.IncStreamSeconds), median(r.IncBareSeconds)
-	fmt.Fprintf(w, "STREAM: btrfs volume stream, %s volume holding %s (%d runs each, medians)\n", mib(r.VolumeBytes), mib(r.WrittenBytes), len(r.StreamSeconds))
-	fmt.Fprintf(w, "| | csi-thin stream | bare `btrfs send \\| btrfs receive` | ratio |\n| --- | --- | --- | --- |\n")
+	fmt.Fprintf(w, "STREAM: %s volume stream, %s volume holding %s (%d runs each, medians)\n", r.Backend, mib(r.VolumeBytes), mib(r.WrittenBytes), len(r.StreamSeconds))
+	if r.Note != "" {
+		fmt.Fprintf(w, "STREAM: %s\n", r.Note)
+	}
+	fmt.Fprintf(w, "| | csi-thin stream | bare %s | ratio |\n| --- | --- | --- | --- |\n", r.BareTool)
 	fmt.Fprintf(w, "| full: bytes sent (allocated %s) | %s | %s | %.3f |\n", mib(r.AllocatedBytes), mib(r.StreamBytes), mib(r.BareBytes), float64(r.StreamBytes)/float64(max(1, r.BareBytes)))
 	fmt.Fprintf(w, "| full: seconds | %.2f | %.2f | %.2fx |\n", fs, fb, fs/max(fb, 1e-9))
 	fmt.Fprintf(w, "| incremental of %s: bytes sent | %s | %s | %.3f |\n", mib(r.IncrementalBytes), mib(r.IncStreamBytes), mib(r.IncBareBytes), float64(r.IncStreamBytes)/float64(max(1, r.IncBareBytes)))

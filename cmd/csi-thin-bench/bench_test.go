@@ -55,3 +55,44 @@ func TestClosestTo(t *testing.T) {
 		t.Errorf("closestTo with only 0 = %d", got)
 	}
 }
+
+func TestSpreadExtentsLeaveHolesAndChangesFillThem(t *testing.T) {
+	const mib = 1 << 20
+	data := spreadExtents(4096*mib, 256*mib, 4, 0)
+	changes := spreadExtents(4096*mib, 16*mib+1, 4, 1)
+	var sum int64
+	for i, e := range data {
+		sum += e.n
+		if e.off%mib != 0 || e.off+e.n > 4096*mib || (i > 0 && e.off < data[i-1].off+data[i-1].n) {
+			t.Errorf("data extent %d = %+v: unaligned, past the volume or overlapping", i, e)
+		}
+	}
+	if sum != 256*mib || len(data) != 4 || data[1].off-(data[0].off+data[0].n) < 512*mib {
+		t.Errorf("data extents %+v: want 4 of 64 MiB with holes between", data)
+	}
+	sum = 0
+	for i, e := range changes {
+		sum += e.n
+		for _, d := range data {
+			if e.off < d.off+d.n && d.off < e.off+e.n {
+				t.Errorf("change extent %d = %+v overlaps data %+v: it should map new chunks", i, e, d)
+			}
+		}
+	}
+	if sum != 16*mib+1 {
+		t.Errorf("changes sum to %d, want %d", sum, 16*mib+1)
+	}
+	if got := spreadExtents(256*mib, 0, 4, 0); len(got) != 0 {
+		t.Errorf("no data: extents %+v", got)
+	}
+}
+
+func TestParseDDBytes(t *testing.T) {
+	out := "4096+0 records in\n4096+0 records out\n4294967296 bytes (4.3 GB, 4.0 GiB) copied, 41.2 s, 104 MB/s\n"
+	if n, err := parseDDBytes(out); err != nil || n != 4<<30 {
+		t.Errorf("parseDDBytes = %d, %v; want %d", n, err, 4<<30)
+	}
+	if _, err := parseDDBytes("dd: failed to open\n"); err == nil {
+		t.Error("no report parsed as a count")
+	}
+}
