@@ -82,6 +82,9 @@ func parseDDBytes(stderr string) (int64, error) {
 }
 
 func lvmStream(ctx context.Context, dir string, poolBytes int64, r *streamResult, runs int) error {
+	// A thin pool refuses a volume larger than its data (whatever the
+	// overprovisioning); the loop files are sparse, so this costs nothing.
+	poolBytes = max(poolBytes, r.VolumeBytes+512*backend.MiB)
 	open := func(vg string) (*lvmthin.Backend, error) {
 		return lvmthin.New(ctx, lvmthin.Config{VG: vg, ThinPool: "pool", NodeName: vg, LoopFile: filepath.Join(dir, vg+".img"),
 			LoopSizeBytes: poolBytes, LVMConfig: lvmtest.Config()})
