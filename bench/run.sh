@@ -4,7 +4,8 @@
 #   - the btrfs volume stream against the bare tool (two loop-file pools);
 #   - LVM thin inside the QEMU VM of test/vm (this host's kernel has no
 #     device-mapper; the VM's kernel has dm-thin but runs under software
-#     emulation, so the VM part uses smaller sizes and counts);
+#     emulation, so the VM part uses smaller sizes and counts), then the
+#     LVM thin volume stream against a full-device dd in the same boot;
 #   - csi-thin-bench report merges both into $out/report.md + chart.png
 #     and prints the summary table.
 #
@@ -65,16 +66,24 @@ if [ "${CSI_THIN_BENCH_VM:-1}" != 0 ]; then
   echo "bench: LVM thin in the test VM ($mode; the VM's console follows)"
   # The driver is staged into the VM's work dir (/tmp there): a checkout
   # under /tmp is hidden inside the VM.
-  "$repo/test/vm/run.sh" --disk "$vm_disk" --timeout 1800 --stage "$driver" "$bench" run --backend lvmthin \
+  # vm-lvm.sh runs the LVM thin stream (bench_stream.go) after the run in
+  # the same boot; its STREAM: lines go to stream-lvmthin.md.
+  "$repo/test/vm/run.sh" --disk "$vm_disk" --timeout 3000 --stage "$driver" --stage "$bench" "$repo/bench/vm-lvm.sh" \
+      "${stream_flags[@]}" --runs 1 \
+      --note "measured in the emulated VM (TCG, 2 vCPUs, ~10x slower than hardware): compare ratios, not absolutes" -- \
       --lvm-device /dev/vda --driver "/tmp/$(basename "$driver")" --work-dir /run/tmp --out - "${vm_flags[@]}" \
       --note "the VM's /dev/vda is a sparse file on the host's disk (virtio-blk, cache=unsafe, discard=unmap); the VM has 2 emulated CPUs on a host running other jobs" \
       > "$raw/lvmthin-vm.log" 2>&1
   vm_status=$?
-  grep -v -e '^{' -e '^ *"' -e '^ *[]}]' "$raw/lvmthin-vm.log" | grep -v '^=== csi-thin-bench' | tail -40
-  if [ $vm_status = 0 ]; then
+  grep -v -e '^{' -e '^ *"' -e '^ *[]}]' -e '^STREAM: ' -e '^|' "$raw/lvmthin-vm.log" | grep -v '^=== csi-thin-bench' | tail -40
+  tr -d '\r' < "$raw/lvmthin-vm.log" | sed -n '/^=== csi-thin-bench stream/,$p' | grep -e '^STREAM: ' -e '^|' > "$raw/stream-lvmthin.log"
+  sed 's/^STREAM: //' "$raw/stream-lvmthin.log" > "$out/stream-lvmthin.md"
+  cat "$raw/stream-lvmthin.log"
+  if grep -q '^=== csi-thin-bench results end' "$raw/lvmthin-vm.log"; then
     inputs+=("$raw/lvmthin-vm.log")
-  else
-    echo "bench: the LVM run in the VM failed (status $vm_status); console in $raw/lvmthin-vm.log" >&2; status=1
+  fi
+  if [ $vm_status != 0 ]; then
+    echo "bench: the LVM run or stream in the VM failed (status $vm_status); console in $raw/lvmthin-vm.log" >&2; status=1
   fi
 fi
 
