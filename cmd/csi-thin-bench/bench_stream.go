@@ -177,9 +177,7 @@ func streamBench(ctx context.Context, src, dst *btrfs.Pool, r *streamResult, run
 	if err != nil {
 		return err
 	}
-	pr, pw := io.Pipe()
-	go func() { _, err := src.SendSnapshot(ctx, s1.ID, "", pw); pw.CloseWithError(err) }()
-	if _, err := dst.ReceiveSnapshot(ctx, s1.ID, "s1", pr); err != nil {
+	if err := receiveParent(ctx, src, dst, s1.ID, "s1"); err != nil {
 		return err
 	}
 	for i := range runs {
@@ -219,6 +217,16 @@ func quiesce(ctx context.Context, pools ...*btrfs.Pool) {
 			}
 		}
 	}
+}
+
+// receiveParent gives the receiver snapshot id (a full stream of it), as
+// a first transfer leaves it, so that the incremental has its parent.
+func receiveParent(ctx context.Context, src, dst backend.Streamer, id, name string) error {
+	pr, pw := io.Pipe()
+	go func() { _, err := src.SendSnapshot(ctx, id, "", pw); pw.CloseWithError(err) }()
+	_, err := dst.ReceiveSnapshot(ctx, id, name, pr)
+	pr.CloseWithError(errors.New("receiver done"))
+	return err
 }
 
 // transfer runs SendSnapshot into ReceiveVolume through a pipe, timed.

@@ -110,41 +110,37 @@ func lvmStream(ctx context.Context, dir string, poolBytes int64, r *streamResult
 	if err != nil {
 		return err
 	}
-	if err := writeExtents(ctx, dev, spreadExtents(r.VolumeBytes, r.WrittenBytes, extentCount, 0), 1); err != nil {
-		return err
+	// state writes ext, snapshots the volume and hashes it: the snapshot's
+	// content, which every received copy must hash to.
+	state := func(ext []extent, seed uint64, name string) (string, string, error) {
+		if err := writeExtents(ctx, dev, ext, seed); err != nil {
+			return "", "", err
+		}
+		s, err := src.CreateSnapshot(ctx, backend.SnapshotRequest{ID: backend.SnapshotIDFor(name), Name: name, SourceVolumeID: v.ID})
+		if err != nil {
+			return "", "", err
+		}
+		h, err := datagen.HashFile(ctx, dev)
+		return s.ID, h, err
 	}
-	s1, err := src.CreateSnapshot(ctx, backend.SnapshotRequest{ID: backend.SnapshotIDFor("s1"), Name: "s1", SourceVolumeID: v.ID})
+	s1, want1, err := state(spreadExtents(r.VolumeBytes, r.WrittenBytes, extentCount, 0), 1, "s1")
 	if err != nil {
 		return err
 	}
-	want1, err := datagen.HashFile(ctx, dev)
-	if err != nil {
-		return err
-	}
-	full := lvmRound{src: src, dst: dst, srcVG: srcVG, snap: s1.ID, name: "full", want: want1}
+	full := lvmRound{src: src, dst: dst, srcVG: srcVG, snap: s1, name: "full", want: want1}
 	if err := full.run(ctx, runs, &r.StreamSeconds, &r.BareSeconds); err != nil {
 		return err
 	}
 	r.AllocatedBytes, r.StreamBytes, r.BareBytes = full.st.AllocatedBytes, full.st.StreamBytes, full.bareBytes
 
-	if err := writeExtents(ctx, dev, spreadExtents(r.VolumeBytes, r.IncrementalBytes, extentCount, 1), 100); err != nil {
-		return err
-	}
-	s2, err := src.CreateSnapshot(ctx, backend.SnapshotRequest{ID: backend.SnapshotIDFor("s2"), Name: "s2", SourceVolumeID: v.ID})
+	s2, want2, err := state(spreadExtents(r.VolumeBytes, r.IncrementalBytes, extentCount, 1), 100, "s2")
 	if err != nil {
 		return err
 	}
-	want2, err := datagen.HashFile(ctx, dev)
-	if err != nil {
+	if err := receiveParent(ctx, src, dst, s1, "s1"); err != nil {
 		return err
 	}
-	// The receiver holds s1 as a snapshot, as after a first transfer.
-	pr, pw := io.Pipe()
-	go func() { _, err := src.SendSnapshot(ctx, s1.ID, "", pw); pw.CloseWithError(err) }()
-	if _, err := dst.ReceiveSnapshot(ctx, s1.ID, "s1", pr); err != nil {
-		return err
-	}
-	inc := lvmRound{src: src, dst: dst, srcVG: srcVG, snap: s2.ID, parent: s1.ID, name: "inc", want: want2}
+	inc := lvmRound{src: src, dst: dst, srcVG: srcVG, snap: s2, parent: s1, name: "inc", want: want2}
 	if err := inc.run(ctx, runs, &r.IncStreamSeconds, &r.IncBareSeconds); err != nil {
 		return err
 	}

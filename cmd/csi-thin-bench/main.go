@@ -6,8 +6,9 @@
 //	csi-thin-bench run    the benchmark: latencies, space,
 //	                      discard, throughput, scaling; raw JSON
 //	csi-thin-bench report merges runs into Markdown + PNG + a table
-//	csi-thin-bench stream the btrfs volume stream against the bare
-//	                      btrfs send | btrfs receive (bench_stream.go)
+//	csi-thin-bench stream the volume stream against the bare tool:
+//	                      btrfs send | btrfs receive, or for LVM thin
+//	                      a full-device dd (bench_stream.go)
 //
 // It needs root (loop devices, mounts) and cleans up everything it made,
 // including after Ctrl-C.
