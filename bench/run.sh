@@ -23,7 +23,7 @@ case $mode in
   full)  out=${2:-$repo/results}
          host_flags=()
          # Under emulation each LVM command takes ~0.5 s and writing 1 GiB
-         # ~1 min: far fewer runs keep `make bench` under 20 minutes; the
+         # ~1 min: far fewer runs keep `make bench` under 30 minutes (the LVM stream at 4 GiB adds ~12); the
          # report states the counts. The 4 GiB source stays: the speedup
          # goal is stated at 4 GiB (its fill and copy cost ~6 min here).
          vm_flags=(--sizes 0,1Gi,4Gi --runs 10 --copy-runs 1 --throughput-n 8 --concurrency 1,8
