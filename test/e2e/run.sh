@@ -130,7 +130,11 @@ rm -f "$artifacts/csi-thin-image.tar"
 
 log "e2e: snapshot CRDs and the chart"
 kubectl apply -f "$K8S_CACHE/crds/snapshot/" >/dev/null
-kubectl wait --for=condition=Established crd/volumesnapshotclasses.snapshot.storage.k8s.io --timeout=60s >/dev/null
+# Polled, not `kubectl wait --for=condition`: that fails at once
+# ("accessor error: <nil>") on a CRD whose status has no conditions yet.
+established='{.status.conditions[?(@.type=="Established")].status}'
+timeout 60 bash -c "until [[ \$(kubectl get crd/volumesnapshotclasses.snapshot.storage.k8s.io -o jsonpath='$established' 2>/dev/null) == True ]]; do sleep 1; done" ||
+	{ log "e2e: the snapshot CRDs not Established after 60 s"; exit 1; }
 helm install $release "$root/charts/csi-thin" -n $ns --create-namespace \
 	-f "$here/values-e2e.yaml" --set image.tag="$CSI_THIN_TAG" --wait --timeout 180s
 # The node agent creates its ThinNode once its manager runs, which can be
