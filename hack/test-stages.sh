@@ -87,8 +87,9 @@ while IFS=$'\t' read -r stage lane secs st; do
 	[[ $st == FAIL* ]] || continue
 	log=$bin/stage-$stage.log
 	# A stage that filters its output keeps the whole go test log as
-	# bin/<stage>.log: the failure messages are there.
-	[[ -s $bin/$stage.log ]] && log=$bin/$stage.log
+	# bin/<stage>.log: the failure messages are there, unless what failed
+	# came after the tests (test-reliability's fuzzing, for one).
+	grep -qs -- '--- FAIL' "$bin/$stage.log" && log=$bin/$stage.log
 	echo "why $stage failed ($log):"
 	if grep -q -- '--- FAIL' "$log"; then
 		grep -- '--- FAIL' "$log" | head -8
