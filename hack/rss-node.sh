@@ -70,7 +70,9 @@ export KUBECONFIG=$tmp/kubeconfig
 for _ in $(seq 120); do kubectl get --raw /readyz >/dev/null 2>&1 && break; sleep 0.5; done
 kubectl get --raw /readyz >/dev/null
 kubectl apply -f "$root/charts/csi-thin/files/crds/" >/dev/null
-kubectl wait --for condition=established --timeout 60s crd --all >/dev/null
+# shellcheck source=../test/cluster/env.sh
+source "$root/test/cluster/env.sh" # wait_established
+wait_established 60 $(kubectl get crd -o jsonpath='{.items[*].metadata.name}')
 node=rss-node
 kubectl create -f - >/dev/null <<EOF
 apiVersion: v1

@@ -130,11 +130,7 @@ rm -f "$artifacts/csi-thin-image.tar"
 
 log "e2e: snapshot CRDs and the chart"
 kubectl apply -f "$K8S_CACHE/crds/snapshot/" >/dev/null
-# Polled, not `kubectl wait --for=condition`: that fails at once
-# ("accessor error: <nil>") on a CRD whose status has no conditions yet.
-established='{.status.conditions[?(@.type=="Established")].status}'
-timeout 60 bash -c "until [[ \$(kubectl get crd/volumesnapshotclasses.snapshot.storage.k8s.io -o jsonpath='$established' 2>/dev/null) == True ]]; do sleep 1; done" ||
-	{ log "e2e: the snapshot CRDs not Established after 60 s"; exit 1; }
+wait_established 60 volumesnapshotclasses.snapshot.storage.k8s.io
 helm install $release "$root/charts/csi-thin" -n $ns --create-namespace \
 	-f "$here/values-e2e.yaml" --set image.tag="$CSI_THIN_TAG" --wait --timeout 180s
 # The node agent creates its ThinNode once its manager runs, which can be
