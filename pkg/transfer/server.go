@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -53,10 +54,19 @@ type ServerConfig struct {
 	Now func() time.Time
 }
 
+// unwindTimeout bounds how long Serve waits, once stopped, for cancelled
+// sends to return (a send releases what it holds on the source, such as
+// LVM's metadata snapshot, while it unwinds).
+const unwindTimeout = 30 * time.Second
+
 // Server serves snapshots' streams to authorised peers.
 type Server struct {
 	cfg  ServerConfig
 	used *UsedTokens
+
+	mu       sync.Mutex
+	stopping bool
+	sends    sync.WaitGroup // requests being served; Add only while !stopping
 }
 
 // NewServer checks cfg and opens the used-token record.
@@ -111,10 +121,38 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		srv.Close()
 	}()
 	err := srv.ServeTLS(ln, "", "")
+	s.waitForSends()
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// waitForSends refuses new requests and waits (up to unwindTimeout) for
+// those in flight, whose contexts ended with Serve's, to return: the
+// agent exits only after its sends have cleaned up after themselves.
+func (s *Server) waitForSends() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.sends.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(unwindTimeout):
+		klog.InfoS("transfer server stopped with sends still unwinding", "waited", unwindTimeout)
+	}
+}
+
+// begin counts a request in, unless the server is stopping.
+func (s *Server) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return false
+	}
+	s.sends.Add(1)
+	return true
 }
 
 type klogWriter struct{}
@@ -126,6 +164,11 @@ func (klogWriter) Write(p []byte) (int, error) {
 
 // ServeHTTP serves POST /v1/stream with "Authorization: Bearer <token>".
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.begin() {
+		http.Error(w, "stopping", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.sends.Done()
 	if r.URL.Path != streamPath {
 		http.NotFound(w, r)
 		return

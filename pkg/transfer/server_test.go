@@ -90,3 +90,64 @@ func TestStalledSourceEndsTransfer(t *testing.T) {
 		t.Fatalf("target holds %v", ids)
 	}
 }
+
+// unwindingPool starts a send, then, once cancelled, takes a while to
+// clean up (as an LVM send releasing its metadata snapshot does).
+type unwindingPool struct {
+	*transfertest.MemPool
+	started chan struct{}
+	unwound atomic.Bool
+}
+
+func (p *unwindingPool) SendSnapshot(ctx context.Context, id, parentID string, w io.Writer) (backend.SendStats, error) {
+	sw, err := volstream.NewWriter(w, volstream.Header{Kind: volstream.KindBtrfs, VolumeBytes: backend.GiB, AllocatedBytes: 4 << 20, SnapshotID: id})
+	if err != nil {
+		return backend.SendStats{}, err
+	}
+	if _, err := sw.Write(make([]byte, 3<<19)); err != nil {
+		return backend.SendStats{}, err
+	}
+	close(p.started)
+	<-ctx.Done()
+	time.Sleep(300 * time.Millisecond)
+	p.unwound.Store(true)
+	return backend.SendStats{}, ctx.Err()
+}
+
+// TestStopWaitsForSendsToUnwind: a stopped server returns from Serve only
+// after the sends it cancelled have returned, so an agent that exits
+// after Serve leaves nothing held on the source.
+func TestStopWaitsForSendsToUnwind(t *testing.T) {
+	c := transfertest.NewCluster(t)
+	snap := backend.SnapshotIDFor("unwinding")
+	pool := &unwindingPool{MemPool: &transfertest.MemPool{Objects: map[string][]byte{}}, started: make(chan struct{})}
+	srv := transfertest.Serve(t, t, transfer.ServerConfig{
+		Node: "node-a", Pool: pool, Tokens: c.Tokens,
+		UsedTokensDir: t.TempDir(), Certificate: c.NodeCertificate(t, "node-a"), ClientCAs: c.Roots(t),
+	})
+	client, err := transfer.NewClient(transfer.ClientConfig{Certificate: c.NodeCertificate(t, "node-b"), RootCAs: c.Roots(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := c.Token(t, "t-unwinding", snap, "", "node-a", "node-b", time.Minute)
+	received := make(chan error, 1)
+	go func() {
+		_, err := client.ReceiveVolume(context.Background(), &transfertest.MemPool{Objects: map[string][]byte{}}, srv.Addr, tok,
+			backend.VolumeRequest{ID: backend.VolumeIDFor("unwinding"), Name: "unwinding"})
+		received <- err
+	}()
+	select {
+	case <-pool.started:
+	case err := <-received:
+		t.Fatalf("the transfer ended before the send started: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the send did not start")
+	}
+	srv.Stop()
+	if !pool.unwound.Load() {
+		t.Fatal("Serve returned while a cancelled send was still unwinding")
+	}
+	if err := <-received; err == nil {
+		t.Fatal("a transfer cut by the server's stop was received whole")
+	}
+}
