@@ -41,7 +41,7 @@ func TestTransferBetweenPools(t *testing.T) {
 	want[child.ID] = treeSums(t, dir)
 
 	transfertest.RunSuite(t, transfertest.Env{
-		Source: src, Target: dst, Snapshot: base.ID, Child: child.ID,
+		Source: src, Target: dst, Snapshot: base.ID, Child: child.ID, AccessType: backend.AccessMount,
 		Received: func(t *testing.T, got *backend.Volume, snapshot string) {
 			if got.SizeBytes != v.SizeBytes {
 				t.Fatalf("received volume of %d bytes, the source's is %d", got.SizeBytes, v.SizeBytes)

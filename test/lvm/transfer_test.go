@@ -58,7 +58,7 @@ func TestTransferBetweenPoolsLVM(t *testing.T) {
 	}
 
 	transfertest.RunSuite(t, transfertest.Env{
-		Source: src, Target: dst, Snapshot: base, Child: child,
+		Source: src, Target: dst, Snapshot: base, Child: child, AccessType: backend.AccessBlock,
 		Received: func(t *testing.T, got *backend.Volume, snapshot string) {
 			if got.SizeBytes != size {
 				t.Fatalf("received volume of %d bytes, the source's is %d", got.SizeBytes, size)

@@ -28,6 +28,10 @@ type Env struct {
 	// cancelled transfers stop after 1 MiB); Child is a later snapshot of
 	// the same volume (sent incrementally against Snapshot).
 	Snapshot, Child string
+	// AccessType is the source volume's: the full and incremental copies
+	// are requested with it and must come back with it ("" asks for and
+	// checks nothing).
+	AccessType backend.AccessType
 	// Received checks that volume v of Target has the content of snapshot
 	// (Snapshot or Child) of Source.
 	Received func(t *testing.T, v *backend.Volume, snapshot string)
@@ -147,23 +151,32 @@ func RunSuite(t *testing.T, env Env) {
 	var keep []string
 	volID := func(name string) string { return backend.VolumeIDFor("transfer-" + name) }
 
+	received := func(t *testing.T, v *backend.Volume, snapshot string) {
+		t.Helper()
+		if env.AccessType != "" && v.AccessType != env.AccessType {
+			t.Fatalf("volume %s received as %q, requested %q", v.ID, v.AccessType, env.AccessType)
+		}
+		env.Received(t, v, snapshot)
+	}
 	t.Run("full and incremental", func(t *testing.T) {
-		v, err := target.ReceiveVolume(ctx, env.Target, srv.Addr, token(env.Snapshot, ""), backend.VolumeRequest{ID: volID("full"), Name: "full"})
+		v, err := target.ReceiveVolume(ctx, env.Target, srv.Addr, token(env.Snapshot, ""),
+			backend.VolumeRequest{ID: volID("full"), Name: "full", AccessType: env.AccessType})
 		if err != nil {
 			t.Fatalf("full transfer: %v", err)
 		}
-		env.Received(t, v, env.Snapshot)
+		received(t, v, env.Snapshot)
 		keep = append(keep, v.ID)
 		s, err := target.ReceiveSnapshot(ctx, env.Target, srv.Addr, token(env.Snapshot, ""), env.Snapshot, "parent")
 		if err != nil {
 			t.Fatalf("snapshot transfer: %v", err)
 		}
 		keep = append(keep, s.ID)
-		v, err = target.ReceiveVolume(ctx, env.Target, srv.Addr, token(env.Child, env.Snapshot), backend.VolumeRequest{ID: volID("incremental"), Name: "incremental"})
+		v, err = target.ReceiveVolume(ctx, env.Target, srv.Addr, token(env.Child, env.Snapshot),
+			backend.VolumeRequest{ID: volID("incremental"), Name: "incremental", AccessType: env.AccessType})
 		if err != nil {
 			t.Fatalf("incremental transfer: %v", err)
 		}
-		env.Received(t, v, env.Child)
+		received(t, v, env.Child)
 		keep = append(keep, v.ID)
 		env.NothingLeft(t, keep)
 	})
