@@ -148,8 +148,13 @@ ctr=$("${bah[@]}" from -q "$image")
 trap '"${bah[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
 in_image() { "${bah[@]}" run --isolation chroot "$ctr" -- "$@"; }
 
-got=$(in_image /csi-thin --version) || die "/csi-thin --version failed: $got"
-[[ $got == "csi-thin $version" ]] || die "/csi-thin --version says \"$got\", want \"csi-thin $version\""
+# The comparisons run in the image and pass or fail by its exit status,
+# never by what buildah relays of a short-lived process's stdout: that
+# capture can come back empty under load while the tool exited 0. The
+# output is printed too, for the failure message.
+# shellcheck disable=SC2016 # expanded by the image's sh
+got=$(in_image sh -c 'v=$(/csi-thin --version 2>&1); printf "%s\n" "$v"; [ "$v" = "csi-thin $1" ]' sh "$version") ||
+	die "/csi-thin --version does not say \"csi-thin $version\" (printed \"$got\")"
 [[ $("${bah[@]}" inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$image") == '[/csi-thin]' ]] ||
 	die "the image's entrypoint is not /csi-thin"
 
@@ -160,13 +165,20 @@ check() {
 	checked[$1]=1
 	out=$(in_image "$@" 2>&1) || die "in the image, $* failed: $(printf '%s' "$out" | tail -5)"
 }
-# expect PATTERN TOOL ARG...: also its output must match PATTERN.
+# expect PATTERN TOOL ARG...: also its output must match PATTERN (an
+# extended regular expression, matched by grep -E in the image).
 expect() {
-	local want=$1 out
+	local want=$1 out rc=0
 	shift
 	checked[$1]=1
-	out=$(in_image "$@" 2>&1) || die "in the image, $* failed: $(printf '%s' "$out" | tail -5)"
-	[[ $out =~ $want ]] || die "in the image, $* printed \"$out\", want /$want/"
+	# shellcheck disable=SC2016 # expanded by the image's sh
+	out=$(in_image sh -c 'want=$1; shift; out=$("$@" 2>&1) || { printf "%s\n" "$out"; exit 100; }
+		printf "%s\n" "$out"; printf "%s\n" "$out" | grep -Eq -- "$want" || exit 101' sh "$want" "$@" 2>&1) || rc=$?
+	case $rc in
+	0) ;;
+	101) die "in the image, the output of $* does not match /$want/: \"$out\"" ;;
+	*) die "in the image, $* failed (status $rc): $(printf '%s' "$out" | tail -5)" ;;
+	esac
 }
 
 check sh -c 'exit 0'
@@ -188,17 +200,17 @@ check resize2fs /tmp/ext4.img
 expect 'Block count: +24576' dumpe2fs -h /tmp/ext4.img
 check fsck.ext4 -n /tmp/ext4.img
 check fsck -t ext4 -n /tmp/ext4.img
-expect 'TYPE="ext4"' blkid /tmp/ext4.img
+expect 'TYPE="ext4"' blkid -p /tmp/ext4.img
 # btrfs and xfs the same way.
 check truncate -s 256M /tmp/btrfs.img
 check mkfs.btrfs -q /tmp/btrfs.img
-expect 'TYPE="btrfs"' blkid /tmp/btrfs.img
+expect 'TYPE="btrfs"' blkid -p /tmp/btrfs.img
 check btrfs check --readonly /tmp/btrfs.img
 check fsck.btrfs /tmp/btrfs.img
 expect 'btrfs' wipefs -n /tmp/btrfs.img
 check truncate -s 320M /tmp/xfs.img
 check mkfs.xfs -q /tmp/xfs.img
-expect 'TYPE="xfs"' blkid /tmp/xfs.img
+expect 'TYPE="xfs"' blkid -p /tmp/xfs.img
 check fsck.xfs /tmp/xfs.img
 check xfs_growfs -V
 check xfs_io -V
@@ -208,8 +220,9 @@ expect '^[0-9]+\.[0-9]+' thin_check -V
 # dmsetup prints its library's version, then fails where the kernel (or
 # the container) has no device-mapper: the library line is the check.
 checked[dmsetup]=1
-out=$(in_image dmsetup --version 2>&1) || true
-[[ $out =~ Library\ version:\ +[0-9]+\. ]] || die "in the image, dmsetup --version printed \"$out\""
+# shellcheck disable=SC2016 # expanded by the image's sh
+in_image sh -c 'dmsetup --version 2>&1 | grep -Eq "Library version: +[0-9]+\."' >/dev/null ||
+	die "in the image, dmsetup --version does not print its library's version: $(in_image dmsetup --version 2>&1)"
 for f in /etc/lvm/lvm.conf /etc/mke2fs.conf; do
 	check test -s "$f"
 done
