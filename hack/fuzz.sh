@@ -17,6 +17,16 @@ fuzztime=${FUZZTIME:-10s} go=${GO:-go} bin=bin
 mkdir -p "$bin"
 : >"$bin/fuzz.log"
 
+# Each run fuzzes from the seeds and testdata only: the inputs the engine
+# keeps in GOCACHE would otherwise pile up run after run on a CI machine
+# until replaying them takes all of FUZZTIME. A worker killed at the
+# deadline leaves its f.TempDir() behind, so the targets get a temporary
+# directory of their own that goes with the run.
+rm -rf "$("$go" env GOCACHE)/fuzz/$("$go" list -m)"
+TMPDIR=$(mktemp -d -t csi-thin-fuzz.XXXXXX)
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+
 note() { echo "$*" | tee -a "$bin/fuzz.log"; }
 
 # fuzz_one TARGET PKGDIR: 0 when the target found nothing.
