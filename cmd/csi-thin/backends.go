@@ -4,10 +4,16 @@ import (
 	"context"
 	"fmt"
 
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/command"
 )
+
+// The btrfs pools' metrics are served by the node agent's /metrics
+// endpoint, which reads controller-runtime's registry.
+func init() { metrics.Registry.MustRegister(btrfs.Collectors()...) }
 
 // openLocal opens (bootstrapping if configured) this node's pool.
 func openLocal(ctx context.Context, o *options) (backend.Local, error) {

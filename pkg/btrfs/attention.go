@@ -5,7 +5,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
@@ -30,7 +29,14 @@ var (
 	}, []string{"pool"})
 )
 
-func init() { metrics.Registry.MustRegister(objectsNeedingAttention, recoveryFailures) }
+// Collectors returns the pools' metrics for the binary to serve
+// (cmd/csi-thin registers them where its /metrics endpoint reads). The
+// backend registers nothing itself: a registry of the Kubernetes libraries
+// here would pull their hundreds of packages into the backend's build and
+// into every input its fuzz target runs.
+func Collectors() []prometheus.Collector {
+	return []prometheus.Collector{objectsNeedingAttention, recoveryFailures}
+}
 
 // needsAttention records that id could not be put right, and why.
 func (p *Pool) needsAttention(id string, err error) {

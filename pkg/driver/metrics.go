@@ -8,8 +8,8 @@ import (
 )
 
 // rpcDuration is the latency of every CSI call by method and final code,
-// registered where the controller-runtime metrics server (cluster modes)
-// and the local-mode /metrics handler both serve it.
+// registered where the controller-runtime metrics server of the cluster
+// modes serves it (local mode serves no /metrics).
 var rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 	Namespace: "csi_thin",
 	Subsystem: "csi",

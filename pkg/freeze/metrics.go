@@ -8,8 +8,8 @@ import (
 )
 
 // frozenWindow is how long filesystems stayed frozen per snapshot,
-// registered where the cluster modes' metrics server and the local-mode
-// /metrics handler both serve it.
+// registered where the cluster modes' metrics server serves it (local mode
+// serves no /metrics).
 var frozenWindow = prometheus.NewHistogram(prometheus.HistogramOpts{
 	Namespace: "csi_thin",
 	Subsystem: "snapshot",

@@ -5,8 +5,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
-// Registered where the cluster modes' metrics server and the local-mode
-// /metrics handler both serve them. kind is "volume" (a volume's own
+// Registered where the cluster modes' metrics server serves them (local
+// mode serves no /metrics). kind is "volume" (a volume's own
 // filesystem) or "pool" (a btrfs pool's filesystem).
 var (
 	trimmedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{

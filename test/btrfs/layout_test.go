@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
@@ -115,11 +115,13 @@ func btrfsCmd(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// objectsNeedingAttention reads the pool's gauge from the registry the
-// driver's /metrics serves.
+// objectsNeedingAttention reads the pool's gauge from the pools'
+// collectors (cmd/csi-thin serves them: TestBtrfsMetricsServed).
 func objectsNeedingAttention(t *testing.T, p *btrfs.Pool) float64 {
 	t.Helper()
-	families, err := metrics.Registry.Gather()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(btrfs.Collectors()...)
+	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
