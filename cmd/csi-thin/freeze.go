@@ -28,5 +28,5 @@ func withFreeze(o *options, pool backend.Local) (backend.Local, error) {
 	if !o.snapshotFreeze {
 		return pool, nil
 	}
-	return freeze.NewPool(pool, f), nil
+	return freeze.Wrap(pool, f), nil
 }

@@ -34,6 +34,24 @@ func NewPool(b backend.Local, f *Freezer) *Pool {
 	}}
 }
 
+// Wrap is NewPool for a node's pool: what the pool can do besides
+// backend.Local stays visible through the wrapper. A pool that streams
+// (backend.Streamer) still does once wrapped, since the node agent finds
+// transfers and exports by asking the pool it holds for that interface,
+// and freezing must not turn them off. (GroupSnapshotter is Pool's own.)
+func Wrap(b backend.Local, f *Freezer) backend.Local {
+	p := NewPool(b, f)
+	if s, ok := b.(backend.Streamer); ok {
+		return &streamingPool{Pool: p, Streamer: s}
+	}
+	return p
+}
+
+type streamingPool struct {
+	*Pool
+	backend.Streamer
+}
+
 // CreateSnapshot implements backend.Backend.
 func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
 	if req.SkipFreeze {

@@ -2,6 +2,7 @@ package freeze
 
 import (
 	"context"
+	"io"
 	"path/filepath"
 	"testing"
 	"time"
@@ -79,6 +80,51 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 			}
 			if _, err := inner.GetSnapshot(ctx, req.ID); err != nil {
 				t.Errorf("snapshot not taken: %v", err)
+			}
+		})
+	}
+}
+
+// streamingFake is a pool that streams (as LVM thin and btrfs pools do).
+type streamingFake struct{ *fake.Backend }
+
+func (streamingFake) SendSnapshot(context.Context, string, string, io.Writer) (backend.SendStats, error) {
+	return backend.SendStats{}, nil
+}
+func (streamingFake) ReceiveVolume(context.Context, backend.VolumeRequest, io.Reader) (*backend.Volume, error) {
+	return nil, nil
+}
+func (streamingFake) ReceiveSnapshot(context.Context, string, string, io.Reader) (*backend.Snapshot, error) {
+	return nil, nil
+}
+
+// TestWrapKeepsWhatThePoolCanDo: a wrapped pool still streams when the
+// pool does (the node agent turns transfers and exports on by asking for
+// backend.Streamer) and serves group snapshots; one that does not stream
+// does not claim to.
+func TestWrapKeepsWhatThePoolCanDo(t *testing.T) {
+	f, err := New(t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		pool    backend.Local
+		streams bool
+	}{
+		{name: "streaming pool", pool: streamingFake{fake.New("n1", 1<<30)}, streams: true},
+		{name: "pool without streams", pool: fake.New("n1", 1<<30)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := Wrap(tc.pool, f)
+			if _, ok := w.(backend.Streamer); ok != tc.streams {
+				t.Errorf("wrapped pool is a backend.Streamer: %v, want %v", ok, tc.streams)
+			}
+			if _, ok := w.(backend.GroupSnapshotter); !ok {
+				t.Error("wrapped pool is not a backend.GroupSnapshotter")
+			}
+			if _, err := w.CreateVolume(context.Background(), backend.VolumeRequest{ID: backend.VolumeIDFor("v"), RequiredBytes: 1 << 20}); err != nil {
+				t.Errorf("CreateVolume through the wrapper: %v", err)
 			}
 		})
 	}
