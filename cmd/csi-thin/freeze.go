@@ -9,8 +9,10 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/freeze"
 )
 
-// withFreeze makes a block-device pool take its snapshots with the source
-// filesystem frozen, after thawing whatever a killed predecessor left
+// withFreeze makes a block-device pool take its group snapshots with the
+// members' mounted filesystems frozen together (one instant, where the
+// kernel allows it) and, with --snapshot-freeze, single snapshots with
+// the source frozen, after thawing whatever a killed predecessor left
 // frozen. (btrfs pools are not wrapped: see package freeze.)
 func withFreeze(o *options, pool backend.Local) (backend.Local, error) {
 	f, err := freeze.New(o.freezeStateDir, o.freezeTimeout, freeze.ObserveWindow)
@@ -25,8 +27,5 @@ func withFreeze(o *options, pool backend.Local) (backend.Local, error) {
 	if len(thawed) > 0 {
 		klog.InfoS("thawed filesystems a previous run left frozen", "paths", thawed)
 	}
-	if !o.snapshotFreeze {
-		return pool, nil
-	}
-	return freeze.Wrap(pool, f), nil
+	return freeze.Wrap(pool, f, freeze.Options{Snapshots: o.snapshotFreeze}), nil
 }

@@ -2,21 +2,68 @@ package freeze
 
 import (
 	"context"
+	"errors"
 	"fmt"
+
+	"k8s.io/klog/v2"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
 
-// CreateGroupSnapshot implements backend.GroupSnapshotter by handing the
-// group to the backend without FIFREEZE: LVM thin's lvcreate freezes each
-// member's filesystem by suspending it, and FIFREEZE first would make it
-// fail busy on the kernels this is tested on (docs/consistency.md).
+// CreateGroupSnapshot implements backend.GroupSnapshotter: with two or more
+// members mounted here, all of them are frozen, the backend snapshots each,
+// and all are thawed, so the members are one instant (an application's
+// writes across them are in all or none). Frozen's timeout bounds the
+// window; a group still running then finishes thawed, each member clean on
+// its own.
+//
+// The kernel decides whether this works. LVM's lvcreate suspends its
+// origin, and on kernel 6.1 that suspend fails busy on a filesystem frozen
+// already; 6.12 takes it (docs/consistency.md). So the first group refused
+// busy while frozen turns group freezing off for this process (the
+// kernel does not change under it) and is taken again member by member,
+// the way every group is taken afterwards.
 func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapshotRequest) (*backend.GroupSnapshot, error) {
 	g, err := p.groups()
 	if err != nil {
 		return nil, err
 	}
-	return g.CreateGroupSnapshot(ctx, req)
+	if req.SkipFreeze || p.groupsRefused.Load() {
+		return g.CreateGroupSnapshot(ctx, req)
+	}
+	if existing, err := g.GetGroupSnapshot(ctx, req.ID); err == nil && existing.ReadyToUse {
+		return g.CreateGroupSnapshot(ctx, req) // a replay: nothing to freeze for
+	}
+	var paths []string
+	for _, id := range req.SourceVolumeIDs {
+		mounted, err := p.mountedAt(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, mounted...)
+	}
+	if len(paths) < 2 {
+		// One member mounted at most: its own snapshot freezes it (LVM's
+		// suspend), and there is no other filesystem to hold still with it.
+		return g.CreateGroupSnapshot(ctx, req)
+	}
+	var group *backend.GroupSnapshot
+	var snapErr error
+	err = p.freezer.Frozen(ctx, req.ID, paths, func(ctx context.Context) error {
+		group, snapErr = g.CreateGroupSnapshot(ctx, req)
+		return snapErr
+	})
+	if snapErr != nil && errors.Is(snapErr, backend.ErrBusy) {
+		p.groupsRefused.Store(true)
+		klog.InfoS("this kernel refuses a snapshot of a frozen filesystem: group snapshots are taken member by member from now on, each member clean but not one instant (docs/consistency.md)",
+			"groupSnapshotID", req.ID, "err", snapErr)
+		return g.CreateGroupSnapshot(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("group snapshot taken with its members' filesystems frozen together", "groupSnapshotID", req.ID, "paths", paths)
+	return group, nil
 }
 
 // DeleteGroupSnapshot implements backend.GroupSnapshotter.
@@ -36,6 +83,10 @@ func (p *Pool) GetGroupSnapshot(ctx context.Context, id string) (*backend.GroupS
 	}
 	return g.GetGroupSnapshot(ctx, id)
 }
+
+// GroupsFrozen reports whether group snapshots are still taken frozen:
+// false once this kernel refused one.
+func (p *Pool) GroupsFrozen() bool { return !p.groupsRefused.Load() }
 
 func (p *Pool) groups() (backend.GroupSnapshotter, error) {
 	g, ok := p.Local.(backend.GroupSnapshotter)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -13,34 +14,53 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
 
-// Pool is a backend.Local whose CreateSnapshot freezes the source volume's
-// filesystem while the backend takes the snapshot, when that filesystem is
-// mounted in this process's mount namespace (the node plugin's, which has
-// the kubelet's staging mounts). It is for block-device pools (LVM thin:
-// ext4/xfs on a thin LV). A btrfs pool is never frozen: its snapshot is
-// atomic and flushes the subvolume's dirty data first, and FIFREEZE would
-// freeze the whole pool filesystem, snapshot included.
+// Pool is a backend.Local whose CreateSnapshot and CreateGroupSnapshot
+// (group.go) freeze the source volumes' filesystems while the backend
+// takes the snapshot, when they are mounted in this process's mount
+// namespace (the node plugin's, which has the kubelet's staging mounts).
+// It is for block-device pools (LVM thin: ext4/xfs on a thin LV). A btrfs
+// pool is never frozen: its snapshot is atomic and flushes the
+// subvolume's dirty data first, and FIFREEZE would freeze the whole pool
+// filesystem, snapshot included.
 type Pool struct {
 	backend.Local
 	freezer *Freezer
+	// snapshots: single snapshots are frozen too, not only groups.
+	snapshots bool
+	// groupsRefused: this kernel refused a group's snapshot while frozen
+	// (group.go).
+	groupsRefused atomic.Bool
 	// mountInfo lists the mounts (tests substitute it).
 	mountInfo func() ([]mount.MountInfo, error)
 }
 
-// NewPool wraps b so its snapshots are taken frozen.
+// NewPool wraps b so its snapshots and group snapshots are taken frozen.
 func NewPool(b backend.Local, f *Freezer) *Pool {
-	return &Pool{Local: b, freezer: f, mountInfo: func() ([]mount.MountInfo, error) {
+	return newPool(b, f, Options{Snapshots: true})
+}
+
+func newPool(b backend.Local, f *Freezer, o Options) *Pool {
+	return &Pool{Local: b, freezer: f, snapshots: o.Snapshots, mountInfo: func() ([]mount.MountInfo, error) {
 		return mount.ParseMountInfo("/proc/self/mountinfo")
 	}}
 }
 
-// Wrap is NewPool for a node's pool: what the pool can do besides
-// backend.Local stays visible through the wrapper. A pool that streams
-// (backend.Streamer) still does once wrapped, since the node agent finds
-// transfers and exports by asking the pool it holds for that interface,
-// and freezing must not turn them off. (GroupSnapshotter is Pool's own.)
-func Wrap(b backend.Local, f *Freezer) backend.Local {
-	p := NewPool(b, f)
+// Options say what a wrapped pool freezes besides groups.
+type Options struct {
+	// Snapshots: freeze the source of a single snapshot too
+	// (--snapshot-freeze; LVM's lvcreate freezes it by itself).
+	Snapshots bool
+}
+
+// Wrap is NewPool for a node's pool: group snapshots of mounted members
+// are taken frozen together, single snapshots as o says, and what the
+// pool can do besides backend.Local stays visible through the wrapper. A
+// pool that streams (backend.Streamer) still does once wrapped, since the
+// node agent finds transfers and exports by asking the pool it holds for
+// that interface, and freezing must not turn them off. (GroupSnapshotter
+// is Pool's own.)
+func Wrap(b backend.Local, f *Freezer, o Options) backend.Local {
+	p := newPool(b, f, o)
 	if s, ok := b.(backend.Streamer); ok {
 		return &streamingPool{Pool: p, Streamer: s}
 	}
@@ -54,7 +74,7 @@ type streamingPool struct {
 
 // CreateSnapshot implements backend.Backend.
 func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
-	if req.SkipFreeze {
+	if req.SkipFreeze || !p.snapshots {
 		return p.Local.CreateSnapshot(ctx, req)
 	}
 	if _, err := p.Local.GetSnapshot(ctx, req.ID); err == nil {
@@ -79,25 +99,43 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 	return snap, nil
 }
 
+// activeDevices is a pool that can name an active volume's device node
+// without activating it (LVM thin's Target activates an inactive volume,
+// a side effect a snapshot must not have). An inactive volume has no
+// device, so nothing of it is mounted.
+type activeDevices interface {
+	ActiveDevice(id string) (string, bool)
+}
+
 // mountedAt returns one mount path per filesystem on the volume's device,
 // none for a volume that is not a mounted block device.
 func (p *Pool) mountedAt(ctx context.Context, id string) ([]string, error) {
-	target, err := p.Local.Target(ctx, id)
-	if errors.Is(err, backend.ErrNotFound) {
-		return nil, nil // the backend answers for a missing source
-	}
-	if err != nil {
-		return nil, err
-	}
-	if !target.IsDevice {
-		return nil, nil
+	var path string
+	if d, ok := p.Local.(activeDevices); ok {
+		dev, active := d.ActiveDevice(id)
+		if !active {
+			return nil, nil
+		}
+		path = dev
+	} else {
+		target, err := p.Local.Target(ctx, id)
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, nil // the backend answers for a missing source
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !target.IsDevice {
+			return nil, nil
+		}
+		path = target.Path
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(target.Path, &st); err != nil {
+	if err := unix.Stat(path, &st); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil // not active, so not mounted
 		}
-		return nil, fmt.Errorf("stat %s of volume %s: %w", target.Path, id, err)
+		return nil, fmt.Errorf("stat %s of volume %s: %w", path, id, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
 		return nil, nil

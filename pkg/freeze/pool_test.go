@@ -116,7 +116,7 @@ func TestWrapKeepsWhatThePoolCanDo(t *testing.T) {
 		{name: "pool without streams", pool: fake.New("n1", 1<<30)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := Wrap(tc.pool, f)
+			w := Wrap(tc.pool, f, Options{})
 			if _, ok := w.(backend.Streamer); ok != tc.streams {
 				t.Errorf("wrapped pool is a backend.Streamer: %v, want %v", ok, tc.streams)
 			}

@@ -9,14 +9,15 @@ import (
 // Group snapshots on LVM thin are one thin snapshot per member, one
 // lvcreate after another (backend.SequentialGroups): each member is a
 // clean snapshot of its own instant (lvcreate suspends its origin, which
-// freezes the filesystem on it), but the members are NOT one instant.
-// LVM makes one snapshot per lvcreate, and neither way to hold several
-// origins still across the lvcreates works on the kernels this is tested
-// on: FIFREEZE makes lvcreate's own suspend fail busy, and with the
-// origins dm-suspended beforehand lvcreate refuses the next member (the
-// pool reads as past its threshold) and a pool left with queued messages
-// cannot be suspended again. See docs/consistency.md. Each member carries
-// the group's ID and size in a tag (keyGroup), the group's only state.
+// freezes the filesystem on it). LVM makes one snapshot per lvcreate, so
+// one instant for all members needs their filesystems held still across
+// the lvcreates: the node's pkg/freeze wrapper freezes the mounted members
+// around this call, which kernel 6.12 allows and 6.1 refuses (lvcreate's
+// suspend of a frozen origin fails busy; the wrapper then falls back to
+// this call alone). Suspending the origins with dmsetup beforehand does
+// not work either: lvcreate refuses the next member (the pool reads as
+// past its threshold). See docs/consistency.md. Each member carries the
+// group's ID and size in a tag (keyGroup), the group's only state.
 
 var _ backend.GroupSnapshotter = (*Backend)(nil)
 

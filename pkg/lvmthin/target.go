@@ -38,6 +38,22 @@ func (b *Backend) Target(ctx context.Context, id string) (backend.Target, error)
 	return backend.Target{Path: path, IsDevice: true}, nil
 }
 
+// ActiveDevice returns the device node of volume id when the volume is
+// active, without activating it (Target does): a caller that only asks
+// whether the volume is mounted must not change its state, and an
+// inactive volume has no device and so no mount.
+func (b *Backend) ActiveDevice(id string) (string, bool) {
+	if backend.CheckVolumeID(id) != nil {
+		return "", false
+	}
+	for _, p := range []string{devicePath(b.cfg.VG, id), mapperPath(b.cfg.VG, id)} {
+		if _, ok := deviceAt(p); ok {
+			return p, true
+		}
+	}
+	return "", false
+}
+
 func (b *Backend) waitForDevice(ctx context.Context, id string) (string, error) {
 	deadline := time.Now().Add(b.cfg.DeviceWait)
 	candidates := []string{devicePath(b.cfg.VG, id), mapperPath(b.cfg.VG, id)}

@@ -3,17 +3,38 @@
 # linux-image-amd64 and prints the cache directory that holds them.
 # The cache lives outside the clone so every checkout and CI run shares it:
 #   ${CSI_THIN_VM_CACHE:-/var/cache/csi-thin/vm}/<kernel-version>/{vmlinuz,initrd.gz}
+#
+# CSI_THIN_VM_KERNEL=backports takes the kernel of the release's
+# backports suite instead (bookworm-backports: 6.12, where the release's
+# own is 6.1), through an apt configuration of its own under the cache:
+# the host's package sources are not touched.
 set -euo pipefail
 root=${CSI_THIN_VM_CACHE:-/var/cache/csi-thin/vm}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$root"
 
+apt_opts=()
+case ${CSI_THIN_VM_KERNEL:-stable} in
+  stable) ;;
+  backports)
+    # shellcheck source=/dev/null
+    suite=$(. /etc/os-release && echo "$VERSION_CODENAME")-backports
+    apt_dir=$root/.apt-$suite
+    mkdir -p "$apt_dir/lists/partial"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >"$apt_dir/sources.list"
+    # Only this list, and no binary caches built from the host's lists.
+    apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+      -o "Dir::State::Lists=$apt_dir/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=)
+    ;;
+  *) echo "build-image: CSI_THIN_VM_KERNEL=$CSI_THIN_VM_KERNEL: want stable or backports" >&2; exit 2 ;;
+esac
+
 kernel_package() {
-  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+  { apt-cache "${apt_opts[@]}" depends linux-image-amd64 2>/dev/null || true; } | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
 }
 pkg=$(kernel_package)
 if [ -z "$pkg" ]; then
-  apt-get update -qq >&2
+  apt-get "${apt_opts[@]}" update -qq >&2
   pkg=$(kernel_package)
 fi
 if [ -z "$pkg" ]; then
@@ -40,7 +61,7 @@ tmp=$(mktemp -d "$root/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 (
   cd "$tmp"
-  apt-get download "$pkg" >/dev/null
+  apt-get "${apt_opts[@]}" download "$pkg" >/dev/null
   mkdir kpkg
   dpkg-deb -x "$pkg"_*.deb kpkg
   depmod -b "$PWD/kpkg" "$kv"
