@@ -19,6 +19,8 @@ case ${CSI_THIN_VM_KERNEL:-stable} in
   backports)
     # shellcheck source=/dev/null
     suite=$(. /etc/os-release && echo "$VERSION_CODENAME")-backports
+    # Images of their own, so that no stable run ever boots one.
+    root=$root/backports
     apt_dir=$root/.apt-$suite
     mkdir -p "$apt_dir/lists/partial"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >"$apt_dir/sources.list"
@@ -39,7 +41,7 @@ if [ -z "$pkg" ]; then
 fi
 if [ -z "$pkg" ]; then
   # Offline and no package lists: fall back to any kernel built before.
-  last=$(ls -d "$root"/*/ 2>/dev/null | sort -V | tail -1)
+  last=$(ls -d "$root"/[0-9]*/ 2>/dev/null | sort -V | tail -1)
   [ -n "$last" ] && [ -f "$last/initrd.gz" ] || { echo "build-image: cannot find a Debian kernel package" >&2; exit 1; }
   echo "${last%/}"; exit 0
 fi
@@ -55,6 +57,18 @@ exec 9>"$root/.lock"
 flock 9
 if [ -f "$dir/initrd.gz" ] && [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "$dir"; exit 0
+fi
+# A build downloads the package: fresh lists first, since a suite's mirror
+# keeps only its latest kernel (backports moves on without the host's
+# lists noticing).
+if apt-get "${apt_opts[@]}" update -qq >&2; then
+  pkg=$(kernel_package)
+  [ -n "$pkg" ] || { echo "build-image: no Debian kernel package in the refreshed lists" >&2; exit 1; }
+  kv=${pkg#linux-image-}
+  dir=$root/$kv
+  if [ -f "$dir/initrd.gz" ] && [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ]; then
+    echo "$dir"; exit 0
+  fi
 fi
 echo "build-image: building VM image for kernel $kv in $dir" >&2
 tmp=$(mktemp -d "$root/.build.XXXXXX")
