@@ -48,3 +48,18 @@ func TestDeleteOpenVolumeIsInUse(t *testing.T) {
 		t.Fatalf("delete of an open volume: %v (code %v)", err, rpcerr.Code(err))
 	}
 }
+
+// TestActiveDeviceRunsNothing: ActiveDevice answers from /dev alone, never
+// activating (no LVM command), and names no device for an ID that is not
+// a volume's or for a volume that is not active.
+func TestActiveDeviceRunsNothing(t *testing.T) {
+	b, f := fakeBackend(t, "")
+	for _, id := range []string{"../../dev/sda", "v-not-hex", backend.VolumeIDFor("inactive")} {
+		if dev, ok := b.ActiveDevice(id); ok {
+			t.Errorf("ActiveDevice(%q) = %q, want none", id, dev)
+		}
+	}
+	if calls := f.Lines(); len(calls) != 0 {
+		t.Errorf("ActiveDevice ran %v, want nothing", calls)
+	}
+}
