@@ -31,9 +31,8 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 	if req.SkipFreeze || p.groupsRefused.Load() {
 		return g.CreateGroupSnapshot(ctx, req)
 	}
-	if existing, err := g.GetGroupSnapshot(ctx, req.ID); err == nil && existing.ReadyToUse {
-		return g.CreateGroupSnapshot(ctx, req) // a replay: nothing to freeze for
-	}
+	// The mounts first: reading them runs no storage command, and only a
+	// group that would be frozen needs the backend's listing below.
 	var paths []string
 	for _, id := range req.SourceVolumeIDs {
 		mounted, err := p.mountedAt(ctx, id)
@@ -47,13 +46,16 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 		// suspend), and there is no other filesystem to hold still with it.
 		return g.CreateGroupSnapshot(ctx, req)
 	}
+	if existing, err := g.GetGroupSnapshot(ctx, req.ID); err == nil && existing.ReadyToUse {
+		return g.CreateGroupSnapshot(ctx, req) // a replay: nothing to freeze for
+	}
 	var group *backend.GroupSnapshot
 	var snapErr error
 	err = p.freezer.Frozen(ctx, req.ID, paths, func(ctx context.Context) error {
 		group, snapErr = g.CreateGroupSnapshot(ctx, req)
 		return snapErr
 	})
-	if snapErr != nil && errors.Is(snapErr, backend.ErrBusy) {
+	if errors.Is(snapErr, backend.ErrBusy) {
 		p.groupsRefused.Store(true)
 		klog.InfoS("this kernel refuses a snapshot of a frozen filesystem: group snapshots are taken member by member from now on, each member clean but not one instant (docs/consistency.md)",
 			"groupSnapshotID", req.ID, "err", snapErr)

@@ -48,10 +48,11 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 		skip        bool // the class says freeze: "false"
 		refuseBusy  bool // the backend fails busy while frozen
 		groups      int
+		replay      bool   // the first group asked for again: nothing to freeze for
 		wantFrozen  []bool // in each call of the backend's group snapshot
 		wantRefused bool
 	}{
-		{name: "two mounted members", mounted: 2, groups: 2, wantFrozen: []bool{true, true}},
+		{name: "two mounted members", mounted: 2, groups: 2, replay: true, wantFrozen: []bool{true, true, false}},
 		{name: "freeze turned off by the class", mounted: 2, skip: true, groups: 1, wantFrozen: []bool{false}},
 		{name: "one member mounted", mounted: 1, groups: 1, wantFrozen: []bool{false}},
 		{name: "kernel refuses a frozen snapshot", mounted: 2, refuseBusy: true, groups: 2, wantFrozen: []bool{true, false, false}, wantRefused: true},
@@ -101,6 +102,12 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 				}
 				if !g.ReadyToUse || len(g.Snapshots) != 2 {
 					t.Fatalf("group %d: %+v", i, g)
+				}
+			}
+			if tc.replay {
+				req := backend.GroupSnapshotRequest{ID: backend.GroupSnapshotIDFor(fmt.Sprint(tc.name, 0)), Name: "g", SourceVolumeIDs: sources}
+				if _, err := pool.CreateGroupSnapshot(ctx, req); err != nil {
+					t.Fatalf("replay: %v", err)
 				}
 			}
 			if fmt.Sprint(frozen) != fmt.Sprint(tc.wantFrozen) {
