@@ -79,6 +79,13 @@ type GroupSnapshot struct {
 	// a crash that its creator has not retried or deleted yet, or a member
 	// deleted on its own.
 	ReadyToUse bool
+	// OneInstant says the members hold one instant: nothing written to
+	// any member between the first member's snapshot and the last's is
+	// in some of them and not the others. True where the backend cuts all
+	// members at once (btrfs: one commit) or the members were held still
+	// together (freeze.Pool); false for members taken one after another,
+	// each as consistent as a single snapshot.
+	OneInstant bool
 }
 
 // SameSources reports whether the group's members copy exactly sources

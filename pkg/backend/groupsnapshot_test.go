@@ -56,6 +56,9 @@ func TestSequentialGroupsRedoesAPartialGroup(t *testing.T) {
 	if err != nil || !whole.ReadyToUse || len(whole.Snapshots) != 2 {
 		t.Fatalf("retry: %+v, %v", whole, err)
 	}
+	if whole.OneInstant {
+		t.Error("members taken one after another report OneInstant")
+	}
 	for _, s := range whole.Snapshots {
 		if s.ID == early.ID && !s.CreatedAt.After(early.CreatedAt) {
 			t.Fatal("the member of the earlier attempt was kept")

@@ -331,7 +331,8 @@ func (p *Pool) GetGroupSnapshot(ctx context.Context, id string) (*backend.GroupS
 // groupFrom reads the group's members; one deleted on its own is left
 // out and makes the group not ready.
 func (p *Pool) groupFrom(g *groupRecord) *backend.GroupSnapshot {
-	out := &backend.GroupSnapshot{ID: g.ID, Name: g.Name, CreatedAt: g.CreatedAt, ReadyToUse: true}
+	// One transaction commit made every member: one instant, always.
+	out := &backend.GroupSnapshot{ID: g.ID, Name: g.Name, CreatedAt: g.CreatedAt, ReadyToUse: true, OneInstant: true}
 	for _, m := range g.Members {
 		snap, err := p.GetSnapshot(context.Background(), m.SnapshotID)
 		if err != nil {

@@ -40,6 +40,8 @@ type Freezer struct {
 	timeout time.Duration
 	// observe receives each frozen window (freeze to thaw).
 	observe func(time.Duration)
+	// freeze is FIFREEZE (replaced in tests to make one slow).
+	freeze func(path string) error
 }
 
 // New returns a Freezer keeping its markers in stateDir (created 0700).
@@ -54,7 +56,7 @@ func New(stateDir string, timeout time.Duration, observe func(time.Duration)) (*
 	if observe == nil {
 		observe = func(time.Duration) {}
 	}
-	return &Freezer{dir: stateDir, timeout: timeout, observe: observe}, nil
+	return &Freezer{dir: stateDir, timeout: timeout, observe: observe, freeze: freeze}, nil
 }
 
 // marker is what a freeze leaves on disk until the thaw.
@@ -112,50 +114,81 @@ func (f *Freezer) Recover() ([]string, error) {
 // result is returned either way (a snapshot finished after the thaw is
 // crash-consistent, as without freezing). id names the marker.
 func (f *Freezer) Frozen(ctx context.Context, id string, paths []string, snapshot func(context.Context) error) error {
+	_, err := f.FrozenHeld(ctx, id, paths, snapshot)
+	return err
+}
+
+// FrozenHeld is Frozen, and also reports whether the filesystems stayed
+// frozen until snapshot returned (false when the timeout thawed them
+// first, or when nothing was frozen).
+func (f *Freezer) FrozenHeld(ctx context.Context, id string, paths []string, snapshot func(context.Context) error) (held bool, _ error) {
 	if len(paths) == 0 {
-		return snapshot(ctx)
+		return false, snapshot(ctx)
 	}
 	if err := f.writeMarker(id, paths); err != nil {
-		return err
+		return false, err
 	}
 	start := time.Now()
-	var frozen []string
-	var once sync.Once
-	var thawErr error
+	var (
+		// mu orders the freezes and the thaw: the watchdog waits for a
+		// FIFREEZE in progress (it cannot be cut short), and nothing is
+		// frozen after the thaw.
+		mu      sync.Mutex
+		frozen  []string
+		thawed  bool
+		thawErr error
+	)
 	thawAll := func() {
-		once.Do(func() {
-			var errs []error
-			for _, p := range frozen {
-				if _, err := thaw(p); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			f.observe(time.Since(start))
-			if thawErr = errors.Join(errs...); thawErr == nil {
-				if err := os.Remove(f.markerPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-					klog.ErrorS(err, "remove freeze marker", "snapshotID", id)
-				}
-			}
-		})
-	}
-	for _, p := range paths {
-		if err := freeze(p); err != nil {
-			thawAll()
-			return errors.Join(err, thawErr)
+		mu.Lock()
+		defer mu.Unlock()
+		if thawed {
+			return
 		}
-		frozen = append(frozen, p)
+		thawed = true
+		var errs []error
+		for _, p := range frozen {
+			if _, err := thaw(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		f.observe(time.Since(start))
+		if thawErr = errors.Join(errs...); thawErr == nil {
+			if err := os.Remove(f.markerPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				klog.ErrorS(err, "remove freeze marker", "snapshotID", id)
+			}
+		}
 	}
+	// The timeout runs from the first freeze: freezing a filesystem
+	// writes its dirty data first, and those frozen before it wait
+	// through that too.
 	watchdog := time.AfterFunc(f.timeout, func() {
 		klog.InfoS("snapshot still running at the freeze timeout; thawing", "snapshotID", id, "timeout", f.timeout, "paths", paths)
 		thawAll()
 	})
+	for _, p := range paths {
+		mu.Lock()
+		if thawed {
+			mu.Unlock()
+			break // the timeout came first: the snapshot runs unfrozen
+		}
+		err := f.freeze(p)
+		if err == nil {
+			frozen = append(frozen, p)
+		}
+		mu.Unlock()
+		if err != nil {
+			watchdog.Stop()
+			thawAll()
+			return false, errors.Join(err, thawErr)
+		}
+	}
 	err := snapshot(ctx)
-	watchdog.Stop()
+	held = watchdog.Stop() // false: the watchdog has thawed already
 	thawAll()
 	if thawErr != nil {
-		return errors.Join(err, fmt.Errorf("thaw after snapshot %s (the marker stays; a restart retries): %w", id, thawErr))
+		return held, errors.Join(err, fmt.Errorf("thaw after snapshot %s (the marker stays; a restart retries): %w", id, thawErr))
 	}
-	return err
+	return held, err
 }
 
 // writeMarker records paths durably before anything is frozen.

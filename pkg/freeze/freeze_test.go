@@ -159,6 +159,39 @@ func TestThawedAtTimeout(t *testing.T) {
 	}
 }
 
+// The timeout runs from the first freeze, not from the last: freezing the
+// next filesystem writes its dirty data first, and the ones frozen before
+// it wait through that. Freezes that outlast the timeout leave a snapshot
+// that is not held (it runs thawed), and every filesystem is thawed.
+func TestTimeoutCountsFromTheFirstFreeze(t *testing.T) {
+	mntA, _ := ext4Mount(t)
+	mntB, _ := ext4Mount(t)
+	f, err := New(t.TempDir(), 100*time.Millisecond, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	realFreeze := f.freeze
+	f.freeze = func(path string) error {
+		if path == mntB {
+			time.Sleep(500 * time.Millisecond) // a long sync of B's dirty data
+		}
+		return realFreeze(path)
+	}
+	ran := false
+	held, err := f.FrozenHeld(context.Background(), "s-1", []string{mntA, mntB}, func(context.Context) error {
+		ran = true
+		return nil
+	})
+	if err != nil || !ran {
+		t.Fatalf("FrozenHeld: %v, snapshot ran: %v", err, ran)
+	}
+	if held {
+		t.Error("held = true: the timeout started only after the last freeze")
+	}
+	wantResumes(t, "member A", startWriter(filepath.Join(mntA, "f")))
+	wantResumes(t, "member B", startWriter(filepath.Join(mntB, "f")))
+}
+
 func TestFreezeFailureFreezesNothing(t *testing.T) {
 	mnt, _ := ext4Mount(t)
 	f, err := New(t.TempDir(), 0, nil)

@@ -34,12 +34,14 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 	// The mounts first: reading them runs no storage command, and only a
 	// group that would be frozen needs the backend's listing below.
 	var paths []string
+	allMounted := true
 	for _, id := range req.SourceVolumeIDs {
 		mounted, err := p.mountedAt(ctx, id)
 		if err != nil {
 			return nil, err
 		}
 		paths = append(paths, mounted...)
+		allMounted = allMounted && len(mounted) > 0
 	}
 	if len(paths) < 2 {
 		// One member mounted at most: its own snapshot freezes it (LVM's
@@ -51,7 +53,7 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 	}
 	var group *backend.GroupSnapshot
 	var snapErr error
-	err = p.freezer.Frozen(ctx, req.ID, paths, func(ctx context.Context) error {
+	held, err := p.freezer.FrozenHeld(ctx, req.ID, paths, func(ctx context.Context) error {
 		group, snapErr = g.CreateGroupSnapshot(ctx, req)
 		return snapErr
 	})
@@ -64,7 +66,15 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 	if err != nil {
 		return nil, err
 	}
+	if !held {
+		klog.InfoS("group snapshot finished after the freeze timeout thawed its members: not one instant", "groupSnapshotID", req.ID, "paths", paths)
+		return group, nil
+	}
 	klog.V(2).InfoS("group snapshot taken with its members' filesystems frozen together", "groupSnapshotID", req.ID, "paths", paths)
+	// A member with no filesystem mounted was not held still: idle, or a
+	// raw block device a pod may be writing. Only a group whose every
+	// member was frozen is known to be one instant.
+	group.OneInstant = allMounted
 	return group, nil
 }
 

@@ -38,7 +38,7 @@ func (p *groupPool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSn
 // refuses a snapshot of a frozen filesystem (busy) still gets its group,
 // member by member, and every later group is taken unfrozen. A class
 // that turns freezing off, and a group with one member mounted, are not
-// frozen.
+// frozen. Only a group whose members were all frozen reports OneInstant.
 func TestGroupMembersFrozenTogether(t *testing.T) {
 	mntA, devA := ext4Mount(t)
 	mntB, devB := ext4Mount(t)
@@ -48,14 +48,17 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 		skip        bool // the class says freeze: "false"
 		refuseBusy  bool // the backend fails busy while frozen
 		groups      int
-		replay      bool   // the first group asked for again: nothing to freeze for
-		wantFrozen  []bool // in each call of the backend's group snapshot
+		replay      bool          // the first group asked for again: nothing to freeze for
+		timeout     time.Duration // the freeze timeout (0: the default)
+		wantFrozen  []bool        // in each call of the backend's group snapshot
 		wantRefused bool
+		wantInstant bool // every group reports OneInstant
 	}{
-		{name: "two mounted members", mounted: 2, groups: 2, replay: true, wantFrozen: []bool{true, true, false}},
+		{name: "two mounted members", mounted: 2, groups: 2, replay: true, wantFrozen: []bool{true, true, false}, wantInstant: true},
 		{name: "freeze turned off by the class", mounted: 2, skip: true, groups: 1, wantFrozen: []bool{false}},
 		{name: "one member mounted", mounted: 1, groups: 1, wantFrozen: []bool{false}},
 		{name: "kernel refuses a frozen snapshot", mounted: 2, refuseBusy: true, groups: 2, wantFrozen: []bool{true, false, false}, wantRefused: true},
+		{name: "thawed by the timeout before the group finished", mounted: 2, timeout: 20 * time.Millisecond, groups: 1, wantFrozen: []bool{false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -72,7 +75,7 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 				inner.targets[v.ID] = backend.Target{Path: dev, IsDevice: true}
 				sources = append(sources, v.ID)
 			}
-			f, err := New(t.TempDir(), 0, nil)
+			f, err := New(t.TempDir(), tc.timeout, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,6 +105,9 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 				}
 				if !g.ReadyToUse || len(g.Snapshots) != 2 {
 					t.Fatalf("group %d: %+v", i, g)
+				}
+				if g.OneInstant != tc.wantInstant {
+					t.Errorf("group %d: OneInstant = %v, want %v", i, g.OneInstant, tc.wantInstant)
 				}
 			}
 			if tc.replay {

@@ -93,8 +93,8 @@ func TestGroupSnapshotIsOneInstant(t *testing.T) {
 			wg.Wait()
 			t.Fatalf("group snapshot %d: %v", i, err)
 		}
-		if len(g.Snapshots) != 2 || !g.ReadyToUse {
-			t.Fatalf("group %+v", g)
+		if len(g.Snapshots) != 2 || !g.ReadyToUse || !g.OneInstant {
+			t.Fatalf("group %+v (one commit: want ready and OneInstant)", g)
 		}
 		last := map[string]uint64{}
 		for _, s := range g.Snapshots {
@@ -118,6 +118,9 @@ func TestGroupSnapshotIsOneInstant(t *testing.T) {
 	g, err := p.GetGroupSnapshot(ctx, backend.GroupSnapshotIDFor("group-p"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !g.OneInstant {
+		t.Error("a group read back after its creation does not report OneInstant")
 	}
 	for _, s := range g.Snapshots {
 		v, err := p.CreateVolume(ctx, backend.VolumeRequest{ID: backend.VolumeIDFor("restore-" + s.ID), Name: "restore-" + s.ID,

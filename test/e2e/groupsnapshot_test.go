@@ -84,6 +84,9 @@ func testGroupSnapshot(t *testing.T, c *cluster) {
 	if p, _, _ := unstructured.NestedString(group.Object, "status", "phase"); p != "Ready" {
 		t.Errorf("ThinGroupSnapshot %s phase %q", group.GetName(), p)
 	}
+	if one, _, _ := unstructured.NestedBool(group.Object, "status", "oneInstant"); !one {
+		t.Errorf("ThinGroupSnapshot %s: status.oneInstant is not true on btrfs (one commit)", group.GetName())
+	}
 	members, _, _ := unstructured.NestedSlice(group.Object, "status", "members")
 	if len(members) != len(claims) {
 		t.Fatalf("ThinGroupSnapshot members %v, want %d", members, len(claims))

@@ -174,6 +174,9 @@ func TestGroupSnapshotMembersCleanExt4(t *testing.T) {
 		case refuses && pool.GroupsFrozen():
 			t.Errorf("group %d: lvcreate took a frozen origin; docs/consistency.md says 6.1 refuses it", i)
 		}
+		if g.OneInstant != pool.GroupsFrozen() {
+			t.Errorf("group %d: OneInstant = %v, but the members were frozen together: %v", i, g.OneInstant, pool.GroupsFrozen())
+		}
 		for _, id := range ids {
 			if last[id] < before {
 				t.Errorf("group %d: the member of %s ends at record %d, but %d were fsynced before the group was asked for", i, id, last[id], before)

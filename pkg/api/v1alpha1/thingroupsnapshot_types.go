@@ -50,9 +50,15 @@ type ThinGroupSnapshotStatus struct {
 	// ReadyToUse says every member can be restored from.
 	// +optional
 	ReadyToUse bool `json:"readyToUse,omitempty"`
-	// CreationTime is the group's instant.
+	// CreationTime is when the group was taken.
 	// +optional
 	CreationTime *metav1.Time `json:"creationTime,omitempty"`
+	// OneInstant says the members hold one instant (btrfs: one commit;
+	// LVM thin: every member's filesystem frozen together). False: taken
+	// one after another, each member crash-consistent on its own
+	// (docs/consistency.md says when).
+	// +optional
+	OneInstant bool `json:"oneInstant,omitempty"`
 	// OperationStatus is the outcome of the last attempt.
 	OperationStatus `json:",inline"`
 	// +optional
@@ -61,8 +67,9 @@ type ThinGroupSnapshotStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// ThinGroupSnapshot is a group of thin snapshots taken at one instant on
-// one node (a VolumeGroupSnapshot). Its name is the CSI group snapshot
+// ThinGroupSnapshot is a group of thin snapshots taken together on one
+// node (a VolumeGroupSnapshot), at one instant where status.oneInstant
+// says so. Its name is the CSI group snapshot
 // ID; each member also has a ThinSnapshot (spec.groupID names the group),
 // through which it is restored, listed and deleted like any snapshot.
 //
@@ -71,6 +78,7 @@ type ThinGroupSnapshotStatus struct {
 // +kubebuilder:resource:scope=Cluster,shortName=tgs,categories=csi-thin
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="OneInstant",type=boolean,JSONPath=`.status.oneInstant`
 // +kubebuilder:printcolumn:name="Code",type=string,JSONPath=`.status.code`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ThinGroupSnapshot struct {

@@ -102,8 +102,14 @@ func (r *GroupSnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 			created = metav1.Now()
 		}
 		g.Status.CreationTime = &created
-		logger.Info("group snapshot created", "members", len(group.Snapshots), "duration", time.Since(start))
-		r.Recorder.Eventf(g, nil, corev1.EventTypeNormal, "Created", "CreateGroupSnapshot", "%d snapshots taken together on %s", len(group.Snapshots), g.Spec.Node)
+		g.Status.OneInstant = group.OneInstant
+		logger.Info("group snapshot created", "members", len(group.Snapshots), "oneInstant", group.OneInstant, "duration", time.Since(start))
+		if group.OneInstant {
+			r.Recorder.Eventf(g, nil, corev1.EventTypeNormal, "Created", "CreateGroupSnapshot", "%d snapshots taken at one instant on %s", len(group.Snapshots), g.Spec.Node)
+		} else {
+			r.Recorder.Eventf(g, nil, corev1.EventTypeNormal, "Created", "CreateGroupSnapshot",
+				"%d snapshots taken one after another on %s: each is crash-consistent, but a write between two of them may be in one and not the other (docs/consistency.md)", len(group.Snapshots), g.Spec.Node)
+		}
 		if r.Changed != nil {
 			r.Changed()
 		}

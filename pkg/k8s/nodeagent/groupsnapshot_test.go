@@ -19,8 +19,11 @@ import (
 
 // groupPool adds group snapshots to fakePool: every member in one call,
 // which is what the reconciler must use (never one CreateSnapshot per
-// member).
-type groupPool struct{ *fakePool }
+// member). oneInstant is what its groups report.
+type groupPool struct {
+	*fakePool
+	oneInstant bool
+}
 
 func (p groupPool) CreateGroupSnapshot(_ context.Context, req backend.GroupSnapshotRequest) (*backend.GroupSnapshot, error) {
 	p.mu.Lock()
@@ -28,7 +31,7 @@ func (p groupPool) CreateGroupSnapshot(_ context.Context, req backend.GroupSnaps
 	if err := p.record("CreateGroupSnapshot", req.ID); err != nil {
 		return nil, err
 	}
-	g := &backend.GroupSnapshot{ID: req.ID, Name: req.Name, ReadyToUse: true, CreatedAt: time.Unix(1700000000, 0)}
+	g := &backend.GroupSnapshot{ID: req.ID, Name: req.Name, ReadyToUse: true, CreatedAt: time.Unix(1700000000, 0), OneInstant: p.oneInstant}
 	for _, src := range req.SourceVolumeIDs {
 		v, ok := p.vols[src]
 		if !ok {
@@ -69,7 +72,7 @@ func TestGroupSnapshotLifecycle(t *testing.T) {
 	})
 	e.reconcileVolume(vol1)
 	e.reconcileVolume(vol2)
-	pool := groupPool{e.pool}
+	pool := groupPool{fakePool: e.pool, oneInstant: true}
 	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
 	if _, err := gr.Reconcile(e.ctx, req); err != nil {
@@ -79,10 +82,10 @@ func TestGroupSnapshotLifecycle(t *testing.T) {
 	if err := e.c.Get(e.ctx, req.NamespacedName, g); err != nil {
 		t.Fatal(err)
 	}
-	if g.Status.Phase != thinv1.PhaseReady || !g.Status.ReadyToUse || len(g.Status.Members) != 2 || g.Status.CreationTime.Unix() != 1700000000 {
+	if g.Status.Phase != thinv1.PhaseReady || !g.Status.ReadyToUse || len(g.Status.Members) != 2 || g.Status.CreationTime.Unix() != 1700000000 || !g.Status.OneInstant {
 		t.Fatalf("status %+v", g.Status)
 	}
-	e.event("Created")
+	e.event("Created 2 snapshots taken at one instant on n1")
 
 	// The member ThinSnapshots (the controller makes them once the group
 	// is Ready) find their members; none is taken alone.
@@ -147,6 +150,34 @@ func TestGroupSnapshotLifecycle(t *testing.T) {
 	}
 }
 
+// A group whose members were taken one after another (LVM on a kernel
+// that refuses frozen snapshots, or freezing turned off) says so in its
+// status and its Event: never "one instant".
+func TestGroupSnapshotTakenInTurnSaysSo(t *testing.T) {
+	vol2 := backend.VolumeIDFor("two")
+	gid := backend.GroupSnapshotIDFor("in-turn")
+	e := newEnv(t, newVolume(vol1, "n1", backend.GiB), newVolume(vol2, "n1", backend.GiB), &thinv1.ThinGroupSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: gid, Generation: 1},
+		Spec:       thinv1.ThinGroupSnapshotSpec{Node: "n1", SourceVolumeIDs: []string{vol1, vol2}},
+	})
+	e.reconcileVolume(vol1)
+	e.reconcileVolume(vol2)
+	pool := groupPool{fakePool: e.pool}
+	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
+	if _, err := gr.Reconcile(e.ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	g := &thinv1.ThinGroupSnapshot{}
+	if err := e.c.Get(e.ctx, req.NamespacedName, g); err != nil {
+		t.Fatal(err)
+	}
+	if g.Status.Phase != thinv1.PhaseReady || g.Status.OneInstant {
+		t.Errorf("status %+v, want Ready and not OneInstant", g.Status)
+	}
+	e.event("Created 2 snapshots taken one after another on n1")
+}
+
 // A group the pool refuses is Failed with the pool's code and an Event.
 func TestGroupSnapshotFailureRecordsCode(t *testing.T) {
 	gid := backend.GroupSnapshotIDFor("missing")
@@ -154,7 +185,7 @@ func TestGroupSnapshotFailureRecordsCode(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: gid, Generation: 1},
 		Spec:       thinv1.ThinGroupSnapshotSpec{Node: "n1", SourceVolumeIDs: []string{vol1}},
 	})
-	pool := groupPool{e.pool}
+	pool := groupPool{fakePool: e.pool}
 	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
 	if _, err := gr.Reconcile(e.ctx, req); err != nil {
@@ -181,7 +212,7 @@ func TestLostGroupSnapshotRecovers(t *testing.T) {
 	}
 	e := newEnv(t, newVolume(vol1, "n1", backend.GiB), lost(held), lost(gone))
 	e.reconcileVolume(vol1)
-	pool := lookupGroupPool{groupPool{e.pool}, map[string]bool{held: true}}
+	pool := lookupGroupPool{groupPool{fakePool: e.pool}, map[string]bool{held: true}}
 	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
 	for id, want := range map[string]string{held: thinv1.ReasonRecovered, gone: thinv1.ReasonStorageMissing} {
 		if _, err := gr.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: id}}); err != nil {
