@@ -255,6 +255,7 @@ var (
 		provisionerParamPrefix + "volumesnapshot/namespace", provisionerParamPrefix + "volumesnapshotcontent/name"}
 	// A VolumeSnapshotClass may also export (a group snapshot may not).
 	volumeSnapshotParamKeys = append(slices.Clip(snapshotParamKeys), ParamExportSecretName, ParamExportSecretNamespace, ParamExportRetain)
+	groupSnapshotParamKeys  = append(slices.Clip(snapshotParamKeys), ParamGroupDeletionPolicy)
 )
 
 // checkParameterKeys refuses parameter keys outside the sidecars'

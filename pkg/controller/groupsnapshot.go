@@ -61,7 +61,10 @@ func (g *GroupServer) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.Cr
 			return nil, status.Errorf(codes.InvalidArgument, "source volume %s is listed twice", id)
 		}
 	}
-	if err := checkParameterKeys("VolumeGroupSnapshotClass", req.GetParameters(), snapshotParamKeys); err != nil {
+	if err := checkParameterKeys("VolumeGroupSnapshotClass", req.GetParameters(), groupSnapshotParamKeys); err != nil {
+		return nil, err
+	}
+	if err := checkGroupDeletionPolicy(req.GetParameters()); err != nil {
 		return nil, err
 	}
 	skip, err := skipFreeze(req.GetParameters())
@@ -166,4 +169,21 @@ func csiGroupSnapshot(g *backend.GroupSnapshot) *csi.VolumeGroupSnapshot {
 		out.Snapshots = append(out.Snapshots, m)
 	}
 	return out
+}
+
+// ParamGroupDeletionPolicy is a VolumeGroupSnapshotClass parameter
+// accepted and not acted on: Kubernetes' upstream storage e2e framework
+// writes the class's deletionPolicy into its parameters too (its group
+// snapshot specs run against csi-thin in make test-e2e). The snapshot
+// controller acts on the class's own deletionPolicy field; the copy must
+// still name a policy, so a typo is refused like any bad parameter.
+const ParamGroupDeletionPolicy = "deletionPolicy"
+
+func checkGroupDeletionPolicy(params map[string]string) error {
+	switch v, ok := params[ParamGroupDeletionPolicy]; {
+	case !ok, v == "Delete", v == "Retain":
+		return nil
+	default:
+		return status.Errorf(codes.InvalidArgument, "VolumeGroupSnapshotClass parameter %s=%.64q: want \"Delete\" or \"Retain\" (the class's own deletionPolicy decides)", ParamGroupDeletionPolicy, v)
+	}
 }
