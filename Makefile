@@ -61,7 +61,7 @@ test:
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
 cluster-build:
-	bash test/cluster/build.sh all e2e
+	bash test/cluster/build.sh all e2e e2e-groups
 
 # Only kube-apiserver, etcd and the rest of Kubernetes' own binaries (the
 # first tool cluster-build builds), for the suites that run an API server.
