@@ -63,6 +63,22 @@ func (p groupPool) GetGroupSnapshot(context.Context, string) (*backend.GroupSnap
 	return nil, backend.ErrUnsupported
 }
 
+// reconcileGroup runs a GroupSnapshotReconciler over pool once for group
+// gid and returns it with the group as stored afterwards.
+func reconcileGroup(e *env, pool groupPool, gid string) (*GroupSnapshotReconciler, *thinv1.ThinGroupSnapshot) {
+	e.t.Helper()
+	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
+	key := types.NamespacedName{Name: gid}
+	if _, err := gr.Reconcile(e.ctx, ctrl.Request{NamespacedName: key}); err != nil {
+		e.t.Fatal(err)
+	}
+	g := &thinv1.ThinGroupSnapshot{}
+	if err := e.c.Get(e.ctx, key, g); err != nil {
+		e.t.Fatal(err)
+	}
+	return gr, g
+}
+
 func TestGroupSnapshotLifecycle(t *testing.T) {
 	vol2 := backend.VolumeIDFor("two")
 	gid := backend.GroupSnapshotIDFor("group")
@@ -73,15 +89,8 @@ func TestGroupSnapshotLifecycle(t *testing.T) {
 	e.reconcileVolume(vol1)
 	e.reconcileVolume(vol2)
 	pool := groupPool{fakePool: e.pool, oneInstant: true}
-	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
+	gr, g := reconcileGroup(e, pool, gid)
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
-	if _, err := gr.Reconcile(e.ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	g := &thinv1.ThinGroupSnapshot{}
-	if err := e.c.Get(e.ctx, req.NamespacedName, g); err != nil {
-		t.Fatal(err)
-	}
 	if g.Status.Phase != thinv1.PhaseReady || !g.Status.ReadyToUse || len(g.Status.Members) != 2 || g.Status.CreationTime.Unix() != 1700000000 || !g.Status.OneInstant {
 		t.Fatalf("status %+v", g.Status)
 	}
@@ -163,15 +172,7 @@ func TestGroupSnapshotTakenInTurnSaysSo(t *testing.T) {
 	e.reconcileVolume(vol1)
 	e.reconcileVolume(vol2)
 	pool := groupPool{fakePool: e.pool}
-	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
-	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
-	if _, err := gr.Reconcile(e.ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	g := &thinv1.ThinGroupSnapshot{}
-	if err := e.c.Get(e.ctx, req.NamespacedName, g); err != nil {
-		t.Fatal(err)
-	}
+	_, g := reconcileGroup(e, pool, gid)
 	if g.Status.Phase != thinv1.PhaseReady || g.Status.OneInstant {
 		t.Errorf("status %+v, want Ready and not OneInstant", g.Status)
 	}
@@ -186,15 +187,7 @@ func TestGroupSnapshotFailureRecordsCode(t *testing.T) {
 		Spec:       thinv1.ThinGroupSnapshotSpec{Node: "n1", SourceVolumeIDs: []string{vol1}},
 	})
 	pool := groupPool{fakePool: e.pool}
-	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
-	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: gid}}
-	if _, err := gr.Reconcile(e.ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	g := &thinv1.ThinGroupSnapshot{}
-	if err := e.c.Get(e.ctx, req.NamespacedName, g); err != nil {
-		t.Fatal(err)
-	}
+	_, g := reconcileGroup(e, pool, gid)
 	if g.Status.Phase != thinv1.PhaseFailed || g.Status.Code != "NotFound" {
 		t.Errorf("status %+v, want Failed NotFound", g.Status)
 	}
