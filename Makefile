@@ -69,11 +69,11 @@ kube-bin:
 	bash test/cluster/build.sh k8s
 
 # The LVM suite on the VM's kernel (Debian 12's 6.1), then the group
-# snapshot test again on the backports kernel (6.12), where lvcreate takes
-# a frozen origin and a group's members are one instant.
+# snapshot and frozen-snapshot tests again on the backports kernel (6.12),
+# where lvcreate takes a frozen origin and a group's members are one instant.
 test-lvm:
 	test/vm/run-lvm-suite.sh
-	CSI_THIN_VM_KERNEL=backports test/vm/run-lvm-suite.sh -test.run '^TestGroupSnapshotMembersCleanExt4$$'
+	CSI_THIN_VM_KERNEL=backports test/vm/run-lvm-suite.sh -test.run '^(TestGroupSnapshotMembersCleanExt4|TestSnapshotFrozenExt4)$$'
 
 # SeaweedFS's `weed`, the real S3 server of the export tests, once per
 # version into /var/cache/csi-thin/seaweedfs (test/s3/build.sh).

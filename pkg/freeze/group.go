@@ -19,16 +19,16 @@ import (
 //
 // The kernel decides whether this works. LVM's lvcreate suspends its
 // origin, and on kernel 6.1 that suspend fails busy on a filesystem frozen
-// already; 6.12 takes it (docs/consistency.md). So the first group refused
-// busy while frozen turns group freezing off for this process (the
-// kernel does not change under it) and is taken again member by member,
-// the way every group is taken afterwards.
+// already; 6.12 takes it (docs/consistency.md). So the first snapshot or
+// group refused busy while frozen turns freezing off for this process
+// (the kernel does not change under it), and the group is taken again
+// member by member, the way every group is taken afterwards.
 func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapshotRequest) (*backend.GroupSnapshot, error) {
 	g, err := p.groups()
 	if err != nil {
 		return nil, err
 	}
-	if req.SkipFreeze || p.groupsRefused.Load() {
+	if req.SkipFreeze || p.frozenRefused.Load() {
 		return g.CreateGroupSnapshot(ctx, req)
 	}
 	// The mounts first: reading them runs no storage command, and only a
@@ -58,9 +58,7 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 		return snapErr
 	})
 	if errors.Is(snapErr, backend.ErrBusy) {
-		p.groupsRefused.Store(true)
-		klog.InfoS("this kernel refuses a snapshot of a frozen filesystem: group snapshots are taken member by member from now on, each member clean but not one instant (docs/consistency.md)",
-			"groupSnapshotID", req.ID, "err", snapErr)
+		p.refuseFrozen(req.ID, snapErr)
 		return g.CreateGroupSnapshot(ctx, req)
 	}
 	if err != nil {
@@ -95,10 +93,6 @@ func (p *Pool) GetGroupSnapshot(ctx context.Context, id string) (*backend.GroupS
 	}
 	return g.GetGroupSnapshot(ctx, id)
 }
-
-// GroupsFrozen reports whether group snapshots are still taken frozen:
-// false once this kernel refused one.
-func (p *Pool) GroupsFrozen() bool { return !p.groupsRefused.Load() }
 
 func (p *Pool) groups() (backend.GroupSnapshotter, error) {
 	g, ok := p.Local.(backend.GroupSnapshotter)

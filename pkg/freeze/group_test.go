@@ -119,8 +119,8 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 			if fmt.Sprint(frozen) != fmt.Sprint(tc.wantFrozen) {
 				t.Errorf("frozen in each backend call: %v, want %v", frozen, tc.wantFrozen)
 			}
-			if pool.GroupsFrozen() == tc.wantRefused {
-				t.Errorf("GroupsFrozen() = %v after the groups, want %v", pool.GroupsFrozen(), !tc.wantRefused)
+			if pool.TakesFrozen() == tc.wantRefused {
+				t.Errorf("TakesFrozen() = %v after the groups, want %v", pool.TakesFrozen(), !tc.wantRefused)
 			}
 			if tc.refuseBusy {
 				if _, err := inner.GetSnapshot(ctx, backend.MemberSnapshotID(backend.GroupSnapshotIDFor(fmt.Sprint(tc.name, 0)), sources[0])); err != nil {

@@ -27,9 +27,11 @@ type Pool struct {
 	freezer *Freezer
 	// snapshots: single snapshots are frozen too, not only groups.
 	snapshots bool
-	// groupsRefused: this kernel refused a group's snapshot while frozen
-	// (group.go).
-	groupsRefused atomic.Bool
+	// frozenRefused: this kernel refused a snapshot of a frozen
+	// filesystem (LVM's suspend fails busy on 6.1): from then on nothing
+	// is frozen for a snapshot, since the kernel does not change under the
+	// process.
+	frozenRefused atomic.Bool
 	// mountInfo lists the mounts (tests substitute it).
 	mountInfo func() ([]mount.MountInfo, error)
 }
@@ -74,7 +76,7 @@ type streamingPool struct {
 
 // CreateSnapshot implements backend.Backend.
 func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) (*backend.Snapshot, error) {
-	if req.SkipFreeze || !p.snapshots {
+	if req.SkipFreeze || !p.snapshots || p.frozenRefused.Load() {
 		return p.Local.CreateSnapshot(ctx, req)
 	}
 	if _, err := p.Local.GetSnapshot(ctx, req.ID); err == nil {
@@ -85,11 +87,17 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 		return nil, err
 	}
 	var snap *backend.Snapshot
+	var snapErr error
 	err = p.freezer.Frozen(ctx, req.ID, paths, func(ctx context.Context) error {
-		var err error
-		snap, err = p.Local.CreateSnapshot(ctx, req)
-		return err
+		snap, snapErr = p.Local.CreateSnapshot(ctx, req)
+		return snapErr
 	})
+	if len(paths) > 0 && errors.Is(snapErr, backend.ErrBusy) {
+		// lvcreate's own suspend still freezes the origin: the snapshot
+		// taken unfrozen is as clean.
+		p.refuseFrozen(req.ID, snapErr)
+		return p.Local.CreateSnapshot(ctx, req)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -98,6 +106,19 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 	}
 	return snap, nil
 }
+
+// refuseFrozen records that this kernel refused a snapshot of a frozen
+// filesystem, saying so in the log the first time.
+func (p *Pool) refuseFrozen(id string, err error) {
+	if !p.frozenRefused.Swap(true) {
+		klog.InfoS("this kernel refuses a snapshot of a frozen filesystem: snapshots are taken unfrozen from now on (each clean by lvcreate's own suspend); group snapshots member by member, not one instant (docs/consistency.md)",
+			"snapshotID", id, "err", err)
+	}
+}
+
+// TakesFrozen reports whether snapshots are still taken frozen: false
+// once this kernel refused one.
+func (p *Pool) TakesFrozen() bool { return !p.frozenRefused.Load() }
 
 // activeDevices is a pool that can name an active volume's device node
 // without activating it (LVM thin's Target activates an inactive volume,

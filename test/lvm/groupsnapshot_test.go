@@ -165,17 +165,17 @@ func TestGroupSnapshotMembersCleanExt4(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		t.Logf("group %d: A at %d, B at %d (writer at %d before, %d after); members frozen together: %v", i, last[a], last[bb], before, written.Load(), pool.GroupsFrozen())
+		t.Logf("group %d: A at %d, B at %d (writer at %d before, %d after); members frozen together: %v", i, last[a], last[bb], before, written.Load(), pool.TakesFrozen())
 		switch {
-		case oneInstant && !pool.GroupsFrozen():
+		case oneInstant && !pool.TakesFrozen():
 			t.Errorf("group %d: this kernel refused the frozen group; docs/consistency.md says 6.12 takes it", i)
 		case oneInstant && (last[bb] > last[a] || last[bb]+1 < last[a]):
 			t.Errorf("group %d: A at %d, B at %d: not one instant (B must be at A's record or one behind)", i, last[a], last[bb])
-		case refuses && pool.GroupsFrozen():
+		case refuses && pool.TakesFrozen():
 			t.Errorf("group %d: lvcreate took a frozen origin; docs/consistency.md says 6.1 refuses it", i)
 		}
-		if g.OneInstant != pool.GroupsFrozen() {
-			t.Errorf("group %d: OneInstant = %v, but the members were frozen together: %v", i, g.OneInstant, pool.GroupsFrozen())
+		if g.OneInstant != pool.TakesFrozen() {
+			t.Errorf("group %d: OneInstant = %v, but the members were frozen together: %v", i, g.OneInstant, pool.TakesFrozen())
 		}
 		for _, id := range ids {
 			if last[id] < before {
