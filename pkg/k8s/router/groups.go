@@ -82,7 +82,8 @@ func (r *Router) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnaps
 
 func groupOf(g *thinv1.ThinGroupSnapshot, members []*backend.Snapshot) *backend.GroupSnapshot {
 	out := &backend.GroupSnapshot{ID: g.Name, Name: g.Spec.Name, Snapshots: members, CreatedAt: g.CreationTimestamp.Time,
-		ReadyToUse: g.Status.Phase == thinv1.PhaseReady && g.Status.ReadyToUse && len(members) == len(g.Spec.SourceVolumeIDs)}
+		ReadyToUse: g.Status.Phase == thinv1.PhaseReady && g.Status.ReadyToUse && len(members) == len(g.Spec.SourceVolumeIDs),
+		OneInstant: g.Status.OneInstant}
 	if g.Status.CreationTime != nil {
 		out.CreatedAt = g.Status.CreationTime.Time
 	}

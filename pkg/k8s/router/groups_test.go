@@ -19,7 +19,7 @@ import (
 // ThinSnapshots find theirs.
 func groupNode(h *harness, size int64) {
 	h.onGrp = func(g *thinv1.ThinGroupSnapshot) {
-		g.Status.Phase, g.Status.ReadyToUse, g.Status.Code = thinv1.PhaseReady, true, "OK"
+		g.Status.Phase, g.Status.ReadyToUse, g.Status.Code, g.Status.OneInstant = thinv1.PhaseReady, true, "OK", true
 		for _, src := range g.Spec.SourceVolumeIDs {
 			g.Status.Members = append(g.Status.Members, thinv1.GroupMember{SnapshotID: backend.MemberSnapshotID(g.Name, src), SourceVolumeID: src, SizeBytes: size})
 		}
@@ -42,8 +42,8 @@ func TestGroupSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.ID != id || !g.ReadyToUse || len(g.Snapshots) != 2 {
-		t.Fatalf("group %+v", g)
+	if g.ID != id || !g.ReadyToUse || len(g.Snapshots) != 2 || !g.OneInstant {
+		t.Fatalf("group %+v (want ready, 2 members, OneInstant as the node reported)", g)
 	}
 	var tgs thinv1.ThinGroupSnapshot
 	if err := h.c.Get(h.ctx, client.ObjectKey{Name: id}, &tgs); err != nil {
