@@ -20,7 +20,7 @@ import (
 // The kernel decides whether this works. LVM's lvcreate suspends its
 // origin, and on kernel 6.1 that suspend fails busy on a filesystem frozen
 // already; 6.12 takes it (docs/consistency.md). So the first snapshot or
-// group refused busy while frozen turns freezing off for this process
+// group refused busy while held frozen turns freezing off for this process
 // (the kernel does not change under it), and the group is taken again
 // member by member, the way every group is taken afterwards.
 func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapshotRequest) (*backend.GroupSnapshot, error) {
@@ -58,7 +58,7 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 		return snapErr
 	})
 	if errors.Is(snapErr, backend.ErrBusy) {
-		p.refuseFrozen(req.ID, snapErr)
+		p.busyWhileFrozen(req.ID, held, snapErr)
 		return g.CreateGroupSnapshot(ctx, req)
 	}
 	if err != nil {

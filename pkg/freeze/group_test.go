@@ -47,6 +47,7 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 		mounted     int  // members whose device is mounted
 		skip        bool // the class says freeze: "false"
 		refuseBusy  bool // the backend fails busy while frozen
+		busyThawed  bool // the first call fails busy whether frozen or not
 		groups      int
 		replay      bool          // the first group asked for again: nothing to freeze for
 		timeout     time.Duration // the freeze timeout (0: the default)
@@ -59,6 +60,9 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 		{name: "one member mounted", mounted: 1, groups: 1, wantFrozen: []bool{false}},
 		{name: "kernel refuses a frozen snapshot", mounted: 2, refuseBusy: true, groups: 2, wantFrozen: []bool{true, false, false}, wantRefused: true},
 		{name: "thawed by the timeout before the group finished", mounted: 2, timeout: 20 * time.Millisecond, groups: 1, wantFrozen: []bool{false}},
+		// Busy after the timeout thawed says nothing of the kernel: taken
+		// again member by member, and freezing stays on.
+		{name: "busy after the timeout thawed", mounted: 2, busyThawed: true, timeout: 20 * time.Millisecond, groups: 1, wantFrozen: []bool{false, false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -87,6 +91,9 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 					t.Errorf("call %d: member A frozen %v, member B frozen %v: not together", len(frozen)+1, heldA, heldB)
 				}
 				frozen = append(frozen, heldA)
+				if tc.busyThawed && len(frozen) == 1 {
+					return fmt.Errorf("lvcreate: suspend: device or resource busy: %w", backend.ErrBusy)
+				}
 				if heldA {
 					// Resumed by the thaw, which the test must not wait for here.
 					t.Cleanup(func() { wantResumes(t, "member A after the group", a); wantResumes(t, "member B after the group", b) })

@@ -88,14 +88,14 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 	}
 	var snap *backend.Snapshot
 	var snapErr error
-	err = p.freezer.Frozen(ctx, req.ID, paths, func(ctx context.Context) error {
+	held, err := p.freezer.FrozenHeld(ctx, req.ID, paths, func(ctx context.Context) error {
 		snap, snapErr = p.Local.CreateSnapshot(ctx, req)
 		return snapErr
 	})
 	if len(paths) > 0 && errors.Is(snapErr, backend.ErrBusy) {
 		// lvcreate's own suspend still freezes the origin: the snapshot
 		// taken unfrozen is as clean.
-		p.refuseFrozen(req.ID, snapErr)
+		p.busyWhileFrozen(req.ID, held, snapErr)
 		return p.Local.CreateSnapshot(ctx, req)
 	}
 	if err != nil {
@@ -105,6 +105,19 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 		klog.V(2).InfoS("snapshot taken with the filesystem frozen", "snapshotID", req.ID, "volumeID", req.SourceVolumeID, "paths", paths)
 	}
 	return snap, nil
+}
+
+// busyWhileFrozen takes note of a snapshot that failed busy with its
+// filesystems frozen, before it is taken again unfrozen. Only a busy
+// answer while they were still held frozen is the kernel refusing frozen
+// snapshots; after the freeze timeout thawed them, busy says nothing about
+// the kernel, and freezing stays on.
+func (p *Pool) busyWhileFrozen(id string, held bool, err error) {
+	if !held {
+		klog.InfoS("snapshot failed busy after the freeze timeout thawed its filesystems: taken again unfrozen", "snapshotID", id, "err", err)
+		return
+	}
+	p.refuseFrozen(id, err)
 }
 
 // refuseFrozen records that this kernel refused a snapshot of a frozen

@@ -42,6 +42,9 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 		replay     bool
 		skip       bool
 		refuseBusy bool // the backend fails busy while frozen (LVM on kernel 6.1)
+		// busyThawed: the first call fails busy after a short freeze
+		// timeout thawed the filesystem, which says nothing of the kernel.
+		busyThawed bool
 		wantFrozen bool // in the first call of the backend's snapshot
 	}{
 		{name: "mounted block device", target: backend.Target{Path: dev, IsDevice: true}, wantFrozen: true},
@@ -50,6 +53,7 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 		{name: "directory volume (btrfs)", target: backend.Target{Path: mnt}},
 		{name: "device not active", target: backend.Target{Path: filepath.Join(t.TempDir(), "gone"), IsDevice: true}},
 		{name: "kernel refuses a frozen snapshot", target: backend.Target{Path: dev, IsDevice: true}, refuseBusy: true, wantFrozen: true},
+		{name: "busy after the timeout thawed", target: backend.Target{Path: dev, IsDevice: true}, busyThawed: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -64,7 +68,11 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			f, err := New(t.TempDir(), 0, nil)
+			timeout := time.Duration(0)
+			if tc.busyThawed {
+				timeout = 20 * time.Millisecond
+			}
+			f, err := New(t.TempDir(), timeout, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +85,7 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 					// Resumed by the thaw, which the hook must not wait for.
 					t.Cleanup(func() { wantResumes(t, "after the snapshot", writer) })
 				}
-				if held && tc.refuseBusy {
+				if (held && tc.refuseBusy) || (tc.busyThawed && len(frozen) == 1) {
 					return fmt.Errorf("lvcreate: suspend: device or resource busy: %w", backend.ErrBusy)
 				}
 				return nil
@@ -91,6 +99,12 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 			}
 			if _, err := inner.GetSnapshot(ctx, req.ID); err != nil {
 				t.Errorf("snapshot not taken: %v", err)
+			}
+			if tc.busyThawed {
+				// Taken again unfrozen; freezing stays on for the next.
+				if len(frozen) != 2 || !pool.TakesFrozen() {
+					t.Errorf("backend calls %d (want 2: busy, then again), TakesFrozen %v (want true)", len(frozen), pool.TakesFrozen())
+				}
 			}
 			if !tc.refuseBusy {
 				return
