@@ -2,9 +2,12 @@ package btrfs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
@@ -98,13 +101,14 @@ func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 // classify maps btrfs failures to backend sentinels where the kernel's
 // answer says what went wrong.
 func classify(err error) error {
+	// The tool's messages, or the errno of an ioctl (ioctl.go).
 	msg := err.Error()
 	switch {
-	case containsAny(msg, "No space left on device", "Disk quota exceeded"):
+	case containsAny(msg, "No space left on device", "Disk quota exceeded") || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT):
 		return fmt.Errorf("%w: %w", backend.ErrNoSpace, err)
-	case containsAny(msg, "Read-only file system"):
+	case containsAny(msg, "Read-only file system") || errors.Is(err, unix.EROFS):
 		return fmt.Errorf("%w: %w", backend.ErrUnavailable, err)
-	case containsAny(msg, "No such file or directory"):
+	case containsAny(msg, "No such file or directory") || errors.Is(err, unix.ENOENT):
 		return fmt.Errorf("%w: %w", backend.ErrNotFound, err)
 	}
 	return err

@@ -3,9 +3,12 @@ package btrfs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/csi-thin/csi-thin/pkg/command"
 )
@@ -26,16 +29,20 @@ func (c cli) btrfs(ctx context.Context, args ...string) ([]byte, error) {
 	return res.Stdout, nil
 }
 
+// step makes a storage operation in-process (ioctl.go) as the btrfs
+// command args... would: the runner sees it under that name.
+func (c cli) step(ctx context.Context, do func() error, args ...string) error {
+	return command.Step(ctx, c.run, do, "btrfs", args...)
+}
+
 func (c cli) createSubvolume(ctx context.Context, path string) error {
-	_, err := c.btrfs(ctx, "subvolume", "create", path)
-	return err
+	return c.step(ctx, func() error { return ioctlCreateSubvolume(path) }, "subvolume", "create", path)
 }
 
 // snapshot makes a writable snapshot; read-only snapshots are made
 // writable-then-flagged so that they can be renamed out of staging first.
 func (c cli) snapshot(ctx context.Context, src, dst string) error {
-	_, err := c.btrfs(ctx, "subvolume", "snapshot", src, dst)
-	return err
+	return c.step(ctx, func() error { return ioctlSnapshot(src, dst) }, "subvolume", "snapshot", src, dst)
 }
 
 func (c cli) deleteSubvolume(ctx context.Context, path string) error {
@@ -93,9 +100,10 @@ func parseSubvolumeList(out []byte) ([]subvolumeEntry, error) {
 	return list, nil
 }
 
-func (c cli) setReadOnly(ctx context.Context, path string, ro bool) error {
-	_, err := c.btrfs(ctx, "property", "set", "-ts", path, "ro", strconv.FormatBool(ro))
-	return err
+// makeReadOnly flags the subvolume at path read-only. (Only that way: the
+// tool's way back to writable also handles a received subvolume's UUID.)
+func (c cli) makeReadOnly(ctx context.Context, path string) error {
+	return c.step(ctx, func() error { return ioctlMakeReadOnly(path) }, "property", "set", "-ts", path, "ro", "true")
 }
 
 func (c cli) isReadOnly(ctx context.Context, path string) (bool, error) {
@@ -115,8 +123,8 @@ func (c cli) isReadOnly(ctx context.Context, path string) (bool, error) {
 // createQgroup makes qgroup id (e.g. "1/257"); one that exists already is
 // fine, so that a retry after a crash goes on.
 func (c cli) createQgroup(ctx context.Context, id, mountPath string) error {
-	_, err := c.btrfs(ctx, "qgroup", "create", id, mountPath)
-	if err != nil && containsAny(err.Error(), "File exists") {
+	err := c.step(ctx, func() error { return ioctlCreateQgroup(mountPath, id) }, "qgroup", "create", id, mountPath)
+	if errors.Is(err, unix.EEXIST) {
 		return nil
 	}
 	return err
@@ -125,8 +133,8 @@ func (c cli) createQgroup(ctx context.Context, id, mountPath string) error {
 // assignQgroup makes child a member of parent; a relation that exists
 // already is fine.
 func (c cli) assignQgroup(ctx context.Context, child, parent, mountPath string) error {
-	_, err := c.btrfs(ctx, "qgroup", "assign", child, parent, mountPath)
-	if err != nil && containsAny(err.Error(), "File exists") {
+	err := c.step(ctx, func() error { return ioctlAssignQgroup(mountPath, child, parent) }, "qgroup", "assign", child, parent, mountPath)
+	if errors.Is(err, unix.EEXIST) {
 		return nil
 	}
 	return err
@@ -139,8 +147,7 @@ func (c cli) limitQgroup(ctx context.Context, id string, bytes int64, mountPath 
 	if bytes > 0 {
 		n = strconv.FormatInt(bytes, 10)
 	}
-	_, err := c.btrfs(ctx, "qgroup", "limit", n, id, mountPath)
-	return err
+	return c.step(ctx, func() error { return ioctlLimitQgroup(mountPath, id, bytes) }, "qgroup", "limit", n, id, mountPath)
 }
 
 func (c cli) enableQuota(ctx context.Context, mountPath string) error {

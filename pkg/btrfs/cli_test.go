@@ -73,7 +73,7 @@ func TestCommandLines(t *testing.T) {
 		func() error { return c.limitQgroup(ctx, "1/257", 1<<30, "/pool") },
 		func() error { return c.limitQgroup(ctx, "0/257", 0, "/pool") },
 		func() error { return c.deleteSubvolumeByID(ctx, 258, "/pool") },
-		func() error { return c.setReadOnly(ctx, path, true) },
+		func() error { return c.makeReadOnly(ctx, path) },
 		func() error { return c.deleteSubvolume(ctx, path) },
 		func() error {
 			ro, err := c.isReadOnly(ctx, path)

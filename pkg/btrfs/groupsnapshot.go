@@ -146,7 +146,7 @@ func (p *Pool) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnapsho
 	}
 	for _, m := range rec.Members {
 		// Recovery re-applies it after a crash, as for any snapshot.
-		if err := p.cli.setReadOnly(ctx, p.snapshotPath(m.SnapshotID), true); err != nil {
+		if err := p.cli.makeReadOnly(ctx, p.snapshotPath(m.SnapshotID)); err != nil {
 			return nil, fmt.Errorf("make snapshot %s read-only: %w", m.SnapshotID, err)
 		}
 	}

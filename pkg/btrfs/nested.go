@@ -280,20 +280,10 @@ func parseReapName(name string) (uint64, uint64, bool) {
 	return level, id, true
 }
 
-// BTRFS_IOC_QGROUP_CREATE is _IOW(0x94, 42, struct
-// btrfs_ioctl_qgroup_create_args{u64 create; u64 qgroupid}); create 0
-// destroys.
-const btrfsIoctlQgroupCreate = 0x4010942A
-
+// destroyQgroupIoctl destroys qgroup level/id (BTRFS_IOC_QGROUP_CREATE
+// with create 0).
 func destroyQgroupIoctl(mountPath string, level, id uint64) error {
-	f, err := os.Open(mountPath)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	args := struct{ Create, QgroupID uint64 }{0, level<<48 | id}
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), btrfsIoctlQgroupCreate, uintptr(unsafe.Pointer(&args))); errno != 0 {
-		return errno
-	}
-	return nil
+	args := qgroupCreateArgs{Create: 0, QgroupID: level<<48 | id}
+	_, err := fsIoctl(mountPath, btrfsIoctlQgroupCreate, unsafe.Pointer(&args))
+	return err
 }

@@ -126,7 +126,7 @@ func (p *Pool) ensureReadOnly(ctx context.Context, path string) error {
 	if err != nil || ro {
 		return err
 	}
-	return p.cli.setReadOnly(ctx, path, true)
+	return p.cli.makeReadOnly(ctx, path)
 }
 
 func containsAny(s string, subs ...string) bool {

@@ -62,7 +62,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest) 
 	}
 	// Read-only only once in place: btrfs cannot move a read-only
 	// subvolume to another directory. Recovery re-applies it.
-	if err := p.cli.setReadOnly(ctx, final, true); err != nil {
+	if err := p.cli.makeReadOnly(ctx, final); err != nil {
 		return nil, fmt.Errorf("make snapshot %s read-only: %w", req.ID, err)
 	}
 	klog.InfoS("btrfs snapshot created", "snapshotID", req.ID, "volumeID", src.ID, "name", req.Name)
