@@ -48,7 +48,8 @@ test-btrfs: | $(BIN)
 # suites on btrfs and loop devices, then the e2e (it uses them too); the
 # VM's LVM suites; the cluster's build (cached; cold, it overlaps the
 # others); the S3 server's build and the export tests, then the image
-# built from the Dockerfile. The LVM reliability suite runs whole: the crash matrices (every
+# built from the Dockerfile, then the benchmark's smoke run (it would
+# otherwise lengthen the first lane, the longest). The LVM reliability suite runs whole: the crash matrices (every
 # lvm step of each mutating call; every step of the Node calls) and the
 # out-of-space and metadata tests, in one VM boot (~9.5 min, see
 # test-reliability-lvm). test/README.md says what runs where.
@@ -56,8 +57,8 @@ test-btrfs: | $(BIN)
 # (test-unit, test-s3): on a cold machine it waits for the cluster-build
 # lane's first tool, not for the whole build.
 test:
-	hack/test-stages.sh 'packages-host lint kube-bin test-unit test-btrfs test-reliability bench-smoke test-e2e test-e2e-nodes' \
-	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build kube-bin test-s3 test-image'
+	hack/test-stages.sh 'packages-host lint kube-bin test-unit test-btrfs test-reliability test-e2e test-e2e-nodes' \
+	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build kube-bin test-s3 test-image packages-host bench-smoke'
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
 cluster-build:

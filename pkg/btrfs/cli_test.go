@@ -139,3 +139,26 @@ func TestBadToolOutputIsAnError(t *testing.T) {
 		t.Fatalf("failure lost its stderr: %v", err)
 	}
 }
+
+func TestParseQgroupID(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"0/257", 257, true},
+		{"1/257", 1<<48 | 257, true},
+		{"1/281474976710655", 1<<48 | (1<<48 - 1), true}, // the largest id the kernel's 48 bits hold
+		{"1/281474976710656", 0, false},
+		{"65536/1", 0, false},
+		{"257", 0, false},
+		{"1/", 0, false},
+		{"a/1", 0, false},
+		{"1/-1", 0, false},
+	} {
+		got, err := parseQgroupID(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseQgroupID(%q) = %#x, %v; want %#x, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
