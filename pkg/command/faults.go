@@ -75,12 +75,8 @@ func (f *FaultRunner) Run(ctx context.Context, name string, args ...string) (Res
 	argv := append([]string{name}, args...)
 	switch fault.Kind {
 	case FaultFail:
-		code := fault.ExitCode
-		if code == 0 {
-			code = 1
-		}
-		return Result{ExitCode: code, Stderr: []byte(fault.Stderr)},
-			&Error{Cmd: argv, ExitCode: code, Stderr: fault.Stderr, Err: fmt.Errorf("exit status %d (injected)", code)}
+		err := injectedFailure(fault, argv)
+		return Result{ExitCode: err.ExitCode, Stderr: []byte(fault.Stderr)}, err
 	case FaultHang:
 		res, err := f.Next.Run(ctx, "sleep", HangSeconds)
 		if err == nil {
@@ -103,6 +99,16 @@ func (f *FaultRunner) Run(ctx context.Context, name string, args ...string) (Res
 		return res, err
 	}
 	return Result{ExitCode: -1}, &Error{Cmd: argv, ExitCode: -1, Err: fmt.Errorf("unknown fault kind %q", fault.Kind)}
+}
+
+// injectedFailure is what a FaultFail makes of the command argv: a
+// non-zero exit (1 unless the fault says) with the fault's stderr.
+func injectedFailure(fault Fault, argv []string) *Error {
+	code := fault.ExitCode
+	if code == 0 {
+		code = 1
+	}
+	return &Error{Cmd: argv, ExitCode: code, Stderr: fault.Stderr, Err: fmt.Errorf("exit status %d (injected)", code)}
 }
 
 // next records line and returns the fault it triggers, if any.

@@ -68,11 +68,7 @@ func (f *FaultRunner) Step(ctx context.Context, do func() error, name string, ar
 	argv := append([]string{name}, args...)
 	switch fault.Kind {
 	case FaultFail:
-		code := fault.ExitCode
-		if code == 0 {
-			code = 1
-		}
-		return &Error{Cmd: argv, ExitCode: code, Stderr: fault.Stderr, Err: fmt.Errorf("exit status %d (injected)", code)}
+		return injectedFailure(fault, argv)
 	case FaultHang:
 		// Nothing to kill: wait for the deadline a command would have had.
 		timeout := DefaultTimeout

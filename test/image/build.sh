@@ -146,7 +146,26 @@ log "built $image in $((SECONDS - start)) s"
 # (buildah run: the image's own files, libraries and configuration).
 ctr=$("${bah[@]}" from -q "$image")
 trap '"${bah[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
-in_image() { "${bah[@]}" run --isolation chroot "$ctr" -- "$@"; }
+# in_image CMD...: run CMD in the image; its output (stdout and stderr
+# together) and exit status are CMD's. Under load, the runtime can fail
+# to seal the in-memory copy of itself that it runs from ("sealing memfd
+# copy: Device or resource busy", the EBUSY of runc#2059) before CMD
+# starts: that is no answer of CMD's, so the run is made again (twice at
+# most), and said so.
+in_image() {
+	local out rc attempt
+	for attempt in 1 2 3; do
+		rc=0
+		out=$("${bah[@]}" run --isolation chroot "$ctr" -- "$@" 2>&1) || rc=$?
+		if ((rc != 0 && attempt < 3)) && [[ $out == *"sealing memfd copy"* || $out == *"cloned binary"* ]]; then
+			log "the runtime failed before $1 started ($(printf '%s' "$out" | tail -1)); running it again"
+			continue
+		fi
+		break
+	done
+	printf '%s\n' "$out"
+	return "$rc"
+}
 
 # The comparisons run in the image and pass or fail by its exit status,
 # never by what buildah relays of a short-lived process's stdout: that

@@ -38,8 +38,8 @@ func TestRawBlock(t *testing.T) {
 	if err != nil {
 		t.Fatalf("write %s: %v", dev, err)
 	}
-	if got := deviceSHA(t, dev, n); got != want {
-		t.Fatalf("read back sha256 %s, want %s", got, want)
+	if got := deviceSum(t, dev, n); got != want {
+		t.Fatalf("read back checksum %s, want %s", got, want)
 	}
 
 	if _, err := b.CreateSnapshot(c, backend.SnapshotRequest{ID: snap, SourceVolumeID: id}); err != nil {
@@ -51,7 +51,7 @@ func TestRawBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), restore) })
-	if got := deviceSHA(t, target(t, b, restore), n); got != want {
-		t.Fatalf("restored block volume sha256 %s, want %s", got, want)
+	if got := deviceSum(t, target(t, b, restore), n); got != want {
+		t.Fatalf("restored block volume checksum %s, want %s", got, want)
 	}
 }

@@ -85,8 +85,8 @@ func TestSnapshotRestoreClone(t *testing.T) {
 		run(t, "e2fsck", "-f", "-y", d)
 		run(t, "resize2fs", d) // what NodeExpandVolume does for a larger restore
 		m := mount(t, d, "ext4", "discard")
-		if got := fileSHA(t, dataFile(m)); got != want {
-			t.Fatalf("restored data sha256 %s, want %s", got, want)
+		if got := fileSum(t, dataFile(m)); got != want {
+			t.Fatalf("restored data checksum %s, want %s", got, want)
 		}
 	})
 
@@ -108,22 +108,22 @@ func TestSnapshotRestoreClone(t *testing.T) {
 			t.Fatalf("clone added %.2f%% of pool data, want < 1%%", after-before)
 		}
 		m := mount(t, target(t, b, id), "ext4", "discard")
-		if got := fileSHA(t, dataFile(m)); got == want {
+		if got := fileSum(t, dataFile(m)); got == want {
 			t.Fatalf("the clone shows the snapshot's data, not the source's current data")
 		}
 		// The clone is a copy of the source as it is now.
-		if got, src := fileSHA(t, dataFile(m)), srcSHA(t, b, src); got != src {
-			t.Fatalf("clone data sha256 %s, source %s", got, src)
+		if got, src := fileSum(t, dataFile(m)), srcSum(t, b, src); got != src {
+			t.Fatalf("clone data checksum %s, source %s", got, src)
 		}
 	})
 }
 
-// srcSHA mounts a volume read-only and hashes its data file.
-func srcSHA(t *testing.T, b *lvmthin.Backend, id string) string {
+// srcSum mounts a volume read-only and checksums its data file.
+func srcSum(t *testing.T, b *lvmthin.Backend, id string) string {
 	t.Helper()
 	m := mount(t, target(t, b, id), "ext4", "ro,noload")
 	defer umount(t, m)
-	return fileSHA(t, dataFile(m))
+	return fileSum(t, dataFile(m))
 }
 
 // TestXFSClone mounts an xfs volume and its clone at the same time, which
@@ -148,7 +148,7 @@ func TestXFSClone(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), clone) })
 	m := mount(t, target(t, b, clone), "xfs", "discard,nouuid")
-	if got := fileSHA(t, dataFile(m)); got != want {
-		t.Fatalf("xfs clone sha256 %s, want %s", got, want)
+	if got := fileSum(t, dataFile(m)); got != want {
+		t.Fatalf("xfs clone checksum %s, want %s", got, want)
 	}
 }

@@ -43,7 +43,7 @@ func TestExpandWithSnapshot(t *testing.T) {
 	if size := int64(st.Blocks) * st.Bsize; size < 200*backend.MiB {
 		t.Fatalf("filesystem is %d bytes after expand, want about 256 MiB", size)
 	}
-	if got := fileSHA(t, dataFile(dir)); got != want {
+	if got := fileSum(t, dataFile(dir)); got != want {
 		t.Fatalf("data changed by the expansion")
 	}
 
@@ -56,8 +56,8 @@ func TestExpandWithSnapshot(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = b.DeleteVolume(ctx(t), restore) })
 	m := mount(t, target(t, b, restore), "ext4", "ro,noload")
-	if got := fileSHA(t, dataFile(m)); got != want {
-		t.Fatalf("restore after expand sha256 %s, want %s", got, want)
+	if got := fileSum(t, dataFile(m)); got != want {
+		t.Fatalf("restore after expand checksum %s, want %s", got, want)
 	}
 	if out := lvm(t, "lvs", "--noheadings", "-o", "lv_size", "--units", "b", "--nosuffix", sharedVG+"/"+restore); strings.TrimSpace(out) != "134217728" {
 		t.Fatalf("restore size %s, want the snapshot's 134217728", out)

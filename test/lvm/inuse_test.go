@@ -115,7 +115,7 @@ func TestDeleteInUseRefused(t *testing.T) {
 		t.Cleanup(func() { _ = att.Detach(context.Background()) })
 		want := writePattern(t, dataFile(att.TargetPath), 4*backend.MiB, 21)
 		wantInUse(t, cl, b, id, att.StagingPath, att.TargetPath)
-		if got := fileSHA(t, dataFile(att.TargetPath)); got != want {
+		if got := fileSum(t, dataFile(att.TargetPath)); got != want {
 			t.Fatalf("data changed under a refused delete")
 		}
 		if err := cl.Unpublish(c, id, att.TargetPath); err != nil {
@@ -150,7 +150,7 @@ func TestDeleteInUseRefused(t *testing.T) {
 		t.Cleanup(func() { _ = cl.Unpublish(context.Background(), id, target) })
 		want := writeDevicePattern(t, target, 4*backend.MiB, 22)
 		wantInUse(t, cl, b, id, target)
-		if got := deviceSHA(t, target, 4*backend.MiB); got != want {
+		if got := deviceSum(t, target, 4*backend.MiB); got != want {
 			t.Fatalf("data changed under a refused delete")
 		}
 		if err := cl.Unpublish(c, id, target); err != nil {
@@ -164,7 +164,7 @@ func TestDeleteInUseRefused(t *testing.T) {
 }
 
 // writeDevicePattern writes n bytes of pattern seed to the start of the
-// block device at path and returns their sha256.
+// block device at path and returns their checksum.
 func writeDevicePattern(t *testing.T, path string, n int64, seed uint64) string {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)

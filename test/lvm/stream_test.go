@@ -2,6 +2,7 @@ package lvm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -56,11 +57,12 @@ func writeAt(t *testing.T, dev string, off, n int64, seed uint64) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	p := make([]byte, n)
+	p := make([]byte, n+8)
 	r := rand.New(rand.NewPCG(seed, seed))
-	for i := range p {
-		p[i] = byte(r.Uint32())
+	for i := int64(0); i < n; i += 8 {
+		binary.LittleEndian.PutUint64(p[i:], r.Uint64())
 	}
+	p = p[:n]
 	if _, err := f.WriteAt(p, off); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +162,7 @@ func TestSendSnapshotLVM(t *testing.T) {
 	vol, dev := blockVolume(t, b, streamVolBytes, streamSpans...)
 	const mib, written = backend.MiB, streamWritten
 	s1 := snapshot(t, b, vol, "s1")
-	want1 := deviceSHA(t, dev, streamVolBytes)
+	want1 := deviceSum(t, dev, streamVolBytes)
 
 	var full bytes.Buffer
 	st, err := b.SendSnapshot(c, s1, "", &full)
@@ -186,7 +188,7 @@ func TestSendSnapshotLVM(t *testing.T) {
 	if hdr.Kind != volstream.KindLVMThin || hdr.VolumeBytes != streamVolBytes || hdr.SnapshotID != s1 || payload != st.PayloadBytes {
 		t.Errorf("header %+v, payload %d", hdr, payload)
 	}
-	if got := deviceSHA(t, img.Name(), streamVolBytes); got != want1 {
+	if got := deviceSum(t, img.Name(), streamVolBytes); got != want1 {
 		t.Fatalf("rebuilt image %s, volume %s", got, want1)
 	}
 
@@ -196,7 +198,7 @@ func TestSendSnapshotLVM(t *testing.T) {
 	discard(t, dev, 300*mib, 1*mib)
 	const changed = 4 * mib
 	s2 := snapshot(t, b, vol, "s2")
-	want2 := deviceSHA(t, dev, streamVolBytes)
+	want2 := deviceSum(t, dev, streamVolBytes)
 	var inc bytes.Buffer
 	st, err = b.SendSnapshot(c, s2, s1, &inc)
 	if err != nil {
@@ -210,7 +212,7 @@ func TestSendSnapshotLVM(t *testing.T) {
 	if hdr.ParentSnapshotID != s1 || hdr.SnapshotID != s2 {
 		t.Errorf("incremental header %+v", hdr)
 	}
-	if got := deviceSHA(t, img.Name(), streamVolBytes); got != want2 {
+	if got := deviceSum(t, img.Name(), streamVolBytes); got != want2 {
 		t.Fatalf("image rebuilt from full + incremental %s, volume %s", got, want2)
 	}
 	if heldMetadataRoot(t, cfg.VG) {
@@ -283,7 +285,7 @@ func mappedBytes(t *testing.T, vg, lv string) int64 {
 }
 
 // TestReceiveLVM: on a second pool, a full stream of a 512 MiB volume
-// holding 40 MiB becomes a volume with the source's sha256 that holds
+// holding 40 MiB becomes a volume with the source's checksum that holds
 // only ~40 MiB (holes stay unallocated); an incremental stream without
 // its parent is FailedPrecondition and leaves no LV; with the parent
 // received as a snapshot, it rebuilds the newer state exactly, as a volume
@@ -301,7 +303,7 @@ func TestReceiveLVM(t *testing.T) {
 	vol, dev := blockVolume(t, src, streamVolBytes, streamSpans...)
 	const written = streamWritten
 	s1 := snapshot(t, src, vol, "s1")
-	want1 := deviceSHA(t, dev, streamVolBytes)
+	want1 := deviceSum(t, dev, streamVolBytes)
 	var full bytes.Buffer
 	if _, err := src.SendSnapshot(c, s1, "", &full); err != nil {
 		t.Fatal(err)
@@ -310,7 +312,7 @@ func TestReceiveLVM(t *testing.T) {
 	writeAt(t, dev, 400*mib, 2*mib, 5)
 	discard(t, dev, 300*mib, 1*mib)
 	s2 := snapshot(t, src, vol, "s2")
-	want2 := deviceSHA(t, dev, streamVolBytes)
+	want2 := deviceSum(t, dev, streamVolBytes)
 	var inc bytes.Buffer
 	if _, err := src.SendSnapshot(c, s2, s1, &inc); err != nil {
 		t.Fatal(err)
@@ -325,7 +327,7 @@ func TestReceiveLVM(t *testing.T) {
 	if got.SizeBytes != streamVolBytes || got.AccessType != backend.AccessBlock {
 		t.Errorf("received volume %+v", got)
 	}
-	if h := deviceSHA(t, target(t, dst, v1), streamVolBytes); h != want1 {
+	if h := deviceSum(t, target(t, dst, v1), streamVolBytes); h != want1 {
 		t.Fatalf("received volume %s, source %s", h, want1)
 	}
 	if m := mappedBytes(t, dstCfg.VG, v1); m < written-mib || m > written+written/100+mib {
@@ -350,7 +352,7 @@ func TestReceiveLVM(t *testing.T) {
 	if _, err := dst.ReceiveVolume(c, backend.VolumeRequest{ID: v2, AccessType: backend.AccessBlock}, bytes.NewReader(inc.Bytes())); err != nil {
 		t.Fatal(err)
 	}
-	if h := deviceSHA(t, target(t, dst, v2), streamVolBytes); h != want2 {
+	if h := deviceSum(t, target(t, dst, v2), streamVolBytes); h != want2 {
 		t.Fatalf("volume from full + incremental %s, source %s", h, want2)
 	}
 	if _, err := dst.ReceiveSnapshot(c, s2, "s2", bytes.NewReader(inc.Bytes())); err != nil {
@@ -364,7 +366,7 @@ func TestReceiveLVM(t *testing.T) {
 		Source: backend.Source{Kind: backend.SourceSnapshot, ID: s2}}); err != nil {
 		t.Fatal(err)
 	}
-	if h := deviceSHA(t, target(t, dst, v3), streamVolBytes); h != want2 {
+	if h := deviceSum(t, target(t, dst, v3), streamVolBytes); h != want2 {
 		t.Fatalf("restore of the received snapshot %s, source %s", h, want2)
 	}
 

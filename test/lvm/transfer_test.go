@@ -16,7 +16,7 @@ import (
 // snapshot of a 256 MiB block volume holding 12 MiB (three ranges, holes
 // between) arrives through the server into ReceiveVolume (and
 // ReceiveSnapshot, then an incremental of 1 MiB rewritten, 2 MiB added
-// and 1 MiB discarded) with the source snapshot's sha256 over the whole
+// and 1 MiB discarded) with the source snapshot's checksum over the whole
 // device and its size, holding about what the stream carried, not the
 // volume's size; each refusal (no or a foreign certificate, a source that
 // is not the token's, a forged, misdirected, expired or replayed token,
@@ -42,7 +42,7 @@ func TestTransferBetweenPoolsLVM(t *testing.T) {
 	// cuts a send.
 	vol, dev := blockVolume(t, src, size, span{0, 8 * mib, 11}, span{100 * mib, 2 * mib, 12}, span{size - 2*mib, 2 * mib, 13})
 	base := snapshot(t, src, vol, "base")
-	want := map[string]string{base: fileSHA(t, dev)}
+	want := map[string]string{base: fileSum(t, dev)}
 	// What a received copy holds mapped: the stream's ranges. The child's
 	// stream carries the MiB discarded since the base as zeros (the format
 	// has no discard), written onto the base's copy, so it stays mapped.
@@ -51,7 +51,7 @@ func TestTransferBetweenPoolsLVM(t *testing.T) {
 	writeAt(t, dev, 180*mib, 2*mib, 15)
 	discard(t, dev, 100*mib, mib)
 	child := snapshot(t, src, vol, "child")
-	want[child] = fileSHA(t, dev)
+	want[child] = fileSum(t, dev)
 	holds[child] = 14 * mib
 	if want[child] == want[base] {
 		t.Fatal("the child snapshot reads as the base: the writes after the base did not land")
@@ -64,8 +64,8 @@ func TestTransferBetweenPoolsLVM(t *testing.T) {
 				t.Fatalf("received volume of %d bytes, the source's is %d", got.SizeBytes, size)
 			}
 			// The whole device: one of another size hashes otherwise too.
-			if h := fileSHA(t, target(t, dst, got.ID)); h != want[snapshot] {
-				t.Fatalf("received volume %s has sha256 %s, snapshot %s has %s", got.ID, h, snapshot, want[snapshot])
+			if h := fileSum(t, target(t, dst, got.ID)); h != want[snapshot] {
+				t.Fatalf("received volume %s has checksum %s, snapshot %s has %s", got.ID, h, snapshot, want[snapshot])
 			}
 			if m, w := mappedBytes(t, dstVG, got.ID), holds[snapshot]; m < w-mib || m > w+w/100+mib {
 				t.Fatalf("received volume holds %d bytes, want %d (-1 MiB, +1%% +1 MiB): holes must stay unallocated", m, w)
