@@ -256,8 +256,18 @@ func (p *Pool) reapQgroups() {
 }
 
 // PendingQgroups lists the qgroups scheduled for removal whose members
-// the cleaner has not dropped yet (tests and operators).
+// the cleaner has not dropped yet (tests and operators). It commits the
+// filesystem first: what the cleaner freed leaves a qgroup's usage only
+// with the next transaction commit (simple quotas), and until then the
+// kernel refuses to destroy the qgroup (EBUSY), so without the commit a
+// qgroup the cleaner is done with would be listed as pending.
 func (p *Pool) PendingQgroups() []string {
+	if f, err := os.Open(p.mountPath); err == nil {
+		if err := unix.Syncfs(int(f.Fd())); err != nil {
+			klog.V(2).InfoS("commit before reaping qgroups", "path", p.mountPath, "err", err)
+		}
+		f.Close()
+	}
 	p.reapQgroups()
 	entries, _ := os.ReadDir(p.reapDir())
 	var out []string

@@ -93,13 +93,15 @@ func inspectPool(t testing.TB, pool *btrfs.Pool) poolState {
 		}
 	}
 
-	res, err = host.Run(ctx, "btrfs", "qgroup", "show", "--raw", "-r", "-e", mnt)
-	if err != nil {
-		t.Fatalf("show qgroups: %v", err)
-	}
+	// Pending first: listing them reaps what can go, which a listing of
+	// the qgroups taken before would still show.
 	pending := map[string]bool{}
 	for _, q := range pool.PendingQgroups() {
 		pending[q] = true
+	}
+	res, err = host.Run(ctx, "btrfs", "qgroup", "show", "--raw", "-r", "-e", mnt)
+	if err != nil {
+		t.Fatalf("show qgroups: %v", err)
 	}
 	for _, line := range strings.Split(string(res.Stdout), "\n") {
 		f := strings.Fields(line)
