@@ -13,11 +13,9 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // GroupSnapshotReconciler makes the ThinGroupSnapshots of this node real:
@@ -32,6 +30,8 @@ type GroupSnapshotReconciler struct {
 	Groups    backend.GroupSnapshotter
 	Recorder  events.EventRecorder
 	Changed   func()
+
+	seen sightings
 }
 
 // SetupWithManager registers the reconciler for this node's ThinGroupSnapshots.
@@ -56,14 +56,12 @@ func (r *GroupSnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return ctrl.Result{}, nil
 	}
 	if !g.DeletionTimestamp.IsZero() {
+		r.seen.forget(g.UID)
 		return ctrl.Result{}, r.delete(ctx, g)
 	}
-	fresh := false
-	if controllerutil.AddFinalizer(g, wellknown.FinalizerNodeCleanup) {
-		if err := r.Client.Update(ctx, g); err != nil {
-			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
-		}
-		fresh = true
+	fresh, err := pickUp(ctx, r.Client, g, &r.seen, "create_group_snapshot")
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	if g.Status.Phase == thinv1.PhaseLost {
 		return ctrl.Result{}, ignoreConflict(r.recover(ctx, g))

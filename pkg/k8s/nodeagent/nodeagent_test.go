@@ -20,6 +20,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -229,7 +231,7 @@ var (
 
 func newVolume(name, node string, size int64) *thinv1.ThinVolume {
 	return &thinv1.ThinVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Generation: 1},
+		ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("uid-" + name), Generation: 1},
 		Spec:       thinv1.ThinVolumeSpec{Node: node, RequiredBytes: size, AccessType: thinv1.AccessMount},
 	}
 }
@@ -403,20 +405,80 @@ func TestNodeStatus(t *testing.T) {
 }
 
 // TestStaleCacheDoesNotCreateTwice: right after the agent wrote Ready, its
-// cache may still hold the Pending version (the one with the finalizer it
-// wrote just before); the API server's answer wins. (A version older than
-// the finalizer cannot be acted on: the finalizer write would conflict.)
+// cache may still hold the Pending version (the one with the finalizer);
+// the API server's answer wins.
 func TestStaleCacheDoesNotCreateTwice(t *testing.T) {
-	e := newEnv(t, newVolume(vol1, "n1", backend.GiB))
-	e.reconcileVolume(vol1) // Ready in e.c
-	pending := newVolume(vol1, "n1", backend.GiB)
-	pending.Finalizers = []string{wellknown.FinalizerNodeCleanup}
-	stale := newEnv(t, pending)
-	stale.vr.APIReader = e.c // the "API server" knows it is Ready
-	stale.vr.Pool = e.pool
-	stale.reconcileVolume(vol1)
-	if n := len(e.pool.calls); n != 1 {
-		t.Errorf("backend calls %v, want one CreateVolume", e.pool.calls)
+	for _, routerSetFinalizer := range []bool{false, true} {
+		tv := newVolume(vol1, "n1", backend.GiB)
+		if routerSetFinalizer {
+			tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
+		}
+		e := newEnv(t, tv)
+		e.reconcileVolume(vol1) // Ready in e.c, the "API server"
+		pending := newVolume(vol1, "n1", backend.GiB)
+		pending.Finalizers = []string{wellknown.FinalizerNodeCleanup}
+		e.vr.Client = newEnv(t, pending).c // the agent's cache is behind
+		e.reconcileVolume(vol1)
+		if n := len(e.pool.calls); n != 1 {
+			t.Errorf("finalizer set by the router %v: backend calls %v, want one CreateVolume", routerSetFinalizer, e.pool.calls)
+		}
+	}
+}
+
+// TestFirstSightingSkipsRoundTrips: a ThinVolume the router created with
+// the agent's finalizer costs the agent one API write (its status) on the
+// create's path: no finalizer update, no re-read. One without the
+// finalizer gets it (an update) before any storage is made.
+func TestFirstSightingSkipsRoundTrips(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		finalizer   bool
+		wantUpdates int
+	}{
+		{name: "router set the finalizer", finalizer: true, wantUpdates: 0},
+		{name: "no finalizer yet", finalizer: false, wantUpdates: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tv := newVolume(vol1, "n1", backend.GiB)
+			if tc.finalizer {
+				tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
+			}
+			e := newEnv(t, tv)
+			var updates, reads int
+			e.vr.Client = interceptor.NewClient(e.c.(client.WithWatch), interceptor.Funcs{
+				Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+					updates++
+					return c.Update(ctx, obj, opts...)
+				},
+			})
+			e.vr.APIReader = interceptor.NewClient(e.c.(client.WithWatch), interceptor.Funcs{
+				Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+					reads++
+					return c.Get(ctx, key, obj, opts...)
+				},
+			})
+			e.reconcileVolume(vol1)
+			got := e.volume(vol1)
+			if got.Status.Phase != thinv1.PhaseReady || !controllerutil.ContainsFinalizer(got, wellknown.FinalizerNodeCleanup) {
+				t.Fatalf("phase %s, finalizers %v; want Ready with the agent's finalizer", got.Status.Phase, got.Finalizers)
+			}
+			if updates != tc.wantUpdates || reads != 0 {
+				t.Errorf("create: %d updates, %d API re-reads; want %d, 0", updates, reads, tc.wantUpdates)
+			}
+			// Seen before: the cache may be behind the agent's own write,
+			// so a Pending copy is checked against the API server.
+			if err := e.c.Get(e.ctx, client.ObjectKey{Name: vol1}, got); err != nil {
+				t.Fatal(err)
+			}
+			got.Status.Phase = thinv1.PhasePending
+			if err := e.c.Status().Update(e.ctx, got); err != nil {
+				t.Fatal(err)
+			}
+			e.reconcileVolume(vol1)
+			if reads != 1 {
+				t.Errorf("second sighting: %d API re-reads, want 1", reads)
+			}
+		})
 	}
 }
 

@@ -14,11 +14,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // SnapshotReconciler makes the ThinSnapshots of this node real.
@@ -29,6 +27,8 @@ type SnapshotReconciler struct {
 	Pool      backend.Local
 	Recorder  events.EventRecorder
 	Changed   func()
+
+	seen sightings
 }
 
 // SetupWithManager registers the reconciler for this node's ThinSnapshots.
@@ -52,16 +52,12 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, nil
 	}
 	if !ts.DeletionTimestamp.IsZero() {
+		r.seen.forget(ts.UID)
 		return ctrl.Result{}, r.delete(ctx, ts)
 	}
-	fresh := false // as in VolumeReconciler.Reconcile
-	if controllerutil.AddFinalizer(ts, wellknown.FinalizerNodeCleanup) {
-		start := time.Now()
-		if err := r.Client.Update(ctx, ts); err != nil {
-			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
-		}
-		observeStage("create_snapshot", stageFinalizer, start)
-		fresh = true
+	fresh, err := pickUp(ctx, r.Client, ts, &r.seen, "create_snapshot")
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	if ts.Status.Phase == thinv1.PhaseLost {
 		return ctrl.Result{}, ignoreConflict(r.recover(ctx, ts))

@@ -39,10 +39,11 @@ func agentStageCount(t *testing.T, operation, stage string) uint64 {
 	return 0
 }
 
-// The stages docs/kubernetes.md names for a create on the node: a fresh
-// create records finalizer, backend and status once each; the re-read
-// past the cache happens only when the finalizer was already held (a
-// retry), and then it is recorded instead of the finalizer.
+// The stages docs/kubernetes.md names for a create on the node: a
+// resource without the agent's finalizer records finalizer, backend and
+// status once each; one the router created with the finalizer skips the
+// finalizer write, and the re-read past the cache happens only when this
+// agent has seen the resource before (a retry).
 func TestCreateRecordsAgentStages(t *testing.T) {
 	count := func() map[string]uint64 {
 		out := map[string]uint64{}
@@ -51,28 +52,31 @@ func TestCreateRecordsAgentStages(t *testing.T) {
 		}
 		return out
 	}
+	check := func(what string, e *env, name string, want map[string]uint64) {
+		t.Helper()
+		before := count()
+		e.reconcileVolume(name)
+		after := count()
+		for st, n := range want {
+			if got := after[st] - before[st]; got != n {
+				t.Errorf("%s: stage %s recorded %d times, want %d", what, st, got, n)
+			}
+		}
+	}
 	e := newEnv(t, newVolume(vol1, "n1", backend.GiB))
-	before := count()
-	e.reconcileVolume(vol1)
-	after := count()
-	for st, want := range map[string]uint64{stageFinalizer: 1, stageRecheck: 0, stageBackend: 1, stageStatus: 1} {
-		if got := after[st] - before[st]; got != want {
-			t.Errorf("fresh create: stage %s recorded %d times, want %d", st, got, want)
-		}
-	}
+	check("without the finalizer", e, vol1, map[string]uint64{stageFinalizer: 1, stageRecheck: 0, stageBackend: 1, stageStatus: 1})
 
-	// A retry of a failed attempt: the finalizer is held, the cache is
-	// re-read.
-	retry := newVolume(backend.VolumeIDFor("retry"), "n1", backend.GiB)
-	retry.Finalizers = []string{"csi-thin.io/node-cleanup"}
-	retry.Status.Phase = thinv1.PhasePending
-	e = newEnv(t, retry)
-	before = count()
-	e.reconcileVolume(retry.Name)
-	after = count()
-	for st, want := range map[string]uint64{stageFinalizer: 0, stageRecheck: 1, stageBackend: 1, stageStatus: 1} {
-		if got := after[st] - before[st]; got != want {
-			t.Errorf("retry: stage %s recorded %d times, want %d", st, got, want)
-		}
+	routed := newVolume(backend.VolumeIDFor("routed"), "n1", backend.GiB)
+	routed.Finalizers = []string{"csi-thin.io/node-cleanup"}
+	e = newEnv(t, routed)
+	check("finalizer set by the router", e, routed.Name, map[string]uint64{stageFinalizer: 0, stageRecheck: 0, stageBackend: 1, stageStatus: 1})
+
+	// A retry (here: the status went back to Pending): seen before, so the
+	// cache is re-read.
+	tv := e.volume(routed.Name)
+	tv.Status.Phase = thinv1.PhasePending
+	if err := e.c.Status().Update(e.ctx, tv); err != nil {
+		t.Fatal(err)
 	}
+	check("retry", e, routed.Name, map[string]uint64{stageFinalizer: 0, stageRecheck: 1, stageBackend: 1, stageStatus: 1})
 }

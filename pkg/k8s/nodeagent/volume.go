@@ -16,12 +16,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
-	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // expandRetry is how soon a failed expansion is tried again: the resizer
@@ -51,6 +49,8 @@ type VolumeReconciler struct {
 	// Copies receives the cross-node copies (spec.source.node); nil: this
 	// agent cannot (transfers off, or a pool that cannot stream).
 	Copies *Puller
+
+	seen sightings
 }
 
 // SetupWithManager registers the reconciler for this node's ThinVolumes.
@@ -90,20 +90,14 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, nil
 	}
 	if !tv.DeletionTimestamp.IsZero() {
+		r.seen.forget(tv.UID)
 		return ctrl.Result{}, r.delete(ctx, tv)
 	}
-	// fresh: tv is the API server's current version (the finalizer write
-	// returned it), so the re-read before a create is not needed.
-	fresh := false
-	if controllerutil.AddFinalizer(tv, wellknown.FinalizerNodeCleanup) {
-		// Before any storage exists: the resource can never vanish without
-		// the node hearing of it.
-		start := time.Now()
-		if err := r.Client.Update(ctx, tv); err != nil {
-			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
-		}
-		observeStage("create_volume", stageFinalizer, start)
-		fresh = true
+	// Before any storage exists: the resource can never vanish without the
+	// node hearing of it.
+	fresh, err := pickUp(ctx, r.Client, tv, &r.seen, "create_volume")
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	switch {
 	case tv.Status.Phase == thinv1.PhaseFailed:

@@ -254,6 +254,7 @@ func (c *Copies) snapshotForCopy(ctx context.Context, tv *thinv1.ThinVolume) (bo
 				Name:            src.SnapshotID,
 				Labels:          map[string]string{wellknown.LabelNode: src.Node, wellknown.LabelTransferFor: tv.Name},
 				OwnerReferences: []metav1.OwnerReference{{APIVersion: thinv1.GroupVersion.String(), Kind: "ThinVolume", Name: tv.Name, UID: tv.UID}},
+				Finalizers:      agentFinalizer(),
 			},
 			Spec: thinv1.ThinSnapshotSpec{Node: src.Node, Name: "copy-to-" + tv.Name, SourceVolumeID: src.ID},
 		}

@@ -40,7 +40,7 @@ func (r *Router) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnaps
 		return nil, err
 	}
 	g := &thinv1.ThinGroupSnapshot{
-		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}},
+		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}, Finalizers: agentFinalizer()},
 		Spec:       thinv1.ThinGroupSnapshotSpec{Node: node, Name: req.Name, SourceVolumeIDs: sources, SkipFreeze: req.SkipFreeze},
 	}
 	if err := r.client.Create(ctx, g); err != nil {

@@ -49,8 +49,9 @@ func TestGroupSnapshot(t *testing.T) {
 	if err := h.c.Get(h.ctx, client.ObjectKey{Name: id}, &tgs); err != nil {
 		t.Fatal(err)
 	}
-	if tgs.Spec.Node != "n2" || !tgs.Spec.SkipFreeze || !slices.IsSorted(tgs.Spec.SourceVolumeIDs) || tgs.Labels[wellknown.LabelNode] != "n2" {
-		t.Errorf("ThinGroupSnapshot %+v (labels %v): want node n2, skipFreeze, sorted sources, node label", tgs.Spec, tgs.Labels)
+	if tgs.Spec.Node != "n2" || !tgs.Spec.SkipFreeze || !slices.IsSorted(tgs.Spec.SourceVolumeIDs) || tgs.Labels[wellknown.LabelNode] != "n2" ||
+		!slices.Equal(tgs.Finalizers, []string{wellknown.FinalizerNodeCleanup}) {
+		t.Errorf("ThinGroupSnapshot %+v (labels %v, finalizers %v): want node n2, skipFreeze, sorted sources, node label, the agent's finalizer", tgs.Spec, tgs.Labels, tgs.Finalizers)
 	}
 	for _, s := range g.Snapshots {
 		if s.ID != backend.MemberSnapshotID(id, s.SourceVolumeID) || s.Node != "n2" || s.GroupID != id || s.GroupSize != 2 || !s.ReadyToUse {
@@ -110,8 +111,8 @@ func TestGroupSnapshotNodeFails(t *testing.T) {
 		t.Fatalf("err %v, want ResourceExhausted", err)
 	}
 	var tgs thinv1.ThinGroupSnapshot
-	if err := h.c.Get(h.ctx, client.ObjectKey{Name: id}, &tgs); err == nil {
-		t.Errorf("the failed ThinGroupSnapshot is still there: %+v", tgs.Status)
+	if !deleted(h.ctx, h.c, id, &tgs) {
+		t.Errorf("the failed ThinGroupSnapshot was not deleted: %+v", tgs.Status)
 	}
 	// Bad input is refused before anything is made.
 	if _, err := h.r.CreateGroupSnapshot(h.ctx, backend.GroupSnapshotRequest{ID: "g-nope", SourceVolumeIDs: []string{volA}}); !errors.Is(err, backend.ErrInvalid) {

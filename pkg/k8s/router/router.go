@@ -24,6 +24,7 @@ import (
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/transfer"
+	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
 // Defaults for Config.
@@ -277,4 +278,13 @@ func (r *Router) deleteQuietly(ctx context.Context, obj client.Object) {
 	if err := r.client.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
 		klog.ErrorS(err, "delete failed resource", idKeyOf(obj), obj.GetName())
 	}
+}
+
+// agentFinalizer is set on every resource the router creates: the node
+// agent would add it before making any storage anyway, and setting it at
+// creation saves that API write on each create's latency path. It also
+// means a resource no agent has picked up yet is deleted the same way as
+// any other: by its agent, or, when its node is lost, as lost.
+func agentFinalizer() []string {
+	return []string{wellknown.FinalizerNodeCleanup}
 }

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -54,7 +55,7 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 	h := &harness{t: t, ctx: context.Background(), inf: &informertest.FakeInformers{Scheme: s}}
 	h.c = fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).
 		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinGroupSnapshot{}, &thinv1.ThinNode{}).
-		WithInterceptorFuncs(interceptor.Funcs{Create: h.interceptCreate}).Build()
+		WithInterceptorFuncs(interceptor.Funcs{Create: h.interceptCreate, Delete: h.interceptDelete}).Build()
 	r, err := New(h.ctx, h.c, h.c, h.inf, Config{Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +87,58 @@ func (h *harness) interceptCreate(ctx context.Context, c client.WithWatch, obj c
 		}
 	}
 	return nil
+}
+
+// interceptDelete plays the node agent of a deletion: where a test
+// scripts the agent for that kind, it removes the storage (nothing here)
+// and releases the finalizer the router set at creation.
+func (h *harness) interceptDelete(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+	if err := c.Delete(ctx, obj, opts...); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	var answering bool
+	switch obj.(type) {
+	case *thinv1.ThinVolume:
+		answering = h.onVol != nil
+	case *thinv1.ThinSnapshot:
+		answering = h.onSnap != nil
+	case *thinv1.ThinGroupSnapshot:
+		answering = h.onGrp != nil
+	}
+	h.mu.Unlock()
+	if answering {
+		go h.release(obj.DeepCopyObject().(client.Object))
+	}
+	return nil
+}
+
+// release removes the agent's finalizer from a deleted resource and sends
+// the informer's delete event.
+func (h *harness) release(obj client.Object) {
+	if err := h.c.Get(h.ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		return // gone already: it held no finalizer
+	}
+	if !controllerutil.RemoveFinalizer(obj, wellknown.FinalizerNodeCleanup) {
+		return
+	}
+	if err := h.c.Update(h.ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+		h.t.Errorf("node: release %s: %v", obj.GetName(), err)
+		return
+	}
+	fi, err := h.inf.FakeInformerFor(h.ctx, obj)
+	if err != nil {
+		h.t.Errorf("informer: %v", err)
+		return
+	}
+	fi.Delete(obj)
+}
+
+// deleted reports whether the resource name was deleted: gone, or
+// terminating with only its node agent's work left.
+func deleted(ctx context.Context, c client.Client, name string, obj client.Object) bool {
+	err := c.Get(ctx, client.ObjectKey{Name: name}, obj)
+	return apierrors.IsNotFound(err) || err == nil && obj.GetDeletionTimestamp() != nil
 }
 
 // answer plays the node agent: update the status, then send the event.
@@ -242,9 +295,8 @@ func TestCreateVolume(t *testing.T) {
 					t.Errorf("volume %+v, want node %s size %d", v, tc.wantNode, tc.wantSize)
 				}
 			}
-			err = h.c.Get(h.ctx, client.ObjectKey{Name: tc.req.ID}, &thinv1.ThinVolume{})
-			if tc.gone && !apierrors.IsNotFound(err) {
-				t.Errorf("ThinVolume still there after failure (err %v)", err)
+			if tc.gone && !deleted(h.ctx, h.c, tc.req.ID, &thinv1.ThinVolume{}) {
+				t.Errorf("ThinVolume not deleted after failure")
 			}
 		})
 	}
@@ -434,6 +486,13 @@ func TestSnapshots(t *testing.T) {
 	v, err := h.r.CreateVolume(h.ctx, backend.VolumeRequest{ID: backend.VolumeIDFor("restore"), Source: backend.Source{Kind: backend.SourceSnapshot, ID: snapA}})
 	if err != nil || v.Node != "n2" {
 		t.Fatalf("restore: %+v %v", v, err)
+	}
+	// Both made with the node agent's finalizer: the agent need not write
+	// it before making the storage.
+	for _, obj := range []client.Object{&thinv1.ThinSnapshot{ObjectMeta: metav1.ObjectMeta{Name: snapA}}, &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: v.ID}}} {
+		if err := h.c.Get(h.ctx, client.ObjectKeyFromObject(obj), obj); err != nil || !controllerutil.ContainsFinalizer(obj, wellknown.FinalizerNodeCleanup) {
+			t.Errorf("%T %s: finalizers %v (%v), want the agent's", obj, obj.GetName(), obj.GetFinalizers(), err)
+		}
 	}
 	list, err := h.r.ListSnapshots(h.ctx)
 	if err != nil || len(list) != 1 || list[0].ID != snapA {

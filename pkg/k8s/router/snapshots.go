@@ -29,7 +29,7 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 	}
 	stages.done(stagePlace)
 	ts := &thinv1.ThinSnapshot{
-		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}},
+		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: map[string]string{wellknown.LabelNode: node}, Finalizers: agentFinalizer()},
 		Spec:       thinv1.ThinSnapshotSpec{Node: node, Name: req.Name, SourceVolumeID: req.SourceVolumeID, SkipFreeze: req.SkipFreeze, GroupID: req.GroupID},
 	}
 	if req.VolumeSnapshotNamespace != "" && req.VolumeSnapshotName != "" {

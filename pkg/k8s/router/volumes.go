@@ -206,7 +206,7 @@ func volumeFor(req backend.VolumeRequest, node, srcNode string) *thinv1.ThinVolu
 		}
 	}
 	tv := &thinv1.ThinVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: req.ID, Labels: labels, Finalizers: agentFinalizer()},
 		Spec: thinv1.ThinVolumeSpec{
 			Node:          node,
 			Name:          req.Name,
