@@ -15,7 +15,9 @@ var rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 	Subsystem: "csi",
 	Name:      "rpc_duration_seconds",
 	Help:      "Latency of CSI calls by method and gRPC code.",
-	Buckets:   []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	// Fine between 10 and 50 ms, where a create lands: a p50 read from
+	// the histogram is interpolated within one bucket.
+	Buckets: []float64{.001, .0025, .005, .0075, .01, .015, .02, .025, .03, .04, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 }, []string{"method", "code"})
 
 func init() { metrics.Registry.MustRegister(rpcDuration) }
