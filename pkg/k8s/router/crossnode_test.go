@@ -18,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -303,6 +304,12 @@ func TestCopiesCloneSnapshot(t *testing.T) {
 		if ts.Spec.Node != "n2" || ts.Spec.SourceVolumeID != volB || ts.Labels[wellknown.LabelTransferFor] != volA || ts.Labels[wellknown.LabelNode] != "n2" ||
 			len(ts.OwnerReferences) != 1 || ts.OwnerReferences[0].UID != "uid-a" || ts.OwnerReferences[0].Kind != "ThinVolume" {
 			t.Errorf("snapshot for the copy: %+v", ts)
+		}
+		// The source's agent deletes the snapshot's storage before the
+		// object goes: without its finalizer the garbage collector would
+		// remove the object and leave the snapshot on the source node.
+		if !controllerutil.ContainsFinalizer(ts, wellknown.FinalizerNodeCleanup) {
+			t.Errorf("snapshot for the copy: finalizers %v, want %s", ts.Finalizers, wellknown.FinalizerNodeCleanup)
 		}
 		if cl, _ := h.token(volA); cl.ID != "" {
 			t.Error("token granted before the snapshot is ready")
