@@ -53,8 +53,27 @@ grep -qw btrfs /proc/filesystems || skip "the kernel has no btrfs"
 "$root/hack/ensure-packages.sh" demo >&2 || skip "btrfs-progs missing and not installable"
 # One cluster per machine: a second run (another checkout, a colleague)
 # waits for the first instead of failing on its running cluster.
-exec 7>/var/lock/csi-thin-e2e.lock
-flock -n 7 || { log "e2e: another e2e run holds /var/lock/csi-thin-e2e.lock: waiting"; flock 7; }
+lock=/var/lock/csi-thin-e2e.lock
+exec 7>"$lock"
+flock -n 7 || { log "e2e: another e2e run holds $lock: waiting"; flock 7; }
+# lock_holders: the processes, other than this script and its children,
+# that have the lock file open. After the teardown there must be none: a
+# daemon or shim that inherited fd 7 and outlived down.sh would make the
+# next run wait for ever (test/cluster/up.sh's start_on closes it).
+lock_holders() {
+	local fd pid p stat
+	find /proc/[0-9]*/fd -maxdepth 1 -lname "$lock" 2>/dev/null | while read -r fd; do
+		pid=${fd#/proc/}; pid=${pid%%/*}
+		p=$pid
+		# Up the parents: /proc/PID/stat is "pid (comm) state ppid ...". A
+		# process gone meanwhile (find itself, for one) holds nothing.
+		while [[ $p != "$$" && $p -gt 1 ]]; do
+			stat=$(cat "/proc/$p/stat" 2>/dev/null) || { p=$$; break; }
+			read -r _ p _ <<<"${stat##*) }"
+		done
+		[[ $p == "$$" ]] || echo "$pid"
+	done | sort -u
+}
 for f in "$K8S_RUN"/pids/*.pid; do
 	if [[ -e $f ]] && kill -0 "$(cat "$f")" 2>/dev/null; then
 		skip "a test cluster is already running ($f): run test/cluster/down.sh first"
@@ -110,7 +129,15 @@ cleanup() {
 	[[ -z $left ]] || log "e2e: WARNING: down.sh left: $left"
 	left=$(ip netns list | grep -E "^$K8S_NETNS(-node[0-9]+)?( |$)" || true)
 	[[ -z $left ]] || log "e2e: WARNING: netns left: $left"
+	left=$(lock_holders)
+	if [[ -n $left ]]; then
+		log "e2e: FAIL: processes outside this run hold $lock after the teardown (the next run would wait for them):"
+		# shellcheck disable=SC2086 # a list of PIDs
+		ps -o pid,ppid,args -p "$(echo $left | tr ' ' ,)" >&2
+		rc=1
+	fi
 	log "e2e: done in $((SECONDS - t0)) s (rc=$rc)"
+	exit "$rc"
 }
 trap cleanup EXIT
 
