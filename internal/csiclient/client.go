@@ -16,12 +16,13 @@ import (
 )
 
 // Client is a connection to one CSI driver serving the Identity,
-// Controller and Node services.
+// Controller and Node services, and the GroupController where it offers one.
 type Client struct {
-	conn       *grpc.ClientConn
-	Identity   csi.IdentityClient
-	Controller csi.ControllerClient
-	Node       csi.NodeClient
+	conn            *grpc.ClientConn
+	Identity        csi.IdentityClient
+	Controller      csi.ControllerClient
+	Node            csi.NodeClient
+	GroupController csi.GroupControllerClient
 	// FsType is sent in every mount capability; empty lets the driver pick
 	// (btrfs volumes are btrfs; block backends default to ext4).
 	FsType string
@@ -39,10 +40,11 @@ func Dial(endpoint string) (*Client, error) {
 		return nil, fmt.Errorf("dial CSI endpoint %s: %w", endpoint, err)
 	}
 	return &Client{
-		conn:       conn,
-		Identity:   csi.NewIdentityClient(conn),
-		Controller: csi.NewControllerClient(conn),
-		Node:       csi.NewNodeClient(conn),
+		conn:            conn,
+		Identity:        csi.NewIdentityClient(conn),
+		Controller:      csi.NewControllerClient(conn),
+		Node:            csi.NewNodeClient(conn),
+		GroupController: csi.NewGroupControllerClient(conn),
 	}, nil
 }
 

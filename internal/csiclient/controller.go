@@ -72,3 +72,23 @@ func (c *Client) DeleteSnapshot(ctx context.Context, snapshotID string) error {
 	}
 	return nil
 }
+
+// CreateGroupSnapshot snapshots the volumes together, as one instant.
+func (c *Client) CreateGroupSnapshot(ctx context.Context, name string, sourceVolumeIDs []string) (*csi.VolumeGroupSnapshot, error) {
+	resp, err := c.GroupController.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: name, SourceVolumeIds: sourceVolumeIDs})
+	if err != nil {
+		return nil, fmt.Errorf("CreateVolumeGroupSnapshot %s of %v: %w", name, sourceVolumeIDs, err)
+	}
+	return resp.GetGroupSnapshot(), nil
+}
+
+// DeleteGroupSnapshot deletes a group snapshot and its members (their IDs
+// are part of the request, as CSI requires); deleting one that is gone
+// succeeds.
+func (c *Client) DeleteGroupSnapshot(ctx context.Context, groupSnapshotID string, snapshotIDs []string) error {
+	req := &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: groupSnapshotID, SnapshotIds: snapshotIDs}
+	if _, err := c.GroupController.DeleteVolumeGroupSnapshot(ctx, req); err != nil {
+		return fmt.Errorf("DeleteVolumeGroupSnapshot %s: %w", groupSnapshotID, err)
+	}
+	return nil
+}

@@ -176,13 +176,15 @@ func (p *Pool) snapshotTogether(ctx context.Context, id string, sources []string
 		errs := make([]error, len(sources)+1)
 		start := make(chan struct{})
 		var wg sync.WaitGroup
+		// Steps like any snapshot (cli.snapshot), so that the crash tests
+		// can stop the driver between the members.
 		for i, src := range sources {
 			wg.Go(func() {
 				<-start
-				errs[i] = ioctlSnapshot(p.volumePath(src), staged[i])
+				errs[i] = p.cli.snapshot(ctx, p.volumePath(src), staged[i])
 			})
 		}
-		wg.Go(func() { errs[len(sources)] = ioctlSnapshot(p.volumePath(sources[0]), barrier) })
+		wg.Go(func() { errs[len(sources)] = p.cli.snapshot(ctx, p.volumePath(sources[0]), barrier) })
 		time.Sleep(delay)
 		close(start)
 		wg.Wait()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -32,6 +33,10 @@ type crashOp struct {
 	// done updates the model once the call succeeded and checks what it
 	// made (data of clones, sizes of expansions).
 	done func(t *testing.T, w *world, name string)
+	// minSteps, when set, says that the call's number of commands varies
+	// by design (a group snapshot retries when its members land in two
+	// transactions) and that it always runs at least minSteps.
+	minSteps int
 }
 
 // world is the test's model of what must exist, and the data that must
@@ -41,12 +46,45 @@ type world struct {
 	config    string
 	dir       string
 	volumes   map[string]bool
-	snapshots map[string]bool
+	snapshots map[string]bool // group members included
+	groups    map[string]bool
 	// sums are the checksums of the data in volumes and snapshots that
 	// must never change.
 	sums map[string]string
 	// srcID is a volume with data, snapID a snapshot of it.
 	srcID, snapID string
+	// groupSources are the volumes of the crash tests' group snapshots.
+	groupSources []string
+}
+
+// groupMembers returns the member snapshot IDs of group snapshot gid,
+// one for each of w.groupSources.
+func (w *world) groupMembers(gid string) []string {
+	var ids []string
+	for _, src := range w.groupSources {
+		ids = append(ids, backend.MemberSnapshotID(gid, src))
+	}
+	return ids
+}
+
+// addGroup puts group gid and its members into the model and checks that
+// each member holds its source's data.
+func (w *world) addGroup(t *testing.T, gid string) {
+	t.Helper()
+	w.groups[gid] = true
+	for i, mid := range w.groupMembers(gid) {
+		w.snapshots[mid] = true
+		if got := harness.TreeSum(t, snapshotDir(w.pool, mid)); got != w.sums[w.groupSources[i]] {
+			t.Errorf("member %s of group %s holds different data than its source %s", mid, gid, w.groupSources[i])
+		}
+	}
+}
+
+func (w *world) removeGroup(gid string) {
+	delete(w.groups, gid)
+	for _, mid := range w.groupMembers(gid) {
+		delete(w.snapshots, mid)
+	}
 }
 
 func (w *world) start(t *testing.T, faults []command.Fault, crashReply string) *harness.Child {
@@ -135,6 +173,29 @@ func crashOps() []crashOp {
 			},
 			done: func(t *testing.T, w *world, name string) { delete(w.snapshots, backend.SnapshotIDFor(name)) },
 		},
+		// Each member's snapshot, the barrier's, the barrier's delete
+		// and each member's read-only flag: 6 commands for 2 members.
+		{name: "group-snapshot", method: "CreateVolumeGroupSnapshot", minSteps: 6,
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				_, err := c.CreateGroupSnapshot(ctx, name, w.groupSources)
+				return err
+			},
+			done: func(t *testing.T, w *world, name string) { w.addGroup(t, backend.GroupSnapshotIDFor(name)) },
+		},
+		{name: "delete-group-snapshot", method: "DeleteVolumeGroupSnapshot",
+			setup: func(t *testing.T, w *world, c *csiclient.Client, name string) {
+				g, err := c.CreateGroupSnapshot(context.Background(), name, w.groupSources)
+				if err != nil {
+					t.Fatalf("group snapshot %s: %v", name, err)
+				}
+				w.addGroup(t, g.GetGroupSnapshotId())
+			},
+			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
+				gid := backend.GroupSnapshotIDFor(name)
+				return c.DeleteGroupSnapshot(ctx, gid, w.groupMembers(gid))
+			},
+			done: func(t *testing.T, w *world, name string) { w.removeGroup(backend.GroupSnapshotIDFor(name)) },
+		},
 		{name: "expand", method: "ControllerExpandVolume",
 			setup: func(t *testing.T, w *world, c *csiclient.Client, name string) {
 				w.volumes[mustCreate(t, c, name)] = true
@@ -204,6 +265,7 @@ func (w *world) seed(t *testing.T, c *csiclient.Client) {
 		w.sums[id] = harness.WriteData(t, volumeDir(w.pool, id), name, 4, 1<<20)
 	}
 	w.srcID = backend.VolumeIDFor("source")
+	w.groupSources = []string{backend.VolumeIDFor("canary"), w.srcID}
 	snap, err := c.CreateSnapshot(context.Background(), "source-snap", w.srcID)
 	if err != nil {
 		t.Fatalf("snapshot source: %v", err)
@@ -215,7 +277,7 @@ func (w *world) seed(t *testing.T, c *csiclient.Client) {
 
 func newWorld(t *testing.T, pool *btrfs.Pool) *world {
 	return &world{pool: pool, config: childConfigOf(t, pool), dir: t.TempDir(),
-		volumes: map[string]bool{}, snapshots: map[string]bool{}, sums: map[string]string{}}
+		volumes: map[string]bool{}, snapshots: map[string]bool{}, groups: map[string]bool{}, sums: map[string]string{}}
 }
 
 func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {
@@ -255,7 +317,11 @@ func runCrashOp(t *testing.T, w *world, op crashOp) crashStats {
 		s.points++
 		return crashed
 	}
-	harness.EveryCommandStep(t, op.name, func(faults []command.Fault) bool { return point(faults, "") })
+	if op.minSteps > 0 {
+		harness.EveryCommandStepVarying(t, op.name, op.minSteps, func(faults []command.Fault) bool { return point(faults, "") })
+	} else {
+		harness.EveryCommandStep(t, op.name, func(faults []command.Fault) bool { return point(faults, "") })
+	}
 	if !point(nil, op.method) {
 		t.Fatalf("%s: the crash before the reply did not fire", op.name)
 	}
@@ -309,6 +375,9 @@ func checkWorld(t *testing.T, w *world, c *csiclient.Client, label string) {
 	}
 	if !reflect.DeepEqual(st.Snapshots, wantSnaps) {
 		t.Errorf("[%s] snapshot subvolumes %v, want %v", label, st.Snapshots, wantSnaps)
+	}
+	if wantGroups := harness.SortedKeys(w.groups); !slices.Equal(st.Groups, wantGroups) {
+		t.Errorf("[%s] group snapshot records %v, want %v", label, st.Groups, wantGroups)
 	}
 	if want := append(append([]string{}, wantSnaps...), wantVols...); !reflect.DeepEqual(st.Records, harness.Sorted(want)) {
 		t.Errorf("[%s] records %v, want %v", label, st.Records, harness.Sorted(want))

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/command"
 )
@@ -21,7 +22,8 @@ type poolState struct {
 	Volumes   []string // subvolumes under csi-thin/volumes
 	Snapshots []string // subvolumes under csi-thin/snapshots
 	Staging   []string // anything in csi-thin/staging
-	Records   []string // committed records (<id>.json)
+	Records   []string // committed records (<id>.json) of volumes and snapshots
+	Groups    []string // committed records of group snapshots (no subvolume of their own)
 	Leftovers []string // torn temps or delete markers in meta
 	Other     []string // subvolumes elsewhere under csi-thin
 	// WritableSnapshots are snapshots whose ro flag is off.
@@ -86,7 +88,9 @@ func inspectPool(t testing.TB, pool *btrfs.Pool) poolState {
 	}
 	st.Staging = names(t, filepath.Join(base, "staging"))
 	for _, n := range names(t, filepath.Join(base, "meta")) {
-		if id, ok := strings.CutSuffix(n, ".json"); ok {
+		if id, ok := strings.CutSuffix(n, ".json"); ok && backend.IsGroupSnapshotID(id) {
+			st.Groups = append(st.Groups, id)
+		} else if ok {
 			st.Records = append(st.Records, id)
 		} else {
 			st.Leftovers = append(st.Leftovers, n)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -245,6 +246,11 @@ func checkRecoveredAll(t *testing.T, w *world, label string, names []string) {
 	for _, name := range names {
 		target[backend.VolumeIDFor(name)] = true
 		target[backend.SnapshotIDFor(name)] = true
+		gid := backend.GroupSnapshotIDFor(name)
+		target[gid] = true
+		for _, mid := range w.groupMembers(gid) {
+			target[mid] = true
+		}
 	}
 	var want, got []string
 	for _, id := range append(harness.SortedKeys(w.volumes), harness.SortedKeys(w.snapshots)...) {
@@ -259,6 +265,34 @@ func checkRecoveredAll(t *testing.T, w *world, label string, names []string) {
 	}
 	if !reflect.DeepEqual(harness.Sorted(got), harness.Sorted(want)) {
 		t.Errorf("[%s] after restart: objects %v, want %v (besides the interrupted calls' own)", label, got, harness.Sorted(want))
+	}
+	// A group's record is written after its members, so a group recovery
+	// kept has every member (the check above), and one it removed has none.
+	var wantGroups, gotGroups []string
+	for _, id := range harness.SortedKeys(w.groups) {
+		if !target[id] {
+			wantGroups = append(wantGroups, id)
+		}
+	}
+	for _, id := range st.Groups {
+		if !target[id] {
+			gotGroups = append(gotGroups, id)
+		}
+	}
+	if !slices.Equal(gotGroups, wantGroups) {
+		t.Errorf("[%s] after restart: group snapshots %v, want %v (besides the interrupted calls' own)", label, gotGroups, wantGroups)
+	}
+	for _, name := range names {
+		gid := backend.GroupSnapshotIDFor(name)
+		members := 0
+		for _, mid := range w.groupMembers(gid) {
+			if slices.Contains(st.Records, mid) {
+				members++
+			}
+		}
+		if kept := slices.Contains(st.Groups, gid); (kept && members != len(w.groupSources)) || (!kept && members != 0) {
+			t.Errorf("[%s] after restart: group %s kept=%v with %d of its %d members: recovery keeps a group whole or removes it whole", label, gid, kept, members, len(w.groupSources))
+		}
 	}
 }
 

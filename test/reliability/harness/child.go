@@ -95,7 +95,13 @@ func serve(open OpenFunc) error {
 	if err != nil {
 		return fmt.Errorf("open pool: %w", err)
 	}
-	var ctrl csi.ControllerServer = controller.New(pool)
+	ctrlServer := controller.New(pool)
+	var ctrl csi.ControllerServer = ctrlServer
+	// Only on a pool that takes group snapshots (nil otherwise, as in the driver).
+	var groups csi.GroupControllerServer
+	if g := ctrlServer.Groups(); g != nil {
+		groups = g
+	}
 	var nodeSrv csi.NodeServer = node.New(pool, node.Options{})
 	// With the tool stand-ins installed (faulted or recording), every
 	// mutating call must arm them, so that their count starts at it.
@@ -107,12 +113,16 @@ func serve(open OpenFunc) error {
 		f := &faultSet{runner: runner, faults: faults, mountFaults: mountFaults, standIns: standIns, crashMethod: m}
 		ctrl = &faultedController{ControllerServer: ctrl, f: f}
 		nodeSrv = &faultedNode{NodeServer: nodeSrv, f: f}
+		if groups != nil {
+			groups = &faultedGroups{GroupControllerServer: groups, f: f}
+		}
 	}
 	d, err := driver.New(driver.Config{
-		Endpoint:   os.Getenv(envEndpoint),
-		Identity:   driver.NewIdentity(pool.Health, driver.WithController),
-		Controller: ctrl,
-		Node:       nodeSrv,
+		Endpoint:        os.Getenv(envEndpoint),
+		Identity:        driver.NewIdentity(pool.Health, driver.WithController),
+		Controller:      ctrl,
+		Node:            nodeSrv,
+		GroupController: groups,
 	})
 	if err != nil {
 		return err
@@ -186,6 +196,21 @@ func (c *faultedController) DeleteSnapshot(ctx context.Context, r *csi.DeleteSna
 
 func (c *faultedController) ControllerExpandVolume(ctx context.Context, r *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	return call(ctx, c.f, "ControllerExpandVolume", r, c.ControllerServer.ControllerExpandVolume)
+}
+
+// faultedGroups does for the group snapshot calls what faultedController
+// does for the Controller's.
+type faultedGroups struct {
+	csi.GroupControllerServer
+	f *faultSet
+}
+
+func (g *faultedGroups) CreateVolumeGroupSnapshot(ctx context.Context, r *csi.CreateVolumeGroupSnapshotRequest) (*csi.CreateVolumeGroupSnapshotResponse, error) {
+	return call(ctx, g.f, "CreateVolumeGroupSnapshot", r, g.GroupControllerServer.CreateVolumeGroupSnapshot)
+}
+
+func (g *faultedGroups) DeleteVolumeGroupSnapshot(ctx context.Context, r *csi.DeleteVolumeGroupSnapshotRequest) (*csi.DeleteVolumeGroupSnapshotResponse, error) {
+	return call(ctx, g.f, "DeleteVolumeGroupSnapshot", r, g.GroupControllerServer.DeleteVolumeGroupSnapshot)
 }
 
 // faultedNode does for the Node calls that change mounts what

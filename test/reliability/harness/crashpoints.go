@@ -26,6 +26,31 @@ func EveryCommandStep(t testing.TB, what string, point func(faults []command.Fau
 	}
 }
 
+// EveryCommandStepVarying is EveryCommandStep for a call whose number of
+// commands varies by design: a btrfs group snapshot whose members landed
+// in two transactions deletes them and takes them again, when the
+// kernel's timing says so. Its first minCommands commands always run, and each
+// gets both crashes as in EveryCommandStep (a call that runs fewer fails
+// the test); after them, the loop ends at the first crash, before or
+// after, that does not fire.
+func EveryCommandStepVarying(t testing.TB, what string, minCommands int, point func(faults []command.Fault) (fired bool)) int {
+	t.Helper()
+	for k := 1; ; k++ {
+		if !point([]command.Fault{{Kind: command.FaultCrashBefore, Nth: k}}) {
+			if k-1 < minCommands {
+				t.Fatalf("%s: the call ran %d commands, want at least %d", what, k-1, minCommands)
+			}
+			return k - 1
+		}
+		if !point([]command.Fault{{Kind: command.FaultCrashAfter, Nth: k}}) {
+			if k <= minCommands {
+				t.Fatalf("%s: crash-before@%d fired but crash-after@%d did not", what, k, k)
+			}
+			return k
+		}
+	}
+}
+
 // SortedKeys returns the keys of a set, sorted.
 func SortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))

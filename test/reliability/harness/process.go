@@ -39,7 +39,7 @@ type Options struct {
 	// RecordTools installs the tool stand-ins without faults, so that
 	// MountCalls tells what a call ran.
 	RecordTools bool
-	// CrashReply names a Controller or Node method after whose success
+	// CrashReply names a Controller, GroupController or Node method after whose success
 	// the child dies before replying.
 	CrashReply string
 	// Verbosity is klog's -v for the child (its log is kept in Dir).
