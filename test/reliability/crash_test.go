@@ -37,6 +37,9 @@ type crashOp struct {
 	// by design (a group snapshot retries when its members land in two
 	// transactions) and that it always runs at least minSteps.
 	minSteps int
+	// group: a GroupController call, which the tool-failure suite's
+	// in-process server does not serve.
+	group bool
 }
 
 // world is the test's model of what must exist, and the data that must
@@ -175,14 +178,14 @@ func crashOps() []crashOp {
 		},
 		// Each member's snapshot, the barrier's, the barrier's delete
 		// and each member's read-only flag: 6 commands for 2 members.
-		{name: "group-snapshot", method: "CreateVolumeGroupSnapshot", minSteps: 6,
+		{name: "group-snapshot", method: "CreateVolumeGroupSnapshot", minSteps: 6, group: true,
 			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
 				_, err := c.CreateGroupSnapshot(ctx, name, w.groupSources)
 				return err
 			},
 			done: func(t *testing.T, w *world, name string) { w.addGroup(t, backend.GroupSnapshotIDFor(name)) },
 		},
-		{name: "delete-group-snapshot", method: "DeleteVolumeGroupSnapshot",
+		{name: "delete-group-snapshot", method: "DeleteVolumeGroupSnapshot", group: true,
 			setup: func(t *testing.T, w *world, c *csiclient.Client, name string) {
 				g, err := c.CreateGroupSnapshot(context.Background(), name, w.groupSources)
 				if err != nil {
