@@ -80,22 +80,35 @@ trap 'rm -rf "$tmp"' EXIT
   dpkg-deb -x "$pkg"_*.deb kpkg
   depmod -b "$PWD/kpkg" "$kv"
   cp "kpkg/boot/vmlinuz-$kv" vmlinuz
-  mkdir -p initrd/{bin,proc,sys,dev,mnt/root,mods}
+  mkdir -p initrd/{bin,proc,sys,dev,mnt/root,mods/node}
   cp "$(command -v busybox)" initrd/bin/busybox
   for a in sh mount insmod chroot poweroff sync mkdir echo cat; do ln -s busybox "initrd/bin/$a"; done
   i=0
   # Modules in dependency order; insmod'ed one by one at boot (no modprobe
   # in the initramfs). loop is a module on Debian.
-  for m in dm-thin-pool dm-snapshot loop virtio_blk virtio_pci ext4 xfs 9p 9pnet_virtio; do
-    for f in $(modprobe -d "$PWD/kpkg" -S "$kv" --show-depends "$m" | awk '$1=="insmod"{print $2}'); do
-      base=$(basename "$f")
-      ls initrd/mods/*-"$base" >/dev/null 2>&1 && continue
-      i=$((i+1)); cp "$f" "initrd/mods/$(printf %03d $i)-$base"
+  # add_modules DIR MODULE...: MODULE and what it needs, into DIR.
+  add_modules() {
+    local dir=$1 m f base; shift
+    for m in "$@"; do
+      for f in $(modprobe -d "$PWD/kpkg" -S "$kv" --show-depends "$m" | awk '$1=="insmod"{print $2}'); do
+        base=$(basename "$f")
+        [ -n "$(find initrd/mods -name "*-$base")" ] && continue
+        i=$((i+1)); cp "$f" "$dir/$(printf %03d $i)-$base"
+      done
     done
-  done
+  }
+  add_modules initrd/mods dm-thin-pool dm-snapshot loop virtio_blk virtio_pci ext4 xfs 9p 9pnet_virtio
+  # A VM that joins the test cluster as a node (test/cluster/vm-node.sh,
+  # kernel argument csi_thin.node) also needs a network card, what
+  # containerd and the CNI bridge plugin use, and kube-proxy's iptables
+  # (nf_tables) rules.
+  add_modules initrd/mods/node virtio_net overlay bridge veth br_netfilter \
+    nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack nft_ct nft_masq \
+    xt_tcpudp xt_conntrack xt_MASQUERADE xt_comment xt_mark xt_addrtype xt_multiport xt_nat xt_statistic \
+    xt_physdev ipt_REJECT nft_reject_ipv4
   # Debian ships modules compressed (.ko.xz); busybox insmod needs them plain.
-  for f in initrd/mods/*.ko.xz; do [ -e "$f" ] && xz -d "$f"; done
-  for f in initrd/mods/*.ko.zst; do [ -e "$f" ] && zstd -q -d --rm "$f"; done
+  for f in initrd/mods/*.ko.xz initrd/mods/node/*.ko.xz; do [ -e "$f" ] && xz -d "$f"; done
+  for f in initrd/mods/*.ko.zst initrd/mods/node/*.ko.zst; do [ -e "$f" ] && zstd -q -d --rm "$f"; done
   install -m 0755 "$here/init.sh" initrd/init
   (cd initrd && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../initrd.gz)
   echo "$stamp" > stamp

@@ -5,6 +5,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in /mods/*.ko; do insmod "$m" 2>/dev/null; done
+case " $(cat /proc/cmdline) " in
+  *" csi_thin.node "*) for m in /mods/node/*.ko; do insmod "$m" 2>/dev/null; done ;;
+esac
 o=trans=virtio,version=9p2000.L,msize=512000
 # The host root is read-only and does not change under a test run, so the
 # guest may cache it (cache=loose): without that every exec of lvm re-reads

@@ -3,7 +3,16 @@
 # QEMU VM whose kernel has device-mapper thin provisioning, for hosts whose
 # own kernel lacks it. The VM's exit status is the program's.
 #
-#   test/vm/run.sh [--disk SIZE] [--mem MiB] [--timeout SEC] [--stage FILE]... PROGRAM [ARGS...]
+#   test/vm/run.sh [--disk SIZE] [--mem MiB] [--timeout SEC] [--stage FILE]...
+#                  [--workdir DIR] [--tap IFNAME] [--pidfile FILE] PROGRAM [ARGS...]
+#
+# --workdir DIR: the VM's work dir is DIR (made if missing) instead of a
+# temporary one, and it is left in place: a long-lived VM (a cluster node,
+# test/cluster/vm-node.sh) and its host share files there while it runs.
+# --tap IFNAME: a virtio network card on the host's tap device IFNAME
+# (made by the caller, e.g. on a bridge); the kernel gets csi_thin.node,
+# so the VM also loads what a Kubernetes node needs (init.sh).
+# --pidfile FILE: QEMU writes its PID there (SIGTERM stops the VM).
 #
 # PROGRAM and every --stage FILE are copied into the VM's work dir: inside
 # the VM, a staged FILE is /tmp/$(basename FILE) and the program runs from
@@ -29,13 +38,16 @@
 # guest kernel, so expect ~10x slower than hardware.
 set -euo pipefail
 
-disk_size=5G mem=3072 timeout_s=${CSI_THIN_VM_TIMEOUT:-1500} staged=()
+disk_size=5G mem=3072 timeout_s=${CSI_THIN_VM_TIMEOUT:-1500} staged=() workdir= tap= pidfile=
 while [ $# -gt 0 ]; do
   case $1 in
     --disk) disk_size=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --stage) staged+=("$2"); shift 2 ;;
+    --workdir) workdir=$2; shift 2 ;;
+    --tap) tap=$2; shift 2 ;;
+    --pidfile) pidfile=$2; shift 2 ;;
     --) shift; break ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) break ;;
@@ -53,9 +65,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 "$here/ensure-tools.sh"
 cache=$("$here/build-image.sh")
 
-work=$(mktemp -d /var/tmp/csi-thin-vm.XXXXXX)
-disk=$work.disk
-cleanup() { rm -rf "$work" "$disk"; }
+if [ -n "$workdir" ]; then
+  mkdir -p "$workdir"
+  work=$(cd "$workdir" && pwd)
+  disk=$(mktemp /var/tmp/csi-thin-vm.XXXXXX.disk)
+  cleanup() { rm -f "$disk"; }
+else
+  work=$(mktemp -d /var/tmp/csi-thin-vm.XXXXXX)
+  disk=$work.disk
+  cleanup() { rm -rf "$work" "$disk"; }
+fi
 trap cleanup EXIT
 
 # The program and the staged files run from the work dir: the host root is
@@ -81,6 +100,16 @@ cp "$here/lvm.conf" "$work/lvm/lvm.conf"
 chmod +x "$work/vm-run.sh"
 
 truncate -s "$disk_size" "$disk"
+rm -f "$work/.exit-status"
+extra=() append=
+if [ -n "$tap" ]; then
+  # A MAC of its own (from the tap's name): QEMU gives every VM the same
+  # one, and two VMs on one bridge would answer each other's ARP.
+  mac=52:54:00:$(printf %s "$tap" | sha256sum | sed -E 's/^(..)(..)(..).*/\1:\2:\3/')
+  extra+=(-netdev "tap,id=net0,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=net0,mac=$mac")
+  append=" csi_thin.node"
+fi
+if [ -n "$pidfile" ]; then extra+=(-pidfile "$pidfile"); fi
 start=$(date +%s)
 set +e
 # The serial console ends lines with CRLF and the firmware clears the
@@ -89,7 +118,7 @@ set +e
 # filter would hold back the last lines of a hung run.
 timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$mem" -smp 2 \
   -nographic -no-reboot -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1$append" ${extra[@]+"${extra[@]}"} \
   -drive "file=$disk,if=virtio,format=raw,discard=unmap,cache=unsafe" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs "local,path=$work,mount_tag=work,security_model=passthrough" \
