@@ -34,7 +34,8 @@ FROM ${BASE_IMAGE}
 # The tools csi-thin and its mount library execute (hack/image.sh lists
 # them): btrfs, mkfs.btrfs, fsck.btrfs (btrfs-progs); mkfs.ext4, e2fsck,
 # resize2fs, dumpe2fs (e2fsprogs); mkfs.xfs, fsck.xfs, xfs_growfs, xfs_io
-# (xfsprogs); lvm (lvm2); thin_check (thin-provisioning-tools); dmsetup;
+# (xfsprogs); lvm (lvm2); thin_check, thin_dump, thin_delta
+# (thin-provisioning-tools); dmsetup;
 # findmnt, blkid, wipefs, fstrim, blockdev, fsck, nsenter (util-linux);
 # mount, umount, losetup (mount); sh, cp, sleep are in the base already.
 RUN apt-get update \

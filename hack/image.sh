@@ -18,11 +18,13 @@ rootfs=$work/rootfs
 # Host tools the image carries. The btrfs backend: btrfs, mkfs.btrfs,
 # losetup, blkid, fstrim; the node service (mount-utils): mount, umount,
 # blkid, fsck*, mkfs.*, resize2fs, xfs_growfs, blockdev, dumpe2fs, xfs_io;
-# the LVM backend: lvm, thin_check, dmsetup; nsenter for --command-prefix.
+# the LVM backend: lvm, thin_check, dmsetup, and thin_dump and thin_delta
+# (its volume streams: the mapped blocks of a snapshot); nsenter for
+# --command-prefix.
 # fsck.xfs and fsck.btrfs are shell scripts, hence sh.
 tools=(sh cp sleep mount umount findmnt blkid losetup wipefs fstrim blockdev nsenter
 	btrfs mkfs.btrfs fsck.btrfs mkfs.ext4 fsck fsck.ext4 e2fsck resize2fs dumpe2fs
-	mkfs.xfs fsck.xfs xfs_growfs xfs_io lvm thin_check dmsetup)
+	mkfs.xfs fsck.xfs xfs_growfs xfs_io lvm thin_check thin_dump thin_delta dmsetup)
 
 # A fresh machine may lack some of them: they come from Debian packages.
 "$root/hack/ensure-packages.sh" image

@@ -236,6 +236,8 @@ check xfs_io -V
 # The LVM backend's tools (no device-mapper needed to print versions).
 expect 'LVM version: +[0-9]+\.' lvm version
 expect '^[0-9]+\.[0-9]+' thin_check -V
+expect '^[0-9]+\.[0-9]+' thin_dump -V
+expect '^[0-9]+\.[0-9]+' thin_delta -V
 # dmsetup prints its library's version, then fails where the kernel (or
 # the container) has no device-mapper: the library line is the check.
 checked[dmsetup]=1
