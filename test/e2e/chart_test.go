@@ -59,13 +59,26 @@ func helm(t *testing.T, args ...string) (string, error) {
 }
 
 func TestChartLint(t *testing.T) {
-	for _, values := range []string{"", "values-e2e.yaml"} {
+	for _, values := range [][]string{nil, {"values-e2e.yaml"}, {"values-e2e.yaml", "values-e2e-vm.yaml"}} {
 		args := []string{"lint", "--strict", chartDir}
-		if values != "" {
-			args = append(args, "-f", values)
+		for _, v := range values {
+			args = append(args, "-f", v)
 		}
 		if out, err := helm(t, args...); err != nil {
-			t.Errorf("helm lint %s: %v\n%s", values, err, out)
+			t.Errorf("helm lint %v: %v\n%s", values, err, out)
+		}
+	}
+}
+
+// TestChartControllersPlaced: the controller's and the snapshot
+// controller's nodeSelectors reach their pods (values-e2e-vm.yaml keeps
+// both off the VM nodes, whose containerd has only the node plugin's image).
+func TestChartControllersPlaced(t *testing.T) {
+	objs := render(t, "--set", "controller.nodeSelector.pool=btrfs",
+		"--set", "snapshotController.install=true", "--set", "snapshotController.nodeSelector.pool=btrfs")
+	for _, name := range []string{"Deployment/csi-thin-controller", "Deployment/csi-thin-snapshot-controller"} {
+		if sel := decode[appsv1.Deployment](t, objs, name).Spec.Template.Spec.NodeSelector; sel["pool"] != "btrfs" || len(sel) != 1 {
+			t.Errorf("%s: nodeSelector %v; want pool=btrfs", name, sel)
 		}
 	}
 }
