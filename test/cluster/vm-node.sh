@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# vm-node.sh — runs inside a test VM (test/vm/run.sh --tap --workdir) and
+# makes it a node of the test cluster: its kernel has dm-thin, which this
+# host's lacks, so the LVM thin backend runs in the cluster there.
+# up.sh starts it (VM_NODES) and writes everything it needs into the VM's
+# work dir, /tmp here: node.env (NAME, IP, SERVICE_CIDR, ROUTES as
+# CIDR@GATEWAY words, NODE_DIRS, LABELS, K8S_BIN), containerd.toml, kubelet.yaml,
+# kube-proxy.yaml, their kubeconfigs, ca.crt, resolv.conf and images.tar
+# (pause, busybox, agnhost). The host's root is this VM's root, read-only,
+# so the binaries are the host's; what a node writes goes to tmpfs.
+#
+# Logs go to /tmp/logs (the host reads them in the work dir). Images to
+# import later are dropped in /tmp/import as NAME.tar; this script imports
+# each and answers with NAME.done (or NAME.failed). It runs until
+# /tmp/stop appears (down.sh), then stops its daemons and the VM powers
+# off.
+set -euo pipefail
+w=/tmp
+# shellcheck source=/dev/null
+source "$w/node.env"
+export PATH=$K8S_BIN:$PATH
+mkdir -p "$w/logs" "$w/import"
+log() { printf '[%s] vm-node %s: %s\n' "$(date +%T)" "$NAME" "$*" | tee -a "$w/logs/vm-node.log"; }
+
+ip link set eth0 up
+ip addr add "$IP/24" dev eth0
+ip route add "$SERVICE_CIDR" dev eth0 src "$IP"
+for r in $ROUTES; do ip route add "${r%@*}" via "${r#*@}"; done
+sysctl -qw net.ipv4.ip_forward=1
+sysctl -qw net.bridge.bridge-nf-call-iptables=1
+
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# What the node writes (images, pods' volumes, logs, CNI and the CSI
+# driver's state) on tmpfs over the read-only root; shared, for the CSI
+# driver's Bidirectional mounts.
+mount --make-rshared /
+for d in /var/lib/kubelet /var/lib/containerd /var/log/pods /var/log/containers /var/lib/cni /dev/shm $NODE_DIRS; do
+	mkdir -p "$d" 2>/dev/null || true # /dev/shm: devtmpfs is writable
+	mount -t tmpfs -o mode=0755 tmpfs "$d"
+done
+mkdir -p /run/containerd /run/lock/lvm
+
+# daemon NAME CMD...: CMD in the background, logging to /tmp/logs/NAME.log.
+pids=()
+daemon() {
+	local name=$1
+	shift
+	"$@" </dev/null >"$w/logs/$name.log" 2>&1 &
+	pids+=("$name:$!")
+	log "started $name (PID $!)"
+}
+# A node whose daemon died is broken: end the VM (up.sh reports it).
+check_daemons() {
+	local p
+	for p in "${pids[@]}"; do
+		kill -0 "${p#*:}" 2>/dev/null && continue
+		log "FAIL: ${p%%:*} exited; the end of its log:"
+		tail -20 "$w/logs/${p%%:*}.log"
+		exit 1
+	done
+}
+# until_ok SECONDS WHAT CMD...: poll CMD.
+until_ok() {
+	local secs=$1 what=$2 end
+	shift 2
+	end=$((SECONDS + secs))
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < end)) || { log "FAIL: no $what after $secs s"; exit 1; }
+		sleep 1
+	done
+}
+
+daemon containerd containerd --config "$w/containerd.toml"
+until_ok 120 containerd ctr version
+ctr -n k8s.io images import "$w/images.tar" >>"$w/logs/vm-node.log" 2>&1
+log "images: $(ctr -n k8s.io images ls -q | tr '\n' ' ')"
+daemon kube-proxy kube-proxy --config "$w/kube-proxy.yaml"
+daemon kubelet kubelet --config "$w/kubelet.yaml" --kubeconfig "$w/kubelet.kubeconfig" \
+	--hostname-override "$NAME" --node-ip "$IP" --root-dir /var/lib/kubelet --v=2 --node-labels "$LABELS"
+log "up"
+echo up >"$w/up"
+
+while :; do
+	# down.sh asks for a stop: the daemons end (and close their connections)
+	# while the control plane still runs, then the VM powers off.
+	if [[ -e $w/stop ]]; then
+		log "stopping"
+		for p in "${pids[@]}"; do kill -TERM "${p#*:}" 2>/dev/null || true; done
+		wait
+		exit 0
+	fi
+	check_daemons
+	for f in "$w"/import/*.tar; do
+		[[ -e $f ]] || continue
+		if ctr -n k8s.io images import "$f" >>"$w/logs/vm-node.log" 2>&1; then
+			log "imported $(basename "$f")"
+			mv "$f" "${f%.tar}.done"
+		else
+			log "FAIL: import of $(basename "$f")"
+			mv "$f" "${f%.tar}.failed"
+		fi
+	done
+	sleep 1
+done
