@@ -19,7 +19,7 @@ export CGO_ENABLED ?= 0
 # driver's go.mod); it builds against this tree through a replace directive.
 BENCH_MOD := cmd/csi-thin-bench
 
-.PHONY: all build lint test cluster-build kube-bin s3-build test-s3 test-chart manifests image test-image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes bench-cluster demo bench clean
+.PHONY: all build lint test cluster-build kube-bin s3-build test-s3 test-chart manifests image test-image test-unit test-btrfs test-reliability test-reliability-lvm fuzz test-lvm test-e2e test-e2e-nodes test-e2e-lvm bench-cluster demo bench clean
 
 all: build
 
@@ -57,7 +57,7 @@ test-btrfs: | $(BIN)
 # (test-unit, test-s3): on a cold machine it waits for the cluster-build
 # lane's first tool, not for the whole build.
 test:
-	hack/test-stages.sh 'packages-host lint kube-bin test-unit test-btrfs test-reliability test-e2e test-e2e-nodes' \
+	hack/test-stages.sh 'packages-host lint kube-bin test-unit test-btrfs test-reliability test-e2e test-e2e-nodes test-e2e-lvm' \
 	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build kube-bin test-s3 test-image packages-host bench-smoke'
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
@@ -97,6 +97,13 @@ test-e2e:
 # topology), ~4 min.
 test-e2e-nodes:
 	E2E_NODES=2 E2E_RUN=TestMultiNode E2E_ARTIFACTS=$(CURDIR)/_output/e2e-nodes bash test/e2e/run.sh
+
+# The LVM thin backend in the cluster: two more nodes that are QEMU VMs
+# (their kernel has dm-thin; test/cluster/vm-node.sh), each with an LVM
+# thin pool: snapshot, restore and clone on one, copies to the other
+# (TestLVMNodes).
+test-e2e-lvm:
+	E2E_NODES=1 E2E_VM_NODES=2 E2E_RUN=TestLVMNodes E2E_UPSTREAM=0 E2E_ARTIFACTS=$(CURDIR)/_output/e2e-lvm bash test/e2e/run.sh
 
 # The cluster benchmark (test/e2e TestBurstBench; docs/performance.md):
 # BURST claims at once, as many clones at once, sequential empty vs clone

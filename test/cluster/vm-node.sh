@@ -11,7 +11,8 @@
 #
 # Logs go to /tmp/logs (the host reads them in the work dir). Images to
 # import later are dropped in /tmp/import as NAME.tar; this script imports
-# each and answers with NAME.done (or NAME.failed). It runs until
+# each and answers with NAME.done (or NAME.failed). /tmp/lvs.request is
+# answered with LVM's list of logical volumes in /tmp/lvs.out. It runs until
 # /tmp/stop appears (down.sh), then stops its daemons and the VM powers
 # off.
 set -euo pipefail
@@ -90,6 +91,13 @@ while :; do
 		exit 0
 	fi
 	check_daemons
+	# The host asks what LVM holds in this VM (test/e2e TestLVMNodes): an
+	# answer from the VM itself, not from the driver under test.
+	if [[ -e $w/lvs.request ]]; then
+		rm -f "$w/lvs.request"
+		lvm lvs --noheadings -o vg_name,lv_name >"$w/lvs.part" 2>&1 || echo "lvs failed: $?" >>"$w/lvs.part"
+		mv "$w/lvs.part" "$w/lvs.out"
+	fi
 	for f in "$w"/import/*.tar; do
 		[[ -e $f ]] || continue
 		if ctr -n k8s.io images import "$f" >>"$w/logs/vm-node.log" 2>&1; then

@@ -29,6 +29,9 @@ type cluster struct {
 	driver  string // namespace of the csi-thin release
 	node    string
 	poolDir string // the btrfs pool's mount point on this host
+	// How long runPodOn waits for a pod to succeed (VM nodes, under
+	// software emulation, need longer).
+	podTimeout time.Duration
 }
 
 var (
@@ -51,11 +54,12 @@ func newCluster(t *testing.T) *cluster {
 	}
 	cfg.QPS, cfg.Burst = 50, 100
 	c := &cluster{
-		kube:    kubernetes.NewForConfigOrDie(cfg),
-		dyn:     dynamic.NewForConfigOrDie(cfg),
-		driver:  envOr("E2E_NAMESPACE", "csi-thin"),
-		node:    envOr("E2E_NODE", "node1"),
-		poolDir: envOr("E2E_STATE_DIR", "/var/lib/csi-thin-e2e") + "/btrfs",
+		kube:       kubernetes.NewForConfigOrDie(cfg),
+		dyn:        dynamic.NewForConfigOrDie(cfg),
+		driver:     envOr("E2E_NAMESPACE", "csi-thin"),
+		node:       envOr("E2E_NODE", "node1"),
+		poolDir:    envOr("E2E_STATE_DIR", "/var/lib/csi-thin-e2e") + "/btrfs",
+		podTimeout: 3 * time.Minute,
 	}
 	ns, err := c.kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: "csi-thin-e2e-"}}, metav1.CreateOptions{})
@@ -64,6 +68,23 @@ func newCluster(t *testing.T) *cluster {
 	}
 	c.ns = ns.Name
 	return c
+}
+
+// step is one part of a scenario; later steps build on what it made.
+type step struct {
+	name string
+	fn   func(*testing.T)
+}
+
+// runSteps runs the steps in order as subtests and stops at the first
+// that fails.
+func runSteps(t *testing.T, steps []step) {
+	t.Helper()
+	for _, s := range steps {
+		if !t.Run(s.name, s.fn) {
+			t.Fatalf("%s failed; later steps depend on it", s.name)
+		}
+	}
 }
 
 func envOr(k, def string) string {
@@ -161,7 +182,7 @@ func (c *cluster) runPod(t *testing.T, name, script string, claims ...string) st
 func (c *cluster) runPodOn(t *testing.T, node, name, script string, claims ...string) string {
 	t.Helper()
 	c.startPodOn(t, node, name, script, claims...)
-	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, c.podTimeout, true, func(ctx context.Context) (bool, error) {
 		p, err := c.kube.CoreV1().Pods(c.ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil

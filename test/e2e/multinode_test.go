@@ -38,10 +38,7 @@ func TestMultiNode(t *testing.T) {
 	}
 	t.Logf("namespace %s, nodes %v; test node %s, other node %s", c.ns, nodes, c.node, other)
 	m := &multiNode{cluster: c, nodes: nodes, other: other, parent: t}
-	steps := []struct {
-		name string
-		fn   func(*testing.T)
-	}{
+	runSteps(t, []step{
 		{"PodsWriteVolumesOnEveryNode", m.testEveryNode},
 		{"AllowedTopologiesRespected", m.testAllowedTopologies},
 		{"FullNodeGetsNoNewVolumes", m.testFullNode},
@@ -53,12 +50,7 @@ func TestMultiNode(t *testing.T) {
 		{"LostNodeReleasesItsClaims", m.testNodeLost},
 		{"DeletedNodeReleasesAndReportsItsStorage", m.testNodeDeleted},
 		{"NothingLeftOnAnyNode", m.testNothingLeft},
-	}
-	for _, s := range steps {
-		if !t.Run(s.name, s.fn) {
-			t.Fatalf("%s failed; later steps depend on it", s.name)
-		}
-	}
+	})
 }
 
 type multiNode struct {

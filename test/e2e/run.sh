@@ -12,6 +12,9 @@
 #   CI=true               a missing prerequisite fails (else: skip, exit 0)
 #   E2E_NODES             how many nodes (default 1; 2 adds TestMultiNode and the
 #                         upstream multiVolume and topology specs)
+#   E2E_VM_NODES          how many more nodes that are QEMU VMs with an LVM thin
+#                         pool each (default 0; test/cluster VM_NODES; the chart
+#                         gets values-e2e-vm.yaml too: TestLVMNodes)
 #   E2E_UPSTREAM=0        skip the upstream suite (=groups: only its group snapshot specs)
 #   E2E_SCENARIOS         run only the TestCluster steps matching this regexp
 #   E2E_RUN               go test -run regexp for the scenarios (overrides E2E_SCENARIOS),
@@ -29,7 +32,7 @@ go_caches=(GOMODCACHE="$(go env GOMODCACHE 2>/dev/null)" GOCACHE="$(go env GOCAC
 # Every node gets its own copy of the driver's state dir (pool file and
 # mount): test/cluster/up.sh mounts it per node.
 state_dir=/var/lib/csi-thin-e2e
-export NODES=${E2E_NODES:-1} K8S_NODE_DIRS=$state_dir
+export NODES=${E2E_NODES:-1} VM_NODES=${E2E_VM_NODES:-0} K8S_NODE_DIRS=$state_dir
 source "$cluster/env.sh"
 source "$root/hack/versions.env"
 artifacts=${E2E_ARTIFACTS:-$root/_output/e2e}
@@ -51,6 +54,10 @@ modprobe loop 2>/dev/null || true
 grep -qw btrfs /proc/filesystems || skip "the kernel has no btrfs"
 [[ -e /dev/loop-control ]] || skip "no loop device support (/dev/loop-control)"
 "$root/hack/ensure-packages.sh" demo >&2 || skip "btrfs-progs missing and not installable"
+if ((VM_NODES)); then
+	"$root/test/vm/ensure-tools.sh" >&2 || skip "the VM's tools (qemu) missing and not installable"
+	[[ -e /dev/net/tun ]] || skip "no /dev/net/tun: VM nodes need a tap device"
+fi
 # One cluster per machine: a second run (another checkout, a colleague)
 # waits for the first instead of failing on its running cluster.
 lock=/var/lock/csi-thin-e2e.lock
@@ -110,6 +117,9 @@ cleanup() {
 		helm uninstall $release -n $ns --wait --timeout 60s >/dev/null 2>&1
 	fi
 	cp -r "$K8S_LOGS" "$artifacts/logs/cluster" 2>/dev/null
+	for d in "$K8S_RUN"/vms/node*/logs; do
+		[[ -d $d ]] && cp -r "$d" "$artifacts/logs/cluster/vm-$(basename "$(dirname "$d")")"
+	done
 	local down_start=$SECONDS
 	# down.sh also releases node2..'s pools (their mount namespaces, loop
 	# devices and files); node1's is this host's state dir.
@@ -142,13 +152,14 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- cluster
-log "e2e: cluster up ($NODES nodes)"
+log "e2e: cluster up (NODES=$NODES, VM_NODES=$VM_NODES)"
 up_start=$SECONDS
 bash "$cluster/up.sh" >"$artifacts/up.log" 2>&1 || { tail -30 "$artifacts/up.log"; exit 1; }
 log "e2e: up.sh took $((SECONDS - up_start)) s"
 export KUBECONFIG=$KUBECONFIG_ADMIN
-nodes=()
-for ((n = 1; n <= NODES; n++)); do nodes+=("$(node_name "$n")"); done
+nodes=() vm_nodes=()
+for ((n = 1; n <= NODES + VM_NODES; n++)); do nodes+=("$(node_name "$n")"); done
+for ((n = NODES + 1; n <= NODES + VM_NODES; n++)); do vm_nodes+=("$(node_name "$n")"); done
 
 log "e2e: csi-thin image"
 env "${go_caches[@]}" IMAGE_OUT="$artifacts/csi-thin-image.tar" bash "$root/hack/image.sh" >"$artifacts/image.log" 2>&1 ||
@@ -159,8 +170,12 @@ rm -f "$artifacts/csi-thin-image.tar"
 log "e2e: snapshot CRDs and the chart"
 kubectl apply -f "$K8S_CACHE/crds/snapshot/" >/dev/null
 wait_established 60 volumesnapshotclasses.snapshot.storage.k8s.io
+vm_values=()
+if ((VM_NODES)); then
+	vm_values=(-f "$here/values-e2e-vm.yaml" --set "storageClasses[3].allowedNodes={$(IFS=,; echo "${vm_nodes[*]}")}")
+fi
 helm install $release "$root/charts/csi-thin" -n $ns --create-namespace \
-	-f "$here/values-e2e.yaml" --set image.tag="$CSI_THIN_TAG" --wait --timeout 180s
+	-f "$here/values-e2e.yaml" ${vm_values[@]+"${vm_values[@]}"} --set image.tag="$CSI_THIN_TAG" --wait --timeout 300s
 # The node agent creates its ThinNode once its manager runs, which can be
 # after its pod turned Ready: `kubectl wait` fails at once on a resource
 # that does not exist yet, so wait for it to appear first.
