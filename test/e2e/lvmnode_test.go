@@ -132,7 +132,7 @@ func (l *lvmNodes) testCopied(t *testing.T) {
 // than the volume's size).
 func (l *lvmNodes) expectLVMVolume(t *testing.T, claim, node string, copied bool) {
 	t.Helper()
-	tvNode, pvNode := (&multiNode{cluster: l.cluster}).volumeNode(t, claim)
+	tvNode, pvNode := l.volumeNode(t, claim)
 	if tvNode != node || pvNode != node {
 		t.Errorf("%s: ThinVolume on %q, PV pinned to %q; want %s", claim, tvNode, pvNode, node)
 	}

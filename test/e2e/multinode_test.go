@@ -91,10 +91,10 @@ func (m *multiNode) onNode(t *testing.T, node, name string, args ...string) stri
 
 // volumeNode returns the node of the claim's ThinVolume and the node its
 // PV is pinned to.
-func (m *multiNode) volumeNode(t *testing.T, claim string) (thinVolume, pv string) {
+func (c *cluster) volumeNode(t *testing.T, claim string) (thinVolume, pv string) {
 	t.Helper()
-	p := m.waitBound(t, claim, 2*time.Minute)
-	obj, err := m.kube.CoreV1().PersistentVolumes().Get(context.Background(), p.Spec.VolumeName, metav1.GetOptions{})
+	p := c.waitBound(t, claim, 2*time.Minute)
+	obj, err := c.kube.CoreV1().PersistentVolumes().Get(context.Background(), p.Spec.VolumeName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("PV of %s: %v", claim, err)
 	}
@@ -104,7 +104,7 @@ func (m *multiNode) volumeNode(t *testing.T, claim string) (thinVolume, pv strin
 	} else {
 		t.Errorf("PV %s node affinity %+v", obj.Name, terms)
 	}
-	tv, err := m.dyn.Resource(thinVolumeGVR).Get(context.Background(), obj.Spec.CSI.VolumeHandle, metav1.GetOptions{})
+	tv, err := c.dyn.Resource(thinVolumeGVR).Get(context.Background(), obj.Spec.CSI.VolumeHandle, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("ThinVolume of %s: %v", claim, err)
 	}
