@@ -19,6 +19,8 @@ for d in proc sys dev; do mount --bind /$d /mnt/root/$d; done
 # /run holds TMPDIR and the tests' small loop-file pools.
 mount -t tmpfs -o size=75% run /mnt/root/run
 mount -t 9p -o $o,cache=none work /mnt/root/tmp
+# run.sh waits for this mark to tell a booted VM from a hung kernel.
+: >/mnt/root/tmp/.booted
 chroot /mnt/root /tmp/vm-run.sh
 echo "VM-EXIT-STATUS=$(cat /mnt/root/tmp/.exit-status 2>/dev/null)"
 sync
