@@ -6,7 +6,7 @@
 # /proc/PID/status (idle), then runs $N rounds of CSI calls through a
 # controller (the same binary, --mode=controller) and the node plugin
 # (hack/rssprobe/csiload: create, snapshot, restore, stage, publish, write,
-# and back), scrapes /metrics and /healthz, and prints the status again
+# and back), scrapes /metrics and /readyz (the pool check), and prints the status again
 # (peak), the Go runtime's memory statistics, and the largest mappings of
 # /proc/PID/smaps (what the resident set is made of).
 # Evidence for docs/performance.md (RSS goal). Needs root (loop, mount),
@@ -114,7 +114,7 @@ if ! "$tmp/csiload" -controller "unix://$tmp/controller.sock" -node "unix://$tmp
 fi
 for _ in 1 2 3; do
 	curl -fsS "http://127.0.0.1:$metrics_port/metrics" >/dev/null
-	curl -fsS "http://127.0.0.1:$health_port/healthz" >/dev/null
+	curl -fsS "http://127.0.0.1:$health_port/readyz" >/dev/null
 done
 sleep 3
 status peak

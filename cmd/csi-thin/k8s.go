@@ -20,6 +20,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -73,7 +74,7 @@ func runController(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	if err := mgr.AddHealthzCheck("router", healthCheck(r.Health)); err != nil {
+	if err := addProbes(mgr, "router", r.Health); err != nil {
 		return err
 	}
 	synced := new(atomic.Bool)
@@ -128,7 +129,7 @@ func runNode(ctx context.Context, o *options) error {
 		return err
 	}
 	health := poolHealth(pool)
-	if err := mgr.AddHealthzCheck("pool", healthCheck(health)); err != nil {
+	if err := addProbes(mgr, "pool", health); err != nil {
 		return err
 	}
 
@@ -304,17 +305,39 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // poolHealthInterval is how long a pool health check's answer is reused
-// by /healthz and the CSI Probe (the kubelet probes every 10s by default).
+// by /readyz and the CSI Probe (the kubelet probes every 10s by default).
 const poolHealthInterval = 5 * time.Second
 
-// poolHealth is the node's pool health as /healthz and Probe ask it: the
+// poolHealth is the node's pool health as /readyz and Probe ask it: the
 // endpoint is unauthenticated and one check of an LVM pool is one lvs,
 // so a flood of requests runs one check per interval.
 func poolHealth(pool backend.Local) driver.HealthFunc {
 	return driver.CachedHealth(pool.Health, poolHealthInterval)
 }
 
-// healthCheck adapts a backend health function to a /healthz check.
+// probeServer is where the kubelet's probes are answered: the manager's
+// health probe endpoint.
+type probeServer interface {
+	AddHealthzCheck(name string, check healthz.Checker) error
+	AddReadyzCheck(name string, check healthz.Checker) error
+}
+
+// addProbes answers liveness (/healthz) as long as the process serves, and
+// readiness (/readyz) with check. A pool that is full, failing or slow to
+// answer (an lvs on a loaded node) is not fixed by a restart, and a
+// restart kills the copies and exports in flight: so its health decides
+// readiness, never liveness.
+func addProbes(srv probeServer, name string, check driver.HealthFunc) error {
+	if err := srv.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return fmt.Errorf("liveness check: %w", err)
+	}
+	if err := srv.AddReadyzCheck(name, healthCheck(check)); err != nil {
+		return fmt.Errorf("readiness check %s: %w", name, err)
+	}
+	return nil
+}
+
+// healthCheck adapts a backend health function to a probe check.
 func healthCheck(health driver.HealthFunc) func(*http.Request) error {
 	return func(req *http.Request) error {
 		if h := health(req.Context()); !h.Healthy {

@@ -96,7 +96,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.trimInterval, "trim-interval", 0, "trim (FITRIM) the filesystems that do not discard online every interval, one at a time, plus up to 10% jitter: a btrfs pool mounted without discard, LVM thin volumes staged with mount option nodiscard (0: off; docs/consistency.md)")
 	fs.StringVar(&o.cmdPrefix, "command-prefix", "", "prefix for storage commands, space-separated (e.g. 'nsenter -t 1 -m -u -i -n -p --' to run LVM in the host's namespaces)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "controller/node: kubeconfig (default: in-cluster)")
-	fs.StringVar(&o.healthAddr, "health-address", ":9808", "controller/node: address of the /healthz endpoint (empty: off)")
+	fs.StringVar(&o.healthAddr, "health-address", ":9808", "controller/node: address of the /healthz (liveness) and /readyz (readiness) endpoints (empty: off)")
 	fs.StringVar(&o.metricsAddr, "metrics-address", ":9809", "controller/node: address of the Prometheus /metrics endpoint (empty: off)")
 	fs.StringVar(&o.registration, "registration-socket", "", "node: kubelet plugin-registration socket (default: <kubelet-dir>/plugins_registry/csi-thin.io-reg.sock)")
 	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node: the kubelet's root directory")

@@ -248,12 +248,47 @@ pools:
 	}
 }
 
+// TestChartProbes: the kubelet restarts a driver pod only when its process
+// no longer serves (/healthz); the pool's health, or the controller's
+// cache sync, only takes the pod out of Ready (/readyz). The node's probe
+// timing comes from values.
+func TestChartProbes(t *testing.T) {
+	objs := render(t, "--set", "node.livenessProbe.timeoutSeconds=9", "--set", "node.readinessProbe.timeoutSeconds=20")
+	node := decode[appsv1.DaemonSet](t, objs, "DaemonSet/csi-thin-node-default").Spec.Template.Spec.Containers[0]
+	ctrl := decode[appsv1.Deployment](t, objs, "Deployment/csi-thin-controller").Spec.Template.Spec.Containers[0]
+	for _, tc := range []struct {
+		name        string
+		probe       *corev1.Probe
+		path        string
+		timeoutSecs int32
+	}{
+		{"node liveness", node.LivenessProbe, "/healthz", 9},
+		{"node readiness", node.ReadinessProbe, "/readyz", 20},
+		{"controller liveness", ctrl.LivenessProbe, "/healthz", 0},
+		{"controller readiness", ctrl.ReadinessProbe, "/readyz", 0},
+	} {
+		if tc.probe == nil || tc.probe.HTTPGet == nil {
+			t.Errorf("%s: no HTTP probe", tc.name)
+			continue
+		}
+		if tc.probe.HTTPGet.Path != tc.path || tc.probe.TimeoutSeconds != tc.timeoutSecs {
+			t.Errorf("%s: path %s timeout %ds, want %s %ds", tc.name, tc.probe.HTTPGet.Path, tc.probe.TimeoutSeconds, tc.path, tc.timeoutSecs)
+		}
+	}
+	def := decode[appsv1.DaemonSet](t, render(t), "DaemonSet/csi-thin-node-default").Spec.Template.Spec.Containers[0]
+	if p := def.LivenessProbe; p.TimeoutSeconds != 5 || p.FailureThreshold != 6 || p.InitialDelaySeconds != 10 {
+		t.Errorf("default node liveness %+v, want 5s timeout, 6 failures, 10s delay", p)
+	}
+}
+
 func TestChartSchemaRejectsBadValues(t *testing.T) {
 	for _, bad := range [][]string{
 		{"--set", "pools[0].backend=zfs"},
 		{"--set", "node.kubeletDir=relative/path"},
 		{"--set", "unknownKey=1"},
 		{"--set", "storageClasses[0].volumeBindingMode=Later"},
+		{"--set", "node.livenessProbe.timeoutSeconds=0"},
+		{"--set", "node.readinessProbe.exec=x"},
 	} {
 		if _, err := helm(t, append([]string{"template", "x", chartDir, "--kube-version", "1.34.0"}, bad...)...); err == nil {
 			t.Errorf("values %v accepted", bad)
