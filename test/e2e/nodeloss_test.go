@@ -37,7 +37,8 @@ const lostAfterForTest = "60s"
 // nothing of the pod left to reconstruct the volume from and does not
 // unstage it: the agent unmounts that leftover staging mount itself and
 // removes the storage and the ThinVolume. Nothing leaks, no manual step;
-// and a volume of that node whose claim was kept is Ready again.
+// a volume of that node whose claim was kept is Ready again; and a claim
+// whose pod was put on the node as it died is provisioned once it is back.
 func (m *multiNode) testNodeLost(t *testing.T) {
 	ctx := context.Background()
 	node := m.other
@@ -59,6 +60,11 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	kubelet := m.killNode(t, node)
+	// A claim whose pod the scheduler puts on the node just after it died
+	// (it still looks Ready, with room): its volume is asked of the dead
+	// node, never made, and judged Lost with the rest.
+	m.createPVC(t, "interrupted", classWFFC, "1Gi")
+	m.startPodOn(t, node, "interrupted-user", "sleep 3600", "interrupted")
 	m.tearDownPodVolumes(t, node, string(pod.UID), handle)
 	start := time.Now()
 	err = m.waitVolumePhase(ctx, handle, "Lost", 4*time.Minute)
@@ -122,6 +128,7 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	}
 	m.waitClusterEvent(t, handle, "LeftoverStagingUnmounted", time.Minute)
 	m.waitNodeBack(t, node)
+	m.checkInterruptedClaimMade(t, "interrupted", "interrupted-user")
 	// A claim of that node that nobody deleted (testEveryNode's) was Lost
 	// too, and is Ready again: the agent found its storage.
 	kept := volumeHandle(t, m.cluster, m.waitBound(t, "on-"+node, time.Minute))
@@ -129,6 +136,30 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	if err != nil {
 		t.Errorf("volume %s of claim on-%s not Ready again after its node came back: %v", kept, node, err)
 	}
+}
+
+// checkInterruptedClaimMade: the claim's volume, asked of a node that died
+// before making it, was judged Lost; the node, back, made it (Resumed),
+// and the claim binds as its provisioner retries. Its pod may have been
+// evicted meanwhile (an unreachable node's pods go after 5 min): the claim
+// and its volume are what is checked; both are removed after.
+func (m *multiNode) checkInterruptedClaimMade(t *testing.T, claim, pod string) {
+	t.Helper()
+	ctx := context.Background()
+	// The provisioner's retries back off (up to 5 min apart) while the
+	// volume is Lost.
+	pv := m.waitBound(t, claim, 7*time.Minute)
+	id := volumeHandle(t, m.cluster, pv)
+	m.waitClusterEvent(t, id, "NodeLost", time.Minute)
+	m.waitClusterEvent(t, id, "Resumed", time.Minute)
+	if err := m.waitVolumePhase(ctx, id, "Ready", time.Minute); err != nil {
+		t.Errorf("volume %s of claim %s not Ready after its node came back: %v", id, claim, err)
+	}
+	if err := m.kube.CoreV1().Pods(m.ns).Delete(ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatalf("delete pod %s: %v", pod, err)
+	}
+	m.waitPodGone(t, pod)
+	m.deletePVCs(t, claim)
 }
 
 // tearDownPodVolumes does on a node whose kubelet is dead what that

@@ -62,4 +62,7 @@ const (
 	ReasonStorageMissing = "StorageMissing"
 	// ReasonRecovered: the node came back with the storage.
 	ReasonRecovered = "Recovered"
+	// ReasonResumed: the node came back, and the object it had not made
+	// yet when it was judged lost is being made now.
+	ReasonResumed = "Resumed"
 )

@@ -128,7 +128,9 @@ func (r *GroupSnapshotReconciler) recover(ctx context.Context, g *thinv1.ThinGro
 	if err == nil {
 		g.Status.ReadyToUse = group.ReadyToUse
 	}
-	return recovered(ctx, r.Client, r.Recorder, r.tracked(g), err == nil)
+	// A group never made stays Lost: making it now would have to come
+	// before its members' reconcile (take), which nothing orders.
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(g), err == nil, true)
 }
 
 func (r *GroupSnapshotReconciler) tracked(g *thinv1.ThinGroupSnapshot) tracked {

@@ -376,6 +376,54 @@ func TestSnapshotLifecycle(t *testing.T) {
 	}
 }
 
+// TestLostSnapshotRecovers: as TestLostVolumeRecovers, for snapshots. A
+// snapshot never taken is taken once its node is back; a member of a group
+// never is (alone it would not be of the group's instant), nor one taken
+// whose storage is gone.
+func TestLostSnapshotRecovers(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		taken      bool
+		group      string
+		wantPhase  thinv1.Phase
+		wantReason string
+	}{
+		{"never taken", false, "", thinv1.PhaseReady, thinv1.ReasonCreated},
+		{"taken, storage gone", true, "", thinv1.PhaseLost, thinv1.ReasonStorageMissing},
+		{"member never taken", false, "group-1", thinv1.PhaseLost, thinv1.ReasonStorageMissing},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := &thinv1.ThinSnapshot{
+				ObjectMeta: metav1.ObjectMeta{Name: snap1, Generation: 1, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+				Spec:       thinv1.ThinSnapshotSpec{Node: "n1", SourceVolumeID: vol1, GroupID: tc.group},
+				Status:     thinv1.ThinSnapshotStatus{Phase: thinv1.PhaseLost},
+			}
+			if tc.taken {
+				ts.Status.CreationTime = &metav1.Time{Time: time.Unix(1700000000, 0)}
+			}
+			e := newEnv(t, newVolume(vol1, "n1", backend.GiB), ts)
+			e.reconcileVolume(vol1)
+			req := ctrl.Request{NamespacedName: types.NamespacedName{Name: snap1}}
+			for range 2 { // recover, then (resumed) take
+				if _, err := e.sr.Reconcile(e.ctx, req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := &thinv1.ThinSnapshot{}
+			if err := e.c.Get(e.ctx, req.NamespacedName, got); err != nil {
+				t.Fatal(err)
+			}
+			c := apimeta.FindStatusCondition(got.Status.Conditions, thinv1.ConditionReady)
+			if got.Status.Phase != tc.wantPhase || c == nil || c.Reason != tc.wantReason {
+				t.Errorf("status %+v; want phase %s, reason %s", got.Status, tc.wantPhase, tc.wantReason)
+			}
+			if _, taken := e.pool.snaps[snap1]; taken != (tc.wantPhase == thinv1.PhaseReady) {
+				t.Errorf("snapshot in the pool: %v; want it only when Ready", taken)
+			}
+		})
+	}
+}
+
 func TestNodeStatus(t *testing.T) {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-1"}}
 	e := newEnv(t, node)
@@ -484,16 +532,20 @@ func TestFirstSightingSkipsRoundTrips(t *testing.T) {
 
 // TestLostVolumeRecovers: a volume the controller marked Lost is Ready
 // again once its agent finds the storage; without the storage it stays
-// Lost with the reason and nothing is recreated.
+// Lost with the reason and nothing is recreated. A volume the node had
+// not made yet when it was judged lost is made once it is back.
 func TestLostVolumeRecovers(t *testing.T) {
-	lost := func(name string) *thinv1.ThinVolume {
+	lost := func(name string, made bool) *thinv1.ThinVolume {
 		tv := newVolume(name, "n1", backend.GiB)
 		tv.Finalizers = []string{wellknown.FinalizerNodeCleanup}
 		tv.Status.Phase = thinv1.PhaseLost
+		if made {
+			tv.Status.SizeBytes = backend.GiB
+		}
 		return tv
 	}
-	vol2 := backend.VolumeIDFor("two")
-	e := newEnv(t, lost(vol1), lost(vol2))
+	vol2, vol3 := backend.VolumeIDFor("two"), backend.VolumeIDFor("three")
+	e := newEnv(t, lost(vol1, true), lost(vol2, true), lost(vol3, false))
 	e.pool.vols[vol1] = &backend.Volume{ID: vol1, SizeBytes: backend.GiB}
 	e.reconcileVolume(vol1)
 	e.reconcileVolume(vol2)
@@ -511,6 +563,20 @@ func TestLostVolumeRecovers(t *testing.T) {
 		}
 	}
 	e.event(thinv1.ReasonRecovered)
+
+	// Never made: back to Pending (the status update is what brings the
+	// next reconcile), then made.
+	e.reconcileVolume(vol3)
+	tv = e.volume(vol3)
+	c = apimeta.FindStatusCondition(tv.Status.Conditions, thinv1.ConditionReady)
+	if tv.Status.Phase != thinv1.PhasePending || c == nil || c.Reason != thinv1.ReasonResumed {
+		t.Fatalf("never-made volume after its node is back: status %+v", tv.Status)
+	}
+	e.event(thinv1.ReasonResumed)
+	e.reconcileVolume(vol3)
+	if tv := e.volume(vol3); tv.Status.Phase != thinv1.PhaseReady || tv.Status.SizeBytes != backend.GiB || e.pool.vols[vol3] == nil {
+		t.Errorf("never-made volume not made once its node is back: status %+v", tv.Status)
+	}
 }
 
 // TestStraysReported: storage without a resource is counted and listed in
