@@ -146,9 +146,9 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 func (m *multiNode) checkInterruptedClaimMade(t *testing.T, claim, pod string) {
 	t.Helper()
 	ctx := context.Background()
-	// The provisioner's retries back off (up to 5 min apart) while the
-	// volume is Lost.
-	pv := m.waitBound(t, claim, 7*time.Minute)
+	// A CreateVolume waits out a never-made volume's Lost, so the call in
+	// flight when the node returns binds the claim.
+	pv := m.waitBound(t, claim, 3*time.Minute)
 	id := volumeHandle(t, m.cluster, pv)
 	m.waitClusterEvent(t, id, "NodeLost", time.Minute)
 	m.waitClusterEvent(t, id, "Resumed", time.Minute)

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +25,8 @@ import (
 // returns at once. On a node deleted from the cluster the resource goes
 // (finalizer released); on a node that still exists it stays terminating,
 // the record its agent acts on when it returns. A create that finds its
-// resource Lost fails Unavailable and keeps it.
+// resource Lost, made before its node was lost, fails Unavailable and
+// keeps it.
 func TestDeleteLostDoesNotWait(t *testing.T) {
 	s := runtime.NewScheme()
 	if err := thinv1.AddToScheme(s); err != nil {
@@ -41,6 +43,7 @@ func TestDeleteLostDoesNotWait(t *testing.T) {
 		}
 	}
 	gone, away := lostVol(volA, "gone"), lostVol(volB, "away")
+	away.Status.SizeBytes = backend.GiB // made
 	snap := &thinv1.ThinSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: snapA, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: "gone", SourceVolumeID: volA},
@@ -74,5 +77,57 @@ func TestDeleteLostDoesNotWait(t *testing.T) {
 	kept := &thinv1.ThinVolume{}
 	if err := c.Get(ctx, client.ObjectKey{Name: volB}, kept); err != nil || kept.DeletionTimestamp == nil || len(kept.Finalizers) != 1 {
 		t.Errorf("volume of an existing, silent node: %v, deleting %v, finalizers %v", err, kept.DeletionTimestamp, kept.Finalizers)
+	}
+}
+
+// TestCreateWaitsOutLostNeverMade: a volume its node had not made when
+// the node was judged lost is made once the node is back (the agent
+// resumes it), so a create waits for it as for a Pending one: it fails
+// DeadlineExceeded, naming the loss, if the node stays away, and succeeds
+// once the node makes it, within the call.
+func TestCreateWaitsOutLostNeverMade(t *testing.T) {
+	s := runtime.NewScheme()
+	if err := thinv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	tv := &thinv1.ThinVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: volA, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+		Spec:       thinv1.ThinVolumeSpec{Node: "away", RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
+		Status: thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost, Conditions: []metav1.Condition{{Type: thinv1.ConditionReady,
+			Status: metav1.ConditionFalse, Reason: thinv1.ReasonNodeLost, Message: "the agent on away has not reported", LastTransitionTime: metav1.Now()}}},
+	}
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(tv).WithStatusSubresource(&thinv1.ThinVolume{}).Build()
+	r, err := New(context.Background(), c, c, &informertest.FakeInformers{Scheme: s}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := backend.VolumeRequest{ID: volA, Node: "away", RequiredBytes: backend.GiB, AccessType: backend.AccessMount}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err = r.CreateVolume(ctx, req)
+	cancel()
+	if rpcerr.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "has not reported") {
+		t.Errorf("create of a never-made volume whose node stays away: %v (%v), want DeadlineExceeded naming the loss", err, rpcerr.Code(err))
+	}
+
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		made := &thinv1.ThinVolume{}
+		if err := c.Get(ctx, client.ObjectKey{Name: volA}, made); err != nil {
+			t.Error(err)
+			return
+		}
+		made.Status.Phase, made.Status.SizeBytes = thinv1.PhaseReady, backend.GiB
+		if err := c.Status().Update(ctx, made); err != nil {
+			t.Error(err)
+			return
+		}
+		r.events.notify(volA)
+	}()
+	v, err := r.CreateVolume(ctx, req)
+	if err != nil || v.SizeBytes != backend.GiB {
+		t.Fatalf("create while the node comes back and makes the volume: %+v, %v", v, err)
 	}
 }

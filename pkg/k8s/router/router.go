@@ -217,12 +217,18 @@ type nodeVerdict struct {
 	node, code, message string
 	phase               thinv1.Phase
 	conditions          []metav1.Condition
+	// resumable: the node had not made the resource when it was judged
+	// lost, so Lost is not final: the node, back, makes it (Resumed).
+	resumable bool
 }
 
 // waitVerdict waits until the node has made the resource obj (Ready), or
 // failed to (Failed: obj is deleted so that a retry starts afresh), or is
 // lost (Lost: obj is kept, the node may come back with it), and returns
-// the node's error. what names the resource in a timeout's error.
+// the node's error. what names the resource in a timeout's error. A
+// resumable resource's Lost is waited out like Pending: the call in
+// flight when its node returns succeeds, where an immediate error would
+// leave the claim to its sidecar's retries, backing off to 5 min apart.
 func (r *Router) waitVerdict(ctx context.Context, obj client.Object, what string, state func() nodeVerdict) error {
 	wctx, cancel := r.waitContext(ctx)
 	defer cancel()
@@ -244,6 +250,9 @@ func (r *Router) waitVerdict(ctx context.Context, obj client.Object, what string
 		case thinv1.PhaseReady:
 			return true, nil
 		case thinv1.PhaseLost:
+			if s.resumable {
+				return false, nil
+			}
 			nodeErr = lostError(s.node, s.conditions)
 			return true, nil
 		case thinv1.PhaseFailed:
@@ -258,6 +267,9 @@ func (r *Router) waitVerdict(ctx context.Context, obj client.Object, what string
 	s := state()
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			if s.phase == thinv1.PhaseLost {
+				return fmt.Errorf("%s not made yet (%v); node %s makes it when it is back: %w", what, lostError(s.node, s.conditions), s.node, err)
+			}
 			return fmt.Errorf("%s still %s on node %s (is the csi-thin node agent running there?): %w", what, phaseOf(s.phase), s.node, err)
 		}
 		return err

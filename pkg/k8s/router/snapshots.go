@@ -67,7 +67,8 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 	}
 
 	if err := r.waitVerdict(ctx, ts, "snapshot "+req.ID, func() nodeVerdict {
-		return nodeVerdict{ts.Spec.Node, ts.Status.Code, ts.Status.Message, ts.Status.Phase, ts.Status.Conditions}
+		return nodeVerdict{node: ts.Spec.Node, code: ts.Status.Code, message: ts.Status.Message, phase: ts.Status.Phase,
+			conditions: ts.Status.Conditions, resumable: ts.Status.CreationTime == nil && ts.Spec.GroupID == ""}
 	}); err != nil {
 		return nil, err
 	}

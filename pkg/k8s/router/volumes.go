@@ -78,7 +78,8 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 	}
 
 	if err := r.waitVerdict(ctx, tv, "volume "+req.ID, func() nodeVerdict {
-		return nodeVerdict{tv.Spec.Node, tv.Status.Code, tv.Status.Message, tv.Status.Phase, tv.Status.Conditions}
+		return nodeVerdict{node: tv.Spec.Node, code: tv.Status.Code, message: tv.Status.Message, phase: tv.Status.Phase,
+			conditions: tv.Status.Conditions, resumable: tv.Status.SizeBytes == 0}
 	}); err != nil {
 		return nil, copyInProgress(tv, err)
 	}
