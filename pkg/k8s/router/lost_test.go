@@ -90,13 +90,16 @@ func TestCreateWaitsOutLostNeverMade(t *testing.T) {
 	if err := thinv1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
+	if err := corev1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
 	tv := &thinv1.ThinVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: volA, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
 		Spec:       thinv1.ThinVolumeSpec{Node: "away", RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
 		Status: thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost, Conditions: []metav1.Condition{{Type: thinv1.ConditionReady,
 			Status: metav1.ConditionFalse, Reason: thinv1.ReasonNodeLost, Message: "the agent on away has not reported", LastTransitionTime: metav1.Now()}}},
 	}
-	c := fake.NewClientBuilder().WithScheme(s).WithObjects(tv).WithStatusSubresource(&thinv1.ThinVolume{}).Build()
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(tv, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "away"}}).WithStatusSubresource(&thinv1.ThinVolume{}).Build()
 	r, err := New(context.Background(), c, c, &informertest.FakeInformers{Scheme: s}, Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -129,5 +132,53 @@ func TestCreateWaitsOutLostNeverMade(t *testing.T) {
 	v, err := r.CreateVolume(ctx, req)
 	if err != nil || v.SizeBytes != backend.GiB {
 		t.Fatalf("create while the node comes back and makes the volume: %+v, %v", v, err)
+	}
+}
+
+// TestCreateDiscardsNeverMadeOfDeletedNode: a volume whose node was lost
+// before making it and then deleted from the cluster is never made by any
+// agent; the provisioner reschedules its claim, and the create discards
+// the old attempt (Aborted, so it retries) and makes it on the new node.
+// One that was made stays, Lost.
+func TestCreateDiscardsNeverMadeOfDeletedNode(t *testing.T) {
+	s := runtime.NewScheme()
+	if err := thinv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := corev1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	lost := func(id string, sizeBytes int64) *thinv1.ThinVolume {
+		return &thinv1.ThinVolume{
+			ObjectMeta: metav1.ObjectMeta{Name: id, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+			Spec:       thinv1.ThinVolumeSpec{Node: "gone", RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
+			Status:     thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost, SizeBytes: sizeBytes},
+		}
+	}
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(lost(volA, 0), lost(volB, backend.GiB)).
+		WithStatusSubresource(&thinv1.ThinVolume{}).Build()
+	r, err := New(context.Background(), c, c, &informertest.FakeInformers{Scheme: s}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(id string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_, err := r.CreateVolume(ctx, backend.VolumeRequest{ID: id, Node: "n2", RequiredBytes: backend.GiB, AccessType: backend.AccessMount})
+		return err
+	}
+	if err := create(volA); rpcerr.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "was deleted from the cluster") {
+		t.Fatalf("create of a never-made volume of a deleted node: %v (%v), want Aborted", err, rpcerr.Code(err))
+	}
+	_ = create(volA) // the retry: creates it on n2, then waits (no agent here)
+	tv := &thinv1.ThinVolume{}
+	if err := c.Get(context.Background(), client.ObjectKey{Name: volA}, tv); err != nil || tv.Spec.Node != "n2" || tv.Status.Phase == thinv1.PhaseLost {
+		t.Errorf("retried create: %v, node %q, phase %q; want a new ThinVolume on n2", err, tv.Spec.Node, tv.Status.Phase)
+	}
+	if err := create(volB); rpcerr.Code(err) != codes.Unavailable {
+		t.Errorf("create of a made volume of a deleted node: %v (%v), want Unavailable", err, rpcerr.Code(err))
+	}
+	if err := c.Get(context.Background(), client.ObjectKey{Name: volB}, tv); err != nil || tv.DeletionTimestamp != nil {
+		t.Errorf("made volume of a deleted node: %v, deleting %v; want it kept", err, tv.DeletionTimestamp)
 	}
 }

@@ -72,6 +72,9 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 		if err := compatibleVolume(tv, req); err != nil {
 			return nil, err
 		}
+		if err := r.discardUnmadeOfGoneNode(ctx, tv); err != nil {
+			return nil, err
+		}
 		logger.V(2).Info("ThinVolume exists, waiting for it", "node", tv.Spec.Node, "phase", tv.Status.Phase)
 	} else {
 		logger.Info("ThinVolume created, waiting for the node", "node", node, "requiredBytes", req.RequiredBytes, "source", req.Source.ID)
@@ -86,6 +89,31 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 	stages.done(stageNode)
 	logger.Info("volume ready", "node", tv.Spec.Node, "sizeBytes", tv.Status.SizeBytes)
 	return volumeOf(tv), nil
+}
+
+// discardUnmadeOfGoneNode deletes tv, and returns an error that has the
+// sidecar retry, when its node was lost before making it and has since
+// been deleted from the cluster: no agent will ever make it, and the claim
+// (its selected node gone, rescheduled by the provisioner) is to be made
+// afresh where the scheduler now puts it. A volume that was made is kept,
+// Lost: its data is not given up on a guess.
+func (r *Router) discardUnmadeOfGoneNode(ctx context.Context, tv *thinv1.ThinVolume) error {
+	if tv.Status.Phase != thinv1.PhaseLost || tv.Status.SizeBytes > 0 {
+		return nil
+	}
+	err := r.api.Get(ctx, client.ObjectKey{Name: tv.Spec.Node}, &corev1.Node{})
+	if !apierrors.IsNotFound(err) {
+		if err != nil {
+			return fmt.Errorf("get Node %s: %w", tv.Spec.Node, err)
+		}
+		return nil // the node may come back and make it
+	}
+	if err := r.deleteLost(ctx, tv, tv.Spec.Node); err != nil {
+		return err
+	}
+	klog.FromContext(ctx).Info("discarded a volume its node, now deleted from the cluster, never made", "volumeID", tv.Name, "node", tv.Spec.Node)
+	return fmt.Errorf("volume %s: node %s was deleted from the cluster before it made the volume; that attempt is discarded, and the next one makes it afresh: %w",
+		tv.Name, tv.Spec.Node, backend.ErrBusy)
 }
 
 func phaseOf(p thinv1.Phase) thinv1.Phase {
