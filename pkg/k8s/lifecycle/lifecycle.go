@@ -173,7 +173,12 @@ func (d *Detector) Scan(ctx context.Context) error {
 		return err
 	}
 	if d.CollectOrphans {
-		return d.collectOrphans(ctx, vols.Items, func(node string) bool { return states[node] != nil && states[node].lost })
+		return d.collectOrphans(ctx, vols.Items, func(node string) nodeState {
+			if s := states[node]; s != nil {
+				return *s
+			}
+			return nodeState{}
+		})
 	}
 	return nil
 }

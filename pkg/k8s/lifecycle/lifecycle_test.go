@@ -217,3 +217,36 @@ func TestOrphansCollected(t *testing.T) {
 		t.Errorf("retained orphan not reported: %v", rec.events)
 	}
 }
+
+// TestNeverMadeOfDeletedNodeCollected: a volume asked of a node that was
+// then deleted from the cluster before making it (its claim deleted too,
+// so no create retries it) is collected after the grace period, and its
+// finalizer released: nothing is left. A volume that node made is kept.
+func TestNeverMadeOfDeletedNodeCollected(t *testing.T) {
+	old := metav1.NewTime(now.Add(-time.Hour))
+	unmade, made := volume("unmade", "gone"), volume("made", "gone")
+	unmade.CreationTimestamp, made.CreationTimestamp = old, old
+	unmade.Finalizers = []string{wellknown.FinalizerNodeCleanup}
+	made.Finalizers = []string{wellknown.FinalizerNodeCleanup}
+	made.Status.Phase, made.Status.SizeBytes = thinv1.PhaseReady, 1<<30
+	c := fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(unmade, made).
+		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}, &thinv1.ThinNode{}).Build()
+	rec := &recorder{}
+	d := &Detector{Client: c, API: c, Recorder: rec, Now: func() time.Time { return now }, CollectOrphans: true}
+	ctx := context.Background()
+	for range 2 { // marked Lost and deleted, then its finalizer released
+		if err := d.Scan(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(unmade), &thinv1.ThinVolume{}); !apierrors.IsNotFound(err) {
+		t.Errorf("never-made volume of a deleted node still there: %v", err)
+	}
+	if !rec.has("*v1alpha1.ThinVolume/" + unmade.Name + " OrphanDeleted") {
+		t.Errorf("no OrphanDeleted event: %v", rec.events)
+	}
+	got := &thinv1.ThinVolume{}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(made), got); err != nil || got.DeletionTimestamp != nil || got.Status.Phase != thinv1.PhaseLost {
+		t.Errorf("made volume of a deleted node: %v, deleting %v, phase %s; want it kept, Lost", err, got.DeletionTimestamp, got.Status.Phase)
+	}
+}

@@ -25,8 +25,11 @@ const DefaultOrphanGrace = 15 * time.Minute
 // were being made, or the provisioner crashed before writing the PV), with
 // an Event; the node agent then removes the storage through the usual
 // finalizer. Volumes made without a name (not by a provisioner) and those
-// of lost nodes are left alone.
-func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume, lost func(node string) bool) error {
+// of lost nodes are left alone, except one its node never made before it
+// was deleted from the cluster: no agent will ever make or remove it, it
+// holds no data, and its finalizer is released as for any resource of a
+// deleted node (handle).
+func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume, nodeOf func(node string) nodeState) error {
 	var pvs corev1.PersistentVolumeList
 	if err := d.API.List(ctx, &pvs); err != nil {
 		return fmt.Errorf("list PVs: %w", err)
@@ -37,7 +40,9 @@ func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume,
 	}
 	for i := range vols {
 		tv := &vols[i]
-		if tv.Spec.Name == "" || !tv.DeletionTimestamp.IsZero() || lost(tv.Spec.Node) {
+		node := nodeOf(tv.Spec.Node)
+		neverMade := node.gone && tv.Status.Phase == thinv1.PhaseLost && tv.Status.SizeBytes == 0
+		if tv.Spec.Name == "" || !tv.DeletionTimestamp.IsZero() || (node.lost && !neverMade) {
 			continue
 		}
 		logger := klog.FromContext(ctx).WithValues("volumeID", tv.Name, "pv", tv.Spec.Name, "node", tv.Spec.Node)
@@ -54,7 +59,7 @@ func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume,
 			}
 			continue
 		}
-		if tv.Status.Phase != thinv1.PhaseReady && tv.Status.Phase != thinv1.PhaseFailed {
+		if tv.Status.Phase != thinv1.PhaseReady && tv.Status.Phase != thinv1.PhaseFailed && !neverMade {
 			continue
 		}
 		if d.now().Sub(tv.CreationTimestamp.Time) < d.orphanGrace() {
@@ -72,9 +77,13 @@ func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume,
 			}
 			continue
 		}
-		logger.Info("no PV stands for the volume after the grace period; deleting it", "grace", d.orphanGrace())
+		why := "claim deleted or provisioner interrupted while provisioning"
+		if neverMade {
+			why = "node " + tv.Spec.Node + " was deleted from the cluster before it made the volume"
+		}
+		logger.Info("no PV stands for the volume after the grace period; deleting it", "grace", d.orphanGrace(), "why", why)
 		d.Recorder.Eventf(tv, nil, corev1.EventTypeWarning, "OrphanDeleted", "CollectOrphans",
-			"no PV %s after %s (claim deleted or provisioner interrupted while provisioning): deleted", tv.Spec.Name, d.orphanGrace())
+			"no PV %s after %s (%s): deleted", tv.Spec.Name, d.orphanGrace(), why)
 		if err := d.Client.Delete(ctx, tv); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete orphan %s: %w", tv.Name, err)
 		}
