@@ -21,13 +21,20 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
-// TestDeleteLostDoesNotWait: deleting a volume or snapshot of a lost node
-// returns at once. On a node deleted from the cluster the resource goes
-// (finalizer released); on a node that still exists it stays terminating,
-// the record its agent acts on when it returns. A create that finds its
-// resource Lost, made before its node was lost, fails Unavailable and
-// keeps it.
-func TestDeleteLostDoesNotWait(t *testing.T) {
+// lostVolume is a ThinVolume its node's loss left Lost; sizeBytes > 0:
+// the node had made it.
+func lostVolume(id, node string, sizeBytes int64) *thinv1.ThinVolume {
+	return &thinv1.ThinVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: id, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+		Spec:       thinv1.ThinVolumeSpec{Node: node, RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
+		Status:     thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost, SizeBytes: sizeBytes},
+	}
+}
+
+// lostRouter is a router over a fake API holding objs, with no informer
+// events: waits end by their own rechecks, or by a test's notify.
+func lostRouter(t *testing.T, objs ...client.Object) (*Router, client.Client) {
+	t.Helper()
 	s := runtime.NewScheme()
 	if err := thinv1.AddToScheme(s); err != nil {
 		t.Fatal(err)
@@ -35,28 +42,30 @@ func TestDeleteLostDoesNotWait(t *testing.T) {
 	if err := corev1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
-	lostVol := func(id, node string) *thinv1.ThinVolume {
-		return &thinv1.ThinVolume{
-			ObjectMeta: metav1.ObjectMeta{Name: id, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
-			Spec:       thinv1.ThinVolumeSpec{Node: node, RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
-			Status:     thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost},
-		}
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}).Build()
+	r, err := New(context.Background(), c, c, &informertest.FakeInformers{Scheme: s}, Config{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	gone, away := lostVol(volA, "gone"), lostVol(volB, "away")
-	away.Status.SizeBytes = backend.GiB // made
+	return r, c
+}
+
+// TestDeleteLostDoesNotWait: deleting a volume or snapshot of a lost node
+// returns at once. On a node deleted from the cluster the resource goes
+// (finalizer released); on a node that still exists it stays terminating,
+// the record its agent acts on when it returns. A create that finds its
+// resource Lost, made before its node was lost, fails Unavailable and
+// keeps it.
+func TestDeleteLostDoesNotWait(t *testing.T) {
+	gone, away := lostVolume(volA, "gone", 0), lostVolume(volB, "away", backend.GiB)
 	snap := &thinv1.ThinSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: snapA, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
 		Spec:       thinv1.ThinSnapshotSpec{Node: "gone", SourceVolumeID: volA},
 		Status:     thinv1.ThinSnapshotStatus{Phase: thinv1.PhaseLost},
 	}
-	c := fake.NewClientBuilder().WithScheme(s).WithObjects(gone, away, snap, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "away"}}).
-		WithStatusSubresource(&thinv1.ThinVolume{}, &thinv1.ThinSnapshot{}).Build()
+	r, c := lostRouter(t, gone, away, snap, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "away"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := New(ctx, c, c, &informertest.FakeInformers{Scheme: s}, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := r.CreateVolume(ctx, backend.VolumeRequest{ID: volB, Node: "away", RequiredBytes: backend.GiB, AccessType: backend.AccessMount}); rpcerr.Code(err) != codes.Unavailable {
 		t.Errorf("create of a lost volume: %v (%v), want Unavailable", err, rpcerr.Code(err))
 	}
@@ -86,28 +95,14 @@ func TestDeleteLostDoesNotWait(t *testing.T) {
 // DeadlineExceeded, naming the loss, if the node stays away, and succeeds
 // once the node makes it, within the call.
 func TestCreateWaitsOutLostNeverMade(t *testing.T) {
-	s := runtime.NewScheme()
-	if err := thinv1.AddToScheme(s); err != nil {
-		t.Fatal(err)
-	}
-	if err := corev1.AddToScheme(s); err != nil {
-		t.Fatal(err)
-	}
-	tv := &thinv1.ThinVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: volA, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
-		Spec:       thinv1.ThinVolumeSpec{Node: "away", RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
-		Status: thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost, Conditions: []metav1.Condition{{Type: thinv1.ConditionReady,
-			Status: metav1.ConditionFalse, Reason: thinv1.ReasonNodeLost, Message: "the agent on away has not reported", LastTransitionTime: metav1.Now()}}},
-	}
-	c := fake.NewClientBuilder().WithScheme(s).WithObjects(tv, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "away"}}).WithStatusSubresource(&thinv1.ThinVolume{}).Build()
-	r, err := New(context.Background(), c, c, &informertest.FakeInformers{Scheme: s}, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tv := lostVolume(volA, "away", 0)
+	tv.Status.Conditions = []metav1.Condition{{Type: thinv1.ConditionReady, Status: metav1.ConditionFalse,
+		Reason: thinv1.ReasonNodeLost, Message: "the agent on away has not reported", LastTransitionTime: metav1.Now()}}
+	r, c := lostRouter(t, tv, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "away"}})
 	req := backend.VolumeRequest{ID: volA, Node: "away", RequiredBytes: backend.GiB, AccessType: backend.AccessMount}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	_, err = r.CreateVolume(ctx, req)
+	_, err := r.CreateVolume(ctx, req)
 	cancel()
 	if rpcerr.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "has not reported") {
 		t.Errorf("create of a never-made volume whose node stays away: %v (%v), want DeadlineExceeded naming the loss", err, rpcerr.Code(err))
@@ -141,26 +136,7 @@ func TestCreateWaitsOutLostNeverMade(t *testing.T) {
 // the old attempt (Aborted, so it retries) and makes it on the new node.
 // One that was made stays, Lost.
 func TestCreateDiscardsNeverMadeOfDeletedNode(t *testing.T) {
-	s := runtime.NewScheme()
-	if err := thinv1.AddToScheme(s); err != nil {
-		t.Fatal(err)
-	}
-	if err := corev1.AddToScheme(s); err != nil {
-		t.Fatal(err)
-	}
-	lost := func(id string, sizeBytes int64) *thinv1.ThinVolume {
-		return &thinv1.ThinVolume{
-			ObjectMeta: metav1.ObjectMeta{Name: id, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
-			Spec:       thinv1.ThinVolumeSpec{Node: "gone", RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
-			Status:     thinv1.ThinVolumeStatus{Phase: thinv1.PhaseLost, SizeBytes: sizeBytes},
-		}
-	}
-	c := fake.NewClientBuilder().WithScheme(s).WithObjects(lost(volA, 0), lost(volB, backend.GiB)).
-		WithStatusSubresource(&thinv1.ThinVolume{}).Build()
-	r, err := New(context.Background(), c, c, &informertest.FakeInformers{Scheme: s}, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, c := lostRouter(t, lostVolume(volA, "gone", 0), lostVolume(volB, "gone", backend.GiB))
 	create := func(id string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
