@@ -69,10 +69,12 @@ cluster-build:
 kube-bin:
 	bash test/cluster/build.sh k8s
 
-# The LVM suite on the VM's kernel (Debian 12's 6.1), then the group
-# snapshot and frozen-snapshot tests again on the backports kernel (6.12),
-# where lvcreate takes a frozen origin and a group's members are one instant.
+# The VM harness's own test (its boot retry), the LVM suite on the VM's
+# kernel (Debian 12's 6.1), then the group snapshot and frozen-snapshot
+# tests again on the backports kernel (6.12), where lvcreate takes a frozen
+# origin and a group's members are one instant.
 test-lvm:
+	$(GO) test -count=1 ./test/vm/
 	test/vm/run-lvm-suite.sh
 	CSI_THIN_VM_KERNEL=backports test/vm/run-lvm-suite.sh -test.run '^(TestGroupSnapshotMembersCleanExt4|TestSnapshotFrozenExt4)$$'
 
