@@ -117,20 +117,15 @@ func (m *multiNode) waitVolumeEvent(t *testing.T, id, reason, want string) {
 	}
 }
 
-// testClaimDeletedWhileCopying (TestMultiNode/ClaimDeletedWhileCopying): a
-// clone of 1 GiB consumed on the other node is being copied (its
-// ThinVolume reports bytes done) when its pod and claim are deleted: the
-// copy is cancelled and its ThinVolume deleted, and neither node holds
-// the copy or the snapshot taken for it.
-func (m *multiNode) testClaimDeletedWhileCopying(t *testing.T) {
+// cancelCopyInProgress waits (up to timeout) until the claim's volume is
+// being copied (its ThinVolume reports bytes done, not all), deletes the
+// pod and the claim, checks that the ThinVolume goes, and returns its ID.
+func (c *cluster) cancelCopyInProgress(t *testing.T, claim, pod string, timeout time.Duration) string {
+	t.Helper()
 	ctx := context.Background()
-	m.createPVC(t, "big-src", classWFFC, "2Gi")
-	m.runPodOn(t, m.node, "big-src-writer", "head -c 1073741824 /dev/urandom > /big-src/data && sync", "big-src")
-	m.createPVC(t, "big-clone", classWFFC, "2Gi", fromPVC("big-src"))
-	m.startPodOn(t, m.other, "big-clone-user", "true", "big-clone")
 	var id string
-	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		l, err := m.dyn.Resource(thinVolumeGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/pvc-name=big-clone"})
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		l, err := c.dyn.Resource(thinVolumeGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/pvc-name=" + claim})
 		if err != nil || len(l.Items) != 1 {
 			return false, nil
 		}
@@ -147,21 +142,36 @@ func (m *multiNode) testClaimDeletedWhileCopying(t *testing.T) {
 		return false, nil
 	})
 	if err != nil {
-		t.Fatalf("no copy in progress for big-clone: %v", err)
+		t.Fatalf("no copy in progress for %s: %v", claim, err)
 	}
-	m.deletePod(t, "big-clone-user")
-	if err := m.kube.CoreV1().PersistentVolumeClaims(m.ns).Delete(ctx, "big-clone", metav1.DeleteOptions{}); err != nil {
+	c.deletePod(t, pod)
+	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, claim, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{})
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := c.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	})
 	if err != nil {
-		t.Errorf("the ThinVolume %s of the deleted claim is still there", id)
+		t.Errorf("the ThinVolume %s of the deleted claim %s is still there", id, claim)
 	}
+	return id
+}
+
+// testClaimDeletedWhileCopying (TestMultiNode/ClaimDeletedWhileCopying): a
+// clone of 1 GiB consumed on the other node is being copied (its
+// ThinVolume reports bytes done) when its pod and claim are deleted: the
+// copy is cancelled and its ThinVolume deleted, and neither node holds
+// the copy or the snapshot taken for it.
+func (m *multiNode) testClaimDeletedWhileCopying(t *testing.T) {
+	ctx := context.Background()
+	m.createPVC(t, "big-src", classWFFC, "2Gi")
+	m.runPodOn(t, m.node, "big-src-writer", "head -c 1073741824 /dev/urandom > /big-src/data && sync", "big-src")
+	m.createPVC(t, "big-clone", classWFFC, "2Gi", fromPVC("big-src"))
+	m.startPodOn(t, m.other, "big-clone-user", "true", "big-clone")
+	id := m.cancelCopyInProgress(t, "big-clone", "big-clone-user", 2*time.Minute)
 	m.deletePVCs(t, "big-src")
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		l, err := m.dyn.Resource(thinSnapGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/transfer-for"})
 		if err != nil || len(l.Items) != 0 {
 			return false, nil

@@ -31,8 +31,9 @@ const (
 // (ext4, mounted with discard); its snapshot restored and its clone on
 // the same node are thin snapshots with the same data; on a second LVM
 // node, a restore and a clone are copied there by the node agents,
-// streaming only the volume's mapped blocks; deleting everything leaves
-// no logical volume but the pool. Skips when the cluster has no LVM node.
+// streaming only the volume's mapped blocks, and a copy is cancelled by
+// deleting its claim; deleting everything leaves no logical volume but
+// the pool. Skips when the cluster has no LVM node.
 func TestLVMNodes(t *testing.T) {
 	c := newCluster(t)
 	vms := c.nodesLabelled(t, lvmNodeLabel)
@@ -46,6 +47,7 @@ func TestLVMNodes(t *testing.T) {
 	runSteps(t, []step{
 		{"SnapshotRestoreAndCloneOnOneNode", l.testSameNode},
 		{"RestoreAndCloneCopiedToAnotherNode", l.testCopied},
+		{"CopyCancelledByDeletingItsClaim", l.testCopyCancelled},
 		{"NothingLeft", l.testNothingLeft},
 	})
 }
@@ -124,6 +126,20 @@ func (l *lvmNodes) testCopied(t *testing.T) {
 	}
 	l.expectLVMVolume(t, "lvm-far-restore", other, true)
 	l.expectLVMVolume(t, "lvm-far-clone", other, true)
+}
+
+// testCopyCancelled: a clone whose pod must run on the second LVM node is
+// being copied there when its pod and claim are deleted: the copy stops
+// and its ThinVolume goes; testNothingLeft then finds neither the
+// receiving logical volume on the target nor the snapshot taken for the
+// copy on the source.
+func (l *lvmNodes) testCopyCancelled(t *testing.T) {
+	if len(l.vms) < 2 {
+		t.Skipf("one LVM node (%v): run.sh with E2E_VM_NODES=2", l.vms)
+	}
+	l.createPVC(t, "lvm-cancelled", classLVM, "1Gi", fromPVC("lvm-src"))
+	l.startPodOn(t, l.vms[1], "lvm-cancelled-user", "true", "lvm-cancelled")
+	l.cancelCopyInProgress(t, "lvm-cancelled", "lvm-cancelled-user", 5*time.Minute)
 }
 
 // expectLVMVolume checks that the claim's volume lives on node, on an LVM

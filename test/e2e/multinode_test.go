@@ -149,13 +149,13 @@ func (m *multiNode) runUnpinned(t *testing.T, name, script string, claims ...str
 	return node, out
 }
 
-func (m *multiNode) deletePod(t *testing.T, name string) {
+func (c *cluster) deletePod(t *testing.T, name string) {
 	t.Helper()
-	err := m.kube.CoreV1().Pods(m.ns).Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	err := c.kube.CoreV1().Pods(c.ns).Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 	if err != nil && !apierrors.IsNotFound(err) {
 		t.Errorf("delete pod %s: %v", name, err)
 	}
-	m.waitPodGone(t, name)
+	c.waitPodGone(t, name)
 }
 
 // testEveryNode: a pod pinned to each node writes a csi-thin volume that
