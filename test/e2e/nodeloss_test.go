@@ -112,6 +112,20 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 		t.Errorf("volume %s deleted from %s's pool while the node was away", handle, node)
 	}
 
+	// The interrupted claim's volume, asked of the node after it died, is
+	// judged Lost a scan later than the others: the node stays away until
+	// it is.
+	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := m.dyn.Resource(thinVolumeGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/pvc-name=interrupted"})
+		if err != nil || len(l.Items) != 1 {
+			return false, nil
+		}
+		p, _, _ := unstructured.NestedString(l.Items[0].Object, "status", "phase")
+		return p == "Lost", nil
+	})
+	if err != nil {
+		t.Fatalf("the volume of claim interrupted, asked of %s after it died, is not Lost: %v %s", node, err, m.eventsFor("interrupted"))
+	}
 	m.restartKubelet(t, node, kubelet)
 	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
