@@ -41,7 +41,7 @@ func (d *Detector) collectOrphans(ctx context.Context, vols []thinv1.ThinVolume,
 	for i := range vols {
 		tv := &vols[i]
 		node := nodeOf(tv.Spec.Node)
-		neverMade := node.gone && tv.Status.Phase == thinv1.PhaseLost && tv.Status.SizeBytes == 0
+		neverMade := node.gone && tv.Status.Phase == thinv1.PhaseLost && tv.Resumable()
 		if tv.Spec.Name == "" || !tv.DeletionTimestamp.IsZero() || (node.lost && !neverMade) {
 			continue
 		}

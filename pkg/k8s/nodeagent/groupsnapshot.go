@@ -130,7 +130,7 @@ func (r *GroupSnapshotReconciler) recover(ctx context.Context, g *thinv1.ThinGro
 	}
 	// A group never made stays Lost: making it now would have to come
 	// before its members' reconcile (take), which nothing orders.
-	return recovered(ctx, r.Client, r.Recorder, r.tracked(g), err == nil, true)
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(g), err == nil, false)
 }
 
 func (r *GroupSnapshotReconciler) tracked(g *thinv1.ThinGroupSnapshot) tracked {

@@ -137,9 +137,7 @@ func (r *SnapshotReconciler) recover(ctx context.Context, ts *thinv1.ThinSnapsho
 	if err == nil {
 		ts.Status.ReadyToUse = s.ReadyToUse
 	}
-	// A member is its group's to make (take), never made alone.
-	made := ts.Status.CreationTime != nil || ts.Spec.GroupID != ""
-	return recovered(ctx, r.Client, r.Recorder, r.tracked(ts), err == nil, made)
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(ts), err == nil, ts.Resumable())
 }
 
 func (r *SnapshotReconciler) tracked(ts *thinv1.ThinSnapshot) tracked {

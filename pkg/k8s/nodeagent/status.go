@@ -60,14 +60,14 @@ type tracked struct {
 // it lost: holding the storage (found), the resource is Ready again;
 // without it (a replaced disk), it stays Lost with the reason, once, and
 // nothing is recreated: an empty volume in place of the data would be a
-// silent loss. A resource the node had never made (made false) holds no
-// data to lose, and the CreateVolume or CreateSnapshot that asked for it
-// is still being retried by its sidecar: it goes back to Pending and the
-// node makes it now. Left Lost, its claim would never bind.
-func recovered(ctx context.Context, c client.Client, rec events.EventRecorder, t tracked, found, made bool) error {
+// silent loss. A resource that is resumable (never made: no data to lose,
+// and the CreateVolume or CreateSnapshot that asked for it is still being
+// retried by its sidecar) goes back to Pending and the node makes it now.
+// Left Lost, its claim would never bind.
+func recovered(ctx context.Context, c client.Client, rec events.EventRecorder, t tracked, found, resumable bool) error {
 	logger := klog.FromContext(ctx)
 	gen := t.obj.GetGeneration()
-	if !found && !made {
+	if !found && resumable {
 		msg := "node " + t.node + " is back; it had not made the " + t.what + " yet and makes it now"
 		logger.Info("node back, making the "+t.what+" it had not made yet", "node", t.node)
 		*t.phase = thinv1.PhasePending

@@ -220,8 +220,8 @@ func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) er
 // agent is back, so it looks for the storage. Found, the volume is Ready
 // again; missing (a replaced disk), it stays Lost with the reason, and
 // nothing is recreated: an empty volume in place of the data would be a
-// silent loss. A volume never made (no size recorded: the node was lost
-// before it made it, or mid-copy) is made now (recovered).
+// silent loss. A volume never made (the node was lost before it made it,
+// or mid-copy) is made now (ThinVolume.Resumable).
 func (r *VolumeReconciler) recover(ctx context.Context, tv *thinv1.ThinVolume) error {
 	v, err := r.Pool.GetVolume(ctx, tv.Name)
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
@@ -231,7 +231,7 @@ func (r *VolumeReconciler) recover(ctx context.Context, tv *thinv1.ThinVolume) e
 		tv.Status.SizeBytes = v.SizeBytes
 		setHealthy(&tv.Status.Conditions, tv.Generation, v.Condition)
 	}
-	return recovered(ctx, r.Client, r.Recorder, r.tracked(tv), err == nil, tv.Status.SizeBytes > 0)
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(tv), err == nil, tv.Resumable())
 }
 
 func (r *VolumeReconciler) tracked(tv *thinv1.ThinVolume) tracked {

@@ -68,7 +68,7 @@ func (r *Router) CreateSnapshot(ctx context.Context, req backend.SnapshotRequest
 
 	if err := r.waitVerdict(ctx, ts, "snapshot "+req.ID, func() nodeVerdict {
 		return nodeVerdict{node: ts.Spec.Node, code: ts.Status.Code, message: ts.Status.Message, phase: ts.Status.Phase,
-			conditions: ts.Status.Conditions, resumable: ts.Status.CreationTime == nil && ts.Spec.GroupID == ""}
+			conditions: ts.Status.Conditions, resumable: ts.Resumable()}
 	}); err != nil {
 		return nil, err
 	}

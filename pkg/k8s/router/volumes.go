@@ -82,7 +82,7 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 
 	if err := r.waitVerdict(ctx, tv, "volume "+req.ID, func() nodeVerdict {
 		return nodeVerdict{node: tv.Spec.Node, code: tv.Status.Code, message: tv.Status.Message, phase: tv.Status.Phase,
-			conditions: tv.Status.Conditions, resumable: tv.Status.SizeBytes == 0}
+			conditions: tv.Status.Conditions, resumable: tv.Resumable()}
 	}); err != nil {
 		return nil, copyInProgress(tv, err)
 	}
@@ -98,7 +98,7 @@ func (r *Router) CreateVolume(ctx context.Context, req backend.VolumeRequest) (*
 // afresh where the scheduler now puts it. A volume that was made is kept,
 // Lost: its data is not given up on a guess.
 func (r *Router) discardUnmadeOfGoneNode(ctx context.Context, tv *thinv1.ThinVolume) error {
-	if tv.Status.Phase != thinv1.PhaseLost || tv.Status.SizeBytes > 0 {
+	if tv.Status.Phase != thinv1.PhaseLost || !tv.Resumable() {
 		return nil
 	}
 	err := r.api.Get(ctx, client.ObjectKey{Name: tv.Spec.Node}, &corev1.Node{})
