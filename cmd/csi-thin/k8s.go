@@ -323,7 +323,7 @@ type probeServer interface {
 }
 
 // addProbes answers liveness (/healthz) as long as the process serves, and
-// readiness (/readyz) with check. A pool that is full, failing or slow to
+// readiness (/readyz) with check. A pool that has failed, or is slow to
 // answer (an lvs on a loaded node) is not fixed by a restart, and a
 // restart kills the copies and exports in flight: so its health decides
 // readiness, never liveness.
