@@ -20,6 +20,7 @@
 #   E2E_RUN               go test -run regexp for the scenarios (overrides E2E_SCENARIOS),
 #                         e.g. TestMultiNode
 #   E2E_UPSTREAM_FOCUS    override the upstream focus regexp
+#   E2E_UPSTREAM_PROCS    parallel processes of the upstream suite (default 3)
 #   E2E_KEEP=1            leave the cluster running afterwards (debugging)
 #   E2E_ARTIFACTS         where logs go (default _output/e2e)
 set -euo pipefail
@@ -91,7 +92,7 @@ done
 log "e2e: build.sh all e2e (cached)"
 bash "$cluster/build.sh" all e2e >"$artifacts/build.log" 2>&1 || { tail -30 "$artifacts/build.log"; skip "cluster build failed"; }
 export PATH=$K8S_BIN:$PATH
-for b in kubectl helm e2e.test; do command -v "$b" >/dev/null || skip "$b was not built"; done
+for b in kubectl helm e2e.test ginkgo; do command -v "$b" >/dev/null || skip "$b was not built"; done
 
 # ---- teardown: PVCs first (the driver frees its storage), then the
 # release, the cluster, and the pool's mount and loop device.
@@ -203,14 +204,22 @@ log "e2e: csi-thin scenarios"
 scen_rc=${PIPESTATUS[0]}
 ((scen_rc == 0)) || { log "e2e: csi-thin scenarios failed"; exit 1; }
 
-# upstream BINARY FOCUS SKIP NAME: run the External Storage specs of BINARY
-# that match FOCUS and not SKIP against testdriver.yaml; log and report in
-# $artifacts/NAME*; a failed spec fails the e2e.
+# upstream BINARY FOCUS SKIP NAME [PROCS]: run the External Storage specs of
+# BINARY that match FOCUS and not SKIP against testdriver.yaml, in PROCS
+# parallel processes (ginkgo -p; default 1); log and report in
+# $artifacts/NAME*; a failed spec fails the e2e. The specs spend their time
+# waiting for pods and deletions, not on the CPU, and the suite runs them
+# in parallel upstream (only [Serial] ones alone, and those are skipped).
 upstream() {
-	local bin=$1 focus=$2 skipre=$3 name=$4 start=$SECONDS rc
-	log "e2e: $bin, focus: $focus"
+	local bin=$1 focus=$2 skipre=$3 name=$4 procs=${5:-1} start=$SECONDS rc run=("$1")
+	# ginkgo FLAGS /PATH/TO/BINARY -- BINARY'S FLAGS, as Kubernetes' hack/ginkgo-e2e.sh
+	# (ginkgo finds a compiled suite by its path, not on PATH).
+	if ((procs > 1)); then
+		run=(ginkgo --procs="$procs" --no-color --timeout=40m --output-interceptor-mode=none "$(command -v "$bin")" --)
+	fi
+	log "e2e: $bin, $procs process(es), focus: $focus"
 	set +e
-	"$bin" --kubeconfig="$KUBECONFIG" --provider=local --disable-log-dump \
+	"${run[@]}" --kubeconfig="$KUBECONFIG" --provider=local --disable-log-dump \
 		-storage.testdriver="$here/testdriver.yaml" \
 		--ginkgo.focus="$focus" --ginkgo.skip="$skipre" \
 		--ginkgo.no-color --ginkgo.timeout=40m --ginkgo.flake-attempts=1 \
@@ -242,7 +251,7 @@ if [[ $E2E_UPSTREAM != 0 ]]; then
 	# or a disruptive restart. Group snapshots run below, from the binary
 	# that can run them.
 	skipre='Disruptive|Serial|should not mount / map unused volumes|block volmode|Windows|ntfs|\(xfs\)|\(ext[34]\)|Pre-provisioned|volumegroupsnapshot|Inline-volume'
-	[[ $E2E_UPSTREAM == groups ]] || upstream e2e.test "$focus" "$skipre" upstream
+	[[ $E2E_UPSTREAM == groups ]] || upstream e2e.test "$focus" "$skipre" upstream "${E2E_UPSTREAM_PROCS:-3}"
 	# The group snapshot specs: a StatefulSet of three replicas, one
 	# VolumeGroupSnapshot of their PVCs, a restore of each member checked
 	# for the data written before. On one node only: members spread over
