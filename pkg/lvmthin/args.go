@@ -72,6 +72,10 @@ func activateArgs(vg, lv string) []string {
 	return []string{"lvchange", "--activate", "y", "--ignoreactivationskip", lvPath(vg, lv)}
 }
 
+func deactivateArgs(vg, lv string) []string {
+	return []string{"lvchange", "--activate", "n", lvPath(vg, lv)}
+}
+
 func pvcreateArgs(device string) []string { return []string{"pvcreate", device} }
 
 func vgcreateArgs(vg string, devices []string, tags []string) []string {

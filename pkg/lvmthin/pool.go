@@ -90,8 +90,8 @@ func (b *Backend) ensurePool(ctx context.Context) ([]LV, error) {
 	if !pool.Attr.Active() {
 		// A pool is inactive after a reboot or a fresh loop attach; its
 		// fill levels are unknown until it is active.
-		if _, err := b.lvm.run(ctx, activateArgs(b.cfg.VG, b.cfg.ThinPool)...); err != nil {
-			return nil, fmt.Errorf("activate thin pool %s: %w", b.poolPath(), err)
+		if err := b.activatePool(ctx); err != nil {
+			return nil, err
 		}
 	}
 	if pool.WhenFull != "error" {
@@ -99,6 +99,37 @@ func (b *Backend) ensurePool(ctx context.Context) ([]LV, error) {
 			"pool", b.poolPath(), "whenFull", pool.WhenFull)
 	}
 	return all, nil
+}
+
+// poolComponents are the suffixes LVM gives a thin pool's hidden LVs.
+var poolComponents = []string{"_tmeta", "_tdata"}
+
+// activatePool activates the inactive thin pool. An lvm command that
+// activates or deactivates the pool and is killed half-way (the node
+// plugin SIGKILLed while a receive's last volume was deactivated, which
+// takes the pool down with it) can leave one of the pool's components
+// active on its own, even without a table, and LVM then refuses the pool
+// ("prohibited while logical volume vg/pool_tmeta is active") on every
+// start. So when the activation fails, the components are deactivated and
+// it is tried once more: nothing but such a leftover uses a component of
+// an inactive pool, and LVM refuses to deactivate one that is open (an
+// operator's thin_check, for one).
+func (b *Backend) activatePool(ctx context.Context) error {
+	_, err := b.lvm.run(ctx, activateArgs(b.cfg.VG, b.cfg.ThinPool)...)
+	if err == nil {
+		return nil
+	}
+	for _, c := range poolComponents {
+		if _, derr := b.lvm.run(ctx, deactivateArgs(b.cfg.VG, b.cfg.ThinPool+c)...); derr != nil {
+			return fmt.Errorf("activate thin pool %s: %w (deactivating its component %s: %v)", b.poolPath(), err, c, derr)
+		}
+	}
+	if _, err := b.lvm.run(ctx, activateArgs(b.cfg.VG, b.cfg.ThinPool)...); err != nil {
+		return fmt.Errorf("activate thin pool %s (its components deactivated first): %w", b.poolPath(), err)
+	}
+	klog.InfoS("activated the thin pool after deactivating its components, left active by an interrupted activation",
+		"pool", b.poolPath(), "firstError", err.Error())
+	return nil
 }
 
 // findLV returns the LV called name in a report, or nil.

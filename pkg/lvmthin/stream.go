@@ -44,10 +44,6 @@ func thinIDArgs(targets ...string) []string {
 	return reportArgs("lvs", []string{"lv_name", "thin_id"}, targets)
 }
 
-func deactivateArgs(vg, lv string) []string {
-	return []string{"lvchange", "--activate", "n", lvPath(vg, lv)}
-}
-
 // ParseThinIDs parses `lvs -o lv_name,thin_id --reportformat json`: the
 // dm-thin device ID of each thin LV (LVs without one are left out).
 func ParseThinIDs(out []byte) (map[string]uint64, error) {

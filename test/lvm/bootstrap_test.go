@@ -45,6 +45,38 @@ func TestBootstrapReusesLoopPool(t *testing.T) {
 	}
 }
 
+// TestStartActivatesPoolLeftHalfActive: a pool that is inactive while one
+// of its components is active on its own, which LVM refuses to activate
+// (an lvm command killed half-way through the pool's activation leaves
+// that; seen when a node plugin was SIGKILLed mid-copy and then failed
+// every start), is activated by the next start, its volume there.
+func TestStartActivatesPoolLeftHalfActive(t *testing.T) {
+	t.Parallel()
+	var cfg lvmthin.Config
+	b := loopPool(t, "csithin_half", 256*backend.MiB, func(c *lvmthin.Config) { cfg = *c })
+	c := ctx(t)
+	id := volID(t, "vol")
+	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: id, Name: "keep-me", RequiredBytes: 16 * backend.MiB}); err != nil {
+		t.Fatal(err)
+	}
+	lvm(t, "vgchange", "--activate", "n", "csithin_half")
+	lvm(t, "lvchange", "--yes", "--activate", "y", "csithin_half/pool_tmeta")
+	res, err := runner.Run(c, "lvm", lvmtest.Args("lvchange", "--activate", "y", "csithin_half/pool")...)
+	if err == nil || !strings.Contains(string(res.Stderr), "prohibited") {
+		t.Fatalf("LVM activated the pool beside its active component (%v, %s): the state under test is not made", err, res.Stderr)
+	}
+	b2, err := lvmthin.New(c, cfg)
+	if err != nil {
+		t.Fatalf("start with the pool's metadata component active: %v", err)
+	}
+	if attr := strings.TrimSpace(lvm(t, "lvs", "--noheadings", "-o", "lv_attr", "csithin_half/pool")); len(attr) < 5 || attr[4] != 'a' {
+		t.Errorf("pool attr %q after the start: not active", attr)
+	}
+	if v, err := b2.GetVolume(c, id); err != nil || v.Name != "keep-me" {
+		t.Fatalf("volume after the start = %+v, %v", v, err)
+	}
+}
+
 // TestBootstrapRefusesSignature: a configured device that holds a
 // filesystem is never turned into a PV.
 func TestBootstrapRefusesSignature(t *testing.T) {
