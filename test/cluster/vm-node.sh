@@ -12,7 +12,9 @@
 # Logs go to /tmp/logs (the host reads them in the work dir). Images to
 # import later are dropped in /tmp/import as NAME.tar; this script imports
 # each and answers with NAME.done (or NAME.failed). /tmp/lvs.request is
-# answered with LVM's list of logical volumes in /tmp/lvs.out. It runs until
+# answered with LVM's list of logical volumes in /tmp/lvs.out,
+# /tmp/kill-agent.request by SIGKILL to the node's csi-thin agent and the
+# PIDs killed in /tmp/kill-agent.out. It runs until
 # /tmp/stop appears (down.sh), then stops its daemons and the VM powers
 # off.
 set -euo pipefail
@@ -97,6 +99,16 @@ while :; do
 		rm -f "$w/lvs.request"
 		lvm lvs --noheadings -o vg_name,lv_name >"$w/lvs.part" 2>&1 || echo "lvs failed: $?" >>"$w/lvs.part"
 		mv "$w/lvs.part" "$w/lvs.out"
+	fi
+	# The host has this node's csi-thin agent killed (TestLVMNodes: a copy
+	# whose receiving agent crashes); the answer lists the PIDs killed.
+	if [[ -e $w/kill-agent.request ]]; then
+		rm -f "$w/kill-agent.request"
+		agents=$(pgrep -f -- 'csi-thin.*--mode=node' || true)
+		for a in $agents; do kill -KILL "$a" || true; done
+		echo "${agents:-none}" >"$w/kill-agent.part"
+		mv "$w/kill-agent.part" "$w/kill-agent.out"
+		log "killed the csi-thin agent: ${agents:-none}"
 	fi
 	for f in "$w"/import/*.tar; do
 		[[ -e $f ]] || continue

@@ -123,8 +123,28 @@ func (m *multiNode) waitVolumeEvent(t *testing.T, id, reason, want string) {
 func (c *cluster) cancelCopyInProgress(t *testing.T, claim, pod string, timeout time.Duration) string {
 	t.Helper()
 	ctx := context.Background()
+	id := c.waitCopyInProgress(t, claim, timeout)
+	c.deletePod(t, pod)
+	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, claim, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := c.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Errorf("the ThinVolume %s of the deleted claim %s is still there", id, claim)
+	}
+	return id
+}
+
+// waitCopyInProgress waits (up to timeout) until the claim's volume is
+// being copied, its ThinVolume reporting some bytes done but not all, and
+// returns the volume's ID.
+func (c *cluster) waitCopyInProgress(t *testing.T, claim string, timeout time.Duration) string {
+	t.Helper()
 	var id string
-	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		l, err := c.dyn.Resource(thinVolumeGVR).List(ctx, metav1.ListOptions{LabelSelector: "csi-thin.io/pvc-name=" + claim})
 		if err != nil || len(l.Items) != 1 {
 			return false, nil
@@ -135,7 +155,7 @@ func (c *cluster) cancelCopyInProgress(t *testing.T, claim, pod string, timeout 
 			id = l.Items[0].GetName()
 			t.Logf("copy %s in progress: %d of %d bytes", id, done, total)
 			if done >= total {
-				return false, fmt.Errorf("the copy was complete before it could be cancelled")
+				return false, fmt.Errorf("the copy was complete before it could be interrupted")
 			}
 			return true, nil
 		}
@@ -143,17 +163,6 @@ func (c *cluster) cancelCopyInProgress(t *testing.T, claim, pod string, timeout 
 	})
 	if err != nil {
 		t.Fatalf("no copy in progress for %s: %v", claim, err)
-	}
-	c.deletePod(t, pod)
-	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, claim, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := c.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{})
-		return apierrors.IsNotFound(err), nil
-	})
-	if err != nil {
-		t.Errorf("the ThinVolume %s of the deleted claim %s is still there", id, claim)
 	}
 	return id
 }

@@ -182,6 +182,13 @@ func (c *cluster) runPod(t *testing.T, name, script string, claims ...string) st
 func (c *cluster) runPodOn(t *testing.T, node, name, script string, claims ...string) string {
 	t.Helper()
 	c.startPodOn(t, node, name, script, claims...)
+	return c.waitPodDone(t, name)
+}
+
+// waitPodDone waits (up to podTimeout) until the pod succeeded, deletes
+// it and returns its output; a failed pod fails the test.
+func (c *cluster) waitPodDone(t *testing.T, name string) string {
+	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, c.podTimeout, true, func(ctx context.Context) (bool, error) {
 		p, err := c.kube.CoreV1().Pods(c.ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {

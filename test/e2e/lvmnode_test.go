@@ -31,9 +31,11 @@ const (
 // (ext4, mounted with discard); its snapshot restored and its clone on
 // the same node are thin snapshots with the same data; on a second LVM
 // node, a restore and a clone are copied there by the node agents,
-// streaming only the volume's mapped blocks, and a copy is cancelled by
-// deleting its claim; deleting everything leaves no logical volume but
-// the pool. Skips when the cluster has no LVM node.
+// streaming only the volume's mapped blocks, also when the receiving
+// agent is killed mid-copy, and a copy is cancelled by deleting its
+// claim; a snapshot exported to S3 is restored on the other node;
+// deleting everything leaves no logical volume but the pool. Skips when
+// the cluster has no LVM node.
 func TestLVMNodes(t *testing.T) {
 	c := newCluster(t)
 	vms := c.nodesLabelled(t, lvmNodeLabel)
@@ -41,13 +43,15 @@ func TestLVMNodes(t *testing.T) {
 		t.Skip("no LVM node: run.sh with E2E_VM_NODES>=1")
 	}
 	t.Logf("namespace %s, LVM nodes %v", c.ns, vms)
-	// A copy between two emulated VMs took 2-3 minutes before its pod ran.
-	c.podTimeout = 10 * time.Minute
+	// A copy between two emulated VMs took 2-5 minutes before its pod ran,
+	// more while other VMs share the cores.
+	c.podTimeout = 15 * time.Minute
 	l := &lvmNodes{cluster: c, vms: vms}
 	runSteps(t, []step{
 		{"SnapshotRestoreAndCloneOnOneNode", l.testSameNode},
 		{"RestoreAndCloneCopiedToAnotherNode", l.testCopied},
 		{"CopyCancelledByDeletingItsClaim", l.testCopyCancelled},
+		{"ExportedToS3AndRestoredOnTheOtherNode", l.testExported},
 		{"NothingLeft", l.testNothingLeft},
 	})
 }
@@ -111,7 +115,10 @@ func (l *lvmNodes) testSameNode(t *testing.T) {
 // testCopied: a restore and a clone whose pod must run on the second LVM
 // node are copied there: the ThinVolume reports a received transfer of
 // the mapped data only (the 48 MiB written and ext4's metadata, not the
-// 1 GiB of the volume) and the copies read the source's sha256.
+// 1 GiB of the volume) and the copies read the source's sha256. The
+// receiving agent is SIGKILLed while the clone's copy is in progress: its
+// container restarts and the copy is made again (a second attempt), and
+// testNothingLeft finds nothing the killed attempt left behind.
 func (l *lvmNodes) testCopied(t *testing.T) {
 	if len(l.vms) < 2 {
 		t.Skipf("one LVM node (%v): run.sh with E2E_VM_NODES=2", l.vms)
@@ -119,13 +126,23 @@ func (l *lvmNodes) testCopied(t *testing.T) {
 	other := l.vms[1]
 	l.createPVC(t, "lvm-far-restore", classLVM, "1Gi", fromSnapshot("lvm-snap"))
 	l.createPVC(t, "lvm-far-clone", classLVM, "1Gi", fromPVC("lvm-src"))
-	out := l.runPodOn(t, other, "lvm-far-reader",
+	l.startPodOn(t, other, "lvm-far-reader",
 		"sha256sum /lvm-far-restore/data /lvm-far-clone/data | cut -d' ' -f1", "lvm-far-restore", "lvm-far-clone")
+	killed := l.waitCopyInProgress(t, "lvm-far-clone", 5*time.Minute)
+	killAgent(t, other)
+	out := l.waitPodDone(t, "lvm-far-reader")
 	if got := strings.Fields(out); len(got) != 2 || got[0] != l.sum || got[1] != l.sum {
 		t.Errorf("the copies on %s read sha256 %q; the source wrote %s", other, got, l.sum)
 	}
 	l.expectLVMVolume(t, "lvm-far-restore", other, true)
 	l.expectLVMVolume(t, "lvm-far-clone", other, true)
+	tv, err := l.dyn.Resource(thinVolumeGVR).Get(context.Background(), killed, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := unstructured.NestedInt64(tv.Object, "status", "transfer", "attempts"); n < 2 {
+		t.Errorf("the copy %s whose receiving agent was killed took %d attempt(s); want a second one after the restart", killed, n)
+	}
 }
 
 // testCopyCancelled: a clone whose pod must run on the second LVM node is
@@ -189,6 +206,27 @@ func (l *lvmNodes) expectLVMVolume(t *testing.T, claim, node string, copied bool
 	}
 }
 
+// testExported: a claim written on the first LVM node is snapshotted with
+// the export class, exported to a real SeaweedFS, and deleted with its
+// snapshot (which leaves the node's pool); a pre-provisioned
+// VolumeSnapshotContent naming the export restores it on the second LVM
+// node with the source's sha256 (TestSnapshotExportS3's flow, btrfs
+// there).
+func (l *lvmNodes) testExported(t *testing.T) {
+	if len(l.vms) < 2 {
+		t.Skipf("one LVM node (%v): run.sh with E2E_VM_NODES=2", l.vms)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	store := l.startExportStore(t, ctx)
+	l.exportAndRestore(t, ctx, store, exportCase{prefix: "lvm-exp", class: classLVM, writeOn: l.vms[0], readOn: l.vms[1],
+		snapshotGone: func(t *testing.T, id string) {
+			if lvs := l.logicalVolumes(t, l.vms[0]); strings.Contains(strings.Join(lvs, " "), id) {
+				t.Errorf("%s: the exported snapshot %s is still in the pool: %v", l.vms[0], id, lvs)
+			}
+		}})
+}
+
 // testNothingLeft: once the snapshot and the claims are deleted, no
 // csi-thin resource is left and each LVM node's volume group holds only
 // its thin pool.
@@ -229,17 +267,17 @@ func (l *lvmNodes) testNothingLeft(t *testing.T) {
 	}
 }
 
-// logicalVolumes asks the VM node itself (test/cluster/vm-node.sh, through
-// its work dir) which logical volumes LVM holds, as VG/LV.
-func (l *lvmNodes) logicalVolumes(t *testing.T, node string) []string {
+// askVM has the VM node itself do what (test/cluster/vm-node.sh, through
+// its work dir: WHAT.request, answered in WHAT.out) and returns its answer.
+func askVM(t *testing.T, node, what string) string {
 	t.Helper()
 	dir := filepath.Join(envOr("E2E_K8S_RUN", "/var/run/k8s-recipe"), "vms", node)
-	out := filepath.Join(dir, "lvs.out")
+	out := filepath.Join(dir, what+".out")
 	if err := os.Remove(out); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "lvs.request"), nil, 0o644); err != nil {
-		t.Fatalf("ask %s for its logical volumes: %v", node, err)
+	if err := os.WriteFile(filepath.Join(dir, what+".request"), nil, 0o644); err != nil {
+		t.Fatalf("ask %s for %s: %v", node, what, err)
 	}
 	var b []byte
 	err := wait.PollUntilContextTimeout(context.Background(), time.Second, 2*time.Minute, true, func(context.Context) (bool, error) {
@@ -248,13 +286,32 @@ func (l *lvmNodes) logicalVolumes(t *testing.T, node string) []string {
 		return err == nil, nil
 	})
 	if err != nil {
-		t.Fatalf("%s did not list its logical volumes (%s)", node, out)
+		t.Fatalf("%s did not answer %s (%s)", node, what, out)
 	}
-	if strings.Contains(string(b), "lvs failed") {
+	return string(b)
+}
+
+// killAgent SIGKILLs the csi-thin agent in the VM node; its DaemonSet's
+// container restarts.
+func killAgent(t *testing.T, node string) {
+	t.Helper()
+	pids := strings.TrimSpace(askVM(t, node, "kill-agent"))
+	if pids == "none" || pids == "" {
+		t.Fatalf("%s runs no csi-thin agent to kill", node)
+	}
+	t.Logf("killed %s's csi-thin agent (pid %s)", node, pids)
+}
+
+// logicalVolumes asks the VM node itself which logical volumes LVM holds,
+// as VG/LV.
+func (l *lvmNodes) logicalVolumes(t *testing.T, node string) []string {
+	t.Helper()
+	b := askVM(t, node, "lvs")
+	if strings.Contains(b, "lvs failed") {
 		t.Fatalf("%s: lvs: %s", node, b)
 	}
 	var lvs []string
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(b), "\n") {
 		if f := strings.Fields(line); len(f) == 2 {
 			lvs = append(lvs, f[0]+"/"+f[1])
 		}

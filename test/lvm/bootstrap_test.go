@@ -15,13 +15,8 @@ import (
 // the pool (no pvcreate over it) and sees the volume made by the first.
 func TestBootstrapReusesLoopPool(t *testing.T) {
 	t.Parallel()
-	var cfg lvmthin.Config
-	b := loopPool(t, "csithin_boot", 256*backend.MiB, func(c *lvmthin.Config) { cfg = *c })
+	b, cfg, id := poolKeeping(t, "csithin_boot")
 	c := ctx(t)
-	id := volID(t, "vol")
-	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: id, Name: "keep-me", RequiredBytes: 16 * backend.MiB}); err != nil {
-		t.Fatal(err)
-	}
 	attrs := lvm(t, "lvs", "--noheadings", "-o", "lv_attr,chunk_size,discards,lv_when_full,zero", "--units", "b", "--nosuffix", "csithin_boot/pool")
 	for _, want := range []string{"65536", "passdown", "error"} {
 		if !strings.Contains(attrs, want) {
@@ -52,13 +47,8 @@ func TestBootstrapReusesLoopPool(t *testing.T) {
 // every start), is activated by the next start, its volume there.
 func TestStartActivatesPoolLeftHalfActive(t *testing.T) {
 	t.Parallel()
-	var cfg lvmthin.Config
-	b := loopPool(t, "csithin_half", 256*backend.MiB, func(c *lvmthin.Config) { cfg = *c })
+	_, cfg, id := poolKeeping(t, "csithin_half")
 	c := ctx(t)
-	id := volID(t, "vol")
-	if _, err := b.CreateVolume(c, backend.VolumeRequest{ID: id, Name: "keep-me", RequiredBytes: 16 * backend.MiB}); err != nil {
-		t.Fatal(err)
-	}
 	lvm(t, "vgchange", "--activate", "n", "csithin_half")
 	lvm(t, "lvchange", "--yes", "--activate", "y", "csithin_half/pool_tmeta")
 	res, err := runner.Run(c, "lvm", lvmtest.Args("lvchange", "--activate", "y", "csithin_half/pool")...)
@@ -75,6 +65,20 @@ func TestStartActivatesPoolLeftHalfActive(t *testing.T) {
 	if v, err := b2.GetVolume(c, id); err != nil || v.Name != "keep-me" {
 		t.Fatalf("volume after the start = %+v, %v", v, err)
 	}
+}
+
+// poolKeeping makes a private loop-file pool in a new volume group vg
+// holding one volume, "keep-me", for tests that start a second Backend on
+// it; it returns the pool, its configuration and the volume's ID.
+func poolKeeping(t *testing.T, vg string) (*lvmthin.Backend, lvmthin.Config, string) {
+	t.Helper()
+	var cfg lvmthin.Config
+	b := loopPool(t, vg, 256*backend.MiB, func(c *lvmthin.Config) { cfg = *c })
+	id := volID(t, "vol")
+	if _, err := b.CreateVolume(ctx(t), backend.VolumeRequest{ID: id, Name: "keep-me", RequiredBytes: 16 * backend.MiB}); err != nil {
+		t.Fatal(err)
+	}
+	return b, cfg, id
 }
 
 // TestBootstrapRefusesSignature: a configured device that holds a
