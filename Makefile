@@ -44,21 +44,23 @@ test-btrfs: | $(BIN)
 	$(GO) test -count=1 -v ./test/btrfs/ ./test/sanity/ 2>&1 | tee $(BIN)/test-btrfs.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|Ran [0-9]+ of|Passed \|' ; exit $${PIPESTATUS[0]}
 
 # Everything, in four lanes side by side (hack/test-stages.sh; each
-# stage's log in bin/stage-NAME.log, a time table at the end): the host's
-# suites on btrfs and loop devices, then the e2e (it uses them too); the
-# VM's LVM suites; the cluster's build (cached; cold, it overlaps the
-# others); the S3 server's build and the export tests, then the image
-# built from the Dockerfile, then the benchmark's smoke run (it would
-# otherwise lengthen the first lane, the longest). The LVM reliability suite runs whole: the crash matrices (every
-# lvm step of each mutating call; every step of the Node calls) and the
-# out-of-space and metadata tests, in one VM boot (~9.5 min, see
-# test-reliability-lvm). test/README.md says what runs where.
+# stage's log in bin/stage-NAME.log, a time table at the end; test/README.md
+# says what runs where):
+#   1. the cluster suites, one cluster at a time (the e2e's lock), the
+#      longest lane: it starts as soon as the cluster is built;
+#   2. the VM's LVM suites (the LVM reliability suite whole: the crash
+#      matrices, out of space and metadata in one VM boot);
+#   3. the cluster's build (cached; cold, it runs alone with lane 2 and 4's
+#      start), then the host's suites on btrfs and loop devices;
+#   4. the S3 server's build and the export tests, the image built from the
+#      Dockerfile, the benchmark's smoke run.
 # kube-bin comes before the suites that start a kube-apiserver and etcd
-# (test-unit, test-s3): on a cold machine it waits for the cluster-build
+# (test-s3, and the e2e): on a cold machine it waits for the cluster-build
 # lane's first tool, not for the whole build.
 test:
-	hack/test-stages.sh 'packages-host lint kube-bin test-unit test-btrfs test-reliability test-e2e test-e2e-nodes test-e2e-lvm' \
-	  'test-lvm test-reliability-lvm' 'cluster-build' 's3-build kube-bin test-s3 test-image packages-host bench-smoke'
+	hack/test-stages.sh 'packages-host kube-bin test-e2e test-e2e-nodes test-e2e-lvm' \
+	  'test-lvm test-reliability-lvm' 'cluster-build packages-host lint test-unit test-btrfs test-reliability' \
+	  's3-build kube-bin test-s3 test-image packages-host bench-smoke'
 
 # The cluster's binaries, once per version, into $$K8S_CACHE (test/cluster).
 cluster-build:
