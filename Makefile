@@ -104,8 +104,9 @@ test-e2e-nodes:
 
 # The LVM thin backend in the cluster: two more nodes that are QEMU VMs
 # (their kernel has dm-thin; test/cluster/vm-node.sh), each with an LVM
-# thin pool: snapshot, restore and clone on one, copies to the other
-# (TestLVMNodes).
+# thin pool: snapshot, restore and clone on one, copies to the other (its
+# receiving agent SIGKILLed mid-copy), a copy cancelled, a snapshot
+# exported to S3 and restored on the other (TestLVMNodes).
 test-e2e-lvm:
 	E2E_NODES=1 E2E_VM_NODES=2 E2E_RUN=TestLVMNodes E2E_UPSTREAM=0 E2E_ARTIFACTS=$(CURDIR)/_output/e2e-lvm bash test/e2e/run.sh
 
