@@ -128,14 +128,21 @@ func (c *cluster) cancelCopyInProgress(t *testing.T, claim, pod string, timeout 
 	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, claim, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	c.waitVolumeGone(t, id, claim, 2*time.Minute)
+	return id
+}
+
+// waitVolumeGone waits (up to timeout) until the ThinVolume id of the
+// deleted claim is gone: its storage deleted on its node.
+func (c *cluster) waitVolumeGone(t *testing.T, id, claim string, timeout time.Duration) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		_, err := c.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	})
 	if err != nil {
-		t.Errorf("the ThinVolume %s of the deleted claim %s is still there", id, claim)
+		t.Errorf("the ThinVolume %s of the deleted claim %s is still there: %s", id, claim, c.eventsFor(id))
 	}
-	return id
 }
 
 // waitCopyInProgress waits (up to timeout) until the claim's volume is

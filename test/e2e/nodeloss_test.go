@@ -156,7 +156,8 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 // before making it, was judged Lost; the node, back, made it (Resumed),
 // and the claim binds as its provisioner retries. Its pod may have been
 // evicted meanwhile (an unreachable node's pods go after 5 min): the claim
-// and its volume are what is checked; both are removed after.
+// and its volume are what is checked; both are removed after, and the
+// volume's storage with them.
 func (m *multiNode) checkInterruptedClaimMade(t *testing.T, claim, pod string) {
 	t.Helper()
 	ctx := context.Background()
@@ -174,6 +175,10 @@ func (m *multiNode) checkInterruptedClaimMade(t *testing.T, claim, pod string) {
 	}
 	m.waitPodGone(t, pod)
 	m.deletePVCs(t, claim)
+	// Gone before the next step deletes the node: a volume still being
+	// unpublished then would be released without its node and stay in
+	// the pool as a stray.
+	m.waitVolumeGone(t, id, claim, 3*time.Minute)
 }
 
 // tearDownPodVolumes does on a node whose kubelet is dead what that
