@@ -79,6 +79,24 @@ func startWriter(path string) <-chan error {
 	return done
 }
 
+// settleWindow is how long a writer on an unfrozen filesystem (a small
+// write and its fsync) may take before it counts as held by a freeze:
+// long enough for a machine busy with other suites' I/O (300 ms was not),
+// well inside DefaultTimeout, so a frozen one is still held.
+const settleWindow = 2 * time.Second
+
+// held reports, for each writer, whether it is still blocked
+// settleWindow after the call (one deadline for all of them).
+func held(t *testing.T, writers ...<-chan error) []bool {
+	t.Helper()
+	deadline := time.Now().Add(settleWindow)
+	out := make([]bool, len(writers))
+	for i, w := range writers {
+		out[i] = blocked(t, w, time.Until(deadline))
+	}
+	return out
+}
+
 // blocked reports whether the writer is still held after d.
 func blocked(t *testing.T, done <-chan error, d time.Duration) bool {
 	t.Helper()

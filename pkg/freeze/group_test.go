@@ -86,7 +86,8 @@ func TestGroupMembersFrozenTogether(t *testing.T) {
 			var frozen []bool
 			inner.during = func() error {
 				a, b := startWriter(filepath.Join(mntA, "f")), startWriter(filepath.Join(mntB, "f"))
-				heldA, heldB := blocked(t, a, 300*time.Millisecond), blocked(t, b, 300*time.Millisecond)
+				h := held(t, a, b)
+				heldA, heldB := h[0], h[1]
 				if heldA != heldB {
 					t.Errorf("call %d: member A frozen %v, member B frozen %v: not together", len(frozen)+1, heldA, heldB)
 				}
@@ -190,7 +191,8 @@ func TestGroupFindsMountsWithoutActivating(t *testing.T) {
 			inner.during = func() error {
 				a, b := startWriter(filepath.Join(mntA, "f")), startWriter(filepath.Join(mntB, "f"))
 				writers = append(writers, a, b)
-				frozen = blocked(t, a, 300*time.Millisecond) && blocked(t, b, 300*time.Millisecond)
+				h := held(t, a, b)
+				frozen = h[0] && h[1]
 				return nil
 			}
 			f, err := New(t.TempDir(), 0, nil)

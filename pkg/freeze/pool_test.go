@@ -79,13 +79,13 @@ func TestPoolSnapshotFreezesTheMountedDevice(t *testing.T) {
 			var frozen []bool
 			inner.snapshot = func() error {
 				writer := startWriter(filepath.Join(mnt, "f"))
-				held := blocked(t, writer, 300*time.Millisecond)
-				frozen = append(frozen, held)
-				if held {
+				isHeld := held(t, writer)[0]
+				frozen = append(frozen, isHeld)
+				if isHeld {
 					// Resumed by the thaw, which the hook must not wait for.
 					t.Cleanup(func() { wantResumes(t, "after the snapshot", writer) })
 				}
-				if (held && tc.refuseBusy) || (tc.busyThawed && len(frozen) == 1) {
+				if (isHeld && tc.refuseBusy) || (tc.busyThawed && len(frozen) == 1) {
 					return fmt.Errorf("lvcreate: suspend: device or resource busy: %w", backend.ErrBusy)
 				}
 				return nil
