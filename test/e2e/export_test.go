@@ -266,6 +266,5 @@ func (c *cluster) startExportStore(t *testing.T, ctx context.Context) *export.St
 	if err != nil {
 		t.Fatal(err)
 	}
-
 	return store
 }
