@@ -32,6 +32,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
 	"github.com/csi-thin/csi-thin/pkg/k8s/registration"
 	"github.com/csi-thin/csi-thin/pkg/k8s/router"
+	"github.com/csi-thin/csi-thin/pkg/k8s/snapshotexport"
 	"github.com/csi-thin/csi-thin/pkg/node"
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
@@ -52,7 +53,9 @@ func runController(ctx context.Context, o *options) error {
 		}
 		if err := mgr.Add(&lifecycle.Detector{Client: mgr.GetClient(), API: mgr.GetAPIReader(),
 			Recorder: mgr.GetEventRecorder("csi-thin-controller"), LostAfter: o.lostAfter, Metrics: m,
-			CollectOrphans: o.orphanGrace > 0, OrphanGrace: o.orphanGrace}); err != nil {
+			CollectOrphans: o.orphanGrace > 0, OrphanGrace: o.orphanGrace,
+			Exports: &snapshotexport.GoneNodeExports{Client: mgr.GetClient(), Secrets: mgr.GetAPIReader(),
+				Recorder: mgr.GetEventRecorder("csi-thin-controller")}}); err != nil {
 			return err
 		}
 	}

@@ -471,7 +471,8 @@ func TestChartNodeScopePolicy(t *testing.T) {
 }
 
 // The export VolumeSnapshotClass names its Secret by reference, and the
-// node agent may get exactly the export Secrets and nothing more.
+// node agent and the controller may get exactly the export Secrets and
+// nothing more.
 func TestChartSnapshotExport(t *testing.T) {
 	for key := range render(t) {
 		if strings.Contains(key, "-export") {
@@ -514,9 +515,15 @@ func TestChartSnapshotExport(t *testing.T) {
 			t.Errorf("Role %s in %s: %+v, want only get on Secret %s", key, role.Namespace, role.Rules, want.name)
 		}
 		binding := decode[rbacv1.RoleBinding](t, objs, "RoleBinding/"+key)
-		if binding.Namespace != want.namespace || binding.RoleRef.Name != key || len(binding.Subjects) != 1 ||
-			binding.Subjects[0].Name != "csi-thin-node" || binding.Subjects[0].Namespace != "csi-thin" {
-			t.Errorf("RoleBinding %s: %+v", key, binding)
+		var subjects []string
+		for _, s := range binding.Subjects {
+			subjects = append(subjects, s.Kind+" "+s.Namespace+"/"+s.Name)
+		}
+		// The controller deletes the exports of snapshots deleted on a node
+		// gone from the cluster.
+		wantSubjects := []string{"ServiceAccount csi-thin/csi-thin-node", "ServiceAccount csi-thin/csi-thin-controller"}
+		if binding.Namespace != want.namespace || binding.RoleRef.Name != key || !slices.Equal(subjects, wantSubjects) {
+			t.Errorf("RoleBinding %s in %s: role %s, subjects %q; want %q", key, binding.Namespace, binding.RoleRef.Name, subjects, wantSubjects)
 		}
 	}
 	if _, err := helm(t, "template", "x", chartDir, "--kube-version", "1.34.0", "--set", "snapshotExport.volumeSnapshotClass.create=true"); err == nil {

@@ -51,8 +51,19 @@ type Detector struct {
 	// stands for after OrphanGrace (0: DefaultOrphanGrace).
 	CollectOrphans bool
 	OrphanGrace    time.Duration
+	// Exports deletes the export of a ThinSnapshot deleted on a node that
+	// is gone for good, whose agent never will (nil: such a snapshot keeps
+	// its export finalizer).
+	Exports ExportDeleter
 
 	reported map[string]bool // orphans already announced (retained ones)
+}
+
+// ExportDeleter deletes a deleted ThinSnapshot's export from its store
+// and then removes the snapshot's export finalizer
+// (snapshotexport.GoneNodeExports).
+type ExportDeleter interface {
+	DeleteExport(ctx context.Context, ts *thinv1.ThinSnapshot) error
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: one
@@ -211,14 +222,26 @@ func (d *Detector) judge(ctx context.Context, node string) (*nodeState, error) {
 
 // handle marks one resource of a lost node Lost, and releases the
 // finalizer of a deleted one whose Node is gone for good (no agent can
-// ever remove the storage, and the PVC's deletion must complete).
+// ever remove the storage, and the PVC's deletion must complete). A
+// deleted snapshot's export (in an object store, which any node or the
+// controller reaches) is deleted through d.Exports.
 func (d *Detector) handle(ctx context.Context, obj client.Object, node string, phase *thinv1.Phase, conds *[]metav1.Condition, generation int64, pvName string, s *nodeState) error {
 	logger := klog.FromContext(ctx).WithValues(idKey(obj), obj.GetName(), "node", node)
 	if !obj.GetDeletionTimestamp().IsZero() {
-		if !s.gone || !controllerutil.ContainsFinalizer(obj, wellknown.FinalizerNodeCleanup) {
+		if !s.gone {
 			return nil // the agent, back, finishes the deletion
 		}
-		return ReleaseFinalizer(ctx, d.Client, d.Recorder, obj, s.why)
+		if err := ReleaseFinalizer(ctx, d.Client, d.Recorder, obj, s.why); err != nil {
+			return err
+		}
+		if ts, ok := obj.(*thinv1.ThinSnapshot); ok && d.Exports != nil && controllerutil.ContainsFinalizer(ts, wellknown.FinalizerExport) {
+			// A store that fails now is tried again by the next scan; the
+			// other nodes' resources are judged meanwhile.
+			if err := d.Exports.DeleteExport(ctx, ts); err != nil {
+				logger.Error(err, "delete the export of a snapshot deleted on a gone node; next scan retries")
+			}
+		}
+		return nil
 	}
 	if *phase == thinv1.PhaseLost || *phase == thinv1.PhaseFailed {
 		return nil

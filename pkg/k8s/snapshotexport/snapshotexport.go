@@ -391,3 +391,22 @@ func (p *progressReader) Read(b []byte) (int, error) {
 	p.n.Add(int64(n))
 	return n, err
 }
+
+// GoneNodeExports deletes the exports of ThinSnapshots deleted on a node
+// that is gone from the cluster: its agent, which deletes them otherwise,
+// never will, and the store is reachable from anywhere. The controller's
+// lost-node detector (lifecycle.Detector.Exports) calls it; it needs get
+// on the export Secrets, as the node agents do.
+type GoneNodeExports struct {
+	Client   client.Client
+	Secrets  client.Reader
+	Recorder events.EventRecorder
+}
+
+// DeleteExport deletes ts's export as its agent would (an export a later
+// one is incremental against stays), then removes its export finalizer.
+func (g *GoneNodeExports) DeleteExport(ctx context.Context, ts *thinv1.ThinSnapshot) error {
+	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("snapshotID", ts.Name, "volumeID", ts.Spec.SourceVolumeID, "node", ts.Spec.Node))
+	r := &Reconciler{Client: g.Client, Secrets: g.Secrets, Recorder: g.Recorder}
+	return r.deleteExport(ctx, ts)
+}
