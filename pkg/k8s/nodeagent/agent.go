@@ -68,7 +68,8 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 	volumes := &VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder,
 		Changed: status.Poke, Unmount: mount.New("").Unmount}
 	if streams, ok := pool.(backend.Streamer); ok {
-		volumes.RestoreExport = (&snapshotexport.Restorer{Secrets: mgr.GetAPIReader(), Pool: pool, Streams: streams}).Restore
+		restorer := &snapshotexport.Restorer{Secrets: mgr.GetAPIReader(), Pool: pool, Streams: streams}
+		volumes.RestoreExport, volumes.DiscardRestore = restorer.Restore, restorer.Discard
 		if o.transfers != nil {
 			volumes.Copies = NewPuller(mgr.GetClient(), mgr.GetAPIReader(), pool, streams, o.transfers, recorder)
 			volumes.Copies.Changed = status.Poke

@@ -46,6 +46,9 @@ type VolumeReconciler struct {
 	// RestoreExport makes a volume whose source is an export
 	// (snapshotexport.Restorer.Restore); nil: the pool cannot.
 	RestoreExport func(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource) (*backend.Volume, error)
+	// DiscardRestore deletes what an interrupted restore of a volume left
+	// (snapshotexport.Restorer.Discard), when its ThinVolume is deleted.
+	DiscardRestore func(ctx context.Context, volumeID string) error
 	// Copies receives the cross-node copies (spec.source.node); nil: this
 	// agent cannot (transfers off, or a pool that cannot stream).
 	Copies *Puller
@@ -276,7 +279,15 @@ func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) er
 	if r.Copies != nil {
 		r.Copies.Cancel(tv.Name)
 	}
-	return released(ctx, r.Client, r.Recorder, r.tracked(tv), "DeleteVolume", func() error { return r.deleteVolume(ctx, tv) }, r.Changed)
+	return released(ctx, r.Client, r.Recorder, r.tracked(tv), "DeleteVolume", func() error {
+		if err := r.deleteVolume(ctx, tv); err != nil {
+			return err
+		}
+		if r.DiscardRestore != nil && tv.Spec.Source != nil && tv.Spec.Source.Kind == thinv1.VolumeSourceExport {
+			return r.DiscardRestore(ctx, tv.Name)
+		}
+		return nil
+	}, r.Changed)
 }
 
 func (r *VolumeReconciler) changed() {

@@ -152,6 +152,13 @@ func storeError(err error) error {
 	return err
 }
 
+// Discard deletes what a restore of volumeID left behind: the parents an
+// attempt received before its agent was killed, when the volume is
+// deleted before any retry could reuse and delete them. It is idempotent.
+func (r *Restorer) Discard(ctx context.Context, volumeID string) error {
+	return r.removeParents(ctx, volumeID)
+}
+
 // removeParents deletes the parents received for volumeID's restore.
 func (r *Restorer) removeParents(ctx context.Context, volumeID string) error {
 	snaps, err := r.Pool.ListSnapshots(ctx)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -38,7 +40,9 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
 	"github.com/csi-thin/csi-thin/pkg/btrfs/btrfstest"
 	"github.com/csi-thin/csi-thin/pkg/export"
+	"github.com/csi-thin/csi-thin/pkg/k8s/lifecycle"
 	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
+	"github.com/csi-thin/csi-thin/pkg/k8s/snapshotexport"
 	"github.com/csi-thin/csi-thin/pkg/wellknown"
 )
 
@@ -304,10 +308,25 @@ func newEnv(t *testing.T) *env {
 // startAgent runs the node agent of node on a new btrfs pool, wired as
 // cmd/csi-thin wires it (CacheOptions, nodeagent.Setup), until the test ends.
 func (e *env) startAgent(node string) *btrfs.Pool {
+	e.t.Helper()
+	pool := e.newPool(node)
+	e.startAgentOn(pool)
+	return pool
+}
+
+// newPool makes node's btrfs pool, with no agent on it yet.
+func (e *env) newPool(node string) *btrfs.Pool {
+	e.t.Helper()
+	pool := btrfstest.NewPool(e.t, backend.GiB, btrfs.Config{NodeName: node})
+	e.t.Cleanup(pool.Settle) // a receive's background clean-up, before the teardown
+	return pool
+}
+
+// startAgentOn runs the node agent of pool's node until the test ends.
+func (e *env) startAgentOn(pool *btrfs.Pool) {
 	t := e.t
 	t.Helper()
-	pool := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: node})
-	t.Cleanup(pool.Settle) // a receive's background clean-up, before the teardown
+	node := pool.NodeName()
 	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
 		Scheme:     e.scheme,
 		Cache:      cache.Options{ByObject: nodeagent.CacheOptions(node)},
@@ -329,7 +348,6 @@ func (e *env) startAgent(node string) *btrfs.Pool {
 		}
 	}()
 	t.Cleanup(func() { stop(); <-done })
-	return pool
 }
 
 func ExportIDOf(ts *thinv1.ThinSnapshot) string { return ts.Spec.SourceVolumeID + "/" + ts.Name }
@@ -522,5 +540,147 @@ func TestRestoreFromExport(t *testing.T) {
 	missing := e.restore("from-missing", "n2", vol+"/"+backend.SnapshotIDFor("never-taken"))
 	if missing.Status.Phase != thinv1.PhaseFailed || missing.Status.Code != codes.NotFound.String() {
 		t.Errorf("restore from a missing export: %s %s: %s; want Failed NotFound", missing.Status.Phase, missing.Status.Code, missing.Status.Message)
+	}
+}
+
+// TestExportOfGoneNodeDeleted: a ThinSnapshot whose export is not retained
+// is deleted while its node is gone from the cluster (no Node object, so
+// no agent will ever release it). The controller's lost-node detector,
+// given GoneNodeExports as cmd/csi-thin wires it, releases the node's
+// finalizer, deletes the export from the real store and removes the
+// export finalizer: the ThinSnapshot is gone, and the bucket holds no
+// export of it.
+func TestExportOfGoneNodeDeleted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx, c := e.ctx, e.c
+	vol := backend.VolumeIDFor("on-gone-node")
+	ts := &thinv1.ThinSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: backend.SnapshotIDFor("on-gone-node"), Labels: map[string]string{wellknown.LabelNode: "gone"},
+			Finalizers: []string{wellknown.FinalizerNodeCleanup, wellknown.FinalizerExport}},
+		Spec: thinv1.ThinSnapshotSpec{Node: "gone", Name: "on-gone-node", SourceVolumeID: vol,
+			Export: &thinv1.SnapshotExport{SecretNamespace: secretNamespace, SecretName: "s3"}},
+	}
+	if err := c.Create(ctx, ts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Put(ctx, vol, ts.Name, "", bytes.NewReader(bytes.Repeat([]byte("x"), 64<<10))); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, ts); err != nil {
+		t.Fatal(err)
+	}
+	rec := events.NewFakeRecorder(10)
+	d := &lifecycle.Detector{Client: c, API: c, Recorder: rec,
+		Now:     func() time.Time { return time.Now().Add(time.Hour) }, // the snapshot is older than LostAfter
+		Exports: &snapshotexport.GoneNodeExports{Client: c, Secrets: c, Recorder: rec}}
+	if err := d.Scan(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(ts), &thinv1.ThinSnapshot{}); !apierrors.IsNotFound(err) {
+		got := &thinv1.ThinSnapshot{}
+		_ = c.Get(ctx, client.ObjectKeyFromObject(ts), got)
+		t.Errorf("ThinSnapshot deleted on a gone node still there (finalizers %v): %v", got.Finalizers, err)
+	}
+	if _, err := e.store.Manifest(ctx, ExportIDOf(ts)); !errors.Is(err, export.ErrNotFound) {
+		t.Errorf("export of a snapshot deleted on a gone node: %v, want it deleted", err)
+	}
+	var seen []string
+	for len(rec.Events) > 0 {
+		seen = append(seen, <-rec.Events)
+	}
+	if !slices.ContainsFunc(seen, func(e string) bool { return strings.Contains(e, "ExportDeleted") }) {
+		t.Errorf("no ExportDeleted Event; seen %q", seen)
+	}
+}
+
+// TestRestoreAfterCrash: a restore's agent killed after it received the
+// chain's parent leaves that parent as a snapshot named for the volume
+// (the state is built by receiving it as Restorer does). If the ThinVolume
+// is deleted before the agent returns, the returning agent deletes the
+// parent with it; if it is not, the retry reuses the parent, the volume is
+// Ready with the source's files, and the parent is gone too.
+func TestRestoreAfterCrash(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx, c := e.ctx, e.c
+	src := e.startAgent("n1")
+	vol := backend.VolumeIDFor("source")
+	if _, err := src.CreateVolume(ctx, backend.VolumeRequest{ID: vol, Name: "source", RequiredBytes: 256 * backend.MiB, AccessType: backend.AccessMount}); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, filepath.Join(src.VolumePath(vol), "a"), 4<<20)
+	s1 := e.exported("one", "n1", vol)
+	writeRandom(t, filepath.Join(src.VolumePath(vol), "b"), 1<<20)
+	s2 := e.exported("two", "n1", vol)
+	dst := e.newPool("n2")
+	// What the killed attempt received: the first link, as a parent.
+	receivedParent := func(volumeID string) {
+		t.Helper()
+		var stream bytes.Buffer
+		if _, err := e.store.Get(ctx, ExportIDOf(s1), &stream); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dst.ReceiveSnapshot(ctx, s1.Name, snapshotexport.RestoreParentName(volumeID), &stream); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snapshots := func() []string {
+		t.Helper()
+		snaps, err := dst.ListSnapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, s := range snaps {
+			names = append(names, s.Name)
+		}
+		return names
+	}
+
+	// Deleted while its agent was away.
+	abandoned := &thinv1.ThinVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: backend.VolumeIDFor("abandoned"), Labels: map[string]string{wellknown.LabelNode: "n2"},
+			Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+		Spec: thinv1.ThinVolumeSpec{Node: "n2", Name: "abandoned", RequiredBytes: 256 * backend.MiB, AccessType: thinv1.AccessMount,
+			Source: &thinv1.VolumeSource{Kind: thinv1.VolumeSourceExport, ID: ExportIDOf(s2),
+				Export: &thinv1.SnapshotExport{SecretNamespace: secretNamespace, SecretName: "s3"}}},
+	}
+	receivedParent(abandoned.Name)
+	if err := c.Create(ctx, abandoned); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, abandoned); err != nil {
+		t.Fatal(err)
+	}
+	e.startAgentOn(dst)
+	for {
+		err := c.Get(ctx, client.ObjectKeyFromObject(abandoned), &thinv1.ThinVolume{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("deleted restore %s not released by the returning agent: %v", abandoned.Name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if left := snapshots(); len(left) != 0 {
+		t.Errorf("snapshots left by a restore deleted after its agent was killed: %v", left)
+	}
+
+	// Retried by the returning agent.
+	const resumed = "resumed"
+	receivedParent(backend.VolumeIDFor(resumed))
+	tv := e.restore(resumed, "n2", ExportIDOf(s2))
+	if tv.Status.Phase != thinv1.PhaseReady {
+		t.Fatalf("restore retried over a received parent: %s %s: %s", tv.Status.Phase, tv.Status.Code, tv.Status.Message)
+	}
+	for _, f := range []string{"a", "b"} {
+		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(tv.Name), f)) {
+			t.Errorf("restored %s differs from the source", f)
+		}
+	}
+	if left := snapshots(); len(left) != 0 {
+		t.Errorf("snapshots left by a retried restore: %v", left)
 	}
 }
