@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"regexp"
 	"strings"
@@ -27,19 +28,38 @@ var sha256Line = regexp.MustCompile(`\b[0-9a-f]{64}\b`)
 
 // TestSnapshotExportS3: a VolumeSnapshot of the chart's export class
 // (values-e2e.yaml: Secret csi-thin/s3-e2e, exports retained) is exported
-// by the node agent to a real SeaweedFS on the node's IP; the source PVC,
-// the VolumeSnapshot and with it the local snapshot are deleted; a
-// pre-provisioned VolumeSnapshotContent naming the export restores a PVC
-// whose data has the source's sha256. The node agent may get that Secret
-// and no other.
+// by the node agent to a real SeaweedFS on the node's IP, and a second
+// snapshot incrementally against it; the source PVC, the VolumeSnapshots
+// and with them the local snapshots are deleted; a pre-provisioned
+// VolumeSnapshotContent naming the second export restores a PVC whose
+// data has the source's sha256 (exportAndRestore). The node agent and
+// the controller may get that Secret and no other.
 func TestSnapshotExportS3(t *testing.T) {
 	c := newCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	store := c.startExportStore(t, ctx)
 
-	// The node agent may get this Secret (the chart's Role) and no other.
-	agent := "system:serviceaccount:" + c.driver + ":csi-thin-node"
+	// The node agent may get this Secret (the chart's Role) and no other;
+	// so may the controller (for the exports of a node gone from the
+	// cluster).
+	for _, sa := range []string{"csi-thin-node", "csi-thin-controller"} {
+		c.onlyGetsExportSecret(t, ctx, sa)
+	}
+
+	c.exportAndRestore(t, ctx, store, exportCase{prefix: "exp", class: classWFFC, snapshotGone: func(t *testing.T, id string) {
+		if leftovers := host(t, "find", c.poolDir, "-maxdepth", "3", "-name", id); strings.TrimSpace(leftovers) != "" {
+			t.Errorf("local snapshot still in the pool: %s", leftovers)
+		}
+	}})
+}
+
+// onlyGetsExportSecret: service account sa of the driver's namespace may
+// get the export class's Secret csi-thin/s3-e2e and nothing else of
+// Secrets.
+func (c *cluster) onlyGetsExportSecret(t *testing.T, ctx context.Context, sa string) {
+	t.Helper()
+	user := "system:serviceaccount:" + c.driver + ":" + sa
 	for _, tc := range []struct {
 		attrs authorizationv1.ResourceAttributes
 		allow bool
@@ -53,21 +73,15 @@ func TestSnapshotExportS3(t *testing.T) {
 	} {
 		attrs := tc.attrs
 		review, err := c.kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
-			Spec: authorizationv1.SubjectAccessReviewSpec{User: agent, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + c.driver, "system:authenticated"}, ResourceAttributes: &attrs},
+			Spec: authorizationv1.SubjectAccessReviewSpec{User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + c.driver, "system:authenticated"}, ResourceAttributes: &attrs},
 		}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if review.Status.Allowed != tc.allow {
-			t.Errorf("node agent %s %s %s/%s: allowed %v, want %v", attrs.Verb, attrs.Resource, attrs.Namespace, attrs.Name, review.Status.Allowed, tc.allow)
+			t.Errorf("%s %s %s %s/%s: allowed %v, want %v", sa, attrs.Verb, attrs.Resource, attrs.Namespace, attrs.Name, review.Status.Allowed, tc.allow)
 		}
 	}
-
-	c.exportAndRestore(t, ctx, store, exportCase{prefix: "exp", class: classWFFC, snapshotGone: func(t *testing.T, id string) {
-		if leftovers := host(t, "find", c.poolDir, "-maxdepth", "3", "-name", id); strings.TrimSpace(leftovers) != "" {
-			t.Errorf("local snapshot still in the pool: %s", leftovers)
-		}
-	}})
 }
 
 // exportCase says where exportAndRestore writes, exports and restores.
@@ -75,26 +89,95 @@ type exportCase struct {
 	prefix          string // of the claims', snapshots' and pods' names
 	class           string // StorageClass of the source and of the restore
 	writeOn, readOn string // nodes of the writer's and the reader's pod ("": the scheduler's choice)
-	// snapshotGone checks that the exported snapshot (its ID) has left
-	// its node's pool.
+	// snapshotGone checks that an exported snapshot (its ID) has left its
+	// node's pool.
 	snapshotGone func(t *testing.T, id string)
 }
 
-// exportAndRestore writes 8 MiB to a new claim, exports its snapshot
-// (class csi-thin-export), deletes the claim and the snapshot, and
-// restores a claim from a pre-provisioned VolumeSnapshotContent naming
-// the export, whose data must have the source's sha256; then it deletes
+// Sizes of exportAndRestore's writes: the first export's data, and what
+// the second, incremental, export adds.
+const (
+	exportFullMiB        = 8
+	exportIncrementalMiB = 2
+)
+
+// exportAndRestore writes 8 MiB to a new claim and exports its snapshot
+// (class csi-thin-export); it writes 2 MiB more and exports a second
+// snapshot, which must be incremental against the first (its parent, a
+// stream of the 2 MiB and not of the whole data). It deletes the claim and
+// both snapshots, and restores a claim from a pre-provisioned
+// VolumeSnapshotContent naming the second export (the chain: full, then
+// incremental), whose data must have the source's sha256; then it deletes
 // what it made.
 func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *export.Store, ec exportCase) {
 	t.Helper()
-	src, snap, restoreSnap, restored := ec.prefix+"-src", ec.prefix+"-snap", ec.prefix+"-restore-snap", ec.prefix+"-restored"
+	src, full, incr := ec.prefix+"-src", ec.prefix+"-snap", ec.prefix+"-snap2"
 	c.createPVC(t, src, ec.class, "1Gi")
-	out := c.runPodOn(t, ec.writeOn, ec.prefix+"-writer", "dd if=/dev/urandom of=/"+src+"/data bs=1M count=8 2>/dev/null && sync && sha256sum /"+src+"/data", src)
+	c.runPodOn(t, ec.writeOn, ec.prefix+"-writer", fmt.Sprintf("dd if=/dev/urandom of=/%s/data bs=1M count=%d 2>/dev/null && sync",
+		src, exportFullMiB), src)
+	fullID, fullExport := c.exportSnapshot(t, ctx, full, src)
+	out := c.runPodOn(t, ec.writeOn, ec.prefix+"-writer2", fmt.Sprintf("dd if=/dev/urandom of=/%s/data2 bs=1M count=%d 2>/dev/null && sync && cat /%[1]s/data /%[1]s/data2 | sha256sum",
+		src, exportIncrementalMiB), src)
 	want := sha256Line.FindString(out)
 	if want == "" {
 		t.Fatalf("writer printed no sha256: %q", out)
 	}
+	incrID, incrExport := c.exportSnapshot(t, ctx, incr, src)
+	t.Logf("full export %s: %d bytes; incremental %s: %d bytes", fullExport.id, fullExport.bytesDone, incrExport.id, incrExport.bytesDone)
+	if incrExport.parent != fullExport.id {
+		t.Errorf("export %s is incremental against %q; want the volume's previous export %s", incrExport.id, incrExport.parent, fullExport.id)
+	}
+	if incrExport.bytesDone < exportIncrementalMiB<<20 || incrExport.bytesDone >= fullExport.bytesDone/2 {
+		t.Errorf("the incremental export sent %d bytes (the full one %d); want the %d MiB written since, not the whole data",
+			incrExport.bytesDone, fullExport.bytesDone, exportIncrementalMiB)
+	}
 
+	// The source goes: the claim, the VolumeSnapshots and with them the
+	// node's snapshots (the class deletes its contents; the exports stay).
+	for _, snap := range []string{full, incr} {
+		if err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Delete(ctx, snap, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, src, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{fullID, incrID} {
+		err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			_, err := c.dyn.Resource(thinSnapGVR).Get(ctx, id, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+		if err != nil {
+			t.Fatalf("ThinSnapshot %s not deleted: %v", id, err)
+		}
+		ec.snapshotGone(t, id)
+	}
+	for _, id := range []string{fullExport.id, incrExport.id} {
+		if _, err := store.Manifest(ctx, id); err != nil {
+			t.Fatalf("export %s gone with its snapshot: %v", id, err)
+		}
+	}
+
+	restored := ec.prefix + "-restored"
+	c.restoreExport(t, ctx, restored, ec.class, incrExport.id)
+	out = c.runPodOn(t, ec.readOn, ec.prefix+"-reader", fmt.Sprintf("cat /%[1]s/data /%[1]s/data2 | sha256sum", restored), restored)
+	if got := sha256Line.FindString(out); got != want {
+		t.Errorf("restored data sha256 %q, want %s (output %q)", got, want, out)
+	}
+	c.deleteRestored(t, ctx, restored)
+}
+
+// exportStatus is a ThinSnapshot's status.export, once exported.
+type exportStatus struct {
+	id, parent string
+	bytesDone  int64
+}
+
+// exportSnapshot takes VolumeSnapshot snap of claim src with the export
+// class and waits for its export, and for the Exported Event on the
+// VolumeSnapshot; it returns the snapshot's ID and its export.
+func (c *cluster) exportSnapshot(t *testing.T, ctx context.Context, snap, src string) (string, exportStatus) {
+	t.Helper()
 	vs := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
 		"metadata": map[string]any{"name": snap, "namespace": c.ns},
@@ -104,7 +187,15 @@ func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *exp
 	if _, err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Create(ctx, vs, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var snapshotID, exportID string
+	return c.waitExported(t, ctx, snap)
+}
+
+// waitExported waits for VolumeSnapshot snap's ThinSnapshot to be
+// exported, and for the Exported Event on the VolumeSnapshot.
+func (c *cluster) waitExported(t *testing.T, ctx context.Context, snap string) (string, exportStatus) {
+	t.Helper()
+	var snapshotID string
+	var st exportStatus
 	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		u, err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Get(ctx, snap, metav1.GetOptions{})
 		if err != nil {
@@ -127,43 +218,32 @@ func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *exp
 			return false, nil
 		}
 		phase, _, _ := unstructured.NestedString(ts.Object, "status", "export", "phase")
-		exportID, _, _ = unstructured.NestedString(ts.Object, "status", "export", "id")
+		st.id, _, _ = unstructured.NestedString(ts.Object, "status", "export", "id")
+		st.parent, _, _ = unstructured.NestedString(ts.Object, "status", "export", "parent")
+		st.bytesDone, _, _ = unstructured.NestedInt64(ts.Object, "status", "export", "bytesDone")
 		return phase == "Exported", nil
 	})
 	if err != nil {
 		t.Fatalf("snapshot %q not exported: %v %s", snapshotID, err, c.eventsFor(snapshotID))
 	}
-	t.Logf("exported %s as %s", snapshotID, exportID)
-	// The export's Event reaches the VolumeSnapshot too.
+	t.Logf("exported %s as %s", snapshotID, st.id)
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, 30*time.Second, true, func(context.Context) (bool, error) {
-		return strings.Contains(c.eventsFor(snap), "Normal Exported: exported as "+exportID), nil
+		return strings.Contains(c.eventsFor(snap), "Normal Exported: exported as "+st.id), nil
 	}); err != nil {
 		t.Errorf("no Exported Event on the VolumeSnapshot %s: %q", snap, c.eventsFor(snap))
 	}
+	return snapshotID, st
+}
 
-	// The source goes: the claim, the VolumeSnapshot and with it the
-	// node's snapshot (the class deletes its content; its export stays).
-	if err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Delete(ctx, snap, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, src, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := c.dyn.Resource(thinSnapGVR).Get(ctx, snapshotID, metav1.GetOptions{})
-		return apierrors.IsNotFound(err), nil
-	})
-	if err != nil {
-		t.Fatalf("ThinSnapshot %s not deleted: %v", snapshotID, err)
-	}
-	ec.snapshotGone(t, snapshotID)
-	if _, err := store.Manifest(ctx, exportID); err != nil {
-		t.Fatalf("export %s gone with its snapshot: %v", exportID, err)
-	}
-
-	// Restore from a pre-provisioned content naming the export.
+// restoreExport makes claim name (StorageClass class) from export
+// exportID: a pre-provisioned VolumeSnapshotContent naming the export
+// (deleted when the test ends), its VolumeSnapshot name-snap, and the
+// claim with that as its dataSource.
+func (c *cluster) restoreExport(t *testing.T, ctx context.Context, name, class, exportID string) {
+	t.Helper()
+	restoreSnap := name + "-snap"
 	handle := export.Handle{SecretNamespace: c.driver, SecretName: "s3-e2e", ExportID: exportID}.String()
-	contentName := ec.prefix + "-restore-" + c.ns
+	contentName := name + "-" + c.ns
 	content := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
 		"metadata": map[string]any{"name": contentName},
@@ -174,7 +254,9 @@ func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *exp
 	if _, err := c.dyn.Resource(contentGVR).Create(ctx, content, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	defer c.dyn.Resource(contentGVR).Delete(context.Background(), contentName, metav1.DeleteOptions{}) //nolint:errcheck
+	t.Cleanup(func() {
+		c.dyn.Resource(contentGVR).Delete(context.Background(), contentName, metav1.DeleteOptions{}) //nolint:errcheck
+	})
 	preProvisioned := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
 		"metadata": map[string]any{"name": restoreSnap, "namespace": c.ns},
@@ -183,7 +265,7 @@ func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *exp
 	if _, err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Create(ctx, preProvisioned, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		u, err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Get(ctx, restoreSnap, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -194,26 +276,26 @@ func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *exp
 	if err != nil {
 		t.Fatalf("pre-provisioned VolumeSnapshot not ready: %v %s", err, c.eventsFor(restoreSnap))
 	}
-	c.createPVC(t, restored, ec.class, "1Gi", fromSnapshot(restoreSnap))
-	out = c.runPodOn(t, ec.readOn, ec.prefix+"-reader", "sha256sum /"+restored+"/data", restored)
-	if got := sha256Line.FindString(out); got != want {
-		t.Errorf("restored data sha256 %q, want %s (output %q)", got, want, out)
-	}
+	c.createPVC(t, name, class, "1Gi", fromSnapshot(restoreSnap))
+}
 
-	// Leave nothing for the later tests: the restored claim's volume goes.
-	bound := c.waitBound(t, restored, time.Minute)
-	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, restored, metav1.DeleteOptions{}); err != nil {
+// deleteRestored deletes restoreExport's claim and VolumeSnapshot, and
+// waits for the claim's PV to be gone.
+func (c *cluster) deleteRestored(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	bound := c.waitBound(t, name, time.Minute)
+	if err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Error(err)
 	}
-	if err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Delete(ctx, restoreSnap, metav1.DeleteOptions{}); err != nil {
+	if err := c.dyn.Resource(snapshotGVR).Namespace(c.ns).Delete(ctx, name+"-snap", metav1.DeleteOptions{}); err != nil {
 		t.Error(err)
 	}
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := c.kube.CoreV1().PersistentVolumes().Get(ctx, bound.Spec.VolumeName, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	})
 	if err != nil {
-		t.Errorf("PV %s of the restored claim not deleted: %v", bound.Spec.VolumeName, err)
+		t.Errorf("PV %s of the restored claim %s not deleted: %v", bound.Spec.VolumeName, name, err)
 	}
 }
 

@@ -31,9 +31,10 @@ const (
 // (ext4, mounted with discard); its snapshot restored and its clone on
 // the same node are thin snapshots with the same data; on a second LVM
 // node, a restore and a clone are copied there by the node agents,
-// streaming only the volume's mapped blocks, also when the receiving
-// agent is killed mid-copy, and a copy is cancelled by deleting its
-// claim; a snapshot exported to S3 is restored on the other node;
+// streaming only the volume's mapped blocks, also when the receiving or
+// the sending agent is killed mid-copy, and a copy is cancelled by
+// deleting its claim; a snapshot exported to S3 and a second one exported
+// incrementally are restored on the other node;
 // deleting everything leaves no logical volume but the pool. Skips when
 // the cluster has no LVM node.
 func TestLVMNodes(t *testing.T) {
@@ -50,6 +51,7 @@ func TestLVMNodes(t *testing.T) {
 	runSteps(t, []step{
 		{"SnapshotRestoreAndCloneOnOneNode", l.testSameNode},
 		{"RestoreAndCloneCopiedToAnotherNode", l.testCopied},
+		{"CopyMadeAgainAfterItsSourceAgentKilled", l.testSourceKilled},
 		{"CopyCancelledByDeletingItsClaim", l.testCopyCancelled},
 		{"ExportedToS3AndRestoredOnTheOtherNode", l.testExported},
 		{"NothingLeft", l.testNothingLeft},
@@ -142,6 +144,33 @@ func (l *lvmNodes) testCopied(t *testing.T) {
 	}
 	if n, _, _ := unstructured.NestedInt64(tv.Object, "status", "transfer", "attempts"); n < 2 {
 		t.Errorf("the copy %s whose receiving agent was killed took %d attempt(s); want a second one after the restart", killed, n)
+	}
+}
+
+// testSourceKilled: a clone whose pod must run on the second LVM node is
+// being copied there when the csi-thin agent of its source's node (the
+// first LVM node, which serves the stream) is SIGKILLed: its container
+// restarts, the copy is made again (a second attempt) and reads the
+// source's sha256; testNothingLeft finds nothing the cut stream left on
+// either node.
+func (l *lvmNodes) testSourceKilled(t *testing.T) {
+	if len(l.vms) < 2 {
+		t.Skipf("one LVM node (%v): run.sh with E2E_VM_NODES=2", l.vms)
+	}
+	l.createPVC(t, "lvm-far-clone2", classLVM, "1Gi", fromPVC("lvm-src"))
+	l.startPodOn(t, l.vms[1], "lvm-far-reader2", "sha256sum /lvm-far-clone2/data | cut -d' ' -f1", "lvm-far-clone2")
+	killed := l.waitCopyInProgress(t, "lvm-far-clone2", 5*time.Minute)
+	killAgent(t, l.vms[0])
+	if got := lastLine(l.waitPodDone(t, "lvm-far-reader2")); got != l.sum {
+		t.Errorf("the copy on %s reads sha256 %q; the source wrote %s", l.vms[1], got, l.sum)
+	}
+	l.expectLVMVolume(t, "lvm-far-clone2", l.vms[1], true)
+	tv, err := l.dyn.Resource(thinVolumeGVR).Get(context.Background(), killed, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := unstructured.NestedInt64(tv.Object, "status", "transfer", "attempts"); n < 2 {
+		t.Errorf("the copy %s whose source agent was killed took %d attempt(s); want a second one after the restart", killed, n)
 	}
 }
 

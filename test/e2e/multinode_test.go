@@ -38,6 +38,7 @@ func TestMultiNode(t *testing.T) {
 	}
 	t.Logf("namespace %s, nodes %v; test node %s, other node %s", c.ns, nodes, c.node, other)
 	m := &multiNode{cluster: c, nodes: nodes, other: other, parent: t}
+	c.startExportStore(t, context.Background()) // testNodeDrained exports, testNodeDeleted restores
 	runSteps(t, []step{
 		{"PodsWriteVolumesOnEveryNode", m.testEveryNode},
 		{"AllowedTopologiesRespected", m.testAllowedTopologies},
@@ -59,7 +60,8 @@ type multiNode struct {
 	other  string     // a node that is not c.node
 	parent *testing.T // TestMultiNode's, for cleanups that outlive a step
 
-	lostAfterShort bool // shortLostAfter ran
+	lostAfterShort bool   // shortLostAfter ran
+	localExport    string // export of the drained node's snapshot (testNodeDrained)
 }
 
 // nodeNames lists the cluster's nodes, sorted.

@@ -26,14 +26,18 @@ import (
 // (local data does not move), while the volume stays Ready with
 // its data and the node's agent (a DaemonSet pod, which drain leaves)
 // keeps running; uncordoned, the node runs the replacement, which reads
-// the data. The claim and a snapshot of it stay for testNodeDeleted.
+// the data. The claim and a snapshot of it, exported to S3, stay for
+// testNodeDeleted.
 func (m *multiNode) testNodeDrained(t *testing.T) {
 	ctx := context.Background()
 	node := m.other
 	m.createPVC(t, "local", classWFFC, "1Gi")
 	m.runPodOn(t, node, "local-writer", fmt.Sprintf("echo '%s drained' > /local/file && sync", payload), "local")
 	handle := volumeHandle(t, m.cluster, m.waitBound(t, "local", time.Minute))
-	m.createSnapshot(t, "local-snap", "local")
+	// Its snapshot is exported too: testNodeDeleted restores the export
+	// once the node is gone.
+	_, exp := m.exportSnapshot(t, ctx, "local-snap", "local")
+	m.localExport = exp.id
 
 	const app = "local-app"
 	m.createDeployment(t, app, "cat /local/file && sleep 3600", "local")
@@ -95,7 +99,8 @@ func (m *multiNode) testNodeDrained(t *testing.T) {
 // counting them. Deleting the VolumeSnapshot and the PVC completes, their
 // ThinVolume and ThinSnapshot gone with them (the controller releases the
 // finalizers: no agent of a deleted node will ever come). The data stays
-// in the pool. The kubelet,
+// in the pool. The snapshot's export restores a claim on the node that
+// is left, the source node still deleted, with the data. The kubelet,
 // restarted, registers the Node again: the kept claim is Ready with its
 // data, and the released volume and snapshot are reported as strays
 // (status.strayIDs, StrayStorage Event), never deleted by the agent; the
@@ -175,6 +180,16 @@ func (m *multiNode) testNodeDeleted(t *testing.T) {
 	if !strings.Contains(inPool, handle) || !strings.Contains(inPool, snapID) {
 		t.Errorf("storage of the released volume %s or snapshot %s deleted without its node:\n%s", handle, snapID, inPool)
 	}
+
+	// A backup outlives its node: the export restores on the node left.
+	m.restoreExport(t, ctx, "local-back", classWFFC, m.localExport)
+	if out := m.runPodOn(t, m.node, "local-back-reader", "cat /local-back/file", "local-back"); !strings.Contains(out, payload+" drained") {
+		t.Errorf("claim restored from export %s of deleted node %s reads %q", m.localExport, node, out)
+	}
+	if _, err := m.kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("node %s came back before the restore was read: %v", node, err)
+	}
+	m.deleteRestored(t, ctx, "local-back")
 
 	// The kubelet registers its Node at start: restart it.
 	m.restartKubelet(t, node, m.killKubelet(t, node))
