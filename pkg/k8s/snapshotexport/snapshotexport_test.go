@@ -366,13 +366,19 @@ func deleteAndWait(t *testing.T, ctx context.Context, c client.Client, ts *thinv
 	if err := c.Delete(ctx, ts); err != nil {
 		t.Fatal(err)
 	}
+	waitGone(t, ctx, c, ts)
+}
+
+// waitGone waits until obj no longer exists.
+func waitGone(t *testing.T, ctx context.Context, c client.Client, obj client.Object) {
+	t.Helper()
 	for {
-		err := c.Get(ctx, client.ObjectKeyFromObject(ts), &thinv1.ThinSnapshot{})
+		err := c.Get(ctx, client.ObjectKeyFromObject(obj), obj.DeepCopyObject().(client.Object))
 		if apierrors.IsNotFound(err) {
 			return
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("%s not deleted: %v", ts.Name, err)
+			t.Fatalf("%s not deleted: %v", obj.GetName(), err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -446,6 +452,23 @@ func (e *env) exported(name, node, volumeID string) *thinv1.ThinSnapshot {
 	return ts
 }
 
+// exportedTwice makes volume "source" on src (node n1's pool) with 4 MiB
+// in file a, exports a snapshot of it, adds 1 MiB in file b and exports a
+// second one (incremental against the first).
+func (e *env) exportedTwice(src *btrfs.Pool) (vol string, s1, s2 *thinv1.ThinSnapshot) {
+	t := e.t
+	t.Helper()
+	vol = backend.VolumeIDFor("source")
+	if _, err := src.CreateVolume(e.ctx, backend.VolumeRequest{ID: vol, Name: "source", RequiredBytes: 256 * backend.MiB, AccessType: backend.AccessMount}); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, filepath.Join(src.VolumePath(vol), "a"), 4<<20)
+	s1 = e.exported("one", "n1", vol)
+	writeRandom(t, filepath.Join(src.VolumePath(vol), "b"), 1<<20)
+	s2 = e.exported("two", "n1", vol)
+	return vol, s1, s2
+}
+
 // restore makes a ThinVolume on node restoring exportID (as the router
 // does for a pre-provisioned content's export handle) and waits for the
 // node's verdict.
@@ -484,14 +507,7 @@ func TestRestoreFromExport(t *testing.T) {
 	e := newEnv(t)
 	ctx := e.ctx
 	src, dst := e.startAgent("n1"), e.startAgent("n2")
-	vol := backend.VolumeIDFor("source")
-	if _, err := src.CreateVolume(ctx, backend.VolumeRequest{ID: vol, Name: "source", RequiredBytes: 256 * backend.MiB, AccessType: backend.AccessMount}); err != nil {
-		t.Fatal(err)
-	}
-	writeRandom(t, filepath.Join(src.VolumePath(vol), "a"), 4<<20)
-	s1 := e.exported("one", "n1", vol)
-	writeRandom(t, filepath.Join(src.VolumePath(vol), "b"), 1<<20)
-	s2 := e.exported("two", "n1", vol)
+	vol, s1, s2 := e.exportedTwice(src)
 	if s2.Status.Export.Parent != ExportIDOf(s1) {
 		t.Fatalf("second export's parent %q, want %s", s2.Status.Export.Parent, ExportIDOf(s1))
 	}
@@ -605,14 +621,7 @@ func TestRestoreAfterCrash(t *testing.T) {
 	e := newEnv(t)
 	ctx, c := e.ctx, e.c
 	src := e.startAgent("n1")
-	vol := backend.VolumeIDFor("source")
-	if _, err := src.CreateVolume(ctx, backend.VolumeRequest{ID: vol, Name: "source", RequiredBytes: 256 * backend.MiB, AccessType: backend.AccessMount}); err != nil {
-		t.Fatal(err)
-	}
-	writeRandom(t, filepath.Join(src.VolumePath(vol), "a"), 4<<20)
-	s1 := e.exported("one", "n1", vol)
-	writeRandom(t, filepath.Join(src.VolumePath(vol), "b"), 1<<20)
-	s2 := e.exported("two", "n1", vol)
+	vol, s1, s2 := e.exportedTwice(src)
 	dst := e.newPool("n2")
 	// What the killed attempt received: the first link, as a parent.
 	receivedParent := func(volumeID string) {
@@ -654,16 +663,7 @@ func TestRestoreAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.startAgentOn(dst)
-	for {
-		err := c.Get(ctx, client.ObjectKeyFromObject(abandoned), &thinv1.ThinVolume{})
-		if apierrors.IsNotFound(err) {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("deleted restore %s not released by the returning agent: %v", abandoned.Name, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitGone(t, ctx, c, abandoned) // released by the returning agent
 	if left := snapshots(); len(left) != 0 {
 		t.Errorf("snapshots left by a restore deleted after its agent was killed: %v", left)
 	}
