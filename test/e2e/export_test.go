@@ -164,6 +164,18 @@ func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *exp
 	if got := sha256Line.FindString(out); got != want {
 		t.Errorf("restored data sha256 %q, want %s (output %q)", got, want, out)
 	}
+	// The restore reports what it read: both exports' streams, whole.
+	id := volumeHandle(t, c, c.waitBound(t, restored, time.Minute))
+	tv, err := c.dyn.Resource(thinVolumeGVR).Get(ctx, id, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	phase, _, _ := unstructured.NestedString(tv.Object, "status", "transfer", "phase")
+	done, _, _ := unstructured.NestedInt64(tv.Object, "status", "transfer", "bytesDone")
+	total, _, _ := unstructured.NestedInt64(tv.Object, "status", "transfer", "bytesTotal")
+	if chain := fullExport.bytesDone + incrExport.bytesDone; phase != "Received" || done != chain || total != chain {
+		t.Errorf("restored volume %s: transfer %q, %d of %d bytes; want Received, the chain's %d bytes", id, phase, done, total, chain)
+	}
 	c.deleteRestored(t, ctx, restored)
 }
 

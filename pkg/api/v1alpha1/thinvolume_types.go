@@ -110,7 +110,8 @@ type ThinVolumeStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
-	// Transfer is the progress of a cross-node copy (spec.source.node).
+	// Transfer is the progress of a cross-node copy (spec.source.node)
+	// or of a restore from an export (phase, bytes, completion time).
 	// +optional
 	Transfer *TransferStatus `json:"transfer,omitempty"`
 }

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -10,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -20,6 +22,7 @@ import (
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
+	"github.com/csi-thin/csi-thin/pkg/k8s/snapshotexport"
 )
 
 // expandRetry is how soon a failed expansion is tried again: the resizer
@@ -44,8 +47,12 @@ type VolumeReconciler struct {
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	// RestoreExport makes a volume whose source is an export
-	// (snapshotexport.Restorer.Restore); nil: the pool cannot.
-	RestoreExport func(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource) (*backend.Volume, error)
+	// (snapshotexport.Restorer.Restore), counting what it reads into
+	// progress; nil: the pool cannot.
+	RestoreExport func(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource, progress *snapshotexport.Progress) (*backend.Volume, error)
+	// ProgressInterval is how often a restore's bytes reach
+	// status.transfer (0: DefaultProgressInterval).
+	ProgressInterval time.Duration
 	// DiscardRestore deletes what an interrupted restore of a volume left
 	// (snapshotexport.Restorer.Discard), when its ThinVolume is deleted.
 	DiscardRestore func(ctx context.Context, volumeID string) error
@@ -168,14 +175,76 @@ func requestOf(tv *thinv1.ThinVolume) backend.VolumeRequest {
 	return req
 }
 
-// restoreExport rebuilds the volume from an object store (RestoreExport).
+// restoreExport rebuilds the volume from an object store (RestoreExport)
+// and reports its progress in status.transfer as a copy's: bytes read of
+// the chain's streams and their total, phase Receiving, then Received
+// with its completion time (or the failure's message), which create
+// writes with the verdict.
 func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVolume) (*backend.Volume, error) {
 	if r.RestoreExport == nil {
 		return nil, fmt.Errorf("volume %s: the pool of node %s cannot receive volume streams, so it cannot restore export %s: %w", tv.Name, tv.Spec.Node, tv.Spec.Source.ID, backend.ErrUnsupported)
 	}
 	req := requestOf(tv)
 	req.Source = backend.Source{}
-	return r.RestoreExport(ctx, req, tv.Spec.Source)
+	progress := &snapshotexport.Progress{}
+	stop, wrote := make(chan struct{}), make(chan bool, 1)
+	go func() { wrote <- r.reportRestore(ctx, tv.Name, progress, stop) }()
+	v, err := r.RestoreExport(ctx, req, tv.Spec.Source, progress)
+	close(stop)
+	if <-wrote {
+		// The progress moved the object on; create's update must not
+		// conflict with it.
+		var reader client.Reader = r.Client
+		if r.APIReader != nil {
+			reader = r.APIReader
+		}
+		if gerr := reader.Get(ctx, client.ObjectKeyFromObject(tv), tv); gerr != nil {
+			return v, errors.Join(err, fmt.Errorf("re-read after the restore's progress: %w", gerr))
+		}
+	}
+	done, total := progress.Bytes()
+	st := &thinv1.TransferStatus{Phase: thinv1.TransferReceiving, BytesDone: done, BytesTotal: total}
+	if err == nil {
+		now := metav1.Now()
+		st.Phase, st.CompletionTime = thinv1.TransferReceived, &now
+	} else {
+		st.Message = err.Error()
+	}
+	tv.Status.Transfer = st
+	return v, err
+}
+
+// reportRestore writes a restore's bytes to status.transfer every
+// ProgressInterval while they change, until stop; it says whether it
+// wrote any.
+func (r *VolumeReconciler) reportRestore(ctx context.Context, id string, progress *snapshotexport.Progress, stop <-chan struct{}) bool {
+	interval := r.ProgressInterval
+	if interval <= 0 {
+		interval = DefaultProgressInterval
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var written int64 = -1
+	for {
+		select {
+		case <-stop:
+			return written >= 0
+		case <-ctx.Done():
+			return written >= 0
+		case <-tick.C:
+		}
+		done, total := progress.Bytes()
+		if done == written {
+			continue
+		}
+		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"transfer": map[string]any{
+			"phase": thinv1.TransferReceiving, "bytesDone": done, "bytesTotal": total}}})
+		if err := r.Client.Status().Patch(ctx, &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: id}}, client.RawPatch(types.MergePatchType, patch)); err != nil {
+			klog.FromContext(ctx).V(2).Info("write the restore's progress", "err", err.Error())
+			continue
+		}
+		written = done
+	}
 }
 
 func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/klog/v2"
@@ -33,14 +34,44 @@ type Restorer struct {
 // restore of volumeID.
 func RestoreParentName(volumeID string) string { return "restore-parent-of-" + volumeID }
 
-// Restore makes volume req.ID from the export src (kind export). It is
+// Progress is what a restore has read of its chain's streams, and their
+// total length (the manifests'; 0 until the chain is resolved). Its
+// methods may be called while the restore runs.
+type Progress struct {
+	done, total atomic.Int64
+}
+
+// Bytes returns the bytes read so far and the total.
+func (p *Progress) Bytes() (done, total int64) {
+	if p == nil {
+		return 0, 0
+	}
+	return p.done.Load(), p.total.Load()
+}
+
+// Add counts n more bytes read.
+func (p *Progress) Add(n int64) {
+	if p != nil {
+		p.done.Add(n)
+	}
+}
+
+// SetTotal records the chain's total length.
+func (p *Progress) SetTotal(n int64) {
+	if p != nil {
+		p.total.Store(n)
+	}
+}
+
+// Restore makes volume req.ID from the export src (kind export),
+// counting what it reads into progress (nil: not counted). It is
 // idempotent: a volume that exists is returned. Any failure (a missing or
 // corrupt link, a stream whose checksum does not match its manifest,
 // refused credentials) leaves neither the volume nor a parent behind.
-func (r *Restorer) Restore(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource) (*backend.Volume, error) {
+func (r *Restorer) Restore(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource, progress *Progress) (*backend.Volume, error) {
 	logger := klog.FromContext(ctx).WithValues("exportID", src.ID)
 	req.Source = backend.Source{}
-	v, err := r.restore(ctx, req, src)
+	v, err := r.restore(ctx, req, src, progress)
 	if cerr := r.removeParents(ctx, req.ID); cerr != nil {
 		logger.Error(cerr, "remove the parents received for the restore")
 		if err == nil {
@@ -50,7 +81,7 @@ func (r *Restorer) Restore(ctx context.Context, req backend.VolumeRequest, src *
 	return v, err
 }
 
-func (r *Restorer) restore(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource) (*backend.Volume, error) {
+func (r *Restorer) restore(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource, progress *Progress) (*backend.Volume, error) {
 	if v, err := r.Pool.GetVolume(ctx, req.ID); err == nil {
 		return v, nil
 	} else if !errors.Is(err, backend.ErrNotFound) {
@@ -71,6 +102,8 @@ func (r *Restorer) restore(ctx context.Context, req backend.VolumeRequest, src *
 		return nil, fmt.Errorf("restore %s from %s: %w", req.ID, src.ID, storeError(err))
 	}
 	logger := klog.FromContext(ctx)
+	var total int64
+	var todo []export.Manifest // the parents to receive
 	for _, m := range chain[:len(chain)-1] {
 		switch s, err := r.Pool.GetSnapshot(ctx, m.Snapshot); {
 		case err == nil:
@@ -79,7 +112,13 @@ func (r *Restorer) restore(ctx context.Context, req backend.VolumeRequest, src *
 		case !errors.Is(err, backend.ErrNotFound):
 			return nil, err
 		}
-		err := apply(ctx, store, m, func(rd io.Reader) error {
+		todo = append(todo, m)
+		total += m.Length
+	}
+	last := chain[len(chain)-1]
+	progress.SetTotal(total + last.Length)
+	for _, m := range todo {
+		err := apply(ctx, store, m, progress, func(rd io.Reader) error {
 			_, err := r.Streams.ReceiveSnapshot(ctx, m.Snapshot, RestoreParentName(req.ID), rd)
 			return err
 		}, func() error { return r.Pool.DeleteSnapshot(ctx, m.Snapshot) })
@@ -87,9 +126,8 @@ func (r *Restorer) restore(ctx context.Context, req backend.VolumeRequest, src *
 			return nil, fmt.Errorf("restore %s: parent %s: %w", req.ID, m.ID(), err)
 		}
 	}
-	last := chain[len(chain)-1]
 	var v *backend.Volume
-	err = apply(ctx, store, last, func(rd io.Reader) error {
+	err = apply(ctx, store, last, progress, func(rd io.Reader) error {
 		var err error
 		v, err = r.Streams.ReceiveVolume(ctx, req, rd)
 		return err
@@ -105,11 +143,11 @@ func (r *Restorer) restore(ctx context.Context, req backend.VolumeRequest, src *
 // against its manifest only at its end, possibly after the receiver
 // accepted it (its own checksums matched): then undo removes what was
 // received.
-func apply(ctx context.Context, store *export.Store, m export.Manifest, receive func(io.Reader) error, undo func() error) error {
+func apply(ctx context.Context, store *export.Store, m export.Manifest, progress *Progress, receive func(io.Reader) error, undo func() error) error {
 	pr, pw := io.Pipe()
 	got := make(chan error, 1)
 	go func() {
-		_, err := store.Get(ctx, m.ID(), pw)
+		_, err := store.Get(ctx, m.ID(), &countingWriter{w: pw, progress: progress})
 		pw.CloseWithError(err)
 		got <- err
 	}()
@@ -135,6 +173,18 @@ func apply(ctx context.Context, store *export.Store, m export.Manifest, receive 
 		return storeError(gerr)
 	}
 	return nil
+}
+
+// countingWriter adds what it writes to a restore's progress.
+type countingWriter struct {
+	w        io.Writer
+	progress *Progress
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.progress.Add(int64(n))
+	return n, err
 }
 
 func isStoreRefusal(err error) bool {

@@ -469,6 +469,25 @@ func (e *env) exportedTwice(src *btrfs.Pool) (vol string, s1, s2 *thinv1.ThinSna
 	return vol, s1, s2
 }
 
+// wantRestoreRead checks a Ready restore's status.transfer: Received and
+// complete, having read the streams of exactly the exports named.
+func (e *env) wantRestoreRead(tv *thinv1.ThinVolume, exportIDs ...string) {
+	t := e.t
+	t.Helper()
+	var want int64
+	for _, id := range exportIDs {
+		m, err := e.store.Manifest(e.ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want += m.Length
+	}
+	st := tv.Status.Transfer
+	if st == nil || st.Phase != thinv1.TransferReceived || st.BytesTotal != want || st.BytesDone != want || st.CompletionTime == nil {
+		t.Errorf("restore %s: transfer status %+v; want Received, %d of %d bytes (the streams of %v), a completion time", tv.Name, st, want, want, exportIDs)
+	}
+}
+
 // restore makes a ThinVolume on node restoring exportID (as the router
 // does for a pre-provisioned content's export handle) and waits for the
 // node's verdict.
@@ -522,6 +541,8 @@ func TestRestoreFromExport(t *testing.T) {
 	if tv.Status.Phase != thinv1.PhaseReady {
 		t.Fatalf("restore: %s %s: %s", tv.Status.Phase, tv.Status.Code, tv.Status.Message)
 	}
+	// Its progress: both links read whole.
+	e.wantRestoreRead(tv, ExportIDOf(s1), ExportIDOf(s2))
 	for _, f := range []string{"a", "b"} {
 		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(tv.Name), f)) {
 			t.Errorf("restored %s differs from the source", f)
@@ -547,6 +568,9 @@ func TestRestoreFromExport(t *testing.T) {
 	bad := e.restore("from-corrupt", "n2", ExportIDOf(s2))
 	if bad.Status.Phase != thinv1.PhaseFailed || bad.Status.Code != codes.FailedPrecondition.String() {
 		t.Errorf("restore from a corrupt chain: %s %s: %s; want Failed FailedPrecondition", bad.Status.Phase, bad.Status.Code, bad.Status.Message)
+	}
+	if st := bad.Status.Transfer; st == nil || st.Phase != thinv1.TransferReceiving || st.Message == "" || st.CompletionTime != nil {
+		t.Errorf("transfer status of the refused restore %+v; want Receiving, not complete, with the failure", st)
 	}
 	if _, err := dst.GetVolume(ctx, bad.Name); !errors.Is(err, backend.ErrNotFound) {
 		t.Errorf("volume of the refused restore: %v, want it absent", err)
@@ -675,6 +699,8 @@ func TestRestoreAfterCrash(t *testing.T) {
 	if tv.Status.Phase != thinv1.PhaseReady {
 		t.Fatalf("restore retried over a received parent: %s %s: %s", tv.Status.Phase, tv.Status.Code, tv.Status.Message)
 	}
+	// The parent was reused, not read again: only the last link was.
+	e.wantRestoreRead(tv, ExportIDOf(s2))
 	for _, f := range []string{"a", "b"} {
 		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(tv.Name), f)) {
 			t.Errorf("restored %s differs from the source", f)
