@@ -94,6 +94,22 @@ bash "$cluster/build.sh" all e2e >"$artifacts/build.log" 2>&1 || { tail -30 "$ar
 export PATH=$K8S_BIN:$PATH
 for b in kubectl helm e2e.test ginkgo; do command -v "$b" >/dev/null || skip "$b was not built"; done
 
+# release_state_dir: node1's pool: unmount, detach the loop device,
+# remove the file and the shared bind mount of the state dir.
+release_state_dir() {
+	umount -R "$state_dir" 2>/dev/null
+	for dev in $(losetup -j "$state_dir/pool.img" -O NAME -n 2>/dev/null); do losetup -d "$dev"; done
+	rm -rf "$state_dir"
+}
+
+# A run killed before its teardown left node1's pool with its volumes:
+# this run holds the lock, so nothing uses it; start from an empty one
+# (else its volumes are strays that fail the "nothing left" checks).
+if [[ -e $state_dir ]]; then
+	log "e2e: removing $state_dir left by a run that did not tear down"
+	release_state_dir
+fi
+
 # ---- teardown: PVCs first (the driver frees its storage), then the
 # release, the cluster, and the pool's mount and loop device.
 cleanup() {
@@ -126,11 +142,7 @@ cleanup() {
 	# devices and files); node1's is this host's state dir.
 	bash "$cluster/down.sh" >"$artifacts/logs/down.log" 2>&1
 	log "e2e: down.sh took $((SECONDS - down_start)) s"
-	# node1's pool: unmount, detach the loop device, remove the file and the
-	# shared bind mount of the state dir.
-	umount -R "$state_dir" 2>/dev/null
-	for dev in $(losetup -j "$state_dir/pool.img" -O NAME -n 2>/dev/null); do losetup -d "$dev"; done
-	rm -rf "$state_dir"
+	release_state_dir
 	local left
 	left=$(findmnt -rn -o TARGET | grep -E "^($state_dir|/var/lib/kubelet/)" || true)
 	[[ -z $left ]] || log "e2e: WARNING: mounts left: $left"
