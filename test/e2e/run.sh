@@ -21,6 +21,7 @@
 #                         e.g. TestMultiNode
 #   E2E_UPSTREAM_FOCUS    override the upstream focus regexp
 #   E2E_UPSTREAM_PROCS    parallel processes of the upstream suite (default 3)
+#   E2E_TEST_TIMEOUT      go test -timeout of the scenarios (default 30m)
 #   E2E_KEEP=1            leave the cluster running afterwards (debugging)
 #   E2E_ARTIFACTS         where logs go (default _output/e2e)
 set -euo pipefail
@@ -212,7 +213,7 @@ fi
 # ---- 1. csi-thin scenarios
 log "e2e: csi-thin scenarios"
 (cd "$root" && env "${go_caches[@]}" CSI_THIN_E2E=1 E2E_NAMESPACE=$ns E2E_STATE_DIR=$state_dir E2E_NODE=$NODE_NAME E2E_MNTNS_DIR=$K8S_MNTNS_DIR E2E_K8S_RUN=$K8S_RUN E2E_NETNS=$K8S_NETNS \
-	GOFLAGS=-mod=mod go test -count=1 -v -timeout 30m ${E2E_SCENARIOS:+-run "TestCluster/($E2E_SCENARIOS)"} ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/) 2>&1 | tee "$artifacts/scenarios.log"
+	GOFLAGS=-mod=mod go test -count=1 -v -timeout "${E2E_TEST_TIMEOUT:-30m}" ${E2E_SCENARIOS:+-run "TestCluster/($E2E_SCENARIOS)"} ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/) 2>&1 | tee "$artifacts/scenarios.log"
 scen_rc=${PIPESTATUS[0]}
 ((scen_rc == 0)) || { log "e2e: csi-thin scenarios failed"; exit 1; }
 
