@@ -340,8 +340,7 @@ func (p *Puller) reportProgress(ctx context.Context, tv *thinv1.ThinVolume, pr *
 			}
 			continue
 		}
-		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"transfer": map[string]any{"bytesDone": done, "bytesTotal": total}}})
-		if err := p.Client.Status().Patch(ctx, &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: tv.Name}}, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		if err := patchTransfer(ctx, p.Client, tv.Name, map[string]any{"bytesDone": done, "bytesTotal": total}); err != nil {
 			klog.FromContext(ctx).V(2).Info("write the copy's progress", "err", err.Error())
 		} else {
 			written = done
@@ -459,3 +458,13 @@ func (p *progressReader) Read(b []byte) (int, error) {
 }
 
 func (p *progressReader) progress() (done, total int64) { return p.done.Load(), p.total.Load() }
+
+// patchTransfer merges fields into ThinVolume id's status.transfer: a
+// copy's or a restore's progress, written without reading the object.
+func patchTransfer(ctx context.Context, c client.Client, id string, fields map[string]any) error {
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"transfer": fields}})
+	if err != nil {
+		return err
+	}
+	return c.Status().Patch(ctx, &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: id}}, client.RawPatch(types.MergePatchType, patch))
+}

@@ -2,7 +2,6 @@ package nodeagent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -11,7 +10,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -237,9 +235,7 @@ func (r *VolumeReconciler) reportRestore(ctx context.Context, id string, progres
 		if done == written {
 			continue
 		}
-		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"transfer": map[string]any{
-			"phase": thinv1.TransferReceiving, "bytesDone": done, "bytesTotal": total}}})
-		if err := r.Client.Status().Patch(ctx, &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: id}}, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		if err := patchTransfer(ctx, r.Client, id, map[string]any{"phase": thinv1.TransferReceiving, "bytesDone": done, "bytesTotal": total}); err != nil {
 			klog.FromContext(ctx).V(2).Info("write the restore's progress", "err", err.Error())
 			continue
 		}
