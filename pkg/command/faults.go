@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +100,39 @@ func (f *FaultRunner) Run(ctx context.Context, name string, args ...string) (Res
 		return res, err
 	}
 	return Result{ExitCode: -1}, &Error{Cmd: argv, ExitCode: -1, Err: fmt.Errorf("unknown fault kind %q", fault.Kind)}
+}
+
+var _ Streamer = (*FaultRunner)(nil)
+
+// Stream implements Streamer when the wrapped runner streams: a stream
+// (btrfs receive of a restore) is a step like any other, counted and hit
+// by the same faults. A hang or garbled output of a stream is not
+// modelled: they fail it.
+func (f *FaultRunner) Stream(ctx context.Context, stdin io.Reader, stdout io.Writer, name string, args ...string) (Result, error) {
+	next, err := StreamerOf(f.Next)
+	if err != nil {
+		return Result{ExitCode: -1}, err
+	}
+	line := strings.TrimSpace(name + " " + strings.Join(args, " "))
+	fault, hit := f.next(line)
+	if !hit {
+		return next.Stream(ctx, stdin, stdout, name, args...)
+	}
+	argv := append([]string{name}, args...)
+	switch fault.Kind {
+	case FaultCrashBefore:
+		f.crash()
+		return Result{ExitCode: -1}, &Error{Cmd: argv, ExitCode: -1, Err: fmt.Errorf("driver crashed before running the command (injected)")}
+	case FaultCrashAfter:
+		res, err := next.Stream(ctx, stdin, stdout, name, args...)
+		f.crash()
+		if err == nil {
+			err = fmt.Errorf("driver crashed after running the command (injected)")
+		}
+		return res, err
+	}
+	ierr := injectedFailure(fault, argv)
+	return Result{ExitCode: ierr.ExitCode, Stderr: []byte(fault.Stderr)}, ierr
 }
 
 // injectedFailure is what a FaultFail makes of the command argv: a

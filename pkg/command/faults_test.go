@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +197,64 @@ func TestTriggeredAgreesWithFaultRunner(t *testing.T) {
 				t.Errorf("fired at command %d, want %d", fired, tc.want)
 			}
 		})
+	}
+}
+
+// echoStreamer streams stdin to stdout, counting the commands it ran.
+type echoStreamer struct {
+	Fake
+	streamed []string
+}
+
+func (e *echoStreamer) Stream(_ context.Context, stdin io.Reader, stdout io.Writer, name string, args ...string) (Result, error) {
+	e.streamed = append(e.streamed, strings.Join(append([]string{name}, args...), " "))
+	_, err := io.Copy(stdout, stdin)
+	return Result{}, err
+}
+
+func TestFaultRunnerStreams(t *testing.T) {
+	cases := []struct {
+		name      string
+		fault     Fault
+		wantErr   string
+		wantOut   string
+		wantCrash bool
+		wantRan   int
+	}{
+		{name: "no fault", fault: Fault{Kind: FaultFail, Nth: 2}, wantOut: "data", wantRan: 1},
+		{name: "fail", fault: Fault{Kind: FaultFail, Nth: 1, Match: "btrfs receive"}, wantErr: "exit status 1 (injected)"},
+		{name: "crash before", fault: Fault{Kind: FaultCrashBefore, Nth: 1}, wantErr: "crashed before", wantCrash: true},
+		{name: "crash after", fault: Fault{Kind: FaultCrashAfter, Nth: 1}, wantErr: "crashed after", wantOut: "data", wantCrash: true, wantRan: 1},
+		{name: "another command's fault", fault: Fault{Kind: FaultCrashBefore, Nth: 1, Match: "btrfs send"}, wantOut: "data", wantRan: 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			next := &echoStreamer{}
+			crashed := false
+			r := &FaultRunner{Next: next, Faults: []Fault{tc.fault}, Crash: func() { crashed = true }}
+			var out strings.Builder
+			_, err := r.Stream(context.Background(), strings.NewReader("data"), &out, "btrfs", "receive", "-e", "/p")
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("error %v, want it to contain %q", err, tc.wantErr)
+			}
+			if out.String() != tc.wantOut {
+				t.Errorf("streamed %q, want %q", out.String(), tc.wantOut)
+			}
+			if crashed != tc.wantCrash {
+				t.Errorf("crashed = %v, want %v", crashed, tc.wantCrash)
+			}
+			if len(next.streamed) != tc.wantRan {
+				t.Errorf("wrapped streamer ran %v, want %d commands", next.streamed, tc.wantRan)
+			}
+			if got := r.Lines(); len(got) != 1 || got[0] != "btrfs receive -e /p" {
+				t.Errorf("recorded %q, want the stream's command line", got)
+			}
+		})
+	}
+	if _, err := (&FaultRunner{Next: &Fake{}}).Stream(context.Background(), nil, nil, "btrfs", "receive"); err == nil || !strings.Contains(err.Error(), "cannot stream") {
+		t.Errorf("a FaultRunner over a runner that cannot stream: %v, want its refusal", err)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/minio/minio-go/v7"
@@ -259,6 +260,7 @@ type env struct {
 	ctx        context.Context
 	c          client.Client
 	cfg        *rest.Config
+	kubeconfig string // cfg's credentials in a file, for a child process
 	scheme     *runtime.Scheme
 	s3         *s3test.Server
 	store      *export.Store
@@ -271,11 +273,9 @@ func newEnv(t *testing.T) *env {
 	s3 := s3test.ForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, eventsv1.AddToScheme, thinv1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
 	}
 	c, err := client.New(api.Config, client.Options{Scheme: scheme})
 	if err != nil {
@@ -302,41 +302,66 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, ctx: ctx, c: c, cfg: api.Config, scheme: scheme, s3: s3, store: store, secretData: secretData}
+	return &env{t: t, ctx: ctx, c: c, cfg: api.Config, kubeconfig: api.Kubeconfig, scheme: scheme, s3: s3, store: store, secretData: secretData}
+}
+
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, eventsv1.AddToScheme, thinv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, err
+		}
+	}
+	return scheme, nil
 }
 
 // startAgent runs the node agent of node on a new btrfs pool, wired as
 // cmd/csi-thin wires it (CacheOptions, nodeagent.Setup), until the test ends.
 func (e *env) startAgent(node string) *btrfs.Pool {
 	e.t.Helper()
-	pool := e.newPool(node)
+	pool := newPool(e.t, node)
 	e.startAgentOn(pool)
 	return pool
 }
 
-// newPool makes node's btrfs pool, with no agent on it yet.
-func (e *env) newPool(node string) *btrfs.Pool {
-	e.t.Helper()
-	pool := btrfstest.NewPool(e.t, backend.GiB, btrfs.Config{NodeName: node})
-	e.t.Cleanup(pool.Settle) // a receive's background clean-up, before the teardown
+// newPool makes node's btrfs pool for t, with no agent on it yet.
+func newPool(t *testing.T, node string) *btrfs.Pool {
+	t.Helper()
+	pool := btrfstest.NewPool(t, backend.GiB, btrfs.Config{NodeName: node})
+	t.Cleanup(pool.Settle) // a receive's background clean-up, before the teardown
 	return pool
 }
 
 // startAgentOn runs the node agent of pool's node until the test ends.
 func (e *env) startAgentOn(pool *btrfs.Pool) {
-	t := e.t
-	t.Helper()
-	node := pool.NodeName()
-	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
-		Scheme:     e.scheme,
-		Cache:      cache.Options{ByObject: nodeagent.CacheOptions(node)},
+	e.t.Helper()
+	e.runAgent(e.t, pool)
+}
+
+// newAgent wires the node agent of pool's node as cmd/csi-thin does
+// (CacheOptions, nodeagent.Setup).
+func newAgent(cfg *rest.Config, scheme *runtime.Scheme, pool *btrfs.Pool) (manager.Manager, error) {
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:     scheme,
+		Cache:      cache.Options{ByObject: nodeagent.CacheOptions(pool.NodeName())},
 		Metrics:    metricsserver.Options{BindAddress: "0"},
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if _, err := nodeagent.Setup(mgr, pool, time.Hour, nil); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
+
+// runAgent runs the node agent of pool's node until t ends.
+func (e *env) runAgent(t *testing.T, pool *btrfs.Pool) {
+	t.Helper()
+	node := pool.NodeName()
+	mgr, err := newAgent(e.cfg, e.scheme, pool)
+	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(e.ctx)
@@ -492,7 +517,12 @@ func (e *env) wantRestoreRead(tv *thinv1.ThinVolume, exportIDs ...string) {
 // does for a pre-provisioned content's export handle) and waits for the
 // node's verdict.
 func (e *env) restore(name, node, exportID string) *thinv1.ThinVolume {
-	t := e.t
+	e.t.Helper()
+	return e.verdict(e.t, e.createRestore(e.t, name, node, exportID))
+}
+
+// createRestore makes the ThinVolume of restore and returns it at once.
+func (e *env) createRestore(t *testing.T, name, node, exportID string) *thinv1.ThinVolume {
 	t.Helper()
 	tv := &thinv1.ThinVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: backend.VolumeIDFor(name), Labels: map[string]string{wellknown.LabelNode: node}},
@@ -503,9 +533,15 @@ func (e *env) restore(name, node, exportID string) *thinv1.ThinVolume {
 	if err := e.c.Create(e.ctx, tv); err != nil {
 		t.Fatal(err)
 	}
+	return tv
+}
+
+// verdict waits for the node's verdict on tv: Ready or Failed.
+func (e *env) verdict(t *testing.T, tv *thinv1.ThinVolume) *thinv1.ThinVolume {
+	t.Helper()
 	for tv.Status.Phase != thinv1.PhaseReady && tv.Status.Phase != thinv1.PhaseFailed {
 		if e.ctx.Err() != nil {
-			t.Fatalf("restore %s: phase %q", name, tv.Status.Phase)
+			t.Fatalf("restore %s: phase %q", tv.Spec.Name, tv.Status.Phase)
 		}
 		time.Sleep(100 * time.Millisecond)
 		if err := e.c.Get(e.ctx, client.ObjectKeyFromObject(tv), tv); err != nil {
@@ -646,7 +682,7 @@ func TestRestoreAfterCrash(t *testing.T) {
 	ctx, c := e.ctx, e.c
 	src := e.startAgent("n1")
 	vol, s1, s2 := e.exportedTwice(src)
-	dst := e.newPool("n2")
+	dst := newPool(t, "n2")
 	// What the killed attempt received: the first link, as a parent.
 	receivedParent := func(volumeID string) {
 		t.Helper()
