@@ -14,13 +14,14 @@ import (
 // than the progress interval shows phase Receiving with the bytes read so
 // far while it runs, and ends Ready with status.transfer Received, every
 // byte of the total read, and a completion time; the progress written
-// meanwhile does not make the verdict's status update conflict.
+// meanwhile does not make the verdict's status update conflict. Events
+// say it started, how far it got, and that it ended.
 func TestRestoreReportsProgress(t *testing.T) {
 	tv := newVolume(vol1, "n1", backend.GiB)
 	tv.Spec.Source = &thinv1.VolumeSource{Kind: thinv1.VolumeSourceExport, ID: vol1 + "/" + snap1,
 		Export: &thinv1.SnapshotExport{SecretNamespace: "backup", SecretName: "s3"}}
 	e := newEnv(t, tv)
-	e.vr.ProgressInterval = 10 * time.Millisecond
+	e.vr.ProgressInterval, e.vr.EventInterval = 10*time.Millisecond, 10*time.Millisecond
 	var midway *thinv1.TransferStatus
 	e.vr.RestoreExport = func(ctx context.Context, req backend.VolumeRequest, _ *thinv1.VolumeSource, p *snapshotexport.Progress) (*backend.Volume, error) {
 		p.SetTotal(3000)
@@ -28,7 +29,8 @@ func TestRestoreReportsProgress(t *testing.T) {
 			p.Add(1000)
 			deadline := time.Now().Add(5 * time.Second)
 			for i == 0 && midway == nil && time.Now().Before(deadline) {
-				if st := e.volume(vol1).Status.Transfer; st != nil && st.BytesDone > 0 {
+				// Started, and one progress Event.
+				if st := e.volume(vol1).Status.Transfer; st != nil && st.BytesDone > 0 && len(e.rec.Events) >= 2 {
 					midway = st
 				}
 				time.Sleep(5 * time.Millisecond)
@@ -44,5 +46,13 @@ func TestRestoreReportsProgress(t *testing.T) {
 	st := got.Status.Transfer
 	if got.Status.Phase != thinv1.PhaseReady || st == nil || st.Phase != thinv1.TransferReceived || st.BytesDone != 3000 || st.BytesTotal != 3000 || st.CompletionTime == nil {
 		t.Errorf("after the restore: phase %s, transfer %+v; want Ready, Received 3000 of 3000 bytes with a completion time", got.Status.Phase, st)
+	}
+	for _, ev := range []string{
+		"Normal RestoreStarted restoring export " + vol1 + "/" + snap1,
+		"Normal Restoring read 1000 of 3000 bytes of export " + vol1 + "/" + snap1,
+		"Normal Restored restored export " + vol1 + "/" + snap1 + ": 3000 of 3000 bytes read in ",
+		"Normal Created",
+	} {
+		e.event(ev)
 	}
 }

@@ -3,7 +3,6 @@ package nodeagent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
@@ -316,44 +314,19 @@ func (p *Puller) receive(ctx context.Context, tv *thinv1.ThinVolume, tc *transfe
 // and then once more (a copy faster than the interval reports its bytes
 // too).
 func (p *Puller) reportProgress(ctx context.Context, tv *thinv1.ThinVolume, pr *progressReader, stop <-chan struct{}) {
-	interval := p.ProgressInterval
-	if interval <= 0 {
-		interval = DefaultProgressInterval
-	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	var written int64 = -1
-	lastEvent := time.Now()
-	for {
-		last := false
-		select {
-		case <-stop:
-			last = true
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		done, total := pr.progress()
-		if done == written {
-			if last {
-				return
-			}
-			continue
-		}
-		if err := patchTransfer(ctx, p.Client, tv.Name, map[string]any{"bytesDone": done, "bytesTotal": total}); err != nil {
-			klog.FromContext(ctx).V(2).Info("write the copy's progress", "err", err.Error())
-		} else {
-			written = done
-		}
-		if last {
-			return
-		}
-		if p.EventInterval > 0 && time.Since(lastEvent) >= p.EventInterval {
-			lastEvent = time.Now()
+	progressReporter{
+		interval:      p.ProgressInterval,
+		eventInterval: p.EventInterval,
+		bytes:         pr.progress,
+		write: func(ctx context.Context, done, total int64) error {
+			return patchTransfer(ctx, p.Client, tv.Name, map[string]any{"bytesDone": done, "bytesTotal": total})
+		},
+		event: func(done, total int64) {
 			p.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Transferring", "CreateVolume",
 				"received %d of %d bytes from node %s", done, total, tv.Spec.Source.Node)
-		}
-	}
+		},
+		final: true,
+	}.run(ctx, stop)
 }
 
 // finish writes the copy's verdict: Ready with the received volume, or
@@ -458,13 +431,3 @@ func (p *progressReader) Read(b []byte) (int, error) {
 }
 
 func (p *progressReader) progress() (done, total int64) { return p.done.Load(), p.total.Load() }
-
-// patchTransfer merges fields into ThinVolume id's status.transfer: a
-// copy's or a restore's progress, written without reading the object.
-func patchTransfer(ctx context.Context, c client.Client, id string, fields map[string]any) error {
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"transfer": fields}})
-	if err != nil {
-		return err
-	}
-	return c.Status().Patch(ctx, &thinv1.ThinVolume{ObjectMeta: metav1.ObjectMeta{Name: id}}, client.RawPatch(types.MergePatchType, patch))
-}

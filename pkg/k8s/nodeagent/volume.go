@@ -49,8 +49,9 @@ type VolumeReconciler struct {
 	// progress; nil: the pool cannot.
 	RestoreExport func(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource, progress *snapshotexport.Progress) (*backend.Volume, error)
 	// ProgressInterval is how often a restore's bytes reach
-	// status.transfer (0: DefaultProgressInterval).
-	ProgressInterval time.Duration
+	// status.transfer (0: DefaultProgressInterval), EventInterval how
+	// often they are an Event (0: DefaultEventInterval).
+	ProgressInterval, EventInterval time.Duration
 	// DiscardRestore deletes what an interrupted restore of a volume left
 	// (snapshotexport.Restorer.Discard), when its ThinVolume is deleted.
 	DiscardRestore func(ctx context.Context, volumeID string) error
@@ -174,21 +175,46 @@ func requestOf(tv *thinv1.ThinVolume) backend.VolumeRequest {
 }
 
 // restoreExport rebuilds the volume from an object store (RestoreExport)
-// and reports its progress in status.transfer as a copy's: bytes read of
-// the chain's streams and their total, phase Receiving, then Received
+// and reports its progress as a copy's: in status.transfer the bytes read
+// of the chain's streams and their total, phase Receiving, then Received
 // with its completion time (or the failure's message), which create
-// writes with the verdict.
+// writes with the verdict; and as Events (RestoreStarted, Restoring,
+// Restored).
 func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVolume) (*backend.Volume, error) {
 	if r.RestoreExport == nil {
 		return nil, fmt.Errorf("volume %s: the pool of node %s cannot receive volume streams, so it cannot restore export %s: %w", tv.Name, tv.Spec.Node, tv.Spec.Source.ID, backend.ErrUnsupported)
 	}
 	req := requestOf(tv)
 	req.Source = backend.Source{}
+	exportID := tv.Spec.Source.ID
+	start := time.Now()
+	r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "RestoreStarted", "CreateVolume", "restoring export %s", exportID)
 	progress := &snapshotexport.Progress{}
 	stop, wrote := make(chan struct{}), make(chan bool, 1)
-	go func() { wrote <- r.reportRestore(ctx, tv.Name, progress, stop) }()
+	eventInterval := r.EventInterval
+	if eventInterval <= 0 {
+		eventInterval = DefaultEventInterval
+	}
+	go func() {
+		wrote <- progressReporter{
+			interval:      r.ProgressInterval,
+			eventInterval: eventInterval,
+			bytes:         progress.Bytes,
+			write: func(ctx context.Context, done, total int64) error {
+				return patchTransfer(ctx, r.Client, tv.Name, map[string]any{"phase": thinv1.TransferReceiving, "bytesDone": done, "bytesTotal": total})
+			},
+			event: func(done, total int64) {
+				r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Restoring", "CreateVolume", "read %d of %d bytes of export %s", done, total, exportID)
+			},
+		}.run(ctx, stop)
+	}()
 	v, err := r.RestoreExport(ctx, req, tv.Spec.Source, progress)
 	close(stop)
+	done, total := progress.Bytes()
+	if err == nil {
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Restored", "CreateVolume", "restored export %s: %d of %d bytes read in %s, verified",
+			exportID, done, total, time.Since(start).Round(time.Millisecond))
+	}
 	if <-wrote {
 		// The progress moved the object on; create's update must not
 		// conflict with it.
@@ -200,7 +226,6 @@ func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVol
 			return v, errors.Join(err, fmt.Errorf("re-read after the restore's progress: %w", gerr))
 		}
 	}
-	done, total := progress.Bytes()
 	st := &thinv1.TransferStatus{Phase: thinv1.TransferReceiving, BytesDone: done, BytesTotal: total}
 	if err == nil {
 		now := metav1.Now()
@@ -210,37 +235,6 @@ func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVol
 	}
 	tv.Status.Transfer = st
 	return v, err
-}
-
-// reportRestore writes a restore's bytes to status.transfer every
-// ProgressInterval while they change, until stop; it says whether it
-// wrote any.
-func (r *VolumeReconciler) reportRestore(ctx context.Context, id string, progress *snapshotexport.Progress, stop <-chan struct{}) bool {
-	interval := r.ProgressInterval
-	if interval <= 0 {
-		interval = DefaultProgressInterval
-	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	var written int64 = -1
-	for {
-		select {
-		case <-stop:
-			return written >= 0
-		case <-ctx.Done():
-			return written >= 0
-		case <-tick.C:
-		}
-		done, total := progress.Bytes()
-		if done == written {
-			continue
-		}
-		if err := patchTransfer(ctx, r.Client, id, map[string]any{"phase": thinv1.TransferReceiving, "bytesDone": done, "bytesTotal": total}); err != nil {
-			klog.FromContext(ctx).V(2).Info("write the restore's progress", "err", err.Error())
-			continue
-		}
-		written = done
-	}
 }
 
 func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) error {

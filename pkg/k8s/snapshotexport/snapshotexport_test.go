@@ -553,10 +553,10 @@ func (e *env) verdict(t *testing.T, tv *thinv1.ThinVolume) *thinv1.ThinVolume {
 
 // TestRestoreFromExport restores, through another node's agent, a volume
 // from a chain of two exports (full + incremental) made by the first
-// node's agent: the files are equal and no received parent is left; a
-// chain whose parent stream was altered in the bucket is refused
-// (FailedPrecondition) leaving neither volume nor snapshot; a missing
-// export is NotFound.
+// node's agent: the files are equal, no received parent is left, and
+// Events say the restore started and ended; a chain whose parent stream
+// was altered in the bucket is refused (FailedPrecondition) leaving
+// neither volume nor snapshot; a missing export is NotFound.
 func TestRestoreFromExport(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -577,8 +577,11 @@ func TestRestoreFromExport(t *testing.T) {
 	if tv.Status.Phase != thinv1.PhaseReady {
 		t.Fatalf("restore: %s %s: %s", tv.Status.Phase, tv.Status.Code, tv.Status.Message)
 	}
-	// Its progress: both links read whole.
+	// Its progress: both links read whole; the Events of its start and end.
 	e.wantRestoreRead(tv, ExportIDOf(s1), ExportIDOf(s2))
+	for _, reason := range []string{"RestoreStarted", "Restored"} {
+		waitEvent(t, ctx, e.c, tv.Name, reason)
+	}
 	for _, f := range []string{"a", "b"} {
 		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(tv.Name), f)) {
 			t.Errorf("restored %s differs from the source", f)
