@@ -10,6 +10,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -60,8 +61,20 @@ func runStreamBench(ctx context.Context, args []string) error {
 	smoke := fs.Bool("smoke", false, "tiny sizes and one run: checks that it still works, measures nothing")
 	backendName := fs.String("backend", "btrfs", "btrfs or lvmthin (two loop-file thin pools; needs device-mapper)")
 	note := fs.String("note", "", "a note printed with the table (where it was measured)")
+	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile here (go tool pprof): where the stream's own time goes")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if *smoke {
 		*volume, *data, *changes, *runs = "256Mi", "8Mi", "1Mi", 1
