@@ -17,7 +17,8 @@
 //	frame    'D' | sequence u64 | offset u64 | length u32 |
 //	         crc32c u32 of (type, sequence, offset, length, payload) | payload
 //	trailer  'T' | frames u64 | payload bytes u64 |
-//	         sha256 [32] of every byte before the trailer
+//	         digest of every byte before the trailer: XXH3-128 [16]
+//	         (version 1, still read: sha256 [32])
 //
 // Frames are numbered from 0 with no gap, so a dropped, repeated or
 // swapped frame breaks the sequence even when its checksum is intact. A
@@ -35,8 +36,9 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/backend"
 )
 
-// Version is the format version this package writes and reads.
-const Version = 1
+// Version is the format version this package writes; it reads this one
+// and version 1, which differs only in its digest.
+const Version = 2
 
 // Kind says which backend made the stream and so how its payload reads.
 type Kind uint8
@@ -72,11 +74,10 @@ const (
 	frameData    = 'D'
 	frameTrailer = 'T'
 	// frameHeaderLen: type, sequence, offset, length, crc32c.
-	frameHeaderLen = 1 + 8 + 8 + 4 + 4
-	trailerLen     = 1 + 8 + 8 + 32
-	headerFixedLen = 8 + 2 + 1 + 1 + 8 + 8
-	maxIDLen       = 255
-	digestSize     = 32
+	frameHeaderLen  = 1 + 8 + 8 + 4 + 4
+	trailerFixedLen = 1 + 8 + 8 // the trailer without its digest
+	headerFixedLen  = 8 + 2 + 1 + 1 + 8 + 8
+	maxIDLen        = 255
 )
 
 var magic = [8]byte{'C', 'T', 'V', 'S', 'T', 'R', 'M', '\n'}

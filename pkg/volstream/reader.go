@@ -3,7 +3,6 @@ package volstream
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -32,7 +31,7 @@ type Reader struct {
 
 // NewReader reads and checks the header.
 func NewReader(r io.Reader) (*Reader, error) {
-	sr := &Reader{r: bufio.NewReaderSize(r, 64<<10), digest: sha256.New()}
+	sr := &Reader{r: bufio.NewReaderSize(r, 64<<10)}
 	h, err := sr.readHeader()
 	if err != nil {
 		return nil, err
@@ -79,9 +78,11 @@ func (sr *Reader) readHeader() (Header, error) {
 	if err := sr.full(fixed[len(magic):], "header"); err != nil {
 		return h, err
 	}
-	if v := binary.BigEndian.Uint16(fixed[8:]); v != Version {
-		return h, fmt.Errorf("%w: version %d, this reader knows %d", ErrVersion, v, Version)
+	v := binary.BigEndian.Uint16(fixed[8:])
+	if v != Version && v != 1 {
+		return h, fmt.Errorf("%w: version %d, this reader knows 1 and %d", ErrVersion, v, Version)
 	}
+	sr.digest = newDigest(v)
 	b := fixed
 	ids := make([]string, 2)
 	for i, what := range []string{"snapshot ID", "parent snapshot ID"} {
@@ -192,7 +193,7 @@ func (sr *Reader) next() (Chunk, error) {
 }
 
 func (sr *Reader) trailer(at int64) error {
-	t := make([]byte, trailerLen)
+	t := make([]byte, trailerFixedLen+sr.digest.Size())
 	t[0] = frameTrailer
 	if err := sr.full(t[1:], "trailer"); err != nil {
 		return err
@@ -205,8 +206,8 @@ func (sr *Reader) trailer(at int64) error {
 	if !sr.hdr.Kind.Sequential() && sr.payload != sr.hdr.AllocatedBytes {
 		return fmt.Errorf("%w: %d payload bytes, the header allocates %d", ErrDigest, sr.payload, sr.hdr.AllocatedBytes)
 	}
-	if want := sr.digest.Sum(nil); !bytes.Equal(t[17:], want) {
-		return fmt.Errorf("%w: sha256 %x in the trailer, computed %x", ErrDigest, t[17:], want)
+	if want := sr.digest.Sum(nil); !bytes.Equal(t[trailerFixedLen:], want) {
+		return fmt.Errorf("%w: digest %x in the trailer, computed %x", ErrDigest, t[trailerFixedLen:], want)
 	}
 	return io.EOF
 }

@@ -2,6 +2,7 @@ package volstream
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -114,7 +115,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatalf("header came back as %+v", h)
 		}
 		frames := (n + DefaultFrameBytes - 1) / DefaultFrameBytes
-		if overhead := len(stream) - n; overhead != headerFixedLen+2+2*len(snapA)+4+frames*frameHeaderLen+trailerLen {
+		if overhead := len(stream) - n; overhead != headerFixedLen+2+2*len(snapA)+4+frames*frameHeaderLen+trailerFixedLen+16 {
 			t.Fatalf("%d bytes in %d frames: %d bytes of overhead", n, frames, overhead)
 		}
 	}
@@ -190,7 +191,7 @@ func TestReaderRefuses(t *testing.T) {
 	}{
 		{"empty", nil, ErrTruncated},
 		{"not a stream", []byte("btrfs-stream\x00\x01\x00\x00\x00"), ErrNotAStream},
-		{"future version", edit(func(b []byte) { b[9] = 2 }), ErrVersion},
+		{"future version", edit(func(b []byte) { b[9] = Version + 1 }), ErrVersion},
 		{"header bit flipped", edit(func(b []byte) { b[20] ^= 0x10 }), ErrHeader},
 		{"header cut", good[:at[0]-1], ErrTruncated},
 		{"payload bit flipped", edit(func(b []byte) { b[at[1]+frameHeaderLen+7] ^= 0x80 }), ErrChecksum},
@@ -215,6 +216,39 @@ func TestReaderRefuses(t *testing.T) {
 				t.Fatalf("want %v, got %v", tc.want, err)
 			}
 		})
+	}
+}
+
+// TestReadsVersion1: a stream of format version 1 (a sha256 trailer: what
+// exports made before version 2 hold) reads back whole; one whose digest
+// is changed is refused.
+func TestReadsVersion1(t *testing.T) {
+	payload := randomBytes(2*DefaultFrameBytes+7, 5)
+	var out bytes.Buffer
+	w, err := newWriter(&out, Header{Kind: KindBtrfs, VolumeBytes: 4 << 30, AllocatedBytes: int64(len(payload)), SnapshotID: snapA}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stream := out.Bytes()
+	if v := binary.BigEndian.Uint16(stream[8:]); v != 1 {
+		t.Fatalf("wrote version %d", v)
+	}
+	if len(stream) != headerFixedLen+2+len(snapA)+4+3*frameHeaderLen+len(payload)+trailerFixedLen+sha256.Size {
+		t.Fatalf("a version 1 stream of %d bytes: not a sha256 trailer", len(stream))
+	}
+	_, got, _, err := readAll(stream)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("version 1 read back: %d bytes, %v", len(got), err)
+	}
+	stream[len(stream)-1] ^= 1
+	if _, _, _, err := readAll(stream); !errors.Is(err, ErrDigest) {
+		t.Fatalf("version 1 with its digest changed: %v, want %v", err, ErrDigest)
 	}
 }
 

@@ -1,7 +1,6 @@
 package volstream
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -29,20 +28,26 @@ type Writer struct {
 
 // NewWriter validates h and writes it to w.
 func NewWriter(w io.Writer, h Header) (*Writer, error) {
+	return newWriter(w, h, Version)
+}
+
+// newWriter writes a stream of the given format version (a test writes
+// version 1).
+func newWriter(w io.Writer, h Header, version uint16) (*Writer, error) {
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}
-	sw := &Writer{w: w, hdr: h, digest: sha256.New()}
-	if err := sw.emit(encodeHeader(h)); err != nil {
+	sw := &Writer{w: w, hdr: h, digest: newDigest(version)}
+	if err := sw.emit(encodeHeader(h, version)); err != nil {
 		return nil, err
 	}
 	return sw, nil
 }
 
-func encodeHeader(h Header) []byte {
+func encodeHeader(h Header, version uint16) []byte {
 	b := make([]byte, 0, headerFixedLen+2+len(h.SnapshotID)+len(h.ParentSnapshotID)+4)
 	b = append(b, magic[:]...)
-	b = binary.BigEndian.AppendUint16(b, Version)
+	b = binary.BigEndian.AppendUint16(b, version)
 	b = append(b, byte(h.Kind), 0)
 	b = binary.BigEndian.AppendUint64(b, uint64(h.VolumeBytes))
 	b = binary.BigEndian.AppendUint64(b, uint64(h.AllocatedBytes))
@@ -175,7 +180,7 @@ func (sw *Writer) Close() error {
 		sw.err = fmt.Errorf("sparse stream of %d payload bytes, header says %d allocated: %w", sw.payload, sw.hdr.AllocatedBytes, ErrOrder)
 		return sw.err
 	}
-	t := make([]byte, 0, trailerLen)
+	t := make([]byte, 0, trailerFixedLen+sw.digest.Size())
 	t = append(t, frameTrailer)
 	t = binary.BigEndian.AppendUint64(t, sw.seq)
 	t = binary.BigEndian.AppendUint64(t, uint64(sw.payload))
