@@ -211,10 +211,6 @@ func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVol
 	v, err := r.RestoreExport(ctx, req, tv.Spec.Source, progress)
 	close(stop)
 	done, total := progress.Bytes()
-	if err == nil {
-		r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Restored", "CreateVolume", "restored export %s: %d of %d bytes read in %s, verified",
-			exportID, done, total, time.Since(start).Round(time.Millisecond))
-	}
 	if <-wrote {
 		// The progress moved the object on; create's update must not
 		// conflict with it.
@@ -223,11 +219,20 @@ func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVol
 			reader = r.APIReader
 		}
 		if gerr := reader.Get(ctx, client.ObjectKeyFromObject(tv), tv); gerr != nil {
-			return v, errors.Join(err, fmt.Errorf("re-read after the restore's progress: %w", gerr))
+			// No verdict without the current object: the retry finds the
+			// restored volume (Restore is idempotent) or restores again.
+			return nil, errRetry{fmt.Errorf("re-read after the restore's progress: %w", gerr)}
 		}
+	}
+	if done == 0 && total == 0 && tv.Status.Transfer != nil {
+		// A retry that found the volume made: the bytes are the earlier
+		// attempt's, which its progress wrote.
+		done, total = tv.Status.Transfer.BytesDone, tv.Status.Transfer.BytesTotal
 	}
 	st := &thinv1.TransferStatus{Phase: thinv1.TransferReceiving, BytesDone: done, BytesTotal: total}
 	if err == nil {
+		r.Recorder.Eventf(tv, nil, corev1.EventTypeNormal, "Restored", "CreateVolume", "restored export %s: %d of %d bytes read in %s, verified",
+			exportID, done, total, time.Since(start).Round(time.Millisecond))
 		now := metav1.Now()
 		st.Phase, st.CompletionTime = thinv1.TransferReceived, &now
 	} else {
@@ -236,6 +241,13 @@ func (r *VolumeReconciler) restoreExport(ctx context.Context, tv *thinv1.ThinVol
 	tv.Status.Transfer = st
 	return v, err
 }
+
+// errRetry is a create that reached no verdict: the reconcile returns
+// its error and is retried, and no status is written.
+type errRetry struct{ err error }
+
+func (e errRetry) Error() string { return e.err.Error() }
+func (e errRetry) Unwrap() error { return e.err }
 
 func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) error {
 	logger := klog.FromContext(ctx)
@@ -247,6 +259,9 @@ func (r *VolumeReconciler) create(ctx context.Context, tv *thinv1.ThinVolume) er
 			tv.Name, src.Node, tv.Spec.Node, backend.ErrUnsupported)
 	} else if src != nil && src.Kind == thinv1.VolumeSourceExport {
 		v, err = r.restoreExport(ctx, tv)
+		if retry := (errRetry{}); errors.As(err, &retry) {
+			return retry.err
+		}
 	} else {
 		v, err = r.Pool.CreateVolume(ctx, requestOf(tv))
 	}
