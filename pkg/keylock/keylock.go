@@ -9,6 +9,8 @@ import (
 )
 
 // Locks is a set of per-key mutexes that honour context cancellation.
+// The zero value is ready to use; a Locks must not be copied after first
+// use.
 type Locks struct {
 	mu    sync.Mutex
 	slots map[string]*slot
@@ -25,6 +27,9 @@ func New() *Locks { return &Locks{slots: map[string]*slot{}} }
 // Lock waits for key until ctx ends; on success the returned func unlocks.
 func (l *Locks) Lock(ctx context.Context, key string) (func(), error) {
 	l.mu.Lock()
+	if l.slots == nil {
+		l.slots = map[string]*slot{}
+	}
 	s, ok := l.slots[key]
 	if !ok {
 		s = &slot{ch: make(chan struct{}, 1)}
@@ -66,6 +71,9 @@ func (l *Locks) TryLock(key string) (unlock func(), ok bool) {
 	defer l.mu.Unlock()
 	if _, held := l.slots[key]; held {
 		return nil, false
+	}
+	if l.slots == nil {
+		l.slots = map[string]*slot{}
 	}
 	s := &slot{ch: make(chan struct{}, 1), refs: 1}
 	l.slots[key] = s

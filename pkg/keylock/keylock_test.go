@@ -72,3 +72,25 @@ func TestLockHonoursContext(t *testing.T) {
 		t.Fatalf("slots leaked after timeout: %d", l.Len())
 	}
 }
+
+// TestZeroValue: a Locks needs no New, for Lock and TryLock alike.
+func TestZeroValue(t *testing.T) {
+	var l Locks
+	unlock, err := l.Lock(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.TryLock("a"); ok {
+		t.Error("TryLock took a key that Lock holds")
+	}
+	unlock()
+	var m Locks
+	unlock, ok := m.TryLock("b")
+	if !ok || m.Len() != 1 {
+		t.Fatalf("TryLock on a zero Locks: %v, %d keys", ok, m.Len())
+	}
+	unlock()
+	if l.Len() != 0 || m.Len() != 0 {
+		t.Errorf("keys left: %d, %d", l.Len(), m.Len())
+	}
+}

@@ -54,7 +54,7 @@ type VolumeReconciler struct {
 	ProgressInterval, EventInterval time.Duration
 	// DiscardRestore deletes what an interrupted restore of a volume left
 	// (snapshotexport.Restorer.Discard), when its ThinVolume is deleted.
-	DiscardRestore func(ctx context.Context, volumeID string) error
+	DiscardRestore func(ctx context.Context, volumeID string, src *thinv1.VolumeSource) error
 	// Copies receives the cross-node copies (spec.source.node); nil: this
 	// agent cannot (transfers off, or a pool that cannot stream).
 	Copies *Puller
@@ -358,7 +358,7 @@ func (r *VolumeReconciler) delete(ctx context.Context, tv *thinv1.ThinVolume) er
 			return err
 		}
 		if r.DiscardRestore != nil && tv.Spec.Source != nil && tv.Spec.Source.Kind == thinv1.VolumeSourceExport {
-			return r.DiscardRestore(ctx, tv.Name)
+			return r.DiscardRestore(ctx, tv.Name, tv.Spec.Source)
 		}
 		return nil
 	}, r.Changed)

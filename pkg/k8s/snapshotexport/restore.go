@@ -14,6 +14,7 @@ import (
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/export"
+	"github.com/csi-thin/csi-thin/pkg/keylock"
 )
 
 // Restorer rebuilds a volume on this node from an export: it resolves the
@@ -22,12 +23,24 @@ import (
 // as the volume (ReceiveVolume). The parents it received are deleted
 // afterwards (the volume does not need them); they carry the name
 // RestoreParentName(volume ID) so that a retry after a crash reuses and
-// then deletes them.
+// then deletes them. Restores of one source volume's exports run one at a
+// time: they would receive, hold and delete the same parents.
 type Restorer struct {
 	// Secrets reads the store's Secret, uncached (as Reconciler.Secrets).
 	Secrets client.Reader
 	Pool    backend.Local
 	Streams backend.Streamer
+
+	chains keylock.Locks // by source volume ID (chainKey)
+}
+
+// chainKey is what restores that may share parents have in common: the
+// source volume of their export.
+func chainKey(src *thinv1.VolumeSource) string {
+	if volumeID, _, err := export.ParseID(src.ID); err == nil {
+		return volumeID
+	}
+	return src.ID
 }
 
 // RestoreParentName is the name of a parent snapshot received for the
@@ -71,6 +84,11 @@ func (p *Progress) SetTotal(n int64) {
 func (r *Restorer) Restore(ctx context.Context, req backend.VolumeRequest, src *thinv1.VolumeSource, progress *Progress) (*backend.Volume, error) {
 	logger := klog.FromContext(ctx).WithValues("exportID", src.ID)
 	req.Source = backend.Source{}
+	unlock, err := r.chains.Lock(ctx, chainKey(src))
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: wait for another restore of %s's exports: %w", req.ID, chainKey(src), err)
+	}
+	defer unlock()
 	v, err := r.restore(ctx, req, src, progress)
 	if cerr := r.removeParents(ctx, req.ID); cerr != nil {
 		logger.Error(cerr, "remove the parents received for the restore")
@@ -202,10 +220,17 @@ func storeError(err error) error {
 	return err
 }
 
-// Discard deletes what a restore of volumeID left behind: the parents an
-// attempt received before its agent was killed, when the volume is
-// deleted before any retry could reuse and delete them. It is idempotent.
-func (r *Restorer) Discard(ctx context.Context, volumeID string) error {
+// Discard deletes what a restore of volumeID from src left behind: the
+// parents an attempt received before its agent was killed, when the
+// volume is deleted before any retry could reuse and delete them. It
+// waits for a restore of the same chain, which may be using them. It is
+// idempotent.
+func (r *Restorer) Discard(ctx context.Context, volumeID string, src *thinv1.VolumeSource) error {
+	unlock, err := r.chains.Lock(ctx, chainKey(src))
+	if err != nil {
+		return fmt.Errorf("discard the restore of %s: wait for another restore of %s's exports: %w", volumeID, chainKey(src), err)
+	}
+	defer unlock()
 	return r.removeParents(ctx, volumeID)
 }
 

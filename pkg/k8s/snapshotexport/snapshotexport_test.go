@@ -622,6 +622,36 @@ func TestRestoreFromExport(t *testing.T) {
 	}
 }
 
+// TestRestoresOfOneChainAtOnce: three volumes restored on one node from
+// the same chain at the same time (the agent reconciles several at once)
+// are all Ready with the source's files, and no parent is left. They
+// share the chain's parent snapshot ID, so they take turns (a retry of
+// one whose parent another deleted would have been Failed).
+func TestRestoresOfOneChainAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	src, dst := e.startAgent("n1"), e.startAgent("n2")
+	vol, _, s2 := e.exportedTwice(src)
+	var tvs []*thinv1.ThinVolume
+	for _, name := range []string{"first", "second", "third"} {
+		tvs = append(tvs, e.createRestore(t, name, "n2", ExportIDOf(s2)))
+	}
+	for _, tv := range tvs {
+		tv = e.verdict(t, tv)
+		if tv.Status.Phase != thinv1.PhaseReady {
+			t.Errorf("restore %s beside two others: %s %s: %s", tv.Spec.Name, tv.Status.Phase, tv.Status.Code, tv.Status.Message)
+			continue
+		}
+		wantFiles(t, dst, tv.Name, map[string][32]byte{
+			"a": fileSum(t, filepath.Join(src.VolumePath(vol), "a")),
+			"b": fileSum(t, filepath.Join(src.VolumePath(vol), "b")),
+		})
+	}
+	if snaps, err := dst.ListSnapshots(e.ctx); err != nil || len(snaps) != 0 {
+		t.Errorf("snapshots left on the restoring node: %v %v", snaps, err)
+	}
+}
+
 // TestExportOfGoneNodeDeleted: a ThinSnapshot whose export is not retained
 // is deleted while its node is gone from the cluster (no Node object, so
 // no agent will ever release it). The controller's lost-node detector,
