@@ -97,10 +97,10 @@ func (m *multiNode) testCopiedToAnotherNode(t *testing.T) {
 // waitVolumeEvent waits for an Event of reason on the ThinVolume id (a
 // cluster-scoped object: its Events are in the default namespace) whose
 // message holds want.
-func (m *multiNode) waitVolumeEvent(t *testing.T, id, reason, want string) {
+func (c *cluster) waitVolumeEvent(t *testing.T, id, reason, want string) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-		evs, err := m.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + id + ",reason=" + reason})
+		evs, err := c.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + id + ",reason=" + reason})
 		if err != nil {
 			return false, nil
 		}

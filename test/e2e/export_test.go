@@ -178,8 +178,8 @@ func (c *cluster) exportAndRestore(t *testing.T, ctx context.Context, store *exp
 		t.Errorf("restored volume %s: transfer %q, %d of %d bytes; want Received, the chain's %d bytes", id, phase, done, total, chain)
 	}
 	// And as Events on its ThinVolume.
-	c.waitClusterEvent(t, id, "RestoreStarted", "restoring export "+incrExport.id)
-	c.waitClusterEvent(t, id, "Restored", fmt.Sprintf("restored export %s: %d of %d bytes read", incrExport.id, chain, chain))
+	c.waitVolumeEvent(t, id, "RestoreStarted", "restoring export "+incrExport.id)
+	c.waitVolumeEvent(t, id, "Restored", fmt.Sprintf("restored export %s: %d of %d bytes read", incrExport.id, chain, chain))
 	c.deleteRestored(t, ctx, restored)
 }
 
@@ -365,26 +365,4 @@ func (c *cluster) startExportStore(t *testing.T, ctx context.Context) *export.St
 		t.Fatal(err)
 	}
 	return store
-}
-
-// waitClusterEvent waits up to 30 s for an Event of reason about the
-// cluster-scoped object name (a ThinVolume: its Events are in the default
-// namespace) whose message contains want.
-func (c *cluster) waitClusterEvent(t *testing.T, name, reason, want string) {
-	t.Helper()
-	var seen []string
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
-		evs, err := c.kube.CoreV1().Events(metav1.NamespaceAll).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen = seen[:0]
-		for _, e := range evs.Items {
-			if e.Reason == reason && strings.Contains(e.Message, want) {
-				return
-			}
-			seen = append(seen, e.Reason+": "+e.Message)
-		}
-	}
-	t.Errorf("no %s Event about %s with %q; its Events: %q", reason, name, want, seen)
 }
