@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,14 +99,10 @@ func TestRestoreKilledAtEveryStep(t *testing.T) {
 	src := e.startAgent("n1")
 	vol, _, s2 := e.exportedTwice(src)
 	exportID := ExportIDOf(s2)
-	want := map[string][32]byte{}
-	for _, f := range []string{"a", "b"} {
-		want[f] = fileSum(t, filepath.Join(src.VolumePath(vol), f))
-	}
 
 	var faults []command.Fault
 	t.Run("probe", func(t *testing.T) {
-		lines := e.probeRestore(t, exportID, want)
+		lines := e.probeRestore(t, exportID, src, vol)
 		seen := map[string]int{}
 		for _, line := range lines {
 			for _, step := range restoreSteps {
@@ -150,7 +145,7 @@ func TestRestoreKilledAtEveryStep(t *testing.T) {
 				if tv.Status.Phase != thinv1.PhaseReady {
 					t.Fatalf("restore after the kill: %s %s: %s", tv.Status.Phase, tv.Status.Code, tv.Status.Message)
 				}
-				wantFiles(t, restarted, tv.Name, want)
+				wantSameFiles(t, src, vol, restarted, tv.Name)
 				if err := e.c.Delete(ctx, tv); err != nil {
 					t.Fatal(err)
 				}
@@ -164,7 +159,7 @@ func TestRestoreKilledAtEveryStep(t *testing.T) {
 // probeRestore restores exportID on a pool of its own through an agent
 // whose runner records every command, checks the result and returns the
 // commands run from the pool's opening on, as a child's count them.
-func (e *env) probeRestore(t *testing.T, exportID string, want map[string][32]byte) []string {
+func (e *env) probeRestore(t *testing.T, exportID string, src *btrfs.Pool, vol string) []string {
 	t.Helper()
 	pool := newPool(t, "probe")
 	rec := &command.FaultRunner{Next: &command.Host{}}
@@ -177,7 +172,7 @@ func (e *env) probeRestore(t *testing.T, exportID string, want map[string][32]by
 	if tv.Status.Phase != thinv1.PhaseReady {
 		t.Fatalf("probe restore: %s %s: %s", tv.Status.Phase, tv.Status.Code, tv.Status.Message)
 	}
-	wantFiles(t, probed, tv.Name, want)
+	wantSameFiles(t, src, vol, probed, tv.Name)
 	probed.Settle()
 	return rec.Lines()
 }
@@ -239,15 +234,6 @@ func (c *agentChild) waitKilled(t *testing.T) {
 		t.Fatalf("agent child ended (%v) without its fault's SIGKILL:\n%s", err, c.output.String())
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("agent child not killed by its fault within 3 minutes:\n%s", c.output.String())
-	}
-}
-
-func wantFiles(t *testing.T, pool *btrfs.Pool, volumeID string, want map[string][32]byte) {
-	t.Helper()
-	for f, sum := range want {
-		if fileSum(t, filepath.Join(pool.VolumePath(volumeID), f)) != sum {
-			t.Errorf("restored %s differs from the source", f)
-		}
 	}
 }
 

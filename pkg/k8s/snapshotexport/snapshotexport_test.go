@@ -168,11 +168,7 @@ func TestExportAfterSnapshot(t *testing.T) {
 			t.Fatalf("apply %s: %v", m.ID(), err)
 		}
 	}
-	for _, f := range []string{"a", "b"} {
-		if want, got := fileSum(t, filepath.Join(pool.VolumePath(vol), f)), fileSum(t, filepath.Join(other.VolumePath(restored), f)); want != got {
-			t.Errorf("restored %s differs from the source", f)
-		}
-	}
+	wantSameFiles(t, pool, vol, other, restored)
 
 	// A missing Secret fails the export, which is retried until it appears.
 	s3b := snapshot("late-secret", "s3-late")
@@ -443,6 +439,17 @@ func writeRandom(t *testing.T, path string, n int64) {
 	}
 }
 
+// wantSameFiles checks that volume got on pool dst holds files a and b
+// of volume vol on pool src (exportedTwice's), byte for byte.
+func wantSameFiles(t *testing.T, src *btrfs.Pool, vol string, dst *btrfs.Pool, got string) {
+	t.Helper()
+	for _, f := range []string{"a", "b"} {
+		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(got), f)) {
+			t.Errorf("restored %s differs from the source", f)
+		}
+	}
+}
+
 func fileSum(t *testing.T, path string) [32]byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -582,11 +589,7 @@ func TestRestoreFromExport(t *testing.T) {
 	for _, reason := range []string{"RestoreStarted", "Restored"} {
 		waitEvent(t, ctx, e.c, tv.Name, reason)
 	}
-	for _, f := range []string{"a", "b"} {
-		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(tv.Name), f)) {
-			t.Errorf("restored %s differs from the source", f)
-		}
-	}
+	wantSameFiles(t, src, vol, dst, tv.Name)
 	noSnapshots("after a restore")
 
 	// One byte of the parent's stream altered in the bucket.
@@ -642,10 +645,7 @@ func TestRestoresOfOneChainAtOnce(t *testing.T) {
 			t.Errorf("restore %s beside two others: %s %s: %s", tv.Spec.Name, tv.Status.Phase, tv.Status.Code, tv.Status.Message)
 			continue
 		}
-		wantFiles(t, dst, tv.Name, map[string][32]byte{
-			"a": fileSum(t, filepath.Join(src.VolumePath(vol), "a")),
-			"b": fileSum(t, filepath.Join(src.VolumePath(vol), "b")),
-		})
+		wantSameFiles(t, src, vol, dst, tv.Name)
 	}
 	if snaps, err := dst.ListSnapshots(e.ctx); err != nil || len(snaps) != 0 {
 		t.Errorf("snapshots left on the restoring node: %v %v", snaps, err)
@@ -770,11 +770,7 @@ func TestRestoreAfterCrash(t *testing.T) {
 	}
 	// The parent was reused, not read again: only the last link was.
 	e.wantRestoreRead(tv, ExportIDOf(s2))
-	for _, f := range []string{"a", "b"} {
-		if fileSum(t, filepath.Join(src.VolumePath(vol), f)) != fileSum(t, filepath.Join(dst.VolumePath(tv.Name), f)) {
-			t.Errorf("restored %s differs from the source", f)
-		}
-	}
+	wantSameFiles(t, src, vol, dst, tv.Name)
 	if left := snapshots(); len(left) != 0 {
 		t.Errorf("snapshots left by a retried restore: %v", left)
 	}
