@@ -120,7 +120,7 @@ test-e2e-lvm:
 BURST ?= 50
 bench-cluster:
 	mkdir -p $(BIN)
-	E2E_UPSTREAM=0 E2E_RUN=TestBurstBench E2E_BENCH_BURST=$(BURST) E2E_BENCH_OUT=$(abspath $(BIN))/bench-cluster.txt \
+	E2E_LOG_LEVEL=2 E2E_UPSTREAM=0 E2E_RUN=TestBurstBench E2E_BENCH_BURST=$(BURST) E2E_BENCH_OUT=$(abspath $(BIN))/bench-cluster.txt \
 	  E2E_ARTIFACTS=$(CURDIR)/_output/bench-cluster bash test/e2e/run.sh
 
 # Chart lint/render tests only (helm from the cluster cache).

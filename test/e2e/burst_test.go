@@ -53,7 +53,10 @@ func TestBurstBench(t *testing.T) {
 		names[i] = fmt.Sprintf("burst-%d", i)
 	}
 	clock := c.startBoundClock(t)
+	burstStart := time.Now()
+	api0, cpu0 := c.scrapeAPIServer(t), c.sampleCPU(t)
 	elapsed, lat := c.burst(t, clock, names, nil)
+	cpu1, api1 := c.sampleCPU(t), c.scrapeAPIServer(t)
 	r.add("burst: %d claims created at once: all Bound in %s = %.1f claims/s (PVC -> Bound p50 %s, max %s)",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), pct(lat, 50), pct(lat, 100))
 
@@ -62,6 +65,8 @@ func TestBurstBench(t *testing.T) {
 		clones[i] = fmt.Sprintf("burst-clone-%d", i)
 	}
 	elapsed, lat = c.burst(t, clock, clones, func(i int) pvcOpt { return fromPVC(names[i]) })
+	cpu2, api2 := c.sampleCPU(t), c.scrapeAPIServer(t)
+	burstsEnd := time.Now()
 	r.add("burst: %d clones created at once: all Bound in %s = %.1f clones/s (PVC -> Bound p50 %s, max %s)",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), pct(lat, 50), pct(lat, 100))
 
@@ -84,6 +89,11 @@ func TestBurstBench(t *testing.T) {
 	// Where a create's time goes, per phase: the bursts, and the
 	// sequential empty and clone creates on their own (the clone's extra
 	// time shows in the stage that grows).
+	r.addCPU("the claims' burst", cpu0, cpu1, n, 14)
+	r.addCPU("the clones' burst", cpu1, cpu2, n, 14)
+	r.addAPI("the claims' burst", api0, api1, n, 12)
+	r.addAPI("the clones' burst", api1, api2, n, 12)
+	r.addEvents(t, c, "both bursts", burstStart, burstsEnd, 2*n)
 	r.stages("the bursts", before, burstDone)
 	r.stages("20 sequential empty creates", burstDone, emptyDone)
 	r.stages("20 sequential clones of the 1 GiB source", cloneStart, cloneDone)
@@ -247,6 +257,17 @@ func (c *cluster) sequential(t *testing.T, clock *boundClock, prefix string, n i
 		lat = append(lat, bound[name].Sub(start))
 	}
 	return lat
+}
+
+// sampleCPU reads every host process's CPU time (the cluster's processes
+// run on this host).
+func (c *cluster) sampleCPU(t *testing.T) cpuSample {
+	t.Helper()
+	s, err := sampleCPU()
+	if err != nil {
+		t.Fatalf("sample CPU: %v", err)
+	}
+	return s
 }
 
 // scrapeDriver reads the /metrics of every csi-thin pod (controller and

@@ -22,6 +22,8 @@
 #   E2E_UPSTREAM_FOCUS    override the upstream focus regexp
 #   E2E_UPSTREAM_PROCS    parallel processes of the upstream suite (default 3)
 #   E2E_TEST_TIMEOUT      go test -timeout of the scenarios (default 30m)
+#   E2E_LOG_LEVEL         the driver's and sidecars' klog level (default 4, values-e2e.yaml;
+#                         make bench-cluster uses the chart's default, 2, as users run it)
 #   E2E_KEEP=1            leave the cluster running afterwards (debugging)
 #   E2E_ARTIFACTS         where logs go (default _output/e2e)
 set -euo pipefail
@@ -189,7 +191,8 @@ if ((VM_NODES)); then
 	vm_values=(-f "$here/values-e2e-vm.yaml" --set "storageClasses[3].allowedNodes={$(IFS=,; echo "${vm_nodes[*]}")}")
 fi
 helm install $release "$root/charts/csi-thin" -n $ns --create-namespace \
-	-f "$here/values-e2e.yaml" ${vm_values[@]+"${vm_values[@]}"} --set image.tag="$CSI_THIN_TAG" --wait --timeout 300s
+	-f "$here/values-e2e.yaml" ${vm_values[@]+"${vm_values[@]}"} --set image.tag="$CSI_THIN_TAG" \
+	${E2E_LOG_LEVEL:+--set logLevel="$E2E_LOG_LEVEL"} --wait --timeout 300s
 # The node agent creates its ThinNode once its manager runs, which can be
 # after its pod turned Ready: `kubectl wait` fails at once on a resource
 # that does not exist yet, so wait for it to appear first.
