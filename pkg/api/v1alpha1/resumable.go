@@ -13,3 +13,11 @@ func (tv *ThinVolume) Resumable() bool { return tv.Status.SizeBytes == 0 }
 func (ts *ThinSnapshot) Resumable() bool {
 	return ts.Status.CreationTime == nil && ts.Spec.GroupID == ""
 }
+
+// Resumable: as ThinSnapshot.Resumable, for a group never taken (a taken
+// one has its creation time and its members). Its members' ThinSnapshots
+// are made only once the group is Ready, so a group never taken has none
+// that could be taken out of its instant.
+func (g *ThinGroupSnapshot) Resumable() bool {
+	return g.Status.CreationTime == nil && len(g.Status.Members) == 0
+}

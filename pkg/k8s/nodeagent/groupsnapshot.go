@@ -128,9 +128,10 @@ func (r *GroupSnapshotReconciler) recover(ctx context.Context, g *thinv1.ThinGro
 	if err == nil {
 		g.Status.ReadyToUse = group.ReadyToUse
 	}
-	// A group never made stays Lost: making it now would have to come
-	// before its members' reconcile (take), which nothing orders.
-	return recovered(ctx, r.Client, r.Recorder, r.tracked(g), err == nil, false)
+	// A group never taken is taken now, as a snapshot never taken is: the
+	// CreateVolumeGroupSnapshot that asked for it still stands, and no
+	// member exists yet (the router makes them once the group is Ready).
+	return recovered(ctx, r.Client, r.Recorder, r.tracked(g), err == nil, g.Resumable())
 }
 
 func (r *GroupSnapshotReconciler) tracked(g *thinv1.ThinGroupSnapshot) tracked {

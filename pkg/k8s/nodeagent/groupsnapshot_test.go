@@ -195,19 +195,28 @@ func TestGroupSnapshotFailureRecordsCode(t *testing.T) {
 }
 
 // A group marked Lost while its node was away is Ready again when the
-// node comes back holding it, and says StorageMissing when it does not.
+// node comes back holding it, says StorageMissing when it had been taken
+// and is not there, and is taken now when it never was (Resumed, then
+// Ready with its members).
 func TestLostGroupSnapshotRecovers(t *testing.T) {
-	held, gone := backend.GroupSnapshotIDFor("held"), backend.GroupSnapshotIDFor("gone")
-	lost := func(id string) *thinv1.ThinGroupSnapshot {
-		return &thinv1.ThinGroupSnapshot{ObjectMeta: metav1.ObjectMeta{Name: id, Generation: 1, Finalizers: []string{"csi-thin.io/node-cleanup"}},
+	held, gone, never := backend.GroupSnapshotIDFor("held"), backend.GroupSnapshotIDFor("gone"), backend.GroupSnapshotIDFor("never")
+	lost := func(id string, taken bool) *thinv1.ThinGroupSnapshot {
+		g := &thinv1.ThinGroupSnapshot{ObjectMeta: metav1.ObjectMeta{Name: id, Generation: 1, Finalizers: []string{"csi-thin.io/node-cleanup"}},
 			Spec:   thinv1.ThinGroupSnapshotSpec{Node: "n1", SourceVolumeIDs: []string{vol1}},
 			Status: thinv1.ThinGroupSnapshotStatus{Phase: thinv1.PhaseLost}}
+		if taken {
+			at := metav1.Now()
+			g.Status.CreationTime = &at
+			g.Status.Members = []thinv1.GroupMember{{SnapshotID: backend.SnapshotIDFor(id + "-m"), SourceVolumeID: vol1}}
+		}
+		return g
 	}
-	e := newEnv(t, newVolume(vol1, "n1", backend.GiB), lost(held), lost(gone))
+	e := newEnv(t, newVolume(vol1, "n1", backend.GiB), lost(held, true), lost(gone, true), lost(never, false))
 	e.reconcileVolume(vol1)
 	pool := lookupGroupPool{groupPool{fakePool: e.pool}, map[string]bool{held: true}}
 	gr := &GroupSnapshotReconciler{Client: e.c, APIReader: e.c, Pool: pool, Groups: pool, Recorder: e.rec}
-	for id, want := range map[string]string{held: thinv1.ReasonRecovered, gone: thinv1.ReasonStorageMissing} {
+	reconcile := func(id string) *thinv1.ThinGroupSnapshot {
+		t.Helper()
 		if _, err := gr.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: id}}); err != nil {
 			t.Fatal(err)
 		}
@@ -215,15 +224,51 @@ func TestLostGroupSnapshotRecovers(t *testing.T) {
 		if err := e.c.Get(e.ctx, client.ObjectKey{Name: id}, g); err != nil {
 			t.Fatal(err)
 		}
+		return g
+	}
+	for _, tc := range []struct {
+		id, reason string
+		phase      thinv1.Phase
+	}{
+		{held, thinv1.ReasonRecovered, thinv1.PhaseReady},
+		{gone, thinv1.ReasonStorageMissing, thinv1.PhaseLost},
+		{never, thinv1.ReasonResumed, thinv1.PhasePending},
+	} {
+		g := reconcile(tc.id)
 		c := apimeta.FindStatusCondition(g.Status.Conditions, thinv1.ConditionReady)
-		if c == nil || c.Reason != want || (want == thinv1.ReasonRecovered) != (g.Status.Phase == thinv1.PhaseReady) {
-			t.Errorf("%s: phase %s, condition %+v; want reason %s", id, g.Status.Phase, c, want)
+		if c == nil || c.Reason != tc.reason || g.Status.Phase != tc.phase {
+			t.Errorf("%s: phase %s, condition %+v; want phase %s, reason %s", tc.id, g.Status.Phase, c, tc.phase, tc.reason)
 		}
 	}
+	var taken []string
 	for _, call := range e.pool.calls {
 		if strings.HasPrefix(call, "CreateGroupSnapshot") {
-			t.Errorf("a lost group was taken again: %v", e.pool.calls)
+			taken = append(taken, call)
 		}
+	}
+	if len(taken) != 0 {
+		t.Errorf("a lost group was taken while it was being recovered: %v", taken)
+	}
+
+	// The never-taken group's next reconcile (its status write requeues
+	// it) takes it: Ready, with its member.
+	g := reconcile(never)
+	if g.Status.Phase != thinv1.PhaseReady || len(g.Status.Members) != 1 || g.Status.CreationTime == nil {
+		t.Errorf("never-taken group after its node is back: phase %s, members %v; want Ready with 1 member", g.Status.Phase, g.Status.Members)
+	}
+	for _, id := range []string{held, gone} {
+		if g := reconcile(id); id == gone && g.Status.Phase != thinv1.PhaseLost {
+			t.Errorf("taken group not on its node: phase %s after another reconcile, want Lost", g.Status.Phase)
+		}
+	}
+	taken = taken[:0]
+	for _, call := range e.pool.calls {
+		if strings.HasPrefix(call, "CreateGroupSnapshot") {
+			taken = append(taken, call)
+		}
+	}
+	if len(taken) != 1 || !strings.Contains(taken[0], never) {
+		t.Errorf("groups taken: %v, want only the never-taken %s, once", taken, never)
 	}
 }
 

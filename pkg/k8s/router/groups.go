@@ -60,7 +60,8 @@ func (r *Router) CreateGroupSnapshot(ctx context.Context, req backend.GroupSnaps
 		logger.Info("ThinGroupSnapshot created, waiting for the node", "node", node)
 	}
 	if err := r.waitVerdict(ctx, g, "group snapshot "+req.ID, func() nodeVerdict {
-		return nodeVerdict{node: g.Spec.Node, code: g.Status.Code, message: g.Status.Message, phase: g.Status.Phase, conditions: g.Status.Conditions}
+		return nodeVerdict{node: g.Spec.Node, code: g.Status.Code, message: g.Status.Message, phase: g.Status.Phase,
+			conditions: g.Status.Conditions, resumable: g.Resumable()}
 	}); err != nil {
 		return nil, err
 	}

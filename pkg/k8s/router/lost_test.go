@@ -158,3 +158,45 @@ func TestCreateDiscardsNeverMadeOfDeletedNode(t *testing.T) {
 		t.Errorf("made volume of a deleted node: %v, deleting %v; want it kept", err, tv.DeletionTimestamp)
 	}
 }
+
+// TestCreateGroupWaitsOutLostNeverMade: as TestCreateWaitsOutLostNeverMade,
+// for a group snapshot: one its node had not taken when the node was
+// judged lost is taken once the node is back, so the create waits for it
+// (DeadlineExceeded naming the loss while the node stays away); one it had
+// taken fails Unavailable at once.
+func TestCreateGroupWaitsOutLostNeverMade(t *testing.T) {
+	never, taken := backend.GroupSnapshotIDFor("never"), backend.GroupSnapshotIDFor("taken")
+	group := func(id string, wasTaken bool) *thinv1.ThinGroupSnapshot {
+		g := &thinv1.ThinGroupSnapshot{
+			ObjectMeta: metav1.ObjectMeta{Name: id, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+			Spec:       thinv1.ThinGroupSnapshotSpec{Node: "away", SourceVolumeIDs: []string{volA}},
+			Status: thinv1.ThinGroupSnapshotStatus{Phase: thinv1.PhaseLost, Conditions: []metav1.Condition{{Type: thinv1.ConditionReady,
+				Status: metav1.ConditionFalse, Reason: thinv1.ReasonNodeLost, Message: "the agent on away has not reported", LastTransitionTime: metav1.Now()}}},
+		}
+		if wasTaken {
+			at := metav1.Now()
+			g.Status.CreationTime = &at
+			g.Status.Members = []thinv1.GroupMember{{SnapshotID: snapA, SourceVolumeID: volA}}
+		}
+		return g
+	}
+	source := &thinv1.ThinVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: volA, Finalizers: []string{wellknown.FinalizerNodeCleanup}},
+		Spec:       thinv1.ThinVolumeSpec{Node: "away", RequiredBytes: backend.GiB, AccessType: thinv1.AccessMount},
+		Status:     thinv1.ThinVolumeStatus{Phase: thinv1.PhaseReady, SizeBytes: backend.GiB},
+	}
+	r, _ := lostRouter(t, source, group(never, false), group(taken, true), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "away"}})
+	create := func(id string) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := r.CreateGroupSnapshot(ctx, backend.GroupSnapshotRequest{ID: id, SourceVolumeIDs: []string{volA}})
+		return time.Since(start), err
+	}
+	if _, err := create(never); rpcerr.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "has not reported") {
+		t.Errorf("create of a never-taken group whose node stays away: %v (%v), want DeadlineExceeded naming the loss", err, rpcerr.Code(err))
+	}
+	if took, err := create(taken); rpcerr.Code(err) != codes.Unavailable || took >= 300*time.Millisecond {
+		t.Errorf("create of a taken group of a lost node: %v (%v) after %s, want Unavailable at once", err, rpcerr.Code(err), took)
+	}
+}
