@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	osexec "os/exec"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,8 +39,10 @@ func (h *Host) Stream(ctx context.Context, stdin io.Reader, stdout io.Writer, na
 		cmd.Stdin = chunkedReader{stdin}
 	}
 	cmd.Stdout = io.Discard
+	out := &chunkedWriter{w: io.Discard}
 	if stdout != nil {
-		cmd.Stdout = chunkedWriter{stdout}
+		out.w = stdout
+		cmd.Stdout = out
 	}
 	start := time.Now()
 	err := cmd.Run()
@@ -56,6 +59,10 @@ func (h *Host) Stream(ctx context.Context, stdin io.Reader, stdout io.Writer, na
 	}
 	if ctx.Err() != nil {
 		err = fmt.Errorf("%w (after %s): %w", ctx.Err(), elapsed.Round(time.Millisecond), err)
+	} else if werr := out.failed(); werr != nil {
+		// Once stdout stops taking data, the command dies of the closed
+		// pipe (SIGPIPE), and os/exec reports that exit, not the cause.
+		err = fmt.Errorf("write its output: %w (the command then ended: %w)", werr, err)
 	}
 	klog.V(2).InfoS("stream command failed", "cmd", argv, "exitCode", res.ExitCode, "duration", elapsed, "stderr", trim(res.Stderr))
 	return res, &Error{Cmd: argv, ExitCode: res.ExitCode, Stderr: trim(res.Stderr), Err: err}
@@ -93,13 +100,33 @@ func (c chunkedReader) WriteTo(w io.Writer) (int64, error) {
 // chunkedWriter is a command's stdout: os/exec copies the command's pipe
 // into it with ReadFrom, which grows the pipe and copies in
 // StreamChunkBytes.
-type chunkedWriter struct{ w io.Writer }
+// It keeps the first error of w, the command's failure's likely cause
+// (atomically: after WaitDelay, os/exec returns without waiting for its
+// copying goroutine).
+type chunkedWriter struct {
+	w   io.Writer
+	err atomic.Pointer[error]
+}
 
-func (c chunkedWriter) Write(p []byte) (int, error) { return c.w.Write(p) }
+func (c *chunkedWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		c.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
 
-func (c chunkedWriter) ReadFrom(r io.Reader) (int64, error) {
+// failed is the first error of the writer, or nil.
+func (c *chunkedWriter) failed() error {
+	if err := c.err.Load(); err != nil {
+		return *err
+	}
+	return nil
+}
+
+func (c *chunkedWriter) ReadFrom(r io.Reader) (int64, error) {
 	growPipe(r)
-	return io.CopyBuffer(struct{ io.Writer }{c.w}, struct{ io.Reader }{r}, make([]byte, StreamChunkBytes))
+	return io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{r}, make([]byte, StreamChunkBytes))
 }
 
 // growPipe raises the capacity of the pipe that f is an end of to
