@@ -20,16 +20,14 @@ import (
 	"time"
 )
 
-// cpuSample is the CPU time every process on the host has used, summed by
-// what the process is (cpuRole), and when it was read. The test cluster's
+// cpuSample is the CPU time every process on the host has used, with what
+// the process is (cpuRole), and when it was read. The test cluster's
 // control plane, kubelets, sidecars and driver all run on this host, so
 // the difference of two samples says who spent a phase's CPU.
 type cpuSample struct {
-	at     time.Time
-	byRole map[string]time.Duration
-	// pids seen, with their CPU at the sample: a process that exits
-	// between two samples is not counted in the second, so its delta
-	// would go negative; deltas count only processes seen in both or new.
+	at time.Time
+	// pids seen, with their CPU at the sample (cpuSince compares two by
+	// process: one that exited in between would make a sum go down).
 	pids map[int]pidCPU
 }
 
@@ -44,7 +42,7 @@ type pidCPU struct {
 const clockTicks = 100
 
 func sampleCPU() (cpuSample, error) {
-	s := cpuSample{at: time.Now(), byRole: map[string]time.Duration{}, pids: map[int]pidCPU{}}
+	s := cpuSample{at: time.Now(), pids: map[int]pidCPU{}}
 	dirs, err := filepath.Glob("/proc/[0-9]*")
 	if err != nil {
 		return s, err
@@ -60,7 +58,6 @@ func sampleCPU() (cpuSample, error) {
 		}
 		role := cpuRole(comm, d)
 		s.pids[pid] = pidCPU{role: role, start: start, cpu: cpu}
-		s.byRole[role] += cpu
 	}
 	return s, nil
 }
