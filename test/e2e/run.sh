@@ -100,7 +100,9 @@ for b in kubectl helm e2e.test ginkgo; do command -v "$b" >/dev/null || skip "$b
 # release_state_dir: node1's pool: unmount, detach the loop device,
 # remove the file and the shared bind mount of the state dir.
 release_state_dir() {
-	umount -R "$state_dir" 2>/dev/null
+	# Nothing mounted there (a teardown that got as far as the unmount)
+	# is fine: umount fails, and set -e would end the run here.
+	umount -R "$state_dir" 2>/dev/null || true
 	for dev in $(losetup -j "$state_dir/pool.img" -O NAME -n 2>/dev/null); do losetup -d "$dev"; done
 	rm -rf "$state_dir"
 }
