@@ -15,8 +15,6 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -86,14 +84,15 @@ func TestBurstBench(t *testing.T) {
 	r.add("sequential: PVC -> Bound p50 %s empty, %s as a clone of a source with 1 GiB written (%.2fx)",
 		pct(empty, 50), pct(cloned, 50), float64(pct(cloned, 50))/float64(pct(empty, 50)))
 
-	// Where a create's time goes, per phase: the bursts, and the
-	// sequential empty and clone creates on their own (the clone's extra
-	// time shows in the stage that grows).
+	// What each burst cost the machine and the API server, per claim.
 	r.addCPU("the claims' burst", cpu0, cpu1, n, 14)
 	r.addCPU("the clones' burst", cpu1, cpu2, n, 14)
 	r.addAPI("the claims' burst", api0, api1, n, 12)
 	r.addAPI("the clones' burst", api1, api2, n, 12)
 	r.addEvents(t, c, "both bursts", burstStart, burstsEnd, 2*n)
+	// Where a create's time goes, per phase: the bursts, and the
+	// sequential empty and clone creates on their own (the clone's extra
+	// time shows in the stage that grows).
 	r.stages("the bursts", before, burstDone)
 	r.stages("20 sequential empty creates", burstDone, emptyDone)
 	r.stages("20 sequential clones of the 1 GiB source", cloneStart, cloneDone)
@@ -289,11 +288,7 @@ func (c *cluster) scrapeDriver(t *testing.T) map[string]*dto.MetricFamily {
 		if err != nil {
 			t.Fatalf("metrics of pod %s: %v", p.Name, err)
 		}
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		fams, err := parser.TextToMetricFamilies(strings.NewReader(string(raw)))
-		if err != nil {
-			t.Fatalf("parse metrics of pod %s: %v", p.Name, err)
-		}
+		fams := parseMetrics(t, "pod "+p.Name, raw)
 		for name, f := range fams {
 			if have, ok := all[name]; ok {
 				have.Metric = append(have.Metric, f.Metric...)

@@ -127,29 +127,45 @@ func cpuSince(before, after cpuSample) map[string]time.Duration {
 }
 
 // addCPU adds to the report the CPU each role used between two samples,
-// the largest first and per item (claim) of the phase, and the total against the wall-clock time × cores
-// (how close the phase came to using the whole machine).
+// the largest first and per item (claim) of the phase, and the total
+// against the wall-clock time × cores (how close the phase came to using
+// the whole machine).
 func (r *benchReport) addCPU(phase string, before, after cpuSample, items, top int) {
 	used := cpuSince(before, after)
-	roles := make([]string, 0, len(used))
 	var total time.Duration
-	for role, d := range used {
-		roles = append(roles, role)
+	for _, d := range used {
 		total += d
 	}
-	slices.SortFunc(roles, func(a, b string) int { return int(used[b] - used[a]) })
 	wall := after.at.Sub(before.at)
 	capacity := wall * time.Duration(runtime.NumCPU())
 	r.add("CPU, %s: %.1f s used of %.1f s wall x %d cores (%.0f%%)", phase,
 		total.Seconds(), wall.Seconds(), runtime.NumCPU(), 100*total.Seconds()/capacity.Seconds())
 	var parts []string
-	for i, role := range roles {
-		if i == top {
-			break
-		}
+	for _, role := range ranked(used, top) {
 		parts = append(parts, fmt.Sprintf("%s %.2f s (%.0f ms per item)", role, used[role].Seconds(), float64(used[role].Milliseconds())/float64(items)))
 	}
 	r.add("  by process: %s", strings.Join(parts, ", "))
+}
+
+// ranked is the keys of m, the largest value first (ties by name), at
+// most top of them (top <= 0: all).
+func ranked[V cmp.Ordered](m map[string]V, top int) []string {
+	keys := slices.Sorted(maps.Keys(m))
+	slices.SortStableFunc(keys, func(a, b string) int { return cmp.Compare(m[b], m[a]) })
+	if top > 0 && len(keys) > top {
+		keys = keys[:top]
+	}
+	return keys
+}
+
+// perItem lists the keys of counts, the largest first, each with its
+// count divided by items.
+func perItem[V int | float64](counts map[string]V, items, top int) string {
+	var parts []string
+	for _, k := range ranked(counts, top) {
+		parts = append(parts, fmt.Sprintf("%s %.1f", k, float64(counts[k])/float64(items)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func TestCPUSample(t *testing.T) {
@@ -194,9 +210,9 @@ func TestCPUSample(t *testing.T) {
 	}
 }
 
-// apiCounts is a scrape of the API server's request and watch-event
-// counters: requests by verb and resource, watch events sent by kind.
-type apiCounts map[string]float64
+// apiCounts is a scrape of the API server's counters: requests by verb
+// and resource, watch events sent by resource.
+type apiCounts struct{ requests, watchEvents map[string]float64 }
 
 func (c *cluster) scrapeAPIServer(t *testing.T) apiCounts {
 	t.Helper()
@@ -204,12 +220,7 @@ func (c *cluster) scrapeAPIServer(t *testing.T) apiCounts {
 	if err != nil {
 		t.Fatalf("API server metrics: %v", err)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(bytes.NewReader(raw))
-	if err != nil {
-		t.Fatalf("parse API server metrics: %v", err)
-	}
-	return apiCountsOf(fams)
+	return apiCountsOf(parseMetrics(t, "the API server", raw))
 }
 
 func apiCountsOf(fams map[string]*dto.MetricFamily) apiCounts {
@@ -221,25 +232,21 @@ func apiCountsOf(fams map[string]*dto.MetricFamily) apiCounts {
 		}
 		return ""
 	}
-	out := apiCounts{}
-	if f, ok := fams["apiserver_request_total"]; ok {
-		for _, m := range f.Metric {
-			resource := label(m, "resource")
-			if sub := label(m, "subresource"); sub != "" {
-				resource += "/" + sub
-			}
-			out[label(m, "verb")+" "+resource] += m.GetCounter().GetValue()
+	out := apiCounts{requests: map[string]float64{}, watchEvents: map[string]float64{}}
+	for _, m := range fams["apiserver_request_total"].GetMetric() {
+		resource := label(m, "resource")
+		if sub := label(m, "subresource"); sub != "" {
+			resource += "/" + sub
 		}
+		out.requests[label(m, "verb")+" "+resource] += m.GetCounter().GetValue()
 	}
-	if f, ok := fams["apiserver_watch_events_total"]; ok {
-		for _, m := range f.Metric {
-			// Labelled by resource since Kubernetes 1.32, by kind before.
-			what := label(m, "resource")
-			if what == "" {
-				what = label(m, "kind")
-			}
-			out["watch events "+what] += m.GetCounter().GetValue()
+	for _, m := range fams["apiserver_watch_events_total"].GetMetric() {
+		// Labelled by resource since Kubernetes 1.32, by kind before.
+		what := label(m, "resource")
+		if what == "" {
+			what = label(m, "kind")
 		}
+		out.watchEvents[what] += m.GetCounter().GetValue()
 	}
 	return out
 }
@@ -247,39 +254,21 @@ func apiCountsOf(fams map[string]*dto.MetricFamily) apiCounts {
 // addAPI adds to the report the requests the API server served and the
 // watch events it sent between two scrapes, per item, the most first.
 func (r *benchReport) addAPI(phase string, before, after apiCounts, items, top int) {
-	type count struct {
-		what string
-		n    float64
-	}
-	var requests, events []count
-	var totalReq, totalEv float64
-	for what, n := range after {
-		d := n - before[what]
-		if d <= 0 {
-			continue
-		}
-		if strings.HasPrefix(what, "watch events ") {
-			events = append(events, count{strings.TrimPrefix(what, "watch events "), d})
-			totalEv += d
-		} else {
-			requests = append(requests, count{what, d})
-			totalReq += d
-		}
-	}
-	list := func(cs []count) string {
-		slices.SortFunc(cs, func(a, b count) int { return cmp.Compare(b.n, a.n) })
-		var parts []string
-		for i, c := range cs {
-			if i == top {
-				break
+	since := func(b, a map[string]float64) (map[string]float64, float64) {
+		out, total := map[string]float64{}, 0.0
+		for what, n := range a {
+			if d := n - b[what]; d > 0 {
+				out[what] = d
+				total += d
 			}
-			parts = append(parts, fmt.Sprintf("%s %.1f", c.what, c.n/float64(items)))
 		}
-		return strings.Join(parts, ", ")
+		return out, total
 	}
+	requests, totalReq := since(before.requests, after.requests)
+	events, totalEv := since(before.watchEvents, after.watchEvents)
 	r.add("API server, %s: %.1f requests and %.1f watch events sent per item", phase, totalReq/float64(items), totalEv/float64(items))
-	r.add("  requests per item: %s", list(requests))
-	r.add("  watch events per item: %s", list(events))
+	r.add("  requests per item: %s", perItem(requests, items, top))
+	r.add("  watch events per item: %s", perItem(events, items, top))
 }
 
 // addEvents adds to the report the Events first made from since to until,
@@ -307,11 +296,29 @@ func (r *benchReport) addEvents(t *testing.T, c *cluster, phase string, since, u
 		}
 		counts[who+" "+e.Reason] += max(1, int(e.DeprecatedCount))
 	}
-	whats := slices.Sorted(maps.Keys(counts))
-	slices.SortStableFunc(whats, func(a, b string) int { return cmp.Compare(counts[b], counts[a]) })
-	var parts []string
-	for _, w := range whats {
-		parts = append(parts, fmt.Sprintf("%s %.1f", w, float64(counts[w])/float64(items)))
+	r.add("  Events per item, %s (reporter, reason): %s", phase, perItem(counts, items, 0))
+}
+
+// parseMetrics parses a Prometheus text exposition read from what.
+func parseMetrics(t *testing.T, what string, raw []byte) map[string]*dto.MetricFamily {
+	t.Helper()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("parse the metrics of %s: %v", what, err)
 	}
-	r.add("  Events per item, %s (reporter, reason): %s", phase, strings.Join(parts, ", "))
+	return fams
+}
+
+func TestRanked(t *testing.T) {
+	m := map[string]float64{"b": 2, "a": 2, "c": 5, "d": 1}
+	if got, want := ranked(m, 3), []string{"c", "a", "b"}; !slices.Equal(got, want) {
+		t.Errorf("ranked top 3 = %v, want %v (largest first, ties by name)", got, want)
+	}
+	if got := ranked(m, 0); len(got) != 4 {
+		t.Errorf("ranked without a limit = %v, want all 4", got)
+	}
+	if got, want := perItem(map[string]int{"x": 10, "y": 5}, 5, 0), "x 2.0, y 1.0"; got != want {
+		t.Errorf("perItem = %q, want %q", got, want)
+	}
 }
