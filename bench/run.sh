@@ -68,9 +68,11 @@ if [ "${CSI_THIN_BENCH_VM:-1}" != 0 ]; then
   # under /tmp is hidden inside the VM.
   # vm-lvm.sh runs the LVM thin stream (bench_stream.go) after the run in
   # the same boot; its STREAM: lines go to stream-lvmthin.md.
-  "$repo/test/vm/run.sh" --disk "$vm_disk" --timeout 3000 --stage "$driver" --stage "$bench" "$repo/bench/vm-lvm.sh" \
+  # Two vCPUs (the tests' VMs have one): the concurrency levels measure
+  # something only where requests can run side by side.
+  "$repo/test/vm/run.sh" --disk "$vm_disk" --cpus 2 --timeout 3000 --stage "$driver" --stage "$bench" "$repo/bench/vm-lvm.sh" \
       "${stream_flags[@]}" --runs 1 \
-      --note "measured in the emulated VM (TCG, 2 vCPUs, ~10x slower than hardware): compare ratios, not absolutes" -- \
+      --note "measured in the emulated VM (TCG, 2 vCPUs of QEMU's baseline x86-64 model, ~10x slower than hardware): compare ratios, not absolutes" -- \
       --lvm-device /dev/vda --driver "/tmp/$(basename "$driver")" --work-dir /run/tmp --out - "${vm_flags[@]}" \
       --note "the VM's /dev/vda is a sparse file on the host's disk (virtio-blk, cache=unsafe, discard=unmap); the VM has 2 emulated CPUs on a host running other jobs" \
       > "$raw/lvmthin-vm.log" 2>&1
