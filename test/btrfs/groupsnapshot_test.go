@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/csi-thin/csi-thin/pkg/backend"
 	"github.com/csi-thin/csi-thin/pkg/btrfs"
@@ -28,6 +29,19 @@ func groupVolumes(t *testing.T, p *btrfs.Pool, names ...string) []string {
 		ids = append(ids, v.ID)
 	}
 	return ids
+}
+
+// createGroup creates a group snapshot as a CO would: a pool whose members
+// kept landing in different transactions (a busy host) answers ErrBusy,
+// which the CO is told to retry (Unavailable); so does this, a few times.
+func createGroup(ctx context.Context, p *btrfs.Pool, req backend.GroupSnapshotRequest) (*backend.GroupSnapshot, error) {
+	for tries := 1; ; tries++ {
+		g, err := p.CreateGroupSnapshot(ctx, req)
+		if !errors.Is(err, backend.ErrBusy) || tries == 10 {
+			return g, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // lastRecord returns the last non-zero 8-byte sequence number in file.
@@ -87,7 +101,7 @@ func TestGroupSnapshotIsOneInstant(t *testing.T) {
 	})
 	for i := range 16 {
 		name := "group-" + string(rune('a'+i))
-		g, err := p.CreateGroupSnapshot(ctx, backend.GroupSnapshotRequest{ID: backend.GroupSnapshotIDFor(name), Name: name, SourceVolumeIDs: []string{b, a}})
+		g, err := createGroup(ctx, p, backend.GroupSnapshotRequest{ID: backend.GroupSnapshotIDFor(name), Name: name, SourceVolumeIDs: []string{b, a}})
 		if err != nil {
 			stop.Store(true)
 			wg.Wait()
@@ -142,7 +156,7 @@ func TestGroupSnapshotIdempotentAndCodes(t *testing.T) {
 	ids := groupVolumes(t, p, "one", "two", "three")
 	gid := backend.GroupSnapshotIDFor("g")
 	req := backend.GroupSnapshotRequest{ID: gid, Name: "g", SourceVolumeIDs: ids[:2]}
-	first, err := p.CreateGroupSnapshot(ctx, req)
+	first, err := createGroup(ctx, p, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,9 +252,9 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 	ctx := context.Background()
 	ids := groupVolumes(t, p, "one", "two")
 	gid := backend.GroupSnapshotIDFor("g")
-	create := func() *backend.GroupSnapshot {
+	create := func(t *testing.T) *backend.GroupSnapshot {
 		t.Helper()
-		g, err := p.CreateGroupSnapshot(ctx, backend.GroupSnapshotRequest{ID: gid, Name: "g", SourceVolumeIDs: ids})
+		g, err := createGroup(ctx, p, backend.GroupSnapshotRequest{ID: gid, Name: "g", SourceVolumeIDs: ids})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -248,14 +262,14 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name  string
-		crash func(g *backend.GroupSnapshot)
+		crash func(t *testing.T, g *backend.GroupSnapshot)
 	}{
-		{"members committed, group record not written", func(*backend.GroupSnapshot) {
+		{"members committed, group record not written", func(t *testing.T, _ *backend.GroupSnapshot) {
 			if err := os.Remove(metaPath(p, gid)); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{"members still staged", func(g *backend.GroupSnapshot) {
+		{"members still staged", func(t *testing.T, g *backend.GroupSnapshot) {
 			// Put one member back where the snapshots are staged.
 			if err := os.Remove(metaPath(p, gid)); err != nil {
 				t.Fatal(err)
@@ -273,7 +287,7 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"delete committed", func(*backend.GroupSnapshot) {
+		{"delete committed", func(t *testing.T, _ *backend.GroupSnapshot) {
 			markDeleting(t, p, gid)
 		}},
 	} {
@@ -281,9 +295,9 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 			// Without a restart, a create of the same name finishes the
 			// delete first, so that recovery cannot later take the new
 			// group's members for the old one's.
-			g := create()
+			g := create(t)
 			markDeleting(t, p, gid)
-			if again := create(); len(again.Snapshots) != 2 {
+			if again := create(t); len(again.Snapshots) != 2 {
 				t.Fatalf("recreated: %+v", again)
 			}
 			p = restart(t, p, nil)
@@ -295,14 +309,14 @@ func TestGroupSnapshotRecovery(t *testing.T) {
 			}
 		}
 		t.Run(tc.name, func(t *testing.T) {
-			tc.crash(create())
+			tc.crash(t, create(t))
 			p = restart(t, p, nil)
 			if _, err := p.GetGroupSnapshot(ctx, gid); !errors.Is(err, backend.ErrNotFound) {
 				t.Fatalf("group after recovery: %v", err)
 			}
 			assertNoSnapshots(t, p)
 			// And the same name works again.
-			if g := create(); len(g.Snapshots) != 2 {
+			if g := create(t); len(g.Snapshots) != 2 {
 				t.Fatalf("recreated: %+v", g)
 			}
 			if err := p.DeleteGroupSnapshot(ctx, gid); err != nil {
