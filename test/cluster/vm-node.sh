@@ -83,10 +83,12 @@ daemon kubelet kubelet --config "$w/kubelet.yaml" --kubeconfig "$w/kubelet.kubec
 log "up"
 echo up >"$w/up"
 
-# The loop waits with bash's read on a pipe no one writes to, not with
+# The loop waits with bash's read on a FIFO no one writes to, not with
 # sleep(1): under emulation a fork and exec costs the VM ~0.2 s of CPU,
-# and this loop runs for the node's whole life.
-exec {tick}<> <(:)
+# and this loop runs for the node's whole life. (On tmpfs: the VM has no
+# /dev/fd for a process substitution, and /tmp is 9p.)
+mkfifo /run/vm-node.tick
+exec {tick}<>/run/vm-node.tick
 while :; do
 	# down.sh asks for a stop: the daemons end (and close their connections)
 	# while the control plane still runs, then the VM powers off.
