@@ -49,10 +49,12 @@ func TestBootRetries(t *testing.T) {
 				t.Fatalf("run.sh: %v\n%s", err, out)
 			}
 			killed := strings.Count(string(out), "did not reach its init")
+			// The program's line, from its first word: the console may
+			// print the firmware's last words on the same line.
 			ran := ""
 			for _, line := range strings.Split(string(out), "\n") {
-				if strings.HasPrefix(line, "vm-program-ran") {
-					ran = strings.TrimSpace(line)
+				if i := strings.Index(line, "vm-program-ran"); i >= 0 {
+					ran = strings.TrimSpace(line[i:])
 				}
 			}
 			if status != tc.wantStatus || killed != tc.wantKilled || ran != tc.wantRan {
