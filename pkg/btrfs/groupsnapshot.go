@@ -47,11 +47,31 @@ import (
 // point. Recovery removes staged members, finishes a committed delete,
 // and deletes committed members whose group record was never written.
 
-// groupAttemptDelays is how long each attempt lets the barrier's commit
-// start before the members go; one attempt per entry.
-var groupAttemptDelays = []time.Duration{
-	500 * time.Microsecond, time.Millisecond, 250 * time.Microsecond, 2 * time.Millisecond,
-	750 * time.Microsecond, 4 * time.Millisecond, 1500 * time.Microsecond, 8 * time.Millisecond,
+// How long each attempt lets the barrier's commit start before the members
+// go is learnt from the attempts before it: a member that joined the
+// barrier's own transaction went too early (wait longer); members that
+// missed the barrier's commit and raced each other went too late (wait
+// less). On a busy host the right wait moves with the load, which a fixed
+// schedule cannot follow.
+const (
+	groupAttempts     = 12
+	groupFirstDelay   = time.Millisecond
+	groupMinimumDelay = 100 * time.Microsecond
+	groupMaximumDelay = 64 * time.Millisecond
+)
+
+// nextGroupDelay is the wait for the attempt after one whose barrier
+// landed in transaction barrier and whose members landed in members
+// (barrier 0: the barrier failed, nothing learnt about the timing).
+func nextGroupDelay(delay time.Duration, barrier uint64, members []uint64) time.Duration {
+	switch {
+	case barrier == 0:
+		return delay
+	case slices.Contains(members, barrier):
+		return min(2*delay, groupMaximumDelay)
+	default:
+		return max(delay/2, groupMinimumDelay)
+	}
 }
 
 // groupRecord is the record of a committed group snapshot.
@@ -169,7 +189,8 @@ func (p *Pool) snapshotTogether(ctx context.Context, id string, sources []string
 	}
 	barrier := filepath.Join(dir, "barrier")
 	var transIDs []uint64
-	for attempt, delay := range groupAttemptDelays {
+	delay := groupFirstDelay
+	for attempt := range groupAttempts {
 		if err := ctx.Err(); err != nil {
 			return nil, 0, err
 		}
@@ -188,7 +209,10 @@ func (p *Pool) snapshotTogether(ctx context.Context, id string, sources []string
 		time.Sleep(delay)
 		close(start)
 		wg.Wait()
+		var barrierTrans uint64
 		if errs[len(sources)] == nil {
+			// Unknown (0) only costs the next attempt its adjustment.
+			barrierTrans, _ = creationTransID(barrier)
 			if err := p.cli.deleteSubvolume(ctx, barrier); err != nil {
 				return nil, 0, fmt.Errorf("group snapshot %s: remove barrier: %w", id, classify(err))
 			}
@@ -205,10 +229,12 @@ func (p *Pool) snapshotTogether(ctx context.Context, id string, sources []string
 			transIDs = append(transIDs, t)
 		}
 		if slices.Min(transIDs) == slices.Max(transIDs) {
-			klog.V(2).InfoS("group snapshot members in one transaction", "groupSnapshotID", id, "transID", transIDs[0], "attempt", attempt+1)
+			klog.V(2).InfoS("group snapshot members in one transaction", "groupSnapshotID", id, "transID", transIDs[0], "delay", delay, "attempt", attempt+1)
 			return staged, transIDs[0], nil
 		}
-		klog.InfoS("group snapshot members landed in different transactions; retrying", "groupSnapshotID", id, "transIDs", transIDs, "attempt", attempt+1)
+		klog.InfoS("group snapshot members landed in different transactions; retrying", "groupSnapshotID", id,
+			"transIDs", transIDs, "barrierTransID", barrierTrans, "delay", delay, "attempt", attempt+1)
+		delay = nextGroupDelay(delay, barrierTrans, transIDs)
 		for _, path := range staged {
 			if err := p.cli.deleteSubvolume(ctx, path); err != nil {
 				return nil, 0, fmt.Errorf("group snapshot %s: undo attempt: %w", id, classify(err))
@@ -216,7 +242,7 @@ func (p *Pool) snapshotTogether(ctx context.Context, id string, sources []string
 		}
 	}
 	return nil, 0, fmt.Errorf("group snapshot %s: members landed in different btrfs transactions %v in all %d attempts (retry later): %w",
-		id, transIDs, len(groupAttemptDelays), backend.ErrBusy)
+		id, transIDs, groupAttempts, backend.ErrBusy)
 }
 
 // errnoSentinel maps the kernel's answer to a snapshot ioctl.

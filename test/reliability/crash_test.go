@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/csi-thin/csi-thin/internal/csiclient"
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -180,14 +182,14 @@ func crashOps() []crashOp {
 		// and each member's read-only flag: 6 commands for 2 members.
 		{name: "group-snapshot", method: "CreateVolumeGroupSnapshot", minSteps: 6, group: true,
 			call: func(ctx context.Context, w *world, c *csiclient.Client, name string) error {
-				_, err := c.CreateGroupSnapshot(ctx, name, w.groupSources)
+				_, err := createGroupSnapshot(ctx, c, name, w.groupSources)
 				return err
 			},
 			done: func(t *testing.T, w *world, name string) { w.addGroup(t, backend.GroupSnapshotIDFor(name)) },
 		},
 		{name: "delete-group-snapshot", method: "DeleteVolumeGroupSnapshot", group: true,
 			setup: func(t *testing.T, w *world, c *csiclient.Client, name string) {
-				g, err := c.CreateGroupSnapshot(context.Background(), name, w.groupSources)
+				g, err := createGroupSnapshot(context.Background(), c, name, w.groupSources)
 				if err != nil {
 					t.Fatalf("group snapshot %s: %v", name, err)
 				}
@@ -276,6 +278,19 @@ func (w *world) seed(t *testing.T, c *csiclient.Client) {
 	w.snapID = snap.GetSnapshotId()
 	w.snapshots[w.snapID] = true
 	w.sums[w.snapID] = harness.TreeSum(t, snapshotDir(w.pool, w.snapID))
+}
+
+// createGroupSnapshot asks as the snapshotter does: Aborted (a btrfs group
+// whose members kept landing in different transactions on a busy host)
+// is asked again after a pause.
+func createGroupSnapshot(ctx context.Context, c *csiclient.Client, name string, sources []string) (*csi.VolumeGroupSnapshot, error) {
+	for tries := 1; ; tries++ {
+		g, err := c.CreateGroupSnapshot(ctx, name, sources)
+		if status.Code(err) != codes.Aborted || tries == 5 {
+			return g, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func newWorld(t *testing.T, pool *btrfs.Pool) *world {
