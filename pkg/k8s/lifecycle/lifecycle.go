@@ -36,6 +36,12 @@ const (
 	DefaultInterval  = 30 * time.Second
 )
 
+// scansPerLostAfter: with no Interval set, a node is checked at least this
+// many times within LostAfter, so a short LostAfter is not stretched by
+// up to a whole DefaultInterval.
+const scansPerLostAfter = 6
+
+
 // Detector marks the resources of lost nodes. It is a manager Runnable.
 type Detector struct {
 	// Client reads the csi-thin resources (from the cache) and writes.
@@ -72,10 +78,7 @@ func (d *Detector) NeedLeaderElection() bool { return true }
 
 // Start implements manager.Runnable.
 func (d *Detector) Start(ctx context.Context) error {
-	interval := d.Interval
-	if interval <= 0 {
-		interval = DefaultInterval
-	}
+	interval := d.interval()
 	for {
 		if err := d.Scan(ctx); err != nil && ctx.Err() == nil {
 			klog.ErrorS(err, "scan for lost nodes")
@@ -86,6 +89,15 @@ func (d *Detector) Start(ctx context.Context) error {
 		case <-time.After(interval):
 		}
 	}
+}
+
+// interval is the time between two scans: Interval if set, else
+// DefaultInterval or a sixth of LostAfter, whichever is shorter.
+func (d *Detector) interval() time.Duration {
+	if d.Interval > 0 {
+		return d.Interval
+	}
+	return min(DefaultInterval, d.lostAfter()/scansPerLostAfter)
 }
 
 func (d *Detector) now() time.Time {

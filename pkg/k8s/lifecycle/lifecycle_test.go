@@ -250,3 +250,25 @@ func TestNeverMadeOfDeletedNodeCollected(t *testing.T) {
 		t.Errorf("made volume of a deleted node: %v, deleting %v, phase %s; want it kept, Lost", err, got.DeletionTimestamp, got.Status.Phase)
 	}
 }
+
+func TestScanInterval(t *testing.T) {
+	tests := []struct {
+		name      string
+		interval  time.Duration
+		lostAfter time.Duration
+		want      time.Duration
+	}{
+		{"defaults", 0, 0, DefaultInterval},
+		{"a long lost-after keeps the default", 0, time.Hour, DefaultInterval},
+		{"a short lost-after is checked six times within it", 0, time.Minute, 10 * time.Second},
+		{"an interval set wins", 5 * time.Second, time.Hour, 5 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &Detector{Interval: tt.interval, LostAfter: tt.lostAfter}
+			if got := d.interval(); got != tt.want {
+				t.Errorf("interval() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
