@@ -41,7 +41,6 @@ const (
 // up to a whole DefaultInterval.
 const scansPerLostAfter = 6
 
-
 // Detector marks the resources of lost nodes. It is a manager Runnable.
 type Detector struct {
 	// Client reads the csi-thin resources (from the cache) and writes.
