@@ -114,7 +114,7 @@ func runNode(ctx context.Context, o *options) error {
 		return fmt.Errorf("pool metrics: %w", err)
 	}
 	var transfers *transferAgent
-	var agentOpts []nodeagent.Option
+	agentOpts := []nodeagent.Option{nodeagent.WithLeftoverStagingGrace(o.leftoverGrace)}
 	if o.transfer {
 		if transfers, err = newTransferAgent(o, mgr.GetConfig(), nodeName, pool); err != nil {
 			return err

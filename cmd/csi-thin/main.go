@@ -22,6 +22,7 @@ import (
 	"github.com/csi-thin/csi-thin/pkg/driver"
 	"github.com/csi-thin/csi-thin/pkg/freeze"
 	"github.com/csi-thin/csi-thin/pkg/k8s/lifecycle"
+	"github.com/csi-thin/csi-thin/pkg/k8s/nodeagent"
 	"github.com/csi-thin/csi-thin/pkg/node"
 )
 
@@ -51,6 +52,7 @@ type options struct {
 	freezeStateDir string
 	freezeTimeout  time.Duration
 	trimInterval   time.Duration
+	leftoverGrace  time.Duration
 
 	kubeconfig   string
 	healthAddr   string
@@ -94,6 +96,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.freezeStateDir, "freeze-state-dir", "/var/lib/csi-thin/freeze", "lvmthin: where a freeze is recorded until the thaw, so a restart thaws what a killed process left frozen")
 	fs.DurationVar(&o.freezeTimeout, "freeze-timeout", freeze.DefaultTimeout, "lvmthin: longest a filesystem stays frozen; a slower snapshot finishes unfrozen (crash-consistent)")
 	fs.DurationVar(&o.trimInterval, "trim-interval", 0, "trim (FITRIM) the filesystems that do not discard online every interval, one at a time, plus up to 10% jitter: a btrfs pool mounted without discard, LVM thin volumes staged with mount option nodiscard (0: off; docs/consistency.md)")
+	fs.DurationVar(&o.leftoverGrace, "leftover-staging-grace", nodeagent.DefaultLeftoverStagingGrace, "node: how long after a volume's deletion began the kubelet has to unstage it, before the agent unmounts a staging mount the kubelet left behind (its node was away; docs/kubernetes.md \"Node lost\")")
 	fs.StringVar(&o.cmdPrefix, "command-prefix", "", "prefix for storage commands, space-separated (e.g. 'nsenter -t 1 -m -u -i -n -p --' to run LVM in the host's namespaces)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "controller/node: kubeconfig (default: in-cluster)")
 	fs.StringVar(&o.healthAddr, "health-address", ":9808", "controller/node: address of the /healthz (liveness) and /readyz (readiness) endpoints (empty: off)")

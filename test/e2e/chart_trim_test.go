@@ -32,3 +32,21 @@ func TestChartTrimInterval(t *testing.T) {
 		}
 	}
 }
+
+func TestChartLeftoverStagingGrace(t *testing.T) {
+	for set, want := range map[string]string{"": "--leftover-staging-grace=2m", "30s": "--leftover-staging-grace=30s"} {
+		var args []string
+		if set != "" {
+			args = []string{"--set-string", "node.leftoverStagingGrace=" + set}
+		}
+		ds := decode[appsv1.DaemonSet](t, render(t, args...), "DaemonSet/csi-thin-node-default")
+		if got := ds.Spec.Template.Spec.Containers[0].Args; !slices.Contains(got, want) {
+			t.Errorf("node.leftoverStagingGrace=%q: args lack %s: %v", set, want, got)
+		}
+	}
+	for _, bad := range []string{"0", "2", "two minutes", "-1m"} {
+		if _, err := helm(t, "template", "x", chartDir, "--kube-version", "1.34.0", "--set-string", "node.leftoverStagingGrace="+bad); err == nil {
+			t.Errorf("node.leftoverStagingGrace=%q accepted", bad)
+		}
+	}
+}

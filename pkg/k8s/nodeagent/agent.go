@@ -66,7 +66,7 @@ func Setup(mgr ctrl.Manager, pool backend.Local, interval time.Duration, observe
 		return nil, err
 	}
 	volumes := &VolumeReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Pool: pool, Recorder: recorder,
-		Changed: status.Poke, Unmount: mount.New("").Unmount}
+		Changed: status.Poke, Unmount: mount.New("").Unmount, LeftoverStagingGrace: o.leftoverGrace}
 	if streams, ok := pool.(backend.Streamer); ok {
 		restorer := &snapshotexport.Restorer{Secrets: mgr.GetAPIReader(), Pool: pool, Streams: streams}
 		volumes.RestoreExport, volumes.DiscardRestore = restorer.Restore, restorer.Discard
@@ -109,6 +109,7 @@ type options struct {
 	transfers       func() *transfer.Client
 	transferMetrics *TransferMetrics
 	tune            func(*Puller)
+	leftoverGrace   time.Duration
 }
 
 // WithTransfers makes the agent receive cross-node copies (Puller) with
@@ -116,6 +117,13 @@ type options struct {
 // identity), counted in m (may be nil), if its pool streams.
 func WithTransfers(transfers func() *transfer.Client, m *TransferMetrics) Option {
 	return func(o *options) { o.transfers, o.transferMetrics = transfers, m }
+}
+
+// WithLeftoverStagingGrace sets how long the kubelet has to unstage a
+// deleted volume before the agent unmounts a staging mount it left
+// (leftover.go; 0: DefaultLeftoverStagingGrace).
+func WithLeftoverStagingGrace(d time.Duration) Option {
+	return func(o *options) { o.leftoverGrace = d }
 }
 
 // WithPullerTuning changes the Puller's settings (tests).

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	thinv1 "github.com/csi-thin/csi-thin/pkg/api/v1alpha1"
 	"github.com/csi-thin/csi-thin/pkg/backend"
@@ -28,13 +29,33 @@ import (
 //     pod can be given the volume again);
 //   - every mount of the volume is this driver's staging path (a pod's
 //     publish mount, or any other mount, means a user: hands off);
-//   - the deletion began at least leftoverStagingGrace ago, so that the
-//     kubelet's own unstage, which normally follows a pod's end within
-//     seconds, is never raced.
+//   - the deletion began at least the grace (LeftoverStagingGrace) ago,
+//     so that the kubelet's own unstage, which normally follows a pod's
+//     end within seconds, is never raced. Until then the volume is tried
+//     again when the grace ends, not after the backoff of a failure.
 
-// leftoverStagingGrace is how long the kubelet has to unstage a deleted
-// volume before the agent unmounts its staging path itself.
-const leftoverStagingGrace = 2 * time.Minute
+// DefaultLeftoverStagingGrace is how long the kubelet has to unstage a
+// deleted volume before the agent unmounts its staging path itself.
+const DefaultLeftoverStagingGrace = 2 * time.Minute
+
+// graceError is a delete refused for a leftover staging mount whose grace
+// has not ended: the deletion is tried again after remaining.
+type graceError struct {
+	error
+	remaining time.Duration
+}
+
+func (e *graceError) Unwrap() error { return e.error }
+
+// deletedResult is what Reconcile returns after a delete: a wait for the
+// grace is a requeue at its end, not an error.
+func deletedResult(err error) (ctrl.Result, error) {
+	var g *graceError
+	if errors.As(err, &g) {
+		return ctrl.Result{RequeueAfter: g.remaining}, nil
+	}
+	return ctrl.Result{}, err
+}
 
 // stagingPath matches the kubelet's staging (global) mount of a volume of
 // this driver: <kubelet root>/plugins/kubernetes.io/csi/<driver>/<sha256 of
@@ -61,8 +82,11 @@ func leftoverStaging(err error) ([]string, bool) {
 func (r *VolumeReconciler) deleteVolume(ctx context.Context, tv *thinv1.ThinVolume) error {
 	err := r.Pool.DeleteVolume(ctx, tv.Name)
 	paths, ok := leftoverStaging(err)
-	if !ok || r.Unmount == nil || r.now().Sub(tv.DeletionTimestamp.Time) < leftoverStagingGrace {
+	if !ok || r.Unmount == nil {
 		return err
+	}
+	if remaining := r.leftoverGrace() - r.now().Sub(tv.DeletionTimestamp.Time); remaining > 0 {
+		return &graceError{error: err, remaining: remaining}
 	}
 	logger := klog.FromContext(ctx)
 	for _, p := range paths {
@@ -74,6 +98,13 @@ func (r *VolumeReconciler) deleteVolume(ctx context.Context, tv *thinv1.ThinVolu
 			"unmounted %s: the volume's claim and PV are gone and no pod uses it, but the kubelet left it staged (its node was away)", p)
 	}
 	return r.Pool.DeleteVolume(ctx, tv.Name)
+}
+
+func (r *VolumeReconciler) leftoverGrace() time.Duration {
+	if r.LeftoverStagingGrace > 0 {
+		return r.LeftoverStagingGrace
+	}
+	return DefaultLeftoverStagingGrace
 }
 
 func (r *VolumeReconciler) now() time.Time {

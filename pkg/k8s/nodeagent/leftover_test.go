@@ -60,10 +60,12 @@ func TestLeftoverStagingUnmounted(t *testing.T) {
 		mounts      []string
 		after       time.Duration
 		wantUnmount bool
+		// Within the grace: no error, tried again when the grace ends.
+		wantRequeue time.Duration
 	}{
-		{"within the kubelet's grace", []string{staged}, leftoverStagingGrace - time.Second, false},
-		{"after the grace", []string{staged}, leftoverStagingGrace, true},
-		{"published to a pod", []string{staged, publish}, time.Hour, false},
+		{"within the kubelet's grace", []string{staged}, DefaultLeftoverStagingGrace - time.Second, false, time.Second},
+		{"after the grace", []string{staged}, DefaultLeftoverStagingGrace, true, 0},
+		{"published to a pod", []string{staged, publish}, time.Hour, false, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, newVolume(vol1, "n1", backend.GiB))
@@ -80,12 +82,15 @@ func TestLeftoverStagingUnmounted(t *testing.T) {
 				return nil
 			}
 			e.pool.failOn["DeleteVolume"] = mountedAt(tc.mounts...)
-			_, err := e.vr.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: vol1}})
+			res, err := e.vr.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: vol1}})
 			_, gone := e.pool.vols[vol1]
 			gone = !gone
 			if !tc.wantUnmount {
-				if err == nil || unmounted != nil || gone {
+				if refused := err != nil || res.RequeueAfter > 0; !refused || unmounted != nil || gone {
 					t.Fatalf("err %v, unmounted %v, storage gone %v: want a refusal and no unmount", err, unmounted, gone)
+				}
+				if res.RequeueAfter != tc.wantRequeue || (tc.wantRequeue > 0) != (err == nil) {
+					t.Errorf("err %v, requeue after %v; want requeue after %v (with no error when waiting for the grace)", err, res.RequeueAfter, tc.wantRequeue)
 				}
 				return
 			}

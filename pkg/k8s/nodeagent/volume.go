@@ -42,6 +42,9 @@ type VolumeReconciler struct {
 	// Unmount removes a mount: the staging mount of a deleted volume that
 	// the kubelet left behind (leftover.go). Nil: never unmount.
 	Unmount func(path string) error
+	// LeftoverStagingGrace is how long after a deletion began the agent
+	// leaves such a mount to the kubelet (0: DefaultLeftoverStagingGrace).
+	LeftoverStagingGrace time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	// RestoreExport makes a volume whose source is an export
@@ -100,7 +103,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	}
 	if !tv.DeletionTimestamp.IsZero() {
 		r.seen.forget(tv.UID)
-		return ctrl.Result{}, r.delete(ctx, tv)
+		return deletedResult(r.delete(ctx, tv))
 	}
 	// Before any storage exists: the resource can never vanish without the
 	// node hearing of it.
