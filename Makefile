@@ -108,7 +108,8 @@ test-e2e-nodes:
 # thin pool: snapshot, restore and clone on one, copies to the other (its
 # receiving agent SIGKILLed mid-copy, then the sending one), a copy
 # cancelled, a snapshot exported to S3 and a second one incrementally,
-# restored on the other (TestLVMNodes). Emulated VMs beside the VM lane:
+# restored on the other, the other lost (its kubelet and agent killed)
+# and back (TestLVMNodes). Emulated VMs beside the VM lane:
 # the test took over 30 minutes in a make test run, hence its timeout.
 test-e2e-lvm:
 	E2E_NODES=1 E2E_VM_NODES=2 E2E_RUN=TestLVMNodes E2E_UPSTREAM=0 E2E_TEST_TIMEOUT=60m E2E_ARTIFACTS=$(CURDIR)/_output/e2e-lvm bash test/e2e/run.sh

@@ -14,7 +14,11 @@
 # each and answers with NAME.done (or NAME.failed). /tmp/lvs.request is
 # answered with LVM's list of logical volumes in /tmp/lvs.out,
 # /tmp/kill-agent.request by SIGKILL to the node's csi-thin agent and the
-# PIDs killed in /tmp/kill-agent.out. It runs until
+# PIDs killed in /tmp/kill-agent.out, /tmp/kill-node.request by SIGKILL to
+# the kubelet and then the agent (the node lost, its containers and
+# mounts left as they were; the PIDs in /tmp/kill-node.out) and
+# /tmp/start-kubelet.request by starting the kubelet again (its PID in
+# /tmp/start-kubelet.out). It runs until
 # /tmp/stop appears (down.sh), then stops its daemons and the VM powers
 # off.
 set -euo pipefail
@@ -78,8 +82,11 @@ until_ok 120 containerd ctr version
 ctr -n k8s.io images import "$w/images.tar" >>"$w/logs/vm-node.log" 2>&1
 log "images: $(ctr -n k8s.io images ls -q | tr '\n' ' ')"
 daemon kube-proxy kube-proxy --config "$w/kube-proxy.yaml"
-daemon kubelet kubelet --config "$w/kubelet.yaml" --kubeconfig "$w/kubelet.kubeconfig" \
-	--hostname-override "$NAME" --node-ip "$IP" --root-dir /var/lib/kubelet --v=2 --node-labels "$LABELS"
+start_kubelet() {
+	daemon kubelet kubelet --config "$w/kubelet.yaml" --kubeconfig "$w/kubelet.kubeconfig" \
+		--hostname-override "$NAME" --node-ip "$IP" --root-dir /var/lib/kubelet --v=2 --node-labels "$LABELS"
+}
+start_kubelet
 log "up"
 echo up >"$w/up"
 
@@ -87,6 +94,19 @@ echo up >"$w/up"
 # sleep(1): under emulation a fork and exec costs the VM ~0.2 s of CPU,
 # and this loop runs for the node's whole life. (On tmpfs: the VM has no
 # /dev/fd for a process substitution, and /tmp is 9p.)
+# answer WHAT TEXT: the answer to WHAT.request, whole or not at all.
+answer() {
+	echo "$2" >"$w/$1.part"
+	mv "$w/$1.part" "$w/$1.out"
+}
+# kill_agent SIGKILLs the node's csi-thin agent; agents: the PIDs, or none.
+kill_agent() {
+	local a
+	agents=$(pgrep -f -- 'csi-thin.*--mode=node' || true)
+	for a in $agents; do kill -KILL "$a" || true; done
+	agents=${agents:-none}
+}
+
 mkfifo /run/vm-node.tick
 exec {tick}<>/run/vm-node.tick
 while :; do
@@ -110,11 +130,34 @@ while :; do
 	# whose receiving agent crashes); the answer lists the PIDs killed.
 	if [[ -e $w/kill-agent.request ]]; then
 		rm -f "$w/kill-agent.request"
-		agents=$(pgrep -f -- 'csi-thin.*--mode=node' || true)
-		for a in $agents; do kill -KILL "$a" || true; done
-		echo "${agents:-none}" >"$w/kill-agent.part"
-		mv "$w/kill-agent.part" "$w/kill-agent.out"
-		log "killed the csi-thin agent: ${agents:-none}"
+		kill_agent
+		answer kill-agent "$agents"
+		log "killed the csi-thin agent: $agents"
+	fi
+	# The host has the node lost (TestLVMNodes/LostNodeReleasesItsClaims):
+	# the kubelet first, so that nothing restarts the agent, then the
+	# agent. The kubelet leaves the daemons that must be running.
+	if [[ -e $w/kill-node.request ]]; then
+		rm -f "$w/kill-node.request"
+		kept=() killed=()
+		for p in "${pids[@]}"; do
+			if [[ ${p%%:*} == kubelet ]]; then
+				kill -KILL "${p#*:}" 2>/dev/null || true
+				wait "${p#*:}" 2>/dev/null || true
+				killed+=("${p#*:}")
+			else
+				kept+=("$p")
+			fi
+		done
+		pids=("${kept[@]}")
+		kill_agent
+		answer kill-node "kubelet ${killed[*]:-none} agent $agents"
+		log "node lost: killed the kubelet (${killed[*]:-none}) and the csi-thin agent ($agents)"
+	fi
+	if [[ -e $w/start-kubelet.request ]]; then
+		rm -f "$w/start-kubelet.request"
+		start_kubelet
+		answer start-kubelet "${pids[-1]#*:}"
 	fi
 	for f in "$w"/import/*.tar; do
 		[[ -e $f ]] || continue

@@ -34,8 +34,10 @@ const (
 // streaming only the volume's mapped blocks, also when the receiving or
 // the sending agent is killed mid-copy, and a copy is cancelled by
 // deleting its claim; a snapshot exported to S3 and a second one exported
-// incrementally are restored on the other node;
-// deleting everything leaves no logical volume but the pool. Skips when
+// incrementally are restored on the other node; that node lost (its
+// kubelet and agent killed while a pod uses a volume there) releases the
+// claim and cleans up when it is back (testNodeLost); deleting
+// everything leaves no logical volume but the pool. Skips when
 // the cluster has no LVM node.
 func TestLVMNodes(t *testing.T) {
 	c := newCluster(t)
@@ -54,6 +56,7 @@ func TestLVMNodes(t *testing.T) {
 		{"CopyMadeAgainAfterItsSourceAgentKilled", l.testSourceKilled},
 		{"CopyCancelledByDeletingItsClaim", l.testCopyCancelled},
 		{"ExportedToS3AndRestoredOnTheOtherNode", l.testExported},
+		{"LostNodeReleasesItsClaims", l.testNodeLost},
 		{"NothingLeft", l.testNothingLeft},
 	})
 }

@@ -208,9 +208,9 @@ func (m *multiNode) storageClassOn(t *testing.T, node string) string {
 
 // waitVolumePhase waits until ThinVolume name reports phase (a missing
 // or unreadable resource counts as not yet).
-func (m *multiNode) waitVolumePhase(ctx context.Context, name, phase string, timeout time.Duration) error {
+func (c *cluster) waitVolumePhase(ctx context.Context, name, phase string, timeout time.Duration) error {
 	return wait.PollUntilContextTimeout(ctx, 2*time.Second, timeout, true, func(ctx context.Context) (bool, error) {
-		tv, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, name, metav1.GetOptions{})
+		tv, err := c.dyn.Resource(thinVolumeGVR).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
@@ -221,11 +221,11 @@ func (m *multiNode) waitVolumePhase(ctx context.Context, name, phase string, tim
 
 // waitEvent waits for an event with the reason on the object (and, if
 // given, a message containing want) and returns its message.
-func (m *multiNode) waitEvent(t *testing.T, object, reason string, timeout time.Duration, want ...string) string {
+func (c *cluster) waitEvent(t *testing.T, object, reason string, timeout time.Duration, want ...string) string {
 	t.Helper()
 	var msg string
 	err := wait.PollUntilContextTimeout(context.Background(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
-		evs, err := m.kube.CoreV1().Events(m.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object + ",reason=" + reason})
+		evs, err := c.kube.CoreV1().Events(c.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object + ",reason=" + reason})
 		if err != nil {
 			return false, nil
 		}
@@ -238,7 +238,7 @@ func (m *multiNode) waitEvent(t *testing.T, object, reason string, timeout time.
 		return false, nil
 	})
 	if err != nil {
-		t.Fatalf("no %s event on %s after %s: %s", reason, object, timeout, m.eventsFor(object))
+		t.Fatalf("no %s event on %s after %s: %s", reason, object, timeout, c.eventsFor(object))
 	}
 	return msg
 }

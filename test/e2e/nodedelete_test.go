@@ -362,8 +362,8 @@ func (m *multiNode) waitLostGauges(t *testing.T, node string) {
 // controllerGauge sums a gauge's series labeled node=<node> over the
 // controller pods' /metrics (only the leader sets it); -1 if a scrape
 // fails.
-func (m *multiNode) controllerGauge(ctx context.Context, name, node string) float64 {
-	pods, err := m.kube.CoreV1().Pods(m.driver).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"})
+func (c *cluster) controllerGauge(ctx context.Context, name, node string) float64 {
+	pods, err := c.kube.CoreV1().Pods(c.driver).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"})
 	if err != nil || len(pods.Items) == 0 {
 		return -1
 	}
@@ -372,7 +372,7 @@ func (m *multiNode) controllerGauge(ctx context.Context, name, node string) floa
 		if p.Status.Phase != corev1.PodRunning || !servesMetrics(&p) {
 			continue
 		}
-		raw, err := m.kube.CoreV1().RESTClient().Get().Namespace(m.driver).Resource("pods").
+		raw, err := c.kube.CoreV1().RESTClient().Get().Namespace(c.driver).Resource("pods").
 			Name(p.Name + ":9809").SubResource("proxy").Suffix("metrics").DoRaw(ctx)
 		if err != nil {
 			return -1

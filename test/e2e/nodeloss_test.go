@@ -103,6 +103,7 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("claim or PV of the lost volume not deleted: %v %s", err, m.eventsFor("doomed"))
 	}
+	t.Logf("claim and PV deleted %s after the node died", time.Since(start).Round(time.Second))
 	// The storage is never deleted on a guess: the ThinVolume waits for
 	// its node, and the data is still in that node's pool.
 	if _, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{}); err != nil {
@@ -126,6 +127,7 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the volume of claim interrupted, asked of %s after it died, is not Lost: %v %s", node, err, m.eventsFor("interrupted"))
 	}
+	t.Logf("the interrupted claim's volume Lost %s after the node died", time.Since(start).Round(time.Second))
 	m.restartKubelet(t, node, kubelet)
 	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := m.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{})
@@ -134,6 +136,7 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ThinVolume %s still there after its node came back: %v", handle, err)
 	}
+	t.Logf("ThinVolume of the deleted claim gone %s after the node died", time.Since(start).Round(time.Second))
 	if strings.Contains(m.onNode(t, node, "btrfs", "subvolume", "list", m.poolDir), handle) {
 		t.Errorf("volume %s left in %s's pool after the node came back", handle, node)
 	}
@@ -142,7 +145,9 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 	}
 	m.waitClusterEvent(t, handle, "LeftoverStagingUnmounted", time.Minute)
 	m.waitNodeBack(t, node)
+	t.Logf("node back %s after it died", time.Since(start).Round(time.Second))
 	m.checkInterruptedClaimMade(t, "interrupted", "interrupted-user")
+	t.Logf("the interrupted claim made and deleted %s after the node died", time.Since(start).Round(time.Second))
 	// A claim of that node that nobody deleted (testEveryNode's) was Lost
 	// too, and is Ready again: the agent found its storage.
 	kept := volumeHandle(t, m.cluster, m.waitBound(t, "on-"+node, time.Minute))
@@ -232,10 +237,10 @@ func podProcesses(t *testing.T, pod string) []int {
 
 // waitClusterEvent waits for an event with the reason on a cluster-scoped
 // object (its events live in the "default" namespace).
-func (m *multiNode) waitClusterEvent(t *testing.T, object, reason string, timeout time.Duration) {
+func (c *cluster) waitClusterEvent(t *testing.T, object, reason string, timeout time.Duration) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
-		evs, err := m.kube.CoreV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object + ",reason=" + reason})
+		evs, err := c.kube.CoreV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object + ",reason=" + reason})
 		return err == nil && len(evs.Items) > 0, nil
 	})
 	if err != nil {
@@ -258,13 +263,15 @@ func (m *multiNode) shortLostAfter(t *testing.T) {
 
 // setLostAfter sets the controller's --lost-after through the chart and
 // waits for the new controller.
-func (m *multiNode) setLostAfter(t *testing.T, d string) {
+func (c *cluster) setLostAfter(t *testing.T, d string) {
 	t.Helper()
-	out, err := exec.Command("helm", "upgrade", "csi-thin", "../../charts/csi-thin", "-n", m.driver, "--reuse-values",
+	start := time.Now()
+	out, err := exec.Command("helm", "upgrade", "csi-thin", "../../charts/csi-thin", "-n", c.driver, "--reuse-values",
 		"--set", "controller.lostAfter="+d, "--wait", "--timeout", "180s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("helm upgrade --set controller.lostAfter=%s: %v\n%s", d, err, out)
 	}
+	t.Logf("controller.lostAfter=%s: the controller rolled out in %s", d, time.Since(start).Round(time.Second))
 }
 
 // killNode SIGKILLs the node's kubelet (so nothing restarts its pods) and
@@ -364,11 +371,11 @@ func (m *multiNode) restartKubelet(t *testing.T, node string, args []string) {
 }
 
 // waitNodeBack waits until the node is Ready and its agent reports again.
-func (m *multiNode) waitNodeBack(t *testing.T, node string) {
+func (c *cluster) waitNodeBack(t *testing.T, node string) {
 	t.Helper()
 	since := time.Now()
 	err := wait.PollUntilContextTimeout(context.Background(), 2*time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		n, err := m.kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		n, err := c.kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
@@ -376,7 +383,7 @@ func (m *multiNode) waitNodeBack(t *testing.T, node string) {
 		for _, c := range n.Status.Conditions {
 			ready = ready || c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
 		}
-		tn, err := m.dyn.Resource(thinNodeGVR).Get(ctx, node, metav1.GetOptions{})
+		tn, err := c.dyn.Resource(thinNodeGVR).Get(ctx, node, metav1.GetOptions{})
 		if err != nil || !ready {
 			return false, nil
 		}
