@@ -15,7 +15,9 @@
 #   E2E_VM_NODES          how many more nodes that are QEMU VMs with an LVM thin
 #                         pool each (default 0; test/cluster VM_NODES; the chart
 #                         gets values-e2e-vm.yaml too: TestLVMNodes)
-#   E2E_UPSTREAM=0        skip the upstream suite (=groups: only its group snapshot specs)
+#   E2E_UPSTREAM=0        skip the upstream suite (=groups: only its group snapshot specs;
+#                         =lvm: only its specs on the LVM nodes' class, testdriver-lvm.yaml:
+#                         not in make test and not passing yet, see that file)
 #   E2E_SCENARIOS         run only the TestCluster steps matching this regexp
 #   E2E_RUN               go test -run regexp for the scenarios (overrides E2E_SCENARIOS),
 #                         e.g. TestMultiNode
@@ -223,7 +225,8 @@ scen_rc=${PIPESTATUS[0]}
 ((scen_rc == 0)) || { log "e2e: csi-thin scenarios failed"; exit 1; }
 
 # upstream BINARY FOCUS SKIP NAME [PROCS]: run the External Storage specs of
-# BINARY that match FOCUS and not SKIP against testdriver.yaml, in PROCS
+# BINARY that match FOCUS and not SKIP against $testdriver (default
+# testdriver.yaml), in PROCS
 # parallel processes (ginkgo -p; default 1); log and report in
 # $artifacts/NAME*; a failed spec fails the e2e. The specs spend their time
 # waiting for pods and deletions, not on the CPU, and the suite runs them
@@ -238,7 +241,7 @@ upstream() {
 	log "e2e: $bin, $procs process(es), focus: $focus"
 	set +e
 	"${run[@]}" --kubeconfig="$KUBECONFIG" --provider=local --disable-log-dump \
-		-storage.testdriver="$here/testdriver.yaml" \
+		-storage.testdriver="${testdriver:-$here/testdriver.yaml}" \
 		--ginkgo.focus="$focus" --ginkgo.skip="$skipre" \
 		--ginkgo.no-color --ginkgo.timeout=40m --ginkgo.flake-attempts=1 \
 		--report-dir="$artifacts/$name" >"$artifacts/$name.log" 2>&1
@@ -269,12 +272,22 @@ if [[ $E2E_UPSTREAM != 0 ]]; then
 	# or a disruptive restart. Group snapshots run below, from the binary
 	# that can run them.
 	skipre='Disruptive|Serial|should not mount / map unused volumes|block volmode|Windows|ntfs|\(xfs\)|\(ext[34]\)|Pre-provisioned|volumegroupsnapshot|Inline-volume'
-	[[ $E2E_UPSTREAM == groups ]] || upstream e2e.test "$focus" "$skipre" upstream "${E2E_UPSTREAM_PROCS:-3}"
+	if [[ $E2E_UPSTREAM == lvm ]]; then
+		# On the LVM nodes (the VM nodes): the class csi-thin-lvm, ext4
+		# on LVM thin, in the default fs pattern (testdriver-lvm.yaml).
+		# A restore or clone whose pod lands on the other VM node is a
+		# cross-node copy there.
+		((VM_NODES)) || { log "e2e: E2E_UPSTREAM=lvm needs E2E_VM_NODES"; exit 1; }
+		testdriver=$here/testdriver-lvm.yaml upstream e2e.test \
+			"External.Storage.*csi-thin.io.*(${E2E_UPSTREAM_LVM_SPECS:-provisioning|snapshottable|volume-expand})" "$skipre" upstream-lvm "${E2E_UPSTREAM_PROCS:-3}"
+	elif [[ $E2E_UPSTREAM != groups ]]; then
+		upstream e2e.test "$focus" "$skipre" upstream "${E2E_UPSTREAM_PROCS:-3}"
+	fi
 	# The group snapshot specs: a StatefulSet of three replicas, one
 	# VolumeGroupSnapshot of their PVCs, a restore of each member checked
 	# for the data written before. On one node only: members spread over
 	# nodes are refused by design (docs/consistency.md).
-	if ((NODES == 1)) && [[ -z ${E2E_UPSTREAM_FOCUS:-} ]]; then
+	if ((NODES == 1)) && [[ -z ${E2E_UPSTREAM_FOCUS:-} && $E2E_UPSTREAM != lvm ]]; then
 		# Built by the cluster-build lane after everything else (waits for it).
 		bash "$cluster/build.sh" e2e-groups >>"$artifacts/build.log" 2>&1 || { tail -30 "$artifacts/build.log"; log "e2e: build of e2e-groups.test failed"; exit 1; }
 		upstream e2e-groups.test "External.Storage.*csi-thin.io.*volumegroupsnapshottable" 'Disruptive|Serial' upstream-groups
