@@ -38,6 +38,16 @@ func (l *lvmNodes) testNodeLost(t *testing.T) {
 	l.startPodOn(t, node, pod, fmt.Sprintf("echo '%s' > /%s/file && sync && sleep 3600", payload, claim), claim)
 	l.waitRunning(t, pod)
 	handle := volumeHandle(t, l.cluster, l.waitBound(t, claim, time.Minute))
+	// kubectl exec on a VM node runs in the container and sees its volume
+	// (it once ran in the VM's initramfs: test/vm/init.sh).
+	var seen string
+	err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(context.Context) (bool, error) {
+		seen, _ = kubectl(t, "-n", l.ns, "exec", pod, "--", "cat", "/"+claim+"/file")
+		return strings.Contains(seen, payload), nil
+	})
+	if err != nil {
+		t.Errorf("kubectl exec into %s on %s: %q; want the file the pod wrote to its volume", pod, node, seen)
+	}
 
 	t.Logf("%s lost: %s", node, strings.TrimSpace(askVM(t, node, "kill-node")))
 	start := time.Now()
@@ -59,7 +69,7 @@ func (l *lvmNodes) testNodeLost(t *testing.T) {
 	}
 	l.waitPodGone(t, pod)
 	l.deletePVCs(t, claim)
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := l.kube.CoreV1().PersistentVolumeClaims(l.ns).Get(ctx, claim, metav1.GetOptions{})
 		if !apierrors.IsNotFound(err) {
 			return false, nil

@@ -21,7 +21,15 @@ mount -t tmpfs -o size=75% run /mnt/root/run
 mount -t 9p -o $o,cache=none work /mnt/root/tmp
 # run.sh waits for this mark to tell a booted VM from a hung kernel.
 : >/mnt/root/tmp/.booted
-chroot /mnt/root /tmp/vm-run.sh
-echo "VM-EXIT-STATUS=$(cat /mnt/root/tmp/.exit-status 2>/dev/null)"
+# The host root becomes the VM's root mount, as switch_root makes it, not
+# only a chroot: a process that joins a mount namespace (setns, as runc
+# exec does for `kubectl exec` on a VM node of the test cluster) is put
+# at the namespace's root mount, which would otherwise be this initramfs.
+# This shell keeps the initramfs as its root (busybox for the end) and
+# the moved host root as its working directory.
+cd /mnt/root
+mount -o move . /
+chroot . /tmp/vm-run.sh
+echo "VM-EXIT-STATUS=$(cat tmp/.exit-status 2>/dev/null)"
 sync
 poweroff -f
