@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -64,25 +63,7 @@ func (l *lvmNodes) testNodeLost(t *testing.T) {
 
 	// The runbook: force-delete the pod, delete the claim; it completes
 	// without the node.
-	if err := l.kube.CoreV1().Pods(l.ns).Delete(ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
-		t.Fatalf("force-delete pod %s: %v", pod, err)
-	}
-	l.waitPodGone(t, pod)
-	l.deletePVCs(t, claim)
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := l.kube.CoreV1().PersistentVolumeClaims(l.ns).Get(ctx, claim, metav1.GetOptions{})
-		if !apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		pvs, err := l.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		return !slices.ContainsFunc(pvs.Items, func(pv corev1.PersistentVolume) bool { return pv.Spec.CSI != nil && pv.Spec.CSI.VolumeHandle == handle }), nil
-	})
-	if err != nil {
-		t.Fatalf("claim or PV of the lost volume not deleted: %v %s", err, l.eventsFor(claim))
-	}
+	l.releaseLostClaim(t, pod, claim, handle)
 	t.Logf("claim and PV deleted %s after the node died", time.Since(start).Round(time.Second))
 	// Never deleted on a guess: the ThinVolume and the data wait.
 	if _, err := l.dyn.Resource(thinVolumeGVR).Get(ctx, handle, metav1.GetOptions{}); err != nil {

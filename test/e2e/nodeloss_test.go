@@ -79,30 +79,7 @@ func (m *multiNode) testNodeLost(t *testing.T) {
 
 	// Its pod cannot be confirmed gone by the dead kubelet: force-delete
 	// it (the runbook's step). Deleting the claim completes without the node.
-	if err := m.kube.CoreV1().Pods(m.ns).Delete(ctx, "doomed-user", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
-		t.Fatalf("force-delete pod doomed-user: %v", err)
-	}
-	m.waitPodGone(t, "doomed-user")
-	m.deletePVCs(t, "doomed")
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := m.kube.CoreV1().PersistentVolumeClaims(m.ns).Get(ctx, "doomed", metav1.GetOptions{})
-		if !apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		pvs, err := m.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		for _, pv := range pvs.Items {
-			if pv.Spec.CSI != nil && pv.Spec.CSI.VolumeHandle == handle {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("claim or PV of the lost volume not deleted: %v %s", err, m.eventsFor("doomed"))
-	}
+	m.releaseLostClaim(t, "doomed-user", "doomed", handle)
 	t.Logf("claim and PV deleted %s after the node died", time.Since(start).Round(time.Second))
 	// The storage is never deleted on a guess: the ThinVolume waits for
 	// its node, and the data is still in that node's pool.
@@ -233,6 +210,36 @@ func podProcesses(t *testing.T, pod string) []int {
 		}
 	}
 	return pids
+}
+
+// releaseLostClaim does what the runbook says for a claim whose node is
+// lost: force-deletes its pod (the dead kubelet cannot confirm) and
+// deletes the claim; both the claim and the PV of volume handle must be
+// gone within 2 minutes, without the node.
+func (c *cluster) releaseLostClaim(t *testing.T, pod, claim, handle string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := c.kube.CoreV1().Pods(c.ns).Delete(ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatalf("force-delete pod %s: %v", pod, err)
+	}
+	c.waitPodGone(t, pod)
+	c.deletePVCs(t, claim)
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := c.kube.CoreV1().PersistentVolumeClaims(c.ns).Get(ctx, claim, metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		pvs, err := c.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		return !slices.ContainsFunc(pvs.Items, func(pv corev1.PersistentVolume) bool {
+			return pv.Spec.CSI != nil && pv.Spec.CSI.VolumeHandle == handle
+		}), nil
+	})
+	if err != nil {
+		t.Fatalf("claim %s or the PV of its lost volume not deleted: %v %s", claim, err, c.eventsFor(claim))
+	}
 }
 
 // waitClusterEvent waits for an event with the reason on a cluster-scoped
